@@ -1,0 +1,6 @@
+//! ntd: a re-implementation of the NixOS integration test driver.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything else lives in this
+//! library so that tests and benches can drive single parts (the switch, the framing) directly.
+
+pub mod reactor;
