@@ -3,8 +3,8 @@
 //! SIGINT, SIGTERM, SIGHUP and SIGQUIT are blocked for the whole (single-threaded) process and
 //! read from a `signalfd` registered in the poll loop, so cleanup runs in the loop like every
 //! other event. rustix does not wrap `signalfd`, so this module holds ntd's only foreign calls,
-//! to the C library that std already links. Child processes get an empty signal mask: std's
-//! `Command` resets it before `exec`.
+//! to the C library that std already links. A blocked mask is inherited across `exec`, so every
+//! child is spawned through [`unblock_in_child`].
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -66,4 +66,23 @@ pub fn drain(fd: &OwnedFd) -> Vec<u32> {
 /// Conventional shell exit status for death by `sig`.
 pub fn exit_status_for(sig: u32) -> i32 {
     128 + sig as i32
+}
+
+const SIG_SETMASK: i32 = 2;
+
+/// Make `cmd`'s child start with an empty signal mask (a blocked SIGTERM would otherwise be
+/// inherited across exec, and QEMU would ignore the driver's SIGTERM).
+pub fn unblock_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask,
+    // which is async-signal-safe; it touches no locks or allocations.
+    unsafe {
+        cmd.pre_exec(|| {
+            let empty = SigSet([0; 16]);
+            if sigprocmask(SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

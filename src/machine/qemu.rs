@@ -206,6 +206,7 @@ pub fn spawn(
         .stdin(Stdio::from(stdin_r))
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(out_w2));
+    crate::signals::unblock_in_child(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| QemuError::Spawn(command.to_owned(), e))?;

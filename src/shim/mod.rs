@@ -86,7 +86,9 @@ pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
         pythonpath.push(":");
         pythonpath.push(old);
     }
-    let child = Command::new(&python)
+    let mut cmd = Command::new(&python);
+    crate::signals::unblock_in_child(&mut cmd);
+    let child = cmd
         .args(["-m", "test_driver"])
         .env("PYTHONPATH", pythonpath)
         .env(
