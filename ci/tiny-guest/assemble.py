@@ -2,11 +2,12 @@
 """Assemble the tiny guest's initramfs and kernel image (called by ci/build-tiny-guest).
 
 Input: a Debian kernel package already extracted and `depmod`ed in KROOT, the guest's
-own files in ci/tiny-guest/rootfs, and host binaries from busybox-static, bash-static and
-netcat-openbsd (nc with -z) and coreutils (timeout exiting with 124). Output in OUT: `kernel`, `initrd`, `cmdline` (kernel parameters the guest
-wants) and `manifest`. The cpio archive is written here rather than by cpio(1) so that it
-holds /dev/console and root-owned files without the builder being root, and so that it is
-byte-for-byte reproducible (sorted entries, mtime 0).
+own files in ci/tiny-guest/rootfs, and host binaries: busybox-static, bash-static, and
+dynamic ones with their libraries (nc from netcat-openbsd for -z, coreutils' timeout for
+exit status 124). Output in OUT: `kernel`, `initrd` and `manifest`. The cpio archive is
+written here rather than by cpio(1) so that it holds /dev/console and root-owned files
+without the builder being root, and so that it is byte-for-byte reproducible (sorted
+entries, mtime 0).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import sys
 # Modules every guest loads at boot; a name in modules.builtin is skipped.
 BASE_MODULES = [
     "virtio_pci", "virtio_console", "virtio_rng", "virtio_net", "virtio_blk",
-    "9p", "9pnet_virtio", "8021q", "af_packet",
+    "9p", "9pnet_virtio", "8021q", "af_packet", "qemu_fw_cfg",
 ]
 # Busybox applets replaced by something else in the guest.
 NOT_FROM_BUSYBOX = {"nc", "timeout", "poweroff", "reboot", "halt", "linuxrc"}

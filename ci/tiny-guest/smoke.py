@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CI = os.path.dirname(HERE)
@@ -37,6 +38,7 @@ COMMAND_TIMEOUT = 60.0
 SHUTDOWN_TIMEOUT = 30.0
 
 GROUPS = []  # process group ids we started
+PASSED = []  # names of the checks that passed
 
 
 def kill_groups():
@@ -244,6 +246,7 @@ class Machine:
 def expect(what, cond, detail=""):
     if not cond:
         raise CheckFailed(f"{what}: {detail}")
+    PASSED.append(what)
     log(f"  ok  {what}")
 
 
@@ -277,6 +280,40 @@ def start_vlan(tmp_dir, nr):
     # Keep draining its console so that it never blocks on a full pipe.
     threading.Thread(target=lambda: sw.stdout.read(), daemon=True).start()
     return sock_dir
+
+
+def check_disks(tmp_dir, out):
+    """--disk (overlay over a base image, NIX_DISK_IMAGE), --drive and --fw-cfg."""
+    base = os.path.join(tmp_dir, "base.raw")
+    extra = os.path.join(tmp_dir, "extra.raw")
+    for path, marker in ((base, b"ntd-base-image\n"), (extra, b"ntd-extra-drive\n")):
+        with open(path, "wb") as f:
+            f.write(marker.ljust(1 << 20, b"\0"))
+    script = mkvm(out, "--name", "disky", "--memory", "256", "--disk", base, "--drive", extra,
+                  "--fw-cfg", "name=opt/ntd/greeting,string=hello")
+    m = Machine("disky", script, tmp_dir)
+    overlay = os.path.join(tmp_dir, "disky-overlay.qcow2")
+    os.environ["NIX_DISK_IMAGE"] = overlay
+    try:
+        m.start()
+        expect("root disk is virtio-blk with serial 'root'",
+               m.succeed("cat /sys/block/vda/serial") == "root")
+        expect("root disk shows the base image",
+               m.succeed("head -n 1 /dev/vda") == "ntd-base-image\n")
+        m.succeed("echo overwritten | dd of=/dev/vda conv=fsync 2>/dev/null")
+        expect("root disk is writable", m.succeed("head -n 1 /dev/vda") == "overwritten\n")
+        expect("--drive is a read-only virtio-blk disk",
+               m.succeed("head -n 1 /dev/vdb; blockdev --getro /dev/vdb")
+               == "ntd-extra-drive\n1\n")
+        expect("--fw-cfg reaches the guest",
+               m.succeed("cat /sys/firmware/qemu_fw_cfg/by_name/opt/ntd/greeting/raw") == "hello")
+        m.shutdown()
+    finally:
+        del os.environ["NIX_DISK_IMAGE"]
+        m.kill()
+    with open(base, "rb") as f:
+        expect("the base image is unchanged", f.read(15) == b"ntd-base-image\n")
+    expect("the overlay went to NIX_DISK_IMAGE", os.path.exists(overlay))
 
 
 def mkvm(out, *args):
@@ -316,7 +353,8 @@ def contract_checks(m):
     status, out = m.execute("echo out; echo err >&2; exit 3")
     expect("exit status and stdout of a failing command", (status, out) == (3, "out\n"),
            f"{(status, out)}")
-    expect("stdout of a command is a pipe", m.succeed("[ -p /dev/stdout ] && echo pipe") == "pipe\n")
+    expect("stdout of a command is a pipe",
+           m.succeed("[ -p /dev/stdout ] && echo pipe") == "pipe\n")
     token = os.urandom(8).hex()
     with open(os.path.join(m.shared_dir, "from-host"), "w") as f:
         f.write(token)
@@ -327,9 +365,14 @@ def contract_checks(m):
         expect("/tmp/xchg is the host's $TMPDIR/xchg", f.read() == token + "\n")
     expect("only the user-mode NIC, left down",
            m.succeed("ip -4 -o addr show scope global | wc -l").strip() == "0")
+    shot = os.path.join(m.state_dir, "screen.ppm")
+    m.qmp.execute("screendump", {"filename": shot})
+    with open(shot, "rb") as f:
+        expect("QMP screendump writes a picture", f.read(2) == b"P6")
     expect("kernel modules loaded",
            set(m.succeed("cut -d' ' -f1 /proc/modules").split())
-           >= {"virtio_net", "virtio_console", "virtio_blk", "9p", "9pnet_virtio", "8021q"})
+           >= {"virtio_net", "virtio_console", "virtio_blk", "9p", "9pnet_virtio", "8021q",
+               "qemu_fw_cfg"})
 
 
 def check_vlan(tmp_dir, out):
@@ -409,12 +452,17 @@ def main():
     try:
         log("== one guest: contract checks and boot times")
         times = check_single(tmp_dir, out, max(1, args.boots))
+        log("== root disk overlay, extra drive, fw_cfg")
+        check_disks(tmp_dir, out)
         log("== two guests on one vde_switch vlan")
         check_vlan(tmp_dir, out)
         log(f"boot to sentinel over {len(times)} boots: min {min(times):.2f}s, "
             f"median {statistics.median(times):.2f}s")
-    except (CheckFailed, subprocess.CalledProcessError, OSError, ValueError) as e:
+    except CheckFailed as e:
         log(f"FAIL: {e}")
+        failed = 1
+    except Exception:  # anything else is a failure too, with its traceback
+        traceback.print_exc()
         failed = 1
     finally:
         kill_groups()
@@ -422,7 +470,7 @@ def main():
             log(f"work directory kept: {tmp_dir}")
         else:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    log(f"smoke: {1 - failed} passed, {failed} failed")
+    log(f"smoke: {len(PASSED)} passed, {failed} failed")
     return failed
 
 
