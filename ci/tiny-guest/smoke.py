@@ -121,7 +121,7 @@ class Machine:
         self.serial = []
         self.boot_seconds = None
 
-    def start(self):
+    def start(self, allow_reboot=False):
         shutil.rmtree(self.state_dir, ignore_errors=True)
         os.makedirs(self.state_dir, mode=0o700)
         os.makedirs(self.shared_dir, exist_ok=True)
@@ -131,7 +131,7 @@ class Machine:
         cmd = (f"{self.script} -qmp unix:{d}/qmp,server=on,wait=off -monitor unix:{d}/monitor"
                f" -chardev socket,id=shell,path={d}/shell -device virtio-serial"
                f" -device virtconsole,chardev=shell -device virtio-rng-pci -serial stdio"
-               f" -no-reboot -nographic")
+               f"{'' if allow_reboot else ' -no-reboot'} -nographic")
         env = dict(os.environ, TMPDIR=d, SHARED_DIR=self.shared_dir, USE_TMPDIR="1")
         env.update(self.vde)
         t0 = time.monotonic()
@@ -175,6 +175,10 @@ class Machine:
             if not chunk:
                 raise CheckFailed(f"{self.name}: monitor closed")
             buf += chunk
+
+    def monitor_command(self, command):
+        self.monitor.sendall(command.encode() + b"\n")
+        self._read_monitor_banner()
 
     def _wait_sentinel(self):
         self.shell.settimeout(BOOT_TIMEOUT)
@@ -322,6 +326,25 @@ def mkvm(out, *args):
     return res.stdout.strip().splitlines()[-1]
 
 
+def check_reboot(tmp_dir, out):
+    """upstream reboot(): ctrl-alt-delete on the keyboard; the backdoor comes back."""
+    script = mkvm(out, "--name", "rebooty", "--memory", "256")
+    m = Machine("rebooty", script, tmp_dir)
+    try:
+        m.start(allow_reboot=True)
+        m.succeed("touch /tmp/before-reboot")
+        t0 = time.monotonic()
+        m.monitor_command("sendkey ctrl-alt-delete")
+        m._wait_sentinel()
+        expect(f"ctrl-alt-delete reboots the guest ({time.monotonic() - t0:.2f}s to the sentinel)",
+               m.succeed("[ -e /tmp/before-reboot ] || echo fresh") == "fresh\n")
+        expect("QEMU survived the reboot", m.proc.poll() is None)
+        rc, _ = m.shutdown()
+        expect("poweroff after a reboot ends QEMU", rc == 0)
+    finally:
+        m.kill()
+
+
 def check_single(tmp_dir, out, boots):
     script = mkvm(out, "--name", "solo", "--memory", "256")
     times = []
@@ -452,6 +475,8 @@ def main():
     try:
         log("== one guest: contract checks and boot times")
         times = check_single(tmp_dir, out, max(1, args.boots))
+        log("== reboot")
+        check_reboot(tmp_dir, out)
         log("== root disk overlay, extra drive, fw_cfg")
         check_disks(tmp_dir, out)
         log("== two guests on one vde_switch vlan")
