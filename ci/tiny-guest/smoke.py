@@ -355,11 +355,23 @@ def check_single(tmp_dir, out, boots):
             if i == 0:
                 log(f"  accelerator: {'kvm' if m.qmp.execute('query-kvm')['enabled'] else 'tcg'}")
                 contract_checks(m)
+                low, mid = command_latency(m)
+                log(f"  execute('true'), upstream framing: min {low:.1f} ms, median {mid:.1f} ms")
             rc, secs = m.shutdown()
             expect(f"boot {i + 1}: poweroff ends QEMU (rc {rc}, {secs:.2f}s)", rc == 0)
         finally:
             m.kill()
     return times
+
+
+def command_latency(m, rounds=30):
+    """Min and median milliseconds of one execute() round (information, not a check)."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.monotonic()
+        m.execute("true")
+        times.append(time.monotonic() - t0)
+    return min(times) * 1000, statistics.median(times) * 1000
 
 
 def contract_checks(m):
