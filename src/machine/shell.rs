@@ -17,6 +17,10 @@
 //! that happens to contain marker bytes cannot end a frame (it would have to guess the nonce).
 //! Bytes outside a frame (a background child that kept stdout and writes late) are reported as
 //! stray output instead of corrupting the next result, and such a child never blocks a command.
+//! The virtio console drops guest output when the host falls behind (QEMU cannot throttle a
+//! console port), so after a large frame the machine asks how many bytes `cat` wrote
+//! (`__ntd_count`, answered by `\x01C<nonce> <count>\x01`) and compares with what arrived: a
+//! loss is reported, never silently returned.
 //! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
 //! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`, under one `timeout`.
 //!
@@ -37,14 +41,16 @@ pub const NONCE_LEN: usize = 16;
 
 /// `\x01` + kind + nonce: the part of a marker that must be complete before it can be matched.
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
-/// Longest status suffix (` -2147483648\x01`) accepted after a marker head.
-const MAX_STATUS_TAIL: usize = 13;
+/// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
+const MAX_STATUS_TAIL: usize = 22;
 
 /// The setup block sent once per shell (again after a reboot). Fd 3 is a pipe drained by one
 /// `cat` that writes to the console; fd 4 is a pipe nobody writes, so `read -t X -u 4` sleeps
 /// without forking. `__ntd_L` holds the source of the guest-side wait loop, which runs under
 /// `timeout` in a child bash (a hanging attempt cannot outlive the wait).
-pub const SETUP: &str = r#"exec 3> >(exec cat) 4<> <(:)
+pub const SETUP: &str = r#"exec 3> >(exec cat)
+__ntd_cp=$!
+exec 4<> <(:)
 __ntd_L='__ntd_loop() {
   local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
@@ -76,6 +82,13 @@ __ntd_runt() {
   ( __ntd_c=$3 __ntd_t=$2; set --; exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
   printf '\001E%s %d\001' "$1" "$?" >&3
 }
+__ntd_count() {
+  local __ntd_k __ntd_v=-1
+  if [[ -r /proc/$__ntd_cp/io ]]; then
+    while read -r __ntd_k __ntd_v; do [[ $__ntd_k == wchar: ]] && break; done < /proc/$__ntd_cp/io
+  fi
+  printf '\001C%s %s\001' "$1" "$__ntd_v" >&3
+}
 __ntd_wait() {
   printf '\001S%s\001' "$1" >&3
   timeout "$7" bash -c "$__ntd_L"'
@@ -95,6 +108,12 @@ pub enum ShellEvent {
     Stray(Vec<u8>),
     /// A guest-side wait attempt failed with this status; its output was discarded.
     Attempt { status: i32 },
+    /// Answer to `__ntd_count`: bytes the guest's copier wrote in total (-1: unknown) and
+    /// bytes that arrived before the answer.
+    Count {
+        guest_wrote: i64,
+        host_received: u64,
+    },
     /// A command finished. `looped` is true for waits whose loop ended by itself (`D` marker
     /// seen); for a wait whose `timeout` wrapper fired it is false and `status` is 124.
     Done {
@@ -102,6 +121,8 @@ pub enum ShellEvent {
         output: Vec<u8>,
         truncated: usize,
         looped: bool,
+        /// Bytes between the start and end markers (all attempts included).
+        frame_bytes: u64,
     },
 }
 
@@ -115,6 +136,8 @@ enum State {
     Expect,
     /// Inside a frame.
     InFrame,
+    /// A count request was sent; waiting for its `C` marker.
+    ExpectCount,
 }
 
 /// Splits the shell byte stream into [`ShellEvent`]s.
@@ -128,6 +151,10 @@ pub struct ShellFraming {
     truncated: usize,
     /// Status from a `D` marker, waiting for the wrapper's `E` marker.
     loop_status: Option<i32>,
+    /// Bytes consumed from the stream since the sentinel.
+    consumed: u64,
+    /// `consumed` when the current frame's start marker ended.
+    frame_start: u64,
 }
 
 impl Default for ShellFraming {
@@ -145,6 +172,8 @@ impl ShellFraming {
             output: Vec::new(),
             truncated: 0,
             loop_status: None,
+            consumed: 0,
+            frame_start: 0,
         }
     }
 
@@ -155,7 +184,10 @@ impl ShellFraming {
 
     /// True while a command is outstanding.
     pub fn busy(&self) -> bool {
-        matches!(self.state, State::Expect | State::InFrame)
+        matches!(
+            self.state,
+            State::Expect | State::InFrame | State::ExpectCount
+        )
     }
 
     /// Forget the shell (guest rebooted or switched root): wait for the sentinel again.
@@ -173,6 +205,19 @@ impl ShellFraming {
         self.loop_status = None;
     }
 
+    /// Register that `__ntd_count <nonce>` has been sent.
+    pub fn expect_count(&mut self, nonce: [u8; NONCE_LEN]) {
+        debug_assert!(self.state == State::Idle);
+        self.nonce = nonce;
+        self.state = State::ExpectCount;
+    }
+
+    /// Drop the first `n` buffered bytes, counting them as consumed.
+    fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+        self.consumed += n as u64;
+    }
+
     /// Feed bytes read from the shell socket; complete events are appended to `events`.
     pub fn feed(&mut self, data: &[u8], events: &mut Vec<ShellEvent>) {
         self.buf.extend_from_slice(data);
@@ -181,12 +226,14 @@ impl ShellFraming {
                 State::AwaitSentinel => self.scan_sentinel(events),
                 State::Idle => {
                     if !self.buf.is_empty() {
+                        self.consumed += self.buf.len() as u64;
                         events.push(ShellEvent::Stray(std::mem::take(&mut self.buf)));
                     }
                     false
                 }
                 State::Expect => self.scan_start(events),
                 State::InFrame => self.scan_frame(events),
+                State::ExpectCount => self.scan_count(events),
             };
             if !progressed {
                 break;
@@ -227,15 +274,41 @@ impl ShellFraming {
                 if at > 0 {
                     events.push(ShellEvent::Stray(self.buf[..at].to_vec()));
                 }
-                self.buf.drain(..at + len);
+                self.consume(at + len);
+                self.frame_start = self.consumed;
                 self.state = State::InFrame;
                 true
             }
             Found::NeedMore { safe } => {
-                if safe > 0 {
-                    events.push(ShellEvent::Stray(self.buf[..safe].to_vec()));
-                    self.buf.drain(..safe);
-                }
+                self.drop_stray(safe, events);
+                false
+            }
+        }
+    }
+
+    fn drop_stray(&mut self, n: usize, events: &mut Vec<ShellEvent>) {
+        if n > 0 {
+            events.push(ShellEvent::Stray(self.buf[..n].to_vec()));
+            self.consume(n);
+        }
+    }
+
+    fn scan_count(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        match find_marker(&self.buf, &self.nonce, b"C") {
+            Found::Marker {
+                at, len, status, ..
+            } => {
+                self.drop_stray(at, events);
+                events.push(ShellEvent::Count {
+                    guest_wrote: status,
+                    host_received: self.consumed,
+                });
+                self.consume(len);
+                self.state = State::Idle;
+                true
+            }
+            Found::NeedMore { safe } => {
+                self.drop_stray(safe, events);
                 false
             }
         }
@@ -250,7 +323,9 @@ impl ShellFraming {
                 status,
             } => {
                 self.take_output(at);
-                self.buf.drain(..len);
+                let frame_bytes = self.consumed - self.frame_start;
+                self.consume(len);
+                let status = status as i32;
                 match kind {
                     b'A' => {
                         self.output.clear();
@@ -268,6 +343,7 @@ impl ShellFraming {
                             output: std::mem::take(&mut self.output),
                             truncated: std::mem::take(&mut self.truncated),
                             looped,
+                            frame_bytes,
                         });
                         self.state = State::Idle;
                     }
@@ -286,7 +362,7 @@ impl ShellFraming {
         let room = MAX_OUTPUT.saturating_sub(self.output.len()).min(n);
         self.output.extend_from_slice(&self.buf[..room]);
         self.truncated += n - room;
-        self.buf.drain(..n);
+        self.consume(n);
     }
 }
 
@@ -296,7 +372,7 @@ enum Found {
         at: usize,
         len: usize,
         kind: u8,
-        status: i32,
+        status: i64,
     },
     /// No complete marker; the first `safe` bytes can never become part of one.
     NeedMore { safe: usize },
@@ -317,6 +393,9 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
         let kind = hay[p - 1];
         let tail = &hay[p + NONCE_LEN..];
         match parse_tail(kind, tail) {
+            Tail::Complete { status, .. } if kind != b'C' && i32::try_from(status).is_err() => {
+                continue
+            }
             Tail::Complete { len, status } => {
                 return Found::Marker {
                     at,
@@ -336,7 +415,7 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
 }
 
 enum Tail {
-    Complete { len: usize, status: i32 },
+    Complete { len: usize, status: i64 },
     Incomplete,
     Invalid,
 }
@@ -363,7 +442,7 @@ fn parse_tail(kind: u8, tail: &[u8]) -> Tail {
     };
     match std::str::from_utf8(&tail[1..1 + end])
         .ok()
-        .and_then(|s| s.parse::<i32>().ok())
+        .and_then(|s| s.parse::<i64>().ok())
     {
         Some(status) => Tail::Complete {
             len: end + 2,
@@ -438,6 +517,14 @@ pub fn encode_run(
     shell_quote(command, &mut line);
     line.push('\n');
     Ok(line)
+}
+
+/// The line that asks how many bytes the guest's copier has written so far.
+pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
+    format!(
+        "__ntd_count {}\n",
+        std::str::from_utf8(nonce).unwrap_or("0000000000000000")
+    )
 }
 
 /// Parameters of a guest-side wait loop.
@@ -653,15 +740,18 @@ mod tests {
         let mut ev = Vec::new();
         f.feed(&data, &mut ev);
         assert_eq!(ev[0], ShellEvent::Attempt { status: 1 });
-        assert_eq!(
-            ev[1],
+        match &ev[1] {
             ShellEvent::Done {
-                status: 0,
-                output: b"second".to_vec(),
-                truncated: 0,
-                looped: true
-            }
-        );
+                status,
+                output,
+                looped,
+                ..
+            } => assert_eq!(
+                (*status, output.as_slice(), *looped),
+                (0, &b"second"[..], true)
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -681,6 +771,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn count_reports_bytes_consumed_before_its_marker() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        let frame_data = frame(b"12345", 0);
+        f.feed(&frame_data, &mut ev);
+        assert!(matches!(ev[0], ShellEvent::Done { frame_bytes: 5, .. }));
+        f.expect_count(*N);
+        ev.clear();
+        f.feed(b"late\x01C0123456789abcdef 99\x01", &mut ev);
+        assert_eq!(ev[0], ShellEvent::Stray(b"late".to_vec()));
+        assert_eq!(
+            ev[1],
+            ShellEvent::Count {
+                guest_wrote: 99,
+                host_received: frame_data.len() as u64 + 4
+            }
+        );
+        assert!(!f.busy());
     }
 
     #[test]
