@@ -3,20 +3,23 @@
 //!
 //! The guest runs `bash --norc /dev/hvc0` (NixOS test-instrumentation). Once the sentinel
 //! `Spawning backdoor root shell...` has been seen, ntd sends one setup block that gives the
-//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`) and three small
-//! functions. Each command is then one line, `__ntd_run <nonce> '<command>'`, and costs the guest
-//! one fork and no exec: the command runs as `( set -euo pipefail; eval … )` with stdin
-//! `/dev/null` and stdout the pipe (never the tty). The result comes back on the same pipe framed
-//! by markers that carry a fresh random nonce:
+//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`), `/dev/null` on
+//! fd 5 and a few small functions. Each command is then one short line,
+//! `__ntd_n=<nonce>; __ntd_c='<command>'; __ntd_r`, and costs the guest one fork and no exec:
+//! the command runs as `( eval "set -euo pipefail; …" )` with stdin `/dev/null` and stdout the
+//! pipe (never the tty). Output and exit status come back on that pipe, ended by a marker that
+//! carries a fresh random nonce:
 //!
 //! ```text
-//! \x01S<nonce>\x01  <raw output bytes>  \x01E<nonce> <exit status>\x01
+//! <raw output bytes>  \x01E<nonce> <exit status>\x01
 //! ```
 //!
 //! so one round trip returns output and exit status, binary output passes unencoded, and output
 //! that happens to contain marker bytes cannot end a frame (it would have to guess the nonce).
-//! Bytes outside a frame (a background child that kept stdout and writes late) are reported as
-//! stray output instead of corrupting the next result, and such a child never blocks a command.
+//! Bytes that arrive while no command runs (a background child that kept stdout and writes
+//! late) are reported as stray output instead of corrupting the next result, and such a child
+//! never blocks a command. (A start marker would separate late bytes more precisely but costs a
+//! tenth of the per-command latency; it was measured and dropped.)
 //! The virtio console drops guest output when the host falls behind (QEMU cannot throttle a
 //! console port), so after a large frame the machine asks how many bytes `cat` wrote
 //! (`__ntd_count`, answered by `\x01C<nonce> <count>\x01`) and compares with what arrived: a
@@ -50,13 +53,13 @@ const MAX_STATUS_TAIL: usize = 22;
 /// `timeout` in a child bash (a hanging attempt cannot outlive the wait).
 pub const SETUP: &str = r#"exec 3> >(exec cat)
 __ntd_cp=$!
-exec 4<> <(:)
+exec 4<> <(:) 5</dev/null
 __ntd_L='__ntd_loop() {
   local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
   while :; do
     __ntd_t0=${EPOCHREALTIME/./}
-    ( set --; eval "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
+    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
     __ntd_s=$?
     if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
     (( $6 > 0 && __ntd_s >= $6 )) && break
@@ -72,15 +75,13 @@ __ntd_L='__ntd_loop() {
   done
   printf "\001D%s %d\001" "$__ntd_n" "$__ntd_s" >&3
 }'
-__ntd_run() {
-  printf '\001S%s\001' "$1" >&3
-  ( __ntd_c=$2; set --; eval "set -euo pipefail; unset __ntd_c; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
-  printf '\001E%s %d\001' "$1" "$?" >&3
+__ntd_r() {
+  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
 }
-__ntd_runt() {
-  printf '\001S%s\001' "$1" >&3
-  ( __ntd_c=$3 __ntd_t=$2; set --; exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
-  printf '\001E%s %d\001' "$1" "$?" >&3
+__ntd_rt() {
+  ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
 }
 __ntd_count() {
   local __ntd_k __ntd_v=-1
@@ -90,9 +91,8 @@ __ntd_count() {
   printf '\001C%s %s\001' "$1" "$__ntd_v" >&3
 }
 __ntd_wait() {
-  printf '\001S%s\001' "$1" >&3
   timeout "$7" bash -c "$__ntd_L"'
-__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" </dev/null >&3
+__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" <&5 >&3
   printf '\001E%s %d\001' "$1" "$?" >&3
 }
 "#;
@@ -132,9 +132,7 @@ enum State {
     AwaitSentinel,
     /// Connected, no command outstanding.
     Idle,
-    /// A command was sent; its start marker has not arrived yet.
-    Expect,
-    /// Inside a frame.
+    /// A command was sent; its end marker has not arrived yet.
     InFrame,
     /// A count request was sent; waiting for its `C` marker.
     ExpectCount,
@@ -184,10 +182,7 @@ impl ShellFraming {
 
     /// True while a command is outstanding.
     pub fn busy(&self) -> bool {
-        matches!(
-            self.state,
-            State::Expect | State::InFrame | State::ExpectCount
-        )
+        matches!(self.state, State::InFrame | State::ExpectCount)
     }
 
     /// Forget the shell (guest rebooted or switched root): wait for the sentinel again.
@@ -199,10 +194,11 @@ impl ShellFraming {
     pub fn expect(&mut self, nonce: [u8; NONCE_LEN]) {
         debug_assert!(self.state == State::Idle);
         self.nonce = nonce;
-        self.state = State::Expect;
+        self.state = State::InFrame;
         self.output.clear();
         self.truncated = 0;
         self.loop_status = None;
+        self.frame_start = self.consumed;
     }
 
     /// Register that `__ntd_count <nonce>` has been sent.
@@ -231,7 +227,6 @@ impl ShellFraming {
                     }
                     false
                 }
-                State::Expect => self.scan_start(events),
                 State::InFrame => self.scan_frame(events),
                 State::ExpectCount => self.scan_count(events),
             };
@@ -263,24 +258,6 @@ impl ShellFraming {
                     events.push(ShellEvent::Greeting(self.buf[..cut].to_vec()));
                     self.buf.drain(..cut);
                 }
-                false
-            }
-        }
-    }
-
-    fn scan_start(&mut self, events: &mut Vec<ShellEvent>) -> bool {
-        match find_marker(&self.buf, &self.nonce, b"S") {
-            Found::Marker { at, len, .. } => {
-                if at > 0 {
-                    events.push(ShellEvent::Stray(self.buf[..at].to_vec()));
-                }
-                self.consume(at + len);
-                self.frame_start = self.consumed;
-                self.state = State::InFrame;
-                true
-            }
-            Found::NeedMore { safe } => {
-                self.drop_stray(safe, events);
                 false
             }
         }
@@ -378,8 +355,7 @@ enum Found {
     NeedMore { safe: usize },
 }
 
-/// Find the first marker `\x01<kind><nonce>` (+ ` <status>\x01` for kinds other than `S`,
-/// + `\x01` for `S`) whose kind is in `kinds`.
+/// Find the first marker `\x01<kind><nonce> <number>\x01` whose kind is in `kinds`.
 fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
     let finder = memmem::Finder::new(nonce);
     let mut from = 0;
@@ -392,7 +368,7 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
         let at = p - 2;
         let kind = hay[p - 1];
         let tail = &hay[p + NONCE_LEN..];
-        match parse_tail(kind, tail) {
+        match parse_tail(tail) {
             Tail::Complete { status, .. } if kind != b'C' && i32::try_from(status).is_err() => {
                 continue
             }
@@ -420,14 +396,7 @@ enum Tail {
     Invalid,
 }
 
-fn parse_tail(kind: u8, tail: &[u8]) -> Tail {
-    if kind == b'S' {
-        return match tail.first() {
-            None => Tail::Incomplete,
-            Some(0x01) => Tail::Complete { len: 1, status: 0 },
-            Some(_) => Tail::Invalid,
-        };
-    }
+fn parse_tail(tail: &[u8]) -> Tail {
     match tail.first() {
         None => return Tail::Incomplete,
         Some(b' ') => {}
@@ -506,16 +475,14 @@ pub fn encode_run(
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let mut line = String::with_capacity(command.len() + 48);
+    let _ = write!(line, "__ntd_n={nonce}; __ntd_c=");
+    shell_quote(command, &mut line);
     match timeout {
-        None => {
-            let _ = write!(line, "__ntd_run {nonce} ");
-        }
+        None => line.push_str("; __ntd_r\n"),
         Some(t) => {
-            let _ = write!(line, "__ntd_runt {nonce} {} ", format_seconds(t));
+            let _ = writeln!(line, "; __ntd_t={}; __ntd_rt", format_seconds(t));
         }
     }
-    shell_quote(command, &mut line);
-    line.push('\n');
     Ok(line)
 }
 
@@ -630,8 +597,7 @@ mod tests {
     }
 
     fn frame(body: &[u8], status: i32) -> Vec<u8> {
-        let mut v = b"\x01S0123456789abcdef\x01".to_vec();
-        v.extend_from_slice(body);
+        let mut v = body.to_vec();
         v.extend_from_slice(format!("\x01E0123456789abcdef {status}\x01").as_bytes());
         v
     }
@@ -687,7 +653,7 @@ mod tests {
     fn output_containing_marker_with_other_nonce_stays_output() {
         let mut f = connected();
         f.expect(*N);
-        let body = b"\x01S0000000000000000\x01\x01Effffffffffffffff 0\x01\x00\xff";
+        let body = b"\x01S0123456789abcdef\x01\x01Effffffffffffffff 0\x01\x00\xff";
         let mut ev = Vec::new();
         f.feed(&frame(body, 1), &mut ev);
         assert_eq!(done(&ev), (1, body.to_vec()));
@@ -704,17 +670,14 @@ mod tests {
     }
 
     #[test]
-    fn bytes_before_start_marker_are_stray() {
+    fn bytes_while_idle_are_stray_and_frame_output_is_not() {
         let mut f = connected();
         let mut ev = Vec::new();
         f.feed(b"late!", &mut ev);
         assert_eq!(ev, vec![ShellEvent::Stray(b"late!".to_vec())]);
         f.expect(*N);
         ev.clear();
-        let mut data = b"more late".to_vec();
-        data.extend(frame(b"ok", 0));
-        f.feed(&data, &mut ev);
-        assert_eq!(ev[0], ShellEvent::Stray(b"more late".to_vec()));
+        f.feed(&frame(b"ok", 0), &mut ev);
         assert_eq!(done(&ev), (0, b"ok".to_vec()));
     }
 
@@ -734,7 +697,7 @@ mod tests {
     fn wait_attempts_reset_output_and_loop_status_wins() {
         let mut f = connected();
         f.expect(*N);
-        let mut data = b"\x01S0123456789abcdef\x01first".to_vec();
+        let mut data = b"first".to_vec();
         data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
         data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
         let mut ev = Vec::new();
@@ -759,10 +722,7 @@ mod tests {
         let mut f = connected();
         f.expect(*N);
         let mut ev = Vec::new();
-        f.feed(
-            b"\x01S0123456789abcdef\x01x\x01E0123456789abcdef 124\x01",
-            &mut ev,
-        );
+        f.feed(b"x\x01E0123456789abcdef 124\x01", &mut ev);
         assert!(matches!(
             ev[0],
             ShellEvent::Done {
@@ -832,9 +792,15 @@ mod tests {
     #[test]
     fn encode_run_quotes_single_quotes() {
         let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
-        assert_eq!(line, "__ntd_run 0123456789abcdef 'echo '\\''a'\\''\"b\"'\n");
+        assert_eq!(
+            line,
+            "__ntd_n=0123456789abcdef; __ntd_c='echo '\\''a'\\''\"b\"'; __ntd_r\n"
+        );
         let t = encode_run(N, "true", Some(900.0)).unwrap();
-        assert_eq!(t, "__ntd_runt 0123456789abcdef 900.0 'true'\n");
+        assert_eq!(
+            t,
+            "__ntd_n=0123456789abcdef; __ntd_c='true'; __ntd_t=900.0; __ntd_rt\n"
+        );
         assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
     }
 
