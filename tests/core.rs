@@ -81,6 +81,12 @@ fn single_node_every_core_method_passes() {
         assert!(r.stderr.contains(line), "missing {line:?}\n{}", r.log());
     }
     assert!(r.stdout.contains("additionally exposed symbols:"));
+    // generate-driver-symbols (for pyflakes) lists exactly what the shim exposes.
+    assert!(
+        r.stdout.contains(&ntd::shim::DRIVER_SYMBOLS.join(", ")),
+        "{}",
+        r.stdout
+    );
     dir.assert_clean();
 }
 
