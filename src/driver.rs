@@ -1068,8 +1068,11 @@ impl Driver {
         self.log.debug(
             None,
             &format!(
-                "driver ran for {:.2} s",
-                self.started.elapsed().as_secs_f64()
+                "driver ran for {:.2} s; its own peak RSS {} KiB, CPU {:.3} s \
+                 (QEMU and Python not included)",
+                self.started.elapsed().as_secs_f64(),
+                crate::procinfo::peak_rss_kib().unwrap_or(0),
+                crate::procinfo::cpu_seconds().unwrap_or(0.0)
             ),
         );
         self.log.finish();
@@ -1114,7 +1117,16 @@ fn machine_state(m: &Machine) -> Value {
                 .map(Value::from)
                 .unwrap_or(Value::Null),
         ),
+        ("boot_secs", secs_between(m.spawned_at, m.sentinel_at)),
+        ("setup_secs", secs_between(m.sentinel_at, m.ready_at)),
     ])
+}
+
+fn secs_between(a: Option<Instant>, b: Option<Instant>) -> Value {
+    match (a, b) {
+        (Some(a), Some(b)) if b >= a => Value::from((b - a).as_secs_f64()),
+        _ => Value::Null,
+    }
 }
 
 /// Python exits 0/1 normally; death by a signal maps to 128 + signal.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod driver;
 pub mod log;
 pub mod machine;
+pub mod procinfo;
 pub mod reactor;
 pub mod rpc;
 pub mod shim;

@@ -188,6 +188,8 @@ pub struct Machine {
     pub spawned_at: Option<Instant>,
     /// When the sentinel arrived.
     pub sentinel_at: Option<Instant>,
+    /// When the shell setup was confirmed (the first command could be sent).
+    pub ready_at: Option<Instant>,
     kill_deadline: Option<Instant>,
     killed: bool,
 }
@@ -236,6 +238,7 @@ impl Machine {
             stdin_armed: false,
             spawned_at: None,
             sentinel_at: None,
+            ready_at: None,
             kill_deadline: None,
             killed: false,
         }
@@ -380,6 +383,7 @@ impl Machine {
         self.accelerator = None;
         self.spawned_at = Some(Instant::now());
         self.sentinel_at = None;
+        self.ready_at = None;
         self.kill_deadline = None;
         self.killed = false;
         Ok(())
@@ -610,6 +614,7 @@ impl Machine {
                 ShellState::Setup => {
                     if status == 0 {
                         self.shell_state = ShellState::Ready;
+                        self.ready_at = Some(Instant::now());
                     } else {
                         log.warning(
                             Some(&self.name),

@@ -1,0 +1,343 @@
+//! Latency benches on the tiny guest (TCG on this project's machines):
+//!
+//! - per-command latency: `succeed("true")` ×N, min / median / p95;
+//! - wait detection latency: a file appears at a time the guest records → `wait_for_file`
+//!   returns (measured on the guest clock, minus nothing: it includes the first half of one
+//!   more command, ~2 ms);
+//! - boot-to-first-assert for 1, 2, 4 and 8 nodes (`start_all()`, then one command on each)
+//!   beside each guest's own boot time to the backdoor sentinel (the floor);
+//! - the driver's own peak RSS and CPU time (QEMU and Python excluded).
+//!
+//! `--peer CMD` runs the same scenarios (plain upstream-API test scripts) through another
+//! driver command, e.g. an upstream `nixos-test-driver` you installed, and prints ratios in the
+//! same run. Prints a table and writes `target/bench-latency.json`.
+//!
+//! Usage: `cargo bench --bench latency -- [--quick] [--commands N] [--nodes 1,2,4,8]
+//! [--peer CMD]`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{RunResult, TestDir, NTD};
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(900);
+
+struct Args {
+    commands: usize,
+    waits: usize,
+    nodes: Vec<usize>,
+    peer: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        commands: 200,
+        waits: 20,
+        nodes: vec![1, 2, 4, 8],
+        peer: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => {
+                a.commands = 50;
+                a.waits = 5;
+                a.nodes = vec![1, 2];
+            }
+            "--commands" => a.commands = it.next().and_then(|v| v.parse().ok()).unwrap_or(200),
+            "--nodes" => {
+                a.nodes = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            }
+            "--peer" => a.peer = it.next(),
+            _ => {} // cargo passes --bench
+        }
+    }
+    a
+}
+
+/// A test script using only the upstream API; it prints one `BENCH {json}` line.
+fn commands_script(n: usize, waits: usize) -> String {
+    format!(
+        r#"import json, time
+start_all()
+machine.succeed("true")
+lat = []
+for _ in range({n}):
+    t = time.perf_counter()
+    machine.succeed("true")
+    lat.append(time.perf_counter() - t)
+det = []
+for _ in range({waits}):
+    machine.succeed("rm -f /tmp/f /tmp/t; (sleep 0.3; : > /tmp/f; echo $EPOCHREALTIME > /tmp/t) >/dev/null 2>&1 &")
+    machine.wait_for_file("/tmp/f")
+    now = float(machine.succeed("echo $EPOCHREALTIME"))
+    det.append(now - float(machine.succeed("cat /tmp/t")))
+print("BENCH " + json.dumps({{"latency": lat, "detection": det}}))
+"#
+    )
+}
+
+fn boot_script(names: &[String]) -> String {
+    let list = names.join(", ");
+    format!(
+        r#"import json, time
+t0 = time.perf_counter()
+start_all()
+first = {{}}
+for m in [{list}]:
+    m.succeed("true")
+    first[m.name] = time.perf_counter() - t0
+boot = {{}}
+for m in [{list}]:
+    state = getattr(m, "_state", None)
+    if state is not None:
+        boot[m.name] = state().get("boot_secs")
+print("BENCH " + json.dumps({{"first": first, "boot": boot}}))
+"#
+    )
+}
+
+struct Outcome {
+    bench: String,
+    rss_kib: Option<f64>,
+    cpu_s: Option<f64>,
+}
+
+fn run_scenario(
+    dir: &TestDir,
+    driver: Option<&str>,
+    machines: &[(String, std::path::PathBuf)],
+    script: &str,
+) -> Outcome {
+    let pairs: Vec<(&str, &std::path::Path)> = machines
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    let cfg = dir.config(&pairs, &[], 900, script);
+    let r: RunResult = match driver {
+        None => dir.run(
+            &["-c", cfg.to_str().unwrap(), "--log-level", "debug"],
+            LIMIT,
+        ),
+        Some(peer) => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(format!("exec {peer} --config \"$0\"", peer = peer))
+                .arg(&cfg)
+                .current_dir(&dir.path)
+                .env("XDG_RUNTIME_DIR", dir.run_dir());
+            common::run_with_limit(cmd, LIMIT)
+        }
+    };
+    if r.code != Some(0) {
+        panic!("bench scenario failed ({:?})\n{}", driver, r.log());
+    }
+    let bench = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .unwrap_or_else(|| panic!("no BENCH line\n{}", r.log()))
+        .to_owned();
+    // "driver ran for … s; its own peak RSS N KiB, CPU X s (…)"
+    let usage = r.stderr.lines().find(|l| l.contains("its own peak RSS"));
+    let num_after = |line: &str, key: &str| -> Option<f64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Outcome {
+        bench,
+        rss_kib: usage.and_then(|l| num_after(l, "peak RSS ")),
+        cpu_s: usage.and_then(|l| num_after(l, "CPU ")),
+    }
+}
+
+/// The numbers of a JSON array of floats at `key` (the bench JSON is simple and ours).
+fn floats(json: &str, key: &str) -> Vec<f64> {
+    let Some(start) = json.find(&format!("\"{key}\": [")) else {
+        return vec![];
+    };
+    let rest = &json[start + key.len() + 5..];
+    let end = rest.find(']').unwrap_or(rest.len());
+    rest[..end]
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// Values of a JSON object of floats at `key`.
+fn object(json: &str, key: &str) -> Vec<(String, f64)> {
+    let Some(start) = json.find(&format!("\"{key}\": {{")) else {
+        return vec![];
+    };
+    let rest = &json[start + key.len() + 5..];
+    let end = rest.find('}').unwrap_or(rest.len());
+    rest[..end]
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once(':')?;
+            Some((
+                k.trim().trim_matches('"').to_owned(),
+                v.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+struct Stats {
+    min: f64,
+    median: f64,
+    p95: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        min: v[0],
+        median: at(0.5),
+        p95: at(0.95),
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let mut json = String::from("{");
+    let mut table = String::new();
+    let machine_info = {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        format!("{cores} cores, {cpu}; guests under TCG")
+    };
+    let _ = writeln!(table, "ntd latency bench ({machine_info})");
+    let _ = write!(json, "\"machine\": \"{machine_info}\"");
+    let drivers: Vec<(&str, Option<&str>)> = std::iter::once(("ntd", None))
+        .chain(args.peer.as_deref().map(|p| ("peer", Some(p))))
+        .collect();
+
+    // Per-command latency and wait detection.
+    let dir = TestDir::new("bench");
+    let vm = dir.tiny_vm("machine", &[]);
+    let machines = vec![("machine".to_owned(), vm)];
+    let mut medians = Vec::new();
+    for (label, driver) in &drivers {
+        let out = run_scenario(
+            &dir,
+            *driver,
+            &machines,
+            &commands_script(args.commands, args.waits),
+        );
+        let lat = stats(
+            floats(&out.bench, "latency")
+                .into_iter()
+                .map(|s| s * 1e3)
+                .collect(),
+        );
+        let det = stats(
+            floats(&out.bench, "detection")
+                .into_iter()
+                .map(|s| s * 1e3)
+                .collect(),
+        );
+        let _ = writeln!(
+            table,
+            "{label:5} succeed(\"true\") x{}: min {:.2} / median {:.2} / p95 {:.2} ms",
+            args.commands, lat.min, lat.median, lat.p95
+        );
+        let _ = writeln!(
+            table,
+            "{label:5} wait_for_file detection x{}: min {:.1} / median {:.1} / p95 {:.1} ms",
+            args.waits, det.min, det.median, det.p95
+        );
+        if let (Some(rss), Some(cpu)) = (out.rss_kib, out.cpu_s) {
+            let _ = writeln!(
+                table,
+                "{label:5} driver peak RSS {:.1} MiB, CPU {:.3} s (1 node, {} commands + {} waits)",
+                rss / 1024.0,
+                cpu,
+                args.commands,
+                args.waits
+            );
+            let _ = write!(
+                json,
+                ", \"{label}_rss_kib\": {rss}, \"{label}_cpu_s\": {cpu}"
+            );
+        }
+        let _ = write!(
+            json,
+            ", \"{label}_command_ms\": {{\"min\": {:.3}, \"median\": {:.3}, \"p95\": {:.3}}}, \"{label}_detection_ms\": {{\"min\": {:.2}, \"median\": {:.2}, \"p95\": {:.2}}}",
+            lat.min, lat.median, lat.p95, det.min, det.median, det.p95
+        );
+        medians.push(lat.median);
+    }
+    if medians.len() == 2 {
+        let _ = writeln!(
+            table,
+            "      per-command ratio peer/ntd: {:.1}x",
+            medians[1] / medians[0]
+        );
+    }
+
+    // Boot to first assert.
+    for &n in &args.nodes {
+        let dir = TestDir::new("bootb");
+        let names: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+        let machines: Vec<(String, std::path::PathBuf)> = names
+            .iter()
+            .map(|name| (name.clone(), dir.tiny_vm(name, &[])))
+            .collect();
+        for (label, driver) in &drivers {
+            let out = run_scenario(&dir, *driver, &machines, &boot_script(&names));
+            let first = object(&out.bench, "first");
+            let boot = object(&out.bench, "boot");
+            let last_first = first.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+            let line = if boot.is_empty() {
+                format!(
+                    "{label:5} {n} node(s): all first asserts done {:.2} s after start_all",
+                    last_first
+                )
+            } else {
+                let worst = first
+                    .iter()
+                    .filter_map(|(name, f)| {
+                        let b = boot.iter().find(|(k, _)| k == name)?.1;
+                        Some(f - b)
+                    })
+                    .fold(f64::MIN, f64::max);
+                let max_boot = boot.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+                format!(
+                    "{label:5} {n} node(s): last first-assert {:.2} s after start_all; slowest guest boot to sentinel {:.2} s; worst (first assert - own boot) {:+.0} ms",
+                    last_first,
+                    max_boot,
+                    worst * 1e3
+                )
+            };
+            let _ = writeln!(table, "{line}");
+            let _ = write!(json, ", \"{label}_boot_{n}\": {}", out.bench);
+        }
+        dir.assert_clean();
+    }
+    json.push('}');
+    print!("{table}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-latency.json");
+    if std::fs::write(&path, &json).is_ok() {
+        println!("wrote {}", path.display());
+    }
+    let _ = NTD;
+}
