@@ -4,3 +4,4 @@
 //! library so that tests and benches can drive single parts (the switch, the framing) directly.
 
 pub mod reactor;
+pub mod vde;
