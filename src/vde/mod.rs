@@ -12,13 +12,14 @@
 //! Forwarding: every datagram of at least 14 bytes is one Ethernet frame and is forwarded
 //! byte for byte (no truncation to 1518, no tag handling, no padding), in hub mode to every
 //! endpoint whose port is neither the ingress port nor the management port 0. Frames are read
-//! in batches of up to [`FRAMES_PER_WAKEUP`] into one reusable arena and sent to each target
+//! in batches of up to [`FRAMES_PER_WAKEUP`] with one `recvmmsg` into reusable buffers and sent to each target
 //! with one `sendmmsg`; a receiver that cannot keep up loses frames (counted), it never slows
 //! the loop. Because mio is edge-triggered, a socket that still has data after a batch is
 //! remembered and [`Switch::next_deadline`] asks the driver to come back immediately.
 
 pub mod fdb;
 pub mod pcap;
+mod recv_batch;
 pub mod standalone;
 pub mod wire;
 
@@ -26,6 +27,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,6 +46,7 @@ use smallvec::SmallVec;
 use crate::reactor;
 use fdb::{Destination, Fdb};
 use pcap::PcapWriter;
+use recv_batch::RecvBatch;
 use wire::{Assembly, PortRequest, Request, RequestBuffer, WireError, SUN_PATH_LEN};
 
 /// vde_switch's default `-n 32`: ports 0..31, port 0 being the management port.
@@ -71,8 +74,6 @@ pub const MAX_DIR_LEN: usize = SUN_PATH_LEN - 1 - 1 - MAX_DATA_NAME_LEN;
 const MAX_DATA_NAME_LEN: usize = 4 + 10;
 /// Buffered pcap records are written out at least this often.
 pub const CAPTURE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-/// One reusable receive arena: a full batch of 1514-byte frames plus room for one maximal one.
-const ARENA_LEN: usize = 256 * 1024;
 const ACCEPTS_PER_WAKEUP: usize = 64;
 const CTL_READS_PER_WAKEUP: usize = 16;
 const EVENT_QUEUE_CAP: usize = 512;
@@ -401,6 +402,8 @@ pub struct SwitchStats {
     pub requests_rejected: u64,
     pub ports_closed: u64,
     pub captured_frames: u64,
+    /// Receive batches that carried at least one datagram (frames_in / batches = batching).
+    pub batches: u64,
     /// Events discarded because the driver did not drain them.
     pub events_lost: u64,
 }
@@ -409,14 +412,15 @@ impl fmt::Display for SwitchStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "vlan={} ports={} frames_in={} bytes_in={} frames_out={} bytes_out={} accepted={} \
-             rejected={} closed={} captured={} drops: {}",
+            "vlan={} ports={} frames_in={} bytes_in={} frames_out={} bytes_out={} batches={} \
+             accepted={} rejected={} closed={} captured={} drops: {}",
             self.vlan,
             self.ports,
             self.frames_in,
             self.bytes_in,
             self.frames_out,
             self.bytes_out,
+            self.batches,
             self.requests_accepted,
             self.requests_rejected,
             self.ports_closed,
@@ -565,7 +569,7 @@ pub struct Switch {
     /// Slots that stopped at the per-wake-up cap and must be serviced again.
     backlog: SmallVec<[usize; 8]>,
     backlog_since: Option<Instant>,
-    arena: Box<[u8]>,
+    rx: RecvBatch,
     fdb: Option<Fdb>,
     capture: Option<Capture>,
     closed_totals: PortCounters,
@@ -573,6 +577,7 @@ pub struct Switch {
     requests_rejected: u64,
     ports_closed: u64,
     captured_frames: u64,
+    batches: u64,
     events: VecDeque<SwitchEvent>,
     events_lost: u64,
     cleaned_up: bool,
@@ -666,7 +671,7 @@ impl Switch {
             next_id: 1,
             backlog: SmallVec::new(),
             backlog_since: None,
-            arena: vec![0u8; ARENA_LEN].into_boxed_slice(),
+            rx: RecvBatch::new(FRAMES_PER_WAKEUP, MAX_FRAME),
             fdb: (!cfg.hub).then(|| Fdb::new(fdb::DEFAULT_CAPACITY, cfg.fdb_max_age)),
             capture: None,
             closed_totals: PortCounters::default(),
@@ -674,6 +679,7 @@ impl Switch {
             requests_rejected: 0,
             ports_closed: 0,
             captured_frames: 0,
+            batches: 0,
             events: VecDeque::new(),
             events_lost: 0,
             cleaned_up: false,
@@ -775,6 +781,7 @@ impl Switch {
             requests_rejected: self.requests_rejected,
             ports_closed: self.ports_closed,
             captured_frames: self.captured_frames,
+            batches: self.batches,
             events_lost: self.events_lost,
         }
     }
@@ -1196,10 +1203,11 @@ impl Switch {
         let Switch {
             endpoints,
             active,
-            arena,
+            rx,
             fdb,
             capture,
             captured_frames,
+            batches,
             ..
         } = self;
         let Some(src) = endpoints.get_mut(index).and_then(Option::as_mut) else {
@@ -1207,49 +1215,53 @@ impl Switch {
         };
         let src_port = src.port;
 
-        // Phase 1: receive up to a batch into the arena.
-        let mut frames = [(0usize, 0usize); FRAMES_PER_WAKEUP];
-        let mut count = 0;
-        let mut used = 0;
-        let mut progress = Progress::More;
-        for _ in 0..FRAMES_PER_WAKEUP {
-            if arena.len() - used < MAX_FRAME {
-                break;
-            }
-            let room = &mut arena[used..used + MAX_FRAME];
-            // TRUNC makes recv report the real length of a longer datagram.
-            match rustix::net::recv(&src.data, room, RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
-                Ok((_, len)) if len < MIN_FRAME => src.counters.drops.runt += 1,
-                Ok((_, len)) if len > MAX_FRAME => src.counters.drops.oversize += 1,
-                Ok((_, len)) => {
-                    frames[count] = (used, len);
-                    count += 1;
-                    used += len;
-                    src.counters.frames_in += 1;
-                    src.counters.bytes_in += len as u64;
-                }
-                Err(Errno::AGAIN) => {
-                    progress = Progress::Drained;
+        // Phase 1: receive up to a batch with one recvmmsg. A pending socket error (e.g. after
+        // the client's socket vanished) is reported once and cleared: count it, try again.
+        let mut received = 0;
+        for _ in 0..3 {
+            match rx.recv(src.data.as_fd(), FRAMES_PER_WAKEUP) {
+                Ok(n) => {
+                    received = n;
                     break;
                 }
-                Err(Errno::INTR) => {}
-                // A pending socket error (e.g. after the client's socket vanished) is reported
-                // once and cleared; keep reading.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => src.counters.drops.recv_error += 1,
             }
         }
-        if count == 0 {
+        // A short batch means the queue is empty: the edge-triggered poller will wake us again.
+        if received > 0 {
+            *batches += 1;
+        }
+        let progress = if received < FRAMES_PER_WAKEUP {
+            Progress::Drained
+        } else {
+            Progress::More
+        };
+        let rx: &RecvBatch = rx;
+        let mut frames: SmallVec<[&[u8]; FRAMES_PER_WAKEUP]> = SmallVec::new();
+        for i in 0..received {
+            let len = rx.len(i);
+            if rx.truncated(i) || len > MAX_FRAME {
+                src.counters.drops.oversize += 1;
+            } else if len < MIN_FRAME {
+                src.counters.drops.runt += 1;
+            } else {
+                src.counters.frames_in += 1;
+                src.counters.bytes_in += len as u64;
+                frames.push(rx.frame(i));
+            }
+        }
+        if frames.is_empty() {
             return progress;
         }
-        let frames = &frames[..count];
-        let arena: &[u8] = arena;
+        let count = frames.len();
 
         // Phase 2: capture, route, send.
         let mut capture_error = None;
         if let Some(cap) = capture.as_mut() {
             let at = SystemTime::now();
-            for &(off, len) in frames {
-                if let Err(e) = cap.writer.write_frame(at, &arena[off..off + len]) {
+            for frame in &frames {
+                if let Err(e) = cap.writer.write_frame(at, frame) {
                     capture_error = Some(e);
                     break;
                 }
@@ -1263,12 +1275,13 @@ impl Switch {
         let dests = &mut dests[..count];
         if let Some(fdb) = fdb.as_mut() {
             let now = Instant::now();
-            for (d, &(off, len)) in dests.iter_mut().zip(frames) {
-                *d = fdb.route(&arena[off..off + len], src_port, now);
+            for (d, frame) in dests.iter_mut().zip(&frames) {
+                *d = fdb.route(frame, src_port, now);
             }
         }
 
-        forward_batch(endpoints, active, index, src_port, arena, frames, dests);
+        forward_batch(endpoints, active, index, src_port, &frames, dests);
+        drop(frames);
 
         if let Some(source) = capture_error {
             if let Some(cap) = self.capture.take() {
@@ -1316,7 +1329,7 @@ impl Switch {
     }
 }
 
-/// Send the frames of one batch (`frames` are offsets into `arena`) from endpoint `src`
+/// Send the frames of one batch from endpoint `src`
 /// (on `src_port`) to their destinations, one `sendmmsg` per run of equal destination and
 /// target endpoint.
 fn forward_batch(
@@ -1324,15 +1337,12 @@ fn forward_batch(
     active: &[usize],
     src: usize,
     src_port: u32,
-    arena: &[u8],
-    frames: &[(usize, usize)],
+    frames: &[&[u8]],
     dests: &[Destination],
 ) {
     let count = frames.len();
-    let iovs: SmallVec<[[IoSlice<'_>; 1]; FRAMES_PER_WAKEUP]> = frames
-        .iter()
-        .map(|&(off, len)| [IoSlice::new(&arena[off..off + len])])
-        .collect();
+    let iovs: SmallVec<[[IoSlice<'_>; 1]; FRAMES_PER_WAKEUP]> =
+        frames.iter().map(|frame| [IoSlice::new(frame)]).collect();
     let mut controls: SmallVec<[SendAncillaryBuffer<'_, '_, '_>; FRAMES_PER_WAKEUP]> =
         (0..count).map(|_| SendAncillaryBuffer::default()).collect();
     let mut msgs: SmallVec<[MMsgHdr<'_>; FRAMES_PER_WAKEUP]> = iovs
