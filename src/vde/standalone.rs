@@ -28,6 +28,20 @@ use rustix::process::Signal;
 use super::{Switch, SwitchConfig, VdeError, DEFAULT_MAX_PORTS};
 use crate::reactor;
 
+/// `println!` that ignores a closed stdout (the parent may stop reading; never panic for it).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// Owner id of the standalone program's own fds; switch `i` gets owner `i + 1`.
 const CONTROL_OWNER: usize = 0;
 const SLOT_SIGNAL: usize = 0;
@@ -82,11 +96,11 @@ pub fn main(args: &[String]) -> i32 {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    println!("{}", early.output);
+                    out!("{}", early.output);
                     0
                 }
                 Err(()) => {
-                    eprintln!("{}", early.output);
+                    err!("{}", early.output);
                     2
                 }
             };
@@ -95,11 +109,11 @@ pub fn main(args: &[String]) -> i32 {
     match run(parsed) {
         Ok(()) => 0,
         Err(e @ StandaloneError::Usage(_)) => {
-            eprintln!("ntd vde-switch: {e}");
+            err!("ntd vde-switch: {e}");
             2
         }
         Err(e) => {
-            eprintln!("ntd vde-switch: {e}");
+            err!("ntd vde-switch: {e}");
             1
         }
     }
@@ -129,15 +143,22 @@ fn run(args: Args) -> Result<(), StandaloneError> {
         )
         .map_err(StandaloneError::Poll)?;
     let stdin_fd = io::stdin().as_raw_fd();
-    // A stdin that cannot be polled (a regular file, /dev/null) is not a console: ignore it.
+    // A stdin that cannot be polled (a regular file, /dev/null) is read to its end right
+    // after start-up, like vde_switch does; then the switch exits (use --nostdin to keep it).
+    let mut stdin_is_file = false;
     let watch_stdin = !args.nostdin
-        && registry
-            .register(
-                &mut SourceFd(&stdin_fd),
-                reactor::token(CONTROL_OWNER, SLOT_STDIN),
-                Interest::READABLE,
-            )
-            .is_ok();
+        && match registry.register(
+            &mut SourceFd(&stdin_fd),
+            reactor::token(CONTROL_OWNER, SLOT_STDIN),
+            Interest::READABLE,
+        ) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                stdin_is_file = true;
+                false
+            }
+            Err(_) => false,
+        };
 
     let mut switches = Vec::with_capacity(args.sock.len());
     for (i, dir) in args.sock.iter().enumerate() {
@@ -167,7 +188,7 @@ fn run(args: Args) -> Result<(), StandaloneError> {
 
     let mut events = Events::with_capacity(256);
     let mut console = Vec::new();
-    let mut stop = false;
+    let mut stop = stdin_is_file && read_console(&mut console, &switches);
     while !stop {
         let timeout = switches
             .iter()
@@ -197,15 +218,15 @@ fn run(args: Args) -> Result<(), StandaloneError> {
                 sw.on_timer(&registry, now);
             }
             for ev in sw.drain_events() {
-                eprintln!("ntd vde-switch: {ev}");
+                err!("ntd vde-switch: {ev}");
             }
         }
     }
 
     for sw in switches {
-        println!("ntd vde-switch: stats {}", sw.stats());
+        out!("ntd vde-switch: stats {}", sw.stats());
         for ev in sw.shutdown(&registry) {
-            eprintln!("ntd vde-switch: {ev}");
+            err!("ntd vde-switch: {ev}");
         }
     }
     let _ = io::stdout().flush();
