@@ -12,10 +12,18 @@
 //! Forwarding: every datagram of at least 14 bytes is one Ethernet frame and is forwarded
 //! byte for byte (no truncation to 1518, no tag handling, no padding), in hub mode to every
 //! endpoint whose port is neither the ingress port nor the management port 0. Frames are read
-//! in batches of up to [`FRAMES_PER_WAKEUP`] with one `recvmmsg` into reusable buffers and sent to each target
-//! with one `sendmmsg`; a receiver that cannot keep up loses frames (counted), it never slows
-//! the loop. Because mio is edge-triggered, a socket that still has data after a batch is
-//! remembered and [`Switch::next_deadline`] asks the driver to come back immediately.
+//! in batches of up to [`FRAMES_PER_WAKEUP`] with one `recvmmsg` into reusable buffers (64 ×
+//! 64 KiB, touched only as far as frames reach) and sent to each target with one `sendmmsg`;
+//! a receiver that cannot keep up loses frames (counted), it never slows the loop. Nothing is
+//! allocated per frame. Because mio is edge-triggered, a socket that still has data after a
+//! batch is remembered and [`Switch::next_deadline`] asks the driver to come back immediately.
+//!
+//! Driver integration, in order: [`Switch::create`] before spawning any QEMU (QEMU aborts if
+//! `ctl` is not listening) and export `QEMU_VDE_SOCKET_<vlan>` = [`Switch::dir`]; route every
+//! event whose token owner is the switch's to [`Switch::handle_event`]; bound the poll timeout
+//! by [`Switch::next_deadline`] and call [`Switch::on_timer`] once it has passed; log what
+//! [`Switch::drain_events`] yields; call [`Switch::shutdown`] only after every QEMU attached
+//! to it has exited (QEMU never reconnects to a switch).
 
 pub mod fdb;
 pub mod pcap;
