@@ -11,7 +11,16 @@
 //! Runs are interleaved (ntd, vde_switch, ntd, …) and repeated; the median is reported, with
 //! the ratio ntd / vde_switch and CPU seconds per million frames. Writes
 //! target/bench-switch.json. Environment: NTD_BENCH_SECS (per run, default 2),
-//! NTD_BENCH_REPS (default 3). The machine may be shared: compare ratios, not absolutes.
+//! NTD_BENCH_REPS (default 3), NTD_BENCH_WINDOW (frames in flight; default 128 for 64-byte
+//! and 64 for 1514-byte frames, below what vde_switch's 208 KiB per-receiver queue holds).
+//!
+//! Reading the numbers: "cpu s/Mframe" is the switch's own efficiency. "frames/s" is the
+//! throughput of the whole pipeline, which on a 2-CPU machine is often bounded by the one
+//! client thread (it does the mirror image of the switch's kernel work) rather than by the
+//! switch; the "sw cpu" column shows how busy the switch was. The printed kernel floor (one
+//! datagram send+recv in one hot thread) is a cost both switches pay per delivered copy, so it
+//! bounds how much any user-space switch can gain. The machine may be shared: compare ratios
+//! within one run, not absolutes.
 
 #[path = "../tests/common/vdeclient.rs"]
 mod vdeclient;
