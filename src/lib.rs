@@ -12,3 +12,4 @@ pub mod reactor;
 pub mod rpc;
 pub mod shim;
 pub mod signals;
+pub mod vde;

@@ -40,7 +40,8 @@ fn main() {
 
 /// Helper programs that share the binary: `ntd shim-export DIR` writes the Python package (for
 /// type checks and packaging), `ntd generate-driver-symbols` (or the binary called by that name)
-/// writes `driver-symbols` like upstream's helper.
+/// writes `driver-symbols` like upstream's helper, `ntd vde-switch --sock DIR` runs only the
+/// switch (interop tests and the switch bench drive it like `vde_switch`).
 fn subcommand(argv0: &str, args: &[String]) -> Option<i32> {
     let called = std::path::Path::new(argv0)
         .file_name()
@@ -64,6 +65,7 @@ fn subcommand(argv0: &str, args: &[String]) -> Option<i32> {
             }
         }
         Some("generate-driver-symbols") => Some(write_symbols()),
+        Some("vde-switch") => Some(ntd::vde::standalone::main(&args[1..])),
         _ => None,
     }
 }
