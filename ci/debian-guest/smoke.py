@@ -243,14 +243,19 @@ class Machine:
         return out
 
     def _retry(self, what, attempt, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
+        """Upstream's retry: attempts 1 s apart while less than TIMEOUT has passed
+        since the first one (whose boot wait counts), then one last attempt."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
             ok, value = attempt()
             if ok:
                 return value
-            if time.monotonic() >= deadline:
-                raise Failure(f"action timed out after {timeout} s: {what}")
             time.sleep(1)
+        ok, value = attempt()
+        if ok:
+            return value
+        raise Failure(f"action timed out after {time.monotonic() - start:.2f} seconds"
+                      f" (timeout={timeout}): {what}")
 
     def wait_until_succeeds(self, command, timeout=900):
         log(f"{self.name}: waiting for success: {command}")
