@@ -3,4 +3,11 @@
 //! The binary (`src/main.rs`) only parses the command line; everything else lives in this
 //! library so that tests and benches can drive single parts (the switch, the framing) directly.
 
+pub mod cli;
+pub mod driver;
+pub mod log;
+pub mod machine;
 pub mod reactor;
+pub mod rpc;
+pub mod shim;
+pub mod signals;

@@ -1,0 +1,682 @@
+//! The driver's command line and configuration, in all three upstream generations.
+//!
+//! Newest (`-c driver.json`), mid (`--vm-names`/`--vm-start-scripts`, positional script) and
+//! legacy (`--start-scripts`, environment variables `startScripts`, `vlans`, `globalTimeout`,
+//! `testScript`) all produce one [`Options`]. Parsing follows argparse where scripts and Nix
+//! wrappers depend on it: unambiguous prefixes of long options (`--debug-hook=…`), `--opt=value`,
+//! options taking several values, and exit status 2 with a usage message on errors. This module
+//! reads the configuration file but starts nothing.
+
+use crate::log::Level;
+use crate::rpc::json::Value;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Upstream's fallback global timeout when none is configured: one week.
+pub const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub name: String,
+    pub start_script: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub vms: Vec<VmSpec>,
+    pub vlans: Vec<u32>,
+    pub global_timeout: Duration,
+    pub test_script: Option<PathBuf>,
+    pub keep_machine_state: bool,
+    pub interactive: bool,
+    pub output_directory: PathBuf,
+    pub junit_xml: Option<PathBuf>,
+    pub log_level: Level,
+    pub debug_hook: Option<String>,
+    /// ntd extension: write a pcap per vlan here.
+    pub capture_dir: Option<PathBuf>,
+    /// ntd extension: Chrome trace-event file.
+    pub trace: Option<PathBuf>,
+    /// Which CLI generation was used (for the upstream log line about keeping state).
+    pub legacy_state_flag: bool,
+}
+
+/// A command line or configuration problem; exit status 2 like argparse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CliError(pub String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
+    Err(CliError(msg.into()))
+}
+
+pub const USAGE: &str = "\
+usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I | --no-interactive]
+                         [--debug-hook-attach CMD] [-o OUTPUT_DIRECTORY] [--junit-xml PATH]
+                         [--log-level {debug,info,warning,error}]
+                         [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
+                         [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
+                         [--capture-dir DIR] [--trace FILE] [testscript]
+
+ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
+
+  -c, --config PATH           driver configuration JSON (vms, vlans, global_timeout, test_script)
+  --test-script PATH          override the test script of the configuration
+  -K, --keep-machine-state    keep vm-state-<name> directories (alias: --keep-vm-state)
+  -I, --interactive           start a Python REPL with the test symbols instead of the script
+  --debug-hook-attach CMD     on failure, print how to attach to the paused test
+  -o, --output_directory DIR  where screenshots, copied files and JUnit XML go (default: cwd)
+  --junit-xml PATH            write JUnit XML (relative to the output directory)
+  --log-level LEVEL           debug, info, warning or error (env: logLevel)
+  --vm-names / --vm-start-scripts   mid-generation form (env: vmNames / vmStartScripts)
+  --start-scripts SCRIPT ...  legacy form; names from run-<name>-vm (env: startScripts)
+  --vlans VLAN ...            vlan numbers (env: vlans)
+  --global-timeout SECONDS    kill everything after this long (env: globalTimeout)
+  --capture-dir DIR           ntd: write one pcap file per vlan into DIR
+  --trace FILE                ntd: write a Chrome trace-event timeline to FILE
+  testscript                  the Python test script (env: testScript)
+";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arity {
+    Flag,
+    One,
+    Many,
+}
+
+/// Long option names (canonical), their short forms and arity.
+const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
+    ("--help", Some("-h"), Arity::Flag),
+    ("--config", Some("-c"), Arity::One),
+    ("--test-script", None, Arity::One),
+    ("--keep-machine-state", Some("-K"), Arity::Flag),
+    ("--keep-vm-state", None, Arity::Flag),
+    ("--interactive", Some("-I"), Arity::Flag),
+    ("--no-interactive", None, Arity::Flag),
+    ("--debug-hook-attach", None, Arity::One),
+    ("--output_directory", Some("-o"), Arity::One),
+    ("--junit-xml", None, Arity::One),
+    ("--log-level", None, Arity::One),
+    ("--start-scripts", None, Arity::Many),
+    ("--vm-names", None, Arity::Many),
+    ("--vm-start-scripts", None, Arity::Many),
+    ("--container-names", None, Arity::Many),
+    ("--container-start-scripts", None, Arity::Many),
+    ("--vlans", None, Arity::Many),
+    ("--global-timeout", None, Arity::One),
+    ("--dump-vsocks", None, Arity::One),
+    ("--capture-dir", None, Arity::One),
+    ("--trace", None, Arity::One),
+];
+
+/// Resolve `arg` (without `=value`) to a canonical option, argparse style.
+fn resolve(arg: &str) -> Result<(&'static str, Arity), CliError> {
+    for (long, short, arity) in OPTIONS {
+        if arg == *long || Some(arg) == *short {
+            return Ok((long, *arity));
+        }
+    }
+    if arg.starts_with("--") {
+        let hits: Vec<_> = OPTIONS
+            .iter()
+            .filter(|(long, _, _)| long.starts_with(arg))
+            .collect();
+        match hits.as_slice() {
+            [(long, _, arity)] => return Ok((long, *arity)),
+            [] => {}
+            many => {
+                let names: Vec<&str> = many.iter().map(|(l, _, _)| *l).collect();
+                return err(format!(
+                    "ambiguous option: {arg} could match {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    err(format!("unrecognized arguments: {arg}"))
+}
+
+#[derive(Default, Debug)]
+struct Raw {
+    values: Vec<(&'static str, Vec<String>)>,
+    positional: Vec<String>,
+}
+
+impl Raw {
+    fn last(&self, name: &str) -> Option<&Vec<String>> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+    fn one(&self, name: &str) -> Option<String> {
+        self.last(name).and_then(|v| v.first().cloned())
+    }
+    fn flag(&self, name: &str) -> bool {
+        self.last(name).is_some()
+    }
+}
+
+fn split_args(args: &[String]) -> Result<Raw, CliError> {
+    let mut raw = Raw::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            raw.positional.extend(args[i..].iter().cloned());
+            break;
+        }
+        if !a.starts_with('-') || a == "-" {
+            raw.positional.push(a.clone());
+            continue;
+        }
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        // Short option with attached value: -cfoo.json
+        let (name, inline) = if !name.starts_with("--") && name.len() > 2 && inline.is_none() {
+            (&name[..2], Some(name[2..].to_owned()))
+        } else {
+            (name, inline)
+        };
+        let (canon, arity) = resolve(name)?;
+        let vals = match arity {
+            Arity::Flag => {
+                if inline.is_some() {
+                    return err(format!("argument {canon}: ignored explicit argument"));
+                }
+                vec![]
+            }
+            Arity::One => match inline {
+                Some(v) => vec![v],
+                None => {
+                    if i >= args.len() || (args[i].starts_with('-') && args[i].len() > 1) {
+                        return err(format!("argument {canon}: expected one argument"));
+                    }
+                    i += 1;
+                    vec![args[i - 1].clone()]
+                }
+            },
+            Arity::Many => {
+                let mut v: Vec<String> = inline.into_iter().collect();
+                while i < args.len() && !(args[i].starts_with('-') && args[i].len() > 1) {
+                    v.push(args[i].clone());
+                    i += 1;
+                }
+                v
+            }
+        };
+        raw.values.push((canon, vals));
+    }
+    Ok(raw)
+}
+
+/// Where the process environment comes from (injectable for tests).
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+/// Parse the arguments (without the program name). `Ok(None)` means `--help` was printed.
+pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError> {
+    let raw = split_args(args)?;
+    if raw.flag("--help") {
+        print!("{USAGE}");
+        return Ok(None);
+    }
+    if raw.last("--container-names").is_some_and(|v| !v.is_empty())
+        || env
+            .get("containerNames")
+            .is_some_and(|v| !v.trim().is_empty())
+    {
+        return err("systemd-nspawn containers are not supported by ntd (only QEMU machines)");
+    }
+    let log_level = match raw.one("--log-level").or_else(|| env.get("logLevel")) {
+        None => Level::Info,
+        Some(l) => Level::parse(&l).ok_or_else(|| {
+            CliError(format!(
+                "argument --log-level: invalid choice: '{l}' (choose from 'debug', 'info', 'warning', 'error')"
+            ))
+        })?,
+    };
+    let output_directory = match raw.one("--output_directory") {
+        Some(d) => checked_output_dir(Path::new(&d))?,
+        None => std::env::current_dir()
+            .map_err(|e| CliError(format!("cannot read the current directory: {e}")))?,
+    };
+    let mut o = Options {
+        vms: Vec::new(),
+        vlans: Vec::new(),
+        global_timeout: DEFAULT_GLOBAL_TIMEOUT,
+        test_script: None,
+        keep_machine_state: raw.flag("--keep-machine-state") || raw.flag("--keep-vm-state"),
+        interactive: raw.flag("--interactive")
+            && raw
+                .values
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == "--interactive" || *n == "--no-interactive")
+                .is_some_and(|(n, _)| *n == "--interactive"),
+        output_directory,
+        junit_xml: raw.one("--junit-xml").map(PathBuf::from),
+        log_level,
+        debug_hook: raw.one("--debug-hook-attach"),
+        capture_dir: raw.one("--capture-dir").map(PathBuf::from),
+        trace: raw.one("--trace").map(PathBuf::from),
+        legacy_state_flag: false,
+    };
+
+    if let Some(config) = raw.one("--config") {
+        load_config(Path::new(&config), &mut o)?;
+    } else {
+        let many = |flag: &str, var: &str| -> Option<Vec<String>> {
+            raw.last(flag).cloned().or_else(|| {
+                env.get(var)
+                    .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            })
+        };
+        let names = many("--vm-names", "vmNames");
+        let scripts = many("--vm-start-scripts", "vmStartScripts");
+        let legacy = many("--start-scripts", "startScripts");
+        match (names, scripts, legacy) {
+            (Some(n), Some(s), _) => {
+                if n.len() != s.len() {
+                    return err(format!(
+                        "--vm-names has {} entries but --vm-start-scripts has {}; they must pair up",
+                        n.len(),
+                        s.len()
+                    ));
+                }
+                o.vms = n
+                    .into_iter()
+                    .zip(s)
+                    .map(|(name, start_script)| VmSpec { name, start_script })
+                    .collect();
+            }
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return err("--vm-names and --vm-start-scripts must be given together");
+            }
+            (None, None, Some(l)) => {
+                o.legacy_state_flag = true;
+                o.vms = l
+                    .into_iter()
+                    .map(|s| VmSpec {
+                        name: crate::machine::qemu::name_from_start_command(&s),
+                        start_script: s,
+                    })
+                    .collect();
+            }
+            (None, None, None) => {
+                return err(
+                    "the following arguments are required: -c/--config (or the older \
+                     --vm-names/--vm-start-scripts or --start-scripts forms)",
+                );
+            }
+        }
+        if let Some(v) = many("--vlans", "vlans") {
+            o.vlans = v.iter().map(|s| parse_vlan(s)).collect::<Result<_, _>>()?;
+        }
+        if let Some(t) = raw
+            .one("--global-timeout")
+            .or_else(|| env.get("globalTimeout"))
+        {
+            o.global_timeout = parse_seconds(&t, "--global-timeout")?;
+        }
+        o.test_script = raw
+            .positional
+            .first()
+            .cloned()
+            .or_else(|| env.get("testScript"))
+            .map(PathBuf::from);
+        if raw.positional.len() > 1 {
+            return err(format!(
+                "unrecognized arguments: {}",
+                raw.positional[1..].join(" ")
+            ));
+        }
+    }
+    if let Some(s) = raw.one("--test-script") {
+        o.test_script = Some(PathBuf::from(s));
+    }
+    if o.test_script.is_none() && !o.interactive {
+        return err(
+            "no test script: give one in the configuration, with --test-script, or as an argument",
+        );
+    }
+    dedup_vlans(&mut o.vlans);
+    check_names(&o.vms)?;
+    Ok(Some(o))
+}
+
+fn checked_output_dir(d: &Path) -> Result<PathBuf, CliError> {
+    let abs = std::fs::canonicalize(d).map_err(|_| {
+        CliError(format!(
+            "argument -o/--output_directory: {} is not a writeable directory",
+            d.display()
+        ))
+    })?;
+    let meta = std::fs::metadata(&abs).ok();
+    let writable = rustix::fs::access(&abs, rustix::fs::Access::WRITE_OK).is_ok();
+    if !meta.is_some_and(|m| m.is_dir()) || !writable {
+        return err(format!(
+            "argument -o/--output_directory: {} is not a writeable directory",
+            d.display()
+        ));
+    }
+    Ok(abs)
+}
+
+fn parse_vlan(s: &str) -> Result<u32, CliError> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n <= 4095 => Ok(n),
+        _ => err(format!("invalid vlan number '{s}' (expected 0..4095)")),
+    }
+}
+
+fn parse_seconds(s: &str, what: &str) -> Result<Duration, CliError> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+        _ => err(format!("argument {what}: invalid number of seconds: '{s}'")),
+    }
+}
+
+fn dedup_vlans(v: &mut Vec<u32>) {
+    let mut seen = Vec::new();
+    v.retain(|n| {
+        if seen.contains(n) {
+            false
+        } else {
+            seen.push(*n);
+            true
+        }
+    });
+}
+
+fn check_names(vms: &[VmSpec]) -> Result<(), CliError> {
+    for (i, a) in vms.iter().enumerate() {
+        if a.name.is_empty() || a.name.contains('/') || a.name.starts_with('.') {
+            return err(format!("invalid machine name '{}'", a.name));
+        }
+        if vms[..i].iter().any(|b| b.name == a.name) {
+            return err(format!("machine name '{}' is used twice", a.name));
+        }
+    }
+    Ok(())
+}
+
+/// Read the newest generation's JSON configuration into `o`.
+fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
+    let text = std::fs::read(path)
+        .map_err(|e| CliError(format!("cannot read configuration {}: {e}", path.display())))?;
+    let bad = |what: &str| CliError(format!("configuration {}: {what}", path.display()));
+    let v = Value::parse(&text).map_err(|e| bad(&e.to_string()))?;
+    if v.as_object().is_none() {
+        return Err(bad("expected a JSON object"));
+    }
+    if let Some(vms) = v.get("vms") {
+        let vms = vms
+            .as_object()
+            .ok_or_else(|| bad("\"vms\" must be an object of name -> {name, start_script}"))?;
+        for (key, spec) in vms {
+            let start_script = spec
+                .get("start_script")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(&format!("vms.{key}.start_script must be a string")))?;
+            let name = spec.get("name").and_then(Value::as_str).unwrap_or(key);
+            o.vms.push(VmSpec {
+                name: name.to_owned(),
+                start_script: start_script.to_owned(),
+            });
+        }
+    }
+    if let Some(c) = v.get("containers") {
+        if c.as_object().is_some_and(|c| !c.is_empty()) {
+            return Err(bad(
+                "systemd-nspawn containers are not supported by ntd (only QEMU machines)",
+            ));
+        }
+    }
+    if let Some(vl) = v.get("vlans") {
+        let arr = vl
+            .as_array()
+            .ok_or_else(|| bad("\"vlans\" must be an array of numbers"))?;
+        for n in arr {
+            let n = n
+                .as_i64()
+                .filter(|n| (0..=4095).contains(n))
+                .ok_or_else(|| bad("\"vlans\" must hold numbers 0..4095"))?;
+            o.vlans.push(n as u32);
+        }
+    }
+    if let Some(t) = v.get("global_timeout") {
+        let secs = match t {
+            Value::Str(s) => parse_iso_or_seconds(s),
+            other => other.as_f64(),
+        }
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| bad("\"global_timeout\" must be a number of seconds"))?;
+        o.global_timeout = Duration::from_secs_f64(secs);
+    }
+    if let Some(s) = v.get("test_script").and_then(Value::as_str) {
+        o.test_script = Some(PathBuf::from(s));
+    }
+    if v.get("enable_ssh_backdoor").and_then(Value::as_bool) == Some(true) {
+        // Accepted so existing configurations load; the vsock SSH backdoor is not offered.
+        eprintln!("ntd: enable_ssh_backdoor is not supported and is ignored");
+    }
+    Ok(())
+}
+
+/// pydantic serialises timedeltas as ISO 8601 durations (`PT3600S`) or seconds.
+fn parse_iso_or_seconds(s: &str) -> Option<f64> {
+    if let Ok(f) = s.parse::<f64>() {
+        return Some(f);
+    }
+    let rest = s.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (rest, ""),
+    };
+    let mut total = 0.0;
+    if !days.is_empty() {
+        total += days.strip_suffix('D')?.parse::<f64>().ok()? * 86400.0;
+    }
+    let mut num = String::new();
+    for c in time.chars() {
+        match c {
+            'H' | 'M' | 'S' => {
+                let n: f64 = num.parse().ok()?;
+                num.clear();
+                total += n * match c {
+                    'H' => 3600.0,
+                    'M' => 60.0,
+                    _ => 1.0,
+                };
+            }
+            _ => num.push(c),
+        }
+    }
+    num.is_empty().then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0.get(key).map(|s| s.to_string())
+        }
+    }
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn no_env() -> MapEnv {
+        MapEnv(HashMap::new())
+    }
+
+    fn write_config(body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ntd-cli-test-{}-{}",
+            std::process::id(),
+            body.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.json");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn newest_form_reads_config_and_overrides_script() {
+        let p = write_config(
+            r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"vlans":[1,2,1],"global_timeout":60,"test_script":"/t"}"#,
+        );
+        let o = parse(
+            &args(&["-c", p.to_str().unwrap(), "--test-script", "/u", "-K"]),
+            &no_env(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.vms[0].name, "a");
+        assert_eq!(o.vlans, vec![1, 2]);
+        assert_eq!(o.global_timeout, Duration::from_secs(60));
+        assert_eq!(o.test_script, Some(PathBuf::from("/u")));
+        assert!(o.keep_machine_state);
+    }
+
+    #[test]
+    fn prefix_abbreviation_and_equals_forms_resolve() {
+        let p = write_config(r#"{"vms":{},"test_script":"/t"}"#);
+        let o = parse(
+            &args(&[
+                &format!("--config={}", p.display()),
+                "--debug-hook=attach-cmd",
+                "--log-level=debug",
+            ]),
+            &no_env(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.debug_hook.as_deref(), Some("attach-cmd"));
+        assert_eq!(o.log_level, Level::Debug);
+    }
+
+    #[test]
+    fn ambiguous_prefix_is_an_error() {
+        let e = parse(&args(&["--vm", "x"]), &no_env()).unwrap_err();
+        assert!(e.0.contains("ambiguous"), "{}", e.0);
+    }
+
+    #[test]
+    fn mid_form_pairs_names_and_scripts_with_positional_script() {
+        let o = parse(
+            &args(&[
+                "--vm-names",
+                "a",
+                "b",
+                "--vm-start-scripts",
+                "/s/a",
+                "/s/b",
+                "--vlans",
+                "1",
+                "--global-timeout",
+                "30",
+                "--",
+                "/script.py",
+            ]),
+            &no_env(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.vms.len(), 2);
+        assert_eq!(o.vms[1].start_script, "/s/b");
+        assert_eq!(o.test_script, Some(PathBuf::from("/script.py")));
+    }
+
+    #[test]
+    fn legacy_env_vars_supply_defaults() {
+        let env = MapEnv(HashMap::from([
+            (
+                "startScripts",
+                "/nix/store/a/bin/run-server-vm /nix/store/b/bin/run-client-vm",
+            ),
+            ("vlans", "1 2"),
+            ("globalTimeout", "120"),
+            ("testScript", "/t.py"),
+        ]));
+        let o = parse(&[], &env).unwrap().unwrap();
+        assert_eq!(o.vms[0].name, "server");
+        assert_eq!(o.vms[1].name, "client");
+        assert_eq!(o.vlans, vec![1, 2]);
+        assert_eq!(o.global_timeout, Duration::from_secs(120));
+        assert!(o.legacy_state_flag);
+    }
+
+    #[test]
+    fn missing_required_configuration_is_reported() {
+        let e = parse(&args(&["script.py"]), &no_env()).unwrap_err();
+        assert!(e.0.contains("required"), "{}", e.0);
+    }
+
+    #[test]
+    fn bad_output_directory_is_rejected() {
+        let e = parse(&args(&["-o", "/nonexistent/dir", "--vm-names"]), &no_env()).unwrap_err();
+        assert!(e.0.contains("not a writeable directory"), "{}", e.0);
+    }
+
+    #[test]
+    fn containers_are_refused_clearly() {
+        let e = parse(
+            &args(&["--container-names", "c", "--container-start-scripts", "x"]),
+            &no_env(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("nspawn"));
+    }
+
+    #[test]
+    fn iso_durations_parse() {
+        assert_eq!(parse_iso_or_seconds("PT3600S"), Some(3600.0));
+        assert_eq!(parse_iso_or_seconds("P1DT1H"), Some(90000.0));
+        assert_eq!(parse_iso_or_seconds("12.5"), Some(12.5));
+        assert_eq!(parse_iso_or_seconds("PTx"), None);
+    }
+
+    #[test]
+    fn interactive_last_flag_wins() {
+        let p = write_config(r#"{"vms":{}}"#);
+        let c = p.to_str().unwrap();
+        let o = parse(&args(&["-c", c, "-I"]), &no_env()).unwrap().unwrap();
+        assert!(o.interactive);
+        let o = parse(
+            &args(&["-c", c, "-I", "--no-interactive", "--test-script", "/t"]),
+            &no_env(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!o.interactive);
+    }
+}

@@ -1,0 +1,752 @@
+//! The backdoor shell protocol: what ntd sends to the guest's root shell on `/dev/hvc0` and how
+//! the bytes coming back are cut into command results.
+//!
+//! The guest runs `bash --norc /dev/hvc0` (NixOS test-instrumentation). Once the sentinel
+//! `Spawning backdoor root shell...` has been seen, ntd sends one setup block that gives the
+//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`) and three small
+//! functions. Each command is then one line, `__ntd_run <nonce> '<command>'`, and costs the guest
+//! one fork and no exec: the command runs as `( set -euo pipefail; eval … )` with stdin
+//! `/dev/null` and stdout the pipe (never the tty). The result comes back on the same pipe framed
+//! by markers that carry a fresh random nonce:
+//!
+//! ```text
+//! \x01S<nonce>\x01  <raw output bytes>  \x01E<nonce> <exit status>\x01
+//! ```
+//!
+//! so one round trip returns output and exit status, binary output passes unencoded, and output
+//! that happens to contain marker bytes cannot end a frame (it would have to guess the nonce).
+//! Bytes outside a frame (a background child that kept stdout and writes late) are reported as
+//! stray output instead of corrupting the next result, and such a child never blocks a command.
+//! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
+//! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`, under one `timeout`.
+//!
+//! This module is pure: it never touches a socket. The machine feeds it bytes and writes the
+//! commands it encodes.
+
+use memchr::memmem;
+use std::fmt::Write as _;
+
+/// What the backdoor prints once its shell is ready (NixOS test-instrumentation).
+pub const SENTINEL: &[u8] = b"Spawning backdoor root shell...";
+
+/// Largest command output kept; beyond it bytes are counted but dropped.
+pub const MAX_OUTPUT: usize = 256 << 20;
+
+/// Length of the hexadecimal nonce carried by every marker.
+pub const NONCE_LEN: usize = 16;
+
+/// `\x01` + kind + nonce: the part of a marker that must be complete before it can be matched.
+const MARKER_HEAD: usize = 2 + NONCE_LEN;
+/// Longest status suffix (` -2147483648\x01`) accepted after a marker head.
+const MAX_STATUS_TAIL: usize = 13;
+
+/// The setup block sent once per shell (again after a reboot). Fd 3 is a pipe drained by one
+/// `cat` that writes to the console; fd 4 is a pipe nobody writes, so `read -t X -u 4` sleeps
+/// without forking. `__ntd_L` holds the source of the guest-side wait loop, which runs under
+/// `timeout` in a child bash (a hanging attempt cannot outlive the wait).
+pub const SETUP: &str = r#"exec 3> >(exec cat) 4<> <(:)
+__ntd_L='__ntd_loop() {
+  local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
+  __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
+  while :; do
+    __ntd_t0=${EPOCHREALTIME/./}
+    ( set --; eval "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
+    __ntd_s=$?
+    if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
+    (( $6 > 0 && __ntd_s >= $6 )) && break
+    __ntd_t1=${EPOCHREALTIME/./}
+    (( __ntd_t1 >= __ntd_d )) && break
+    printf "\001A%s %d\001" "$__ntd_n" "$__ntd_s" >&3
+    __ntd_g=$(( (__ntd_t1 - __ntd_t0) * 3 ))
+    (( __ntd_g < $5 )) && __ntd_g=$5
+    (( __ntd_g > 500000 )) && __ntd_g=500000
+    (( __ntd_t1 + __ntd_g > __ntd_d )) && __ntd_g=$(( __ntd_d - __ntd_t1 ))
+    printf -v __ntd_p "%d.%06d" $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
+    read -t "$__ntd_p" -u 4 || :
+  done
+  printf "\001D%s %d\001" "$__ntd_n" "$__ntd_s" >&3
+}'
+__ntd_run() {
+  printf '\001S%s\001' "$1" >&3
+  ( __ntd_c=$2; set --; eval "set -euo pipefail; unset __ntd_c; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
+  printf '\001E%s %d\001' "$1" "$?" >&3
+}
+__ntd_runt() {
+  printf '\001S%s\001' "$1" >&3
+  ( __ntd_c=$3 __ntd_t=$2; set --; exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
+  printf '\001E%s %d\001' "$1" "$?" >&3
+}
+__ntd_wait() {
+  printf '\001S%s\001' "$1" >&3
+  timeout "$7" bash -c "$__ntd_L"'
+__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" </dev/null >&3
+  printf '\001E%s %d\001' "$1" "$?" >&3
+}
+"#;
+
+/// One thing the shell byte stream told us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellEvent {
+    /// Bytes the guest printed before the sentinel (logged like upstream's "Guest shell says").
+    Greeting(Vec<u8>),
+    /// The sentinel arrived: the shell is ready for the setup block.
+    Connected,
+    /// Bytes outside any frame: late output of a background child, or noise.
+    Stray(Vec<u8>),
+    /// A guest-side wait attempt failed with this status; its output was discarded.
+    Attempt { status: i32 },
+    /// A command finished. `looped` is true for waits whose loop ended by itself (`D` marker
+    /// seen); for a wait whose `timeout` wrapper fired it is false and `status` is 124.
+    Done {
+        status: i32,
+        output: Vec<u8>,
+        truncated: usize,
+        looped: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the sentinel.
+    AwaitSentinel,
+    /// Connected, no command outstanding.
+    Idle,
+    /// A command was sent; its start marker has not arrived yet.
+    Expect,
+    /// Inside a frame.
+    InFrame,
+}
+
+/// Splits the shell byte stream into [`ShellEvent`]s.
+#[derive(Debug)]
+pub struct ShellFraming {
+    state: State,
+    nonce: [u8; NONCE_LEN],
+    /// Bytes received but not yet classified (bounded except while a marker may be pending).
+    buf: Vec<u8>,
+    output: Vec<u8>,
+    truncated: usize,
+    /// Status from a `D` marker, waiting for the wrapper's `E` marker.
+    loop_status: Option<i32>,
+}
+
+impl Default for ShellFraming {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShellFraming {
+    pub fn new() -> Self {
+        ShellFraming {
+            state: State::AwaitSentinel,
+            nonce: [b'0'; NONCE_LEN],
+            buf: Vec::new(),
+            output: Vec::new(),
+            truncated: 0,
+            loop_status: None,
+        }
+    }
+
+    /// True once the sentinel has been seen (and until [`Self::await_sentinel`]).
+    pub fn connected(&self) -> bool {
+        self.state != State::AwaitSentinel
+    }
+
+    /// True while a command is outstanding.
+    pub fn busy(&self) -> bool {
+        matches!(self.state, State::Expect | State::InFrame)
+    }
+
+    /// Forget the shell (guest rebooted or switched root): wait for the sentinel again.
+    pub fn await_sentinel(&mut self) {
+        *self = ShellFraming::new();
+    }
+
+    /// Register that a command framed with `nonce` has been sent.
+    pub fn expect(&mut self, nonce: [u8; NONCE_LEN]) {
+        debug_assert!(self.state == State::Idle);
+        self.nonce = nonce;
+        self.state = State::Expect;
+        self.output.clear();
+        self.truncated = 0;
+        self.loop_status = None;
+    }
+
+    /// Feed bytes read from the shell socket; complete events are appended to `events`.
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<ShellEvent>) {
+        self.buf.extend_from_slice(data);
+        loop {
+            let progressed = match self.state {
+                State::AwaitSentinel => self.scan_sentinel(events),
+                State::Idle => {
+                    if !self.buf.is_empty() {
+                        events.push(ShellEvent::Stray(std::mem::take(&mut self.buf)));
+                    }
+                    false
+                }
+                State::Expect => self.scan_start(events),
+                State::InFrame => self.scan_frame(events),
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn scan_sentinel(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        match memmem::find(&self.buf, SENTINEL) {
+            Some(at) => {
+                let mut end = at + SENTINEL.len();
+                // The backdoor `echo`s the sentinel: its newline belongs to it.
+                if self.buf.get(end) == Some(&b'\n') {
+                    end += 1;
+                }
+                events.push(ShellEvent::Greeting(self.buf[..end].to_vec()));
+                events.push(ShellEvent::Connected);
+                self.buf.drain(..end);
+                self.state = State::Idle;
+                true
+            }
+            None => {
+                // Report what cannot be part of a sentinel split across reads; keep the rest.
+                let keep = SENTINEL.len() - 1;
+                if self.buf.len() > keep {
+                    let cut = self.buf.len() - keep;
+                    events.push(ShellEvent::Greeting(self.buf[..cut].to_vec()));
+                    self.buf.drain(..cut);
+                }
+                false
+            }
+        }
+    }
+
+    fn scan_start(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        match find_marker(&self.buf, &self.nonce, b"S") {
+            Found::Marker { at, len, .. } => {
+                if at > 0 {
+                    events.push(ShellEvent::Stray(self.buf[..at].to_vec()));
+                }
+                self.buf.drain(..at + len);
+                self.state = State::InFrame;
+                true
+            }
+            Found::NeedMore { safe } => {
+                if safe > 0 {
+                    events.push(ShellEvent::Stray(self.buf[..safe].to_vec()));
+                    self.buf.drain(..safe);
+                }
+                false
+            }
+        }
+    }
+
+    fn scan_frame(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        match find_marker(&self.buf, &self.nonce, b"EAD") {
+            Found::Marker {
+                at,
+                len,
+                kind,
+                status,
+            } => {
+                self.take_output(at);
+                self.buf.drain(..len);
+                match kind {
+                    b'A' => {
+                        self.output.clear();
+                        self.truncated = 0;
+                        events.push(ShellEvent::Attempt { status });
+                    }
+                    b'D' => self.loop_status = Some(status),
+                    _ => {
+                        let (status, looped) = match self.loop_status.take() {
+                            Some(s) => (s, true),
+                            None => (status, false),
+                        };
+                        events.push(ShellEvent::Done {
+                            status,
+                            output: std::mem::take(&mut self.output),
+                            truncated: std::mem::take(&mut self.truncated),
+                            looped,
+                        });
+                        self.state = State::Idle;
+                    }
+                }
+                true
+            }
+            Found::NeedMore { safe } => {
+                self.take_output(safe);
+                false
+            }
+        }
+    }
+
+    /// Move the first `n` buffered bytes into the command output (bounded by [`MAX_OUTPUT`]).
+    fn take_output(&mut self, n: usize) {
+        let room = MAX_OUTPUT.saturating_sub(self.output.len()).min(n);
+        self.output.extend_from_slice(&self.buf[..room]);
+        self.truncated += n - room;
+        self.buf.drain(..n);
+    }
+}
+
+enum Found {
+    /// A marker of `kind` starts at `at` and is `len` bytes long.
+    Marker {
+        at: usize,
+        len: usize,
+        kind: u8,
+        status: i32,
+    },
+    /// No complete marker; the first `safe` bytes can never become part of one.
+    NeedMore { safe: usize },
+}
+
+/// Find the first marker `\x01<kind><nonce>` (+ ` <status>\x01` for kinds other than `S`,
+/// + `\x01` for `S`) whose kind is in `kinds`.
+fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
+    let finder = memmem::Finder::new(nonce);
+    let mut from = 0;
+    while let Some(rel) = finder.find(&hay[from..]) {
+        let p = from + rel;
+        from = p + 1;
+        if p < 2 || hay[p - 2] != 0x01 || !kinds.contains(&hay[p - 1]) {
+            continue;
+        }
+        let at = p - 2;
+        let kind = hay[p - 1];
+        let tail = &hay[p + NONCE_LEN..];
+        match parse_tail(kind, tail) {
+            Tail::Complete { len, status } => {
+                return Found::Marker {
+                    at,
+                    len: MARKER_HEAD + len,
+                    kind,
+                    status,
+                }
+            }
+            Tail::Incomplete => return Found::NeedMore { safe: at },
+            Tail::Invalid => continue,
+        }
+    }
+    // A marker head may be split across reads: keep the last MARKER_HEAD - 1 bytes.
+    Found::NeedMore {
+        safe: hay.len().saturating_sub(MARKER_HEAD - 1),
+    }
+}
+
+enum Tail {
+    Complete { len: usize, status: i32 },
+    Incomplete,
+    Invalid,
+}
+
+fn parse_tail(kind: u8, tail: &[u8]) -> Tail {
+    if kind == b'S' {
+        return match tail.first() {
+            None => Tail::Incomplete,
+            Some(0x01) => Tail::Complete { len: 1, status: 0 },
+            Some(_) => Tail::Invalid,
+        };
+    }
+    match tail.first() {
+        None => return Tail::Incomplete,
+        Some(b' ') => {}
+        Some(_) => return Tail::Invalid,
+    }
+    let Some(end) = memchr::memchr(0x01, &tail[1..tail.len().min(MAX_STATUS_TAIL)]) else {
+        return if tail.len() < MAX_STATUS_TAIL {
+            Tail::Incomplete
+        } else {
+            Tail::Invalid
+        };
+    };
+    match std::str::from_utf8(&tail[1..1 + end])
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+    {
+        Some(status) => Tail::Complete {
+            len: end + 2,
+            status,
+        },
+        None => Tail::Invalid,
+    }
+}
+
+/// Why a command cannot be sent to the guest shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// bash cannot carry NUL bytes in its input.
+    NulByte,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::NulByte => write!(
+                f,
+                "the command contains a NUL byte, which a shell command line cannot carry; \
+                 pass binary data base64-encoded instead"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Quote `s` as one single-quoted bash word.
+pub fn shell_quote(s: &str, out: &mut String) {
+    out.push('\'');
+    for (i, part) in s.split('\'').enumerate() {
+        if i > 0 {
+            out.push_str("'\\''");
+        }
+        out.push_str(part);
+    }
+    out.push('\'');
+}
+
+/// Format seconds the way upstream's newest driver does for `timeout` (`900.0`, `0.5`).
+pub fn format_seconds(secs: f64) -> String {
+    if secs.fract() == 0.0 {
+        format!("{secs:.1}")
+    } else {
+        format!("{secs}")
+    }
+}
+
+/// The line that runs `command` once; with `timeout` it runs under `timeout <t> bash -c`
+/// exactly like upstream (exit status 124 on expiry).
+pub fn encode_run(
+    nonce: &[u8; NONCE_LEN],
+    command: &str,
+    timeout: Option<f64>,
+) -> Result<String, EncodeError> {
+    if command.contains('\0') {
+        return Err(EncodeError::NulByte);
+    }
+    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
+    let mut line = String::with_capacity(command.len() + 48);
+    match timeout {
+        None => {
+            let _ = write!(line, "__ntd_run {nonce} ");
+        }
+        Some(t) => {
+            let _ = write!(line, "__ntd_runt {nonce} {} ", format_seconds(t));
+        }
+    }
+    shell_quote(command, &mut line);
+    line.push('\n');
+    Ok(line)
+}
+
+/// Parameters of a guest-side wait loop.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitSpec {
+    /// Loop until the command succeeds (true) or fails (false).
+    pub until_success: bool,
+    /// How long the loop may run before it stops by itself.
+    pub budget_secs: f64,
+    /// Shortest pause between attempts; the loop pauses 3x an attempt's duration when longer.
+    pub min_interval_us: u64,
+    /// An attempt exiting with this status or higher ends the loop at once (a condition that
+    /// can no longer become true, e.g. a unit that failed); 0 disables it.
+    pub fatal_status: u8,
+}
+
+/// The line that runs `command` repeatedly in the guest until it succeeds/fails or the budget
+/// is spent. The loop runs under `timeout` (budget + grace) so a hanging attempt cannot outlive
+/// the wait.
+pub fn encode_wait(
+    nonce: &[u8; NONCE_LEN],
+    command: &str,
+    spec: WaitSpec,
+) -> Result<String, EncodeError> {
+    if command.contains('\0') {
+        return Err(EncodeError::NulByte);
+    }
+    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
+    let budget_us = (spec.budget_secs.max(0.0) * 1e6) as u64;
+    // The wrapper fires only if an attempt hangs past the loop's own deadline.
+    let wrapper = spec.budget_secs.max(0.0) + 2.0;
+    let mut line = String::with_capacity(command.len() + 64);
+    let _ = write!(
+        line,
+        "__ntd_wait {nonce} {} {budget_us} ",
+        if spec.until_success { 0 } else { 1 }
+    );
+    shell_quote(command, &mut line);
+    let _ = writeln!(
+        line,
+        " {} {} {}",
+        spec.min_interval_us.max(1000),
+        spec.fatal_status,
+        format_seconds((wrapper * 1000.0).round() / 1000.0)
+    );
+    Ok(line)
+}
+
+/// A fresh nonce from a small xorshift generator seeded from the OS.
+#[derive(Debug)]
+pub struct NonceSource(u64);
+
+impl NonceSource {
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        let got = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+        let mut s = u64::from_le_bytes(seed);
+        if got.is_err() || s == 0 {
+            // Fall back on time and pid; uniqueness matters, secrecy barely does.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            s = t ^ ((std::process::id() as u64) << 32) | 1;
+        }
+        NonceSource(s)
+    }
+
+    pub fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
+        // xorshift64*
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let mut out = [0u8; NONCE_LEN];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+}
+
+impl Default for NonceSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
+
+    fn connected() -> ShellFraming {
+        let mut f = ShellFraming::new();
+        let mut ev = Vec::new();
+        f.feed(b"Spawning backdoor root shell...\n", &mut ev);
+        assert_eq!(ev.last(), Some(&ShellEvent::Connected));
+        f
+    }
+
+    fn frame(body: &[u8], status: i32) -> Vec<u8> {
+        let mut v = b"\x01S0123456789abcdef\x01".to_vec();
+        v.extend_from_slice(body);
+        v.extend_from_slice(format!("\x01E0123456789abcdef {status}\x01").as_bytes());
+        v
+    }
+
+    fn done(events: &[ShellEvent]) -> (i32, Vec<u8>) {
+        match events.last() {
+            Some(ShellEvent::Done { status, output, .. }) => (*status, output.clone()),
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sentinel_split_across_chunks_is_found() {
+        let mut f = ShellFraming::new();
+        let mut ev = Vec::new();
+        f.feed(b"noise noise Spawning back", &mut ev);
+        assert!(!f.connected());
+        f.feed(b"door root shell...\n", &mut ev);
+        assert!(f.connected());
+        let greeting: Vec<u8> = ev
+            .iter()
+            .filter_map(|e| match e {
+                ShellEvent::Greeting(g) => Some(g.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(greeting, b"noise noise Spawning backdoor root shell...\n");
+    }
+
+    #[test]
+    fn frame_in_one_chunk_returns_output_and_status() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        f.feed(&frame(b"hello\n", 3), &mut ev);
+        assert_eq!(done(&ev), (3, b"hello\n".to_vec()));
+        assert!(!f.busy());
+    }
+
+    #[test]
+    fn frame_fed_byte_by_byte_returns_same_result() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        for b in frame(b"a\x01E0123\x01b", 0) {
+            f.feed(&[b], &mut ev);
+        }
+        assert_eq!(done(&ev), (0, b"a\x01E0123\x01b".to_vec()));
+    }
+
+    #[test]
+    fn output_containing_marker_with_other_nonce_stays_output() {
+        let mut f = connected();
+        f.expect(*N);
+        let body = b"\x01S0000000000000000\x01\x01Effffffffffffffff 0\x01\x00\xff";
+        let mut ev = Vec::new();
+        f.feed(&frame(body, 1), &mut ev);
+        assert_eq!(done(&ev), (1, body.to_vec()));
+    }
+
+    #[test]
+    fn output_containing_nonce_without_marker_prefix_stays_output() {
+        let mut f = connected();
+        f.expect(*N);
+        let body = b"x0123456789abcdefy \x01E0123456789abcdefz";
+        let mut ev = Vec::new();
+        f.feed(&frame(body, 0), &mut ev);
+        assert_eq!(done(&ev), (0, body.to_vec()));
+    }
+
+    #[test]
+    fn bytes_before_start_marker_are_stray() {
+        let mut f = connected();
+        let mut ev = Vec::new();
+        f.feed(b"late!", &mut ev);
+        assert_eq!(ev, vec![ShellEvent::Stray(b"late!".to_vec())]);
+        f.expect(*N);
+        ev.clear();
+        let mut data = b"more late".to_vec();
+        data.extend(frame(b"ok", 0));
+        f.feed(&data, &mut ev);
+        assert_eq!(ev[0], ShellEvent::Stray(b"more late".to_vec()));
+        assert_eq!(done(&ev), (0, b"ok".to_vec()));
+    }
+
+    #[test]
+    fn bytes_after_end_marker_are_kept_for_later() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut data = frame(b"", 0);
+        data.extend_from_slice(b"tail");
+        let mut ev = Vec::new();
+        f.feed(&data, &mut ev);
+        assert!(matches!(ev[0], ShellEvent::Done { status: 0, .. }));
+        assert_eq!(ev[1], ShellEvent::Stray(b"tail".to_vec()));
+    }
+
+    #[test]
+    fn wait_attempts_reset_output_and_loop_status_wins() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut data = b"\x01S0123456789abcdef\x01first".to_vec();
+        data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
+        data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
+        let mut ev = Vec::new();
+        f.feed(&data, &mut ev);
+        assert_eq!(ev[0], ShellEvent::Attempt { status: 1 });
+        assert_eq!(
+            ev[1],
+            ShellEvent::Done {
+                status: 0,
+                output: b"second".to_vec(),
+                truncated: 0,
+                looped: true
+            }
+        );
+    }
+
+    #[test]
+    fn wait_killed_by_wrapper_reports_not_looped() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        f.feed(
+            b"\x01S0123456789abcdef\x01x\x01E0123456789abcdef 124\x01",
+            &mut ev,
+        );
+        assert!(matches!(
+            ev[0],
+            ShellEvent::Done {
+                status: 124,
+                looped: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn negative_and_large_statuses_parse() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        f.feed(&frame(b"", -2), &mut ev);
+        assert_eq!(done(&ev).0, -2);
+    }
+
+    #[test]
+    fn malformed_status_is_output_not_marker() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut body = b"\x01E0123456789abcdef x\x01".to_vec();
+        body.extend_from_slice(b"\x01E0123456789abcdef 99999999999999\x01");
+        let mut ev = Vec::new();
+        f.feed(&frame(&body, 7), &mut ev);
+        assert_eq!(done(&ev), (7, body));
+    }
+
+    #[test]
+    fn large_output_in_small_chunks_is_byte_exact() {
+        let mut f = connected();
+        f.expect(*N);
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let data = frame(&body, 0);
+        let mut ev = Vec::new();
+        for c in data.chunks(4093) {
+            f.feed(c, &mut ev);
+        }
+        assert_eq!(done(&ev), (0, body));
+        assert!(f.buf.is_empty());
+    }
+
+    #[test]
+    fn encode_run_quotes_single_quotes() {
+        let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
+        assert_eq!(line, "__ntd_run 0123456789abcdef 'echo '\\''a'\\''\"b\"'\n");
+        let t = encode_run(N, "true", Some(900.0)).unwrap();
+        assert_eq!(t, "__ntd_runt 0123456789abcdef 900.0 'true'\n");
+        assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
+    }
+
+    #[test]
+    fn encode_wait_carries_budget_interval_and_wrapper() {
+        let spec = WaitSpec {
+            until_success: false,
+            budget_secs: 1.5,
+            min_interval_us: 20_000,
+            fatal_status: 0,
+        };
+        let line = encode_wait(N, "test -e /x", spec).unwrap();
+        assert_eq!(
+            line,
+            "__ntd_wait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 3.5\n"
+        );
+    }
+
+    #[test]
+    fn nonces_are_hex_and_differ() {
+        let mut s = NonceSource::new();
+        let a = s.next_nonce();
+        let b = s.next_nonce();
+        assert_ne!(a, b);
+        assert!(a.iter().all(|c| c.is_ascii_hexdigit()));
+    }
+}

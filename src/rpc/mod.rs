@@ -1,0 +1,351 @@
+//! The line protocol between the driver and the Python shim.
+//!
+//! Two inherited pipes carry one JSON object per line. The shim sends requests
+//! `{"id": N, "op": "...", ...}` (or notifications without `id`, such as log lines) and waits
+//! for `{"id": N, "ok": ...}` or `{"id": N, "err": {"type": ..., "msg": ...}}`. This module owns
+//! the framing, buffering and non-blocking I/O of both pipes; what an op means is the driver's
+//! business. A malformed line from the shim is answered with an error, never a panic.
+
+pub mod json;
+
+use json::Value;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Longest request line accepted from the shim (a copy_from_host_via_shell of a big file).
+pub const MAX_REQUEST: usize = 1 << 30;
+
+/// Exception types the shim knows how to raise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    /// `RequestedAssertionFailed` (an `AssertionError`).
+    Assertion,
+    /// `MachineError`.
+    Machine,
+    /// `RuntimeError`.
+    Runtime,
+    /// `TimeoutError`.
+    Timeout,
+    /// `ValueError` / `TypeError` for bad arguments.
+    Value,
+    /// A QMP error (`QMPAPIError`).
+    Qmp,
+}
+
+impl ErrorType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorType::Assertion => "RequestedAssertionFailed",
+            ErrorType::Machine => "MachineError",
+            ErrorType::Runtime => "RuntimeError",
+            ErrorType::Timeout => "TimeoutError",
+            ErrorType::Value => "ValueError",
+            ErrorType::Qmp => "QMPAPIError",
+        }
+    }
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError {
+    pub kind: ErrorType,
+    pub msg: String,
+}
+
+impl OpError {
+    pub fn new(kind: ErrorType, msg: impl Into<String>) -> Self {
+        OpError {
+            kind,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// One decoded line from the shim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Option<i64>,
+    pub op: String,
+    pub body: Value,
+}
+
+impl Request {
+    pub fn str(&self, key: &str) -> Result<&str, OpError> {
+        self.body.get(key).and_then(Value::as_str).ok_or_else(|| {
+            OpError::new(
+                ErrorType::Value,
+                format!("{}: argument '{key}' must be a string", self.op),
+            )
+        })
+    }
+
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, OpError> {
+        match self.body.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                OpError::new(
+                    ErrorType::Value,
+                    format!("{}: argument '{key}' must be a number", self.op),
+                )
+            }),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.body
+            .get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
+    }
+}
+
+/// Parse one request line.
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    let body = Value::parse(line).map_err(|e| e.to_string())?;
+    let op = body
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or("request without an \"op\" string")?
+        .to_owned();
+    let id = body.get("id").and_then(Value::as_i64);
+    Ok(Request { id, op, body })
+}
+
+pub fn encode_ok(id: i64, value: Value) -> String {
+    let mut s = String::from("{\"id\":");
+    s.push_str(&id.to_string());
+    s.push_str(",\"ok\":");
+    value.write_to(&mut s);
+    s.push_str("}\n");
+    s
+}
+
+pub fn encode_err(id: i64, e: &OpError) -> String {
+    let mut s = format!(
+        "{{\"id\":{id},\"err\":{{\"type\":\"{}\",\"msg\":",
+        e.kind.name()
+    );
+    json::write_string(&e.msg, &mut s);
+    s.push_str("}}\n");
+    s
+}
+
+/// Standard base64 (with padding), for binary command output in JSON strings.
+pub fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Decode standard base64; `None` on invalid input.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Both pipes to the shim, non-blocking, with their buffers.
+pub struct Channel {
+    rx: Option<OwnedFd>,
+    tx: Option<OwnedFd>,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    tx_token: Token,
+    tx_armed: bool,
+}
+
+impl Channel {
+    pub fn new(rx: OwnedFd, tx: OwnedFd, tx_token: Token) -> Channel {
+        Channel {
+            rx: Some(rx),
+            tx: Some(tx),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            out_pos: 0,
+            tx_token,
+            tx_armed: false,
+        }
+    }
+
+    pub fn register_rx(&self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        if let Some(rx) = &self.rx {
+            registry.register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Read what is available; complete lines go to `out`. Returns false once the shim closed
+    /// its end (EOF).
+    pub fn read(&mut self, registry: &Registry, out: &mut Vec<Result<Request, String>>) -> bool {
+        let Some(rx) = &self.rx else {
+            return false;
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut open = true;
+        loop {
+            match rustix::io::read(rx, &mut buf) {
+                Ok(0) => {
+                    open = false;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &self.inbuf[start..]) {
+            let line = &self.inbuf[start..start + nl];
+            start += nl + 1;
+            if !line.is_empty() {
+                out.push(decode_request(line));
+            }
+        }
+        self.inbuf.drain(..start);
+        if self.inbuf.len() > MAX_REQUEST {
+            self.inbuf.clear();
+            out.push(Err(format!(
+                "request longer than {MAX_REQUEST} bytes dropped"
+            )));
+        }
+        if !open {
+            if let Some(rx) = self.rx.take() {
+                let _ = registry.deregister(&mut SourceFd(&rx.as_raw_fd()));
+            }
+        }
+        open
+    }
+
+    /// Queue a reply line and write as much as the pipe takes.
+    pub fn send(&mut self, registry: &Registry, line: &str) {
+        if self.tx.is_none() {
+            return;
+        }
+        self.outbuf.extend_from_slice(line.as_bytes());
+        self.flush(registry);
+    }
+
+    pub fn flush(&mut self, registry: &Registry) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        while self.out_pos < self.outbuf.len() {
+            match rustix::io::write(tx, &self.outbuf[self.out_pos..]) {
+                Ok(n) => self.out_pos += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    // The shim is gone; its exit is noticed through its pidfd.
+                    self.outbuf.clear();
+                    self.out_pos = 0;
+                    break;
+                }
+            }
+        }
+        if self.out_pos == self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+        }
+        let want = !self.outbuf.is_empty();
+        if want != self.tx_armed {
+            let mut src = SourceFd(&tx.as_raw_fd());
+            let ok = if want {
+                registry.register(&mut src, self.tx_token, Interest::WRITABLE)
+            } else {
+                registry.deregister(&mut src)
+            };
+            if ok.is_ok() {
+                self.tx_armed = want;
+            }
+        }
+    }
+
+    /// Close both pipes (the shim sees EOF on its reads).
+    pub fn close(&mut self, registry: &Registry) {
+        if let Some(rx) = self.rx.take() {
+            let _ = registry.deregister(&mut SourceFd(&rx.as_raw_fd()));
+        }
+        if let Some(tx) = self.tx.take() {
+            if self.tx_armed {
+                let _ = registry.deregister(&mut SourceFd(&tx.as_raw_fd()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_roundtrips_all_lengths() {
+        for n in 0..70u32 {
+            let data: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            let enc = base64_encode(&data);
+            assert_eq!(enc.len() % 4, 0);
+            assert_eq!(base64_decode(&enc).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert!(base64_decode("a$b").is_none());
+    }
+
+    #[test]
+    fn decode_request_requires_op() {
+        let r = decode_request(br#"{"id":3,"op":"execute","command":"true"}"#).unwrap();
+        assert_eq!(r.id, Some(3));
+        assert_eq!(r.str("command").unwrap(), "true");
+        assert!(r.str("missing").is_err());
+        assert!(decode_request(br#"{"id":3}"#).is_err());
+        assert!(decode_request(b"garbage").is_err());
+    }
+
+    #[test]
+    fn encode_err_escapes_message() {
+        let e = OpError::new(ErrorType::Assertion, "command `x` failed\n\"q\"");
+        assert_eq!(
+            encode_err(4, &e),
+            "{\"id\":4,\"err\":{\"type\":\"RequestedAssertionFailed\",\"msg\":\"command `x` failed\\n\\\"q\\\"\"}}\n"
+        );
+    }
+}

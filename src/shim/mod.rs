@@ -1,0 +1,112 @@
+//! The Python shim: the `test_driver` package embedded in the binary, written out at start,
+//! and the `python3` child that runs the testScript with it.
+//!
+//! The package is the thin Python face of ntd (upstream names, signatures and failure
+//! reports); this module only writes its files and starts the interpreter with the two pipes
+//! of the line protocol. It never interprets a request.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+
+/// (path inside the package directory, contents)
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "test_driver/__init__.py",
+        include_str!("test_driver/__init__.py"),
+    ),
+    (
+        "test_driver/__main__.py",
+        include_str!("test_driver/__main__.py"),
+    ),
+    ("test_driver/_rpc.py", include_str!("test_driver/_rpc.py")),
+    (
+        "test_driver/errors.py",
+        include_str!("test_driver/errors.py"),
+    ),
+    (
+        "test_driver/logger.py",
+        include_str!("test_driver/logger.py"),
+    ),
+    (
+        "test_driver/driver.py",
+        include_str!("test_driver/driver.py"),
+    ),
+    ("test_driver/vlan.py", include_str!("test_driver/vlan.py")),
+    (
+        "test_driver/polling_condition.py",
+        include_str!("test_driver/polling_condition.py"),
+    ),
+    ("test_driver/debug.py", include_str!("test_driver/debug.py")),
+    (
+        "test_driver/machine/__init__.py",
+        include_str!("test_driver/machine/__init__.py"),
+    ),
+    ("test_driver/py.typed", ""),
+];
+
+/// Write the package below `dir` (creating it).
+pub fn write_package(dir: &Path) -> io::Result<()> {
+    for (rel, text) in FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
+/// A running shim with the driver's ends of both pipes.
+pub struct SpawnedShim {
+    pub pid: rustix::process::Pid,
+    pub pidfd: OwnedFd,
+    /// Requests from the shim (non-blocking).
+    pub from_shim: OwnedFd,
+    /// Replies to the shim (non-blocking).
+    pub to_shim: OwnedFd,
+}
+
+/// Start `python3 -m test_driver` (interpreter from `NTD_PYTHON`, default `python3`) with the
+/// package directory first on `PYTHONPATH` and the protocol pipes announced in `NTD_RPC_FDS`.
+pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
+    use rustix::pipe::{pipe_with, PipeFlags};
+    // The child's ends must survive exec, ours must not; both pipes are created inheritable
+    // and our ends are marked close-on-exec before anything else can be spawned.
+    let (to_shim_r, to_shim_w) = pipe_with(PipeFlags::empty())?;
+    let (from_shim_r, from_shim_w) = pipe_with(PipeFlags::empty())?;
+    for fd in [&to_shim_w, &from_shim_r] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+        crate::machine::qemu::set_nonblocking(fd)?;
+    }
+    let python = std::env::var("NTD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut pythonpath = package_dir.as_os_str().to_owned();
+    if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(old);
+    }
+    let mut cmd = Command::new(&python);
+    crate::signals::unblock_in_child(&mut cmd);
+    let child = cmd
+        .args(["-m", "test_driver"])
+        .env("PYTHONPATH", pythonpath)
+        .env(
+            "NTD_RPC_FDS",
+            format!("{},{}", to_shim_r.as_raw_fd(), from_shim_w.as_raw_fd()),
+        )
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{python}: {e}")))?;
+    drop(to_shim_r);
+    drop(from_shim_w);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32)
+        .ok_or_else(|| io::Error::other("spawned pid 0"))?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    drop(child);
+    Ok(SpawnedShim {
+        pid,
+        pidfd,
+        from_shim: from_shim_r,
+        to_shim: to_shim_w,
+    })
+}

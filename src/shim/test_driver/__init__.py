@@ -1,0 +1,45 @@
+"""test_driver: the Python side of ntd, a fast re-implementation of the NixOS test driver.
+
+The ntd binary starts ``python3 -m test_driver`` with two inherited pipes; this package
+builds upstream's testScript namespace on top of them. Module names mirror upstream's
+(`driver`, `machine`, `vlan`, `logger`, `polling_condition`, `errors`, `debug`) so that
+imports and type checks written for upstream keep working.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from test_driver import _rpc
+from test_driver.logger import rootlog
+
+
+def _report_syntax_error(e: SyntaxError) -> None:
+    for line in "".join(traceback.format_exception_only(type(e), e)).splitlines():
+        rootlog.log_test_error(line)
+
+
+def main() -> None:
+    if isinstance(sys.stdout, __import__("io").TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    hello = _rpc.channel().call("hello")
+    from test_driver.driver import Driver
+
+    script = hello.get("test_script")
+    tests = Path(script).read_text() if script else ""
+    try:
+        code = compile(tests, "<string>", "exec")
+    except SyntaxError as e:
+        # Reported before any machine starts.
+        _report_syntax_error(e)
+        sys.exit(1)
+    driver = Driver(hello, tests, code)
+    if hello.get("interactive"):
+        driver.interactive()
+        return
+    tic = time.time()
+    driver.run_tests()
+    rootlog.info(f"test script finished in {time.time() - tic:.2f}s")

@@ -1,0 +1,3 @@
+from test_driver import main
+
+main()

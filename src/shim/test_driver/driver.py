@@ -1,0 +1,358 @@
+"""The test driver as testScripts see it: the namespace, running the script, failure reports.
+
+Machines, switches and timeouts live in the ntd process; this module builds upstream's
+symbols around them and runs the script with upstream's failure handling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from types import CodeType
+from typing import Any
+from unittest import TestCase
+
+from test_driver import _rpc
+from test_driver.debug import Debug, DebugAbstract, DebugNop
+from test_driver.errors import MachineError, RequestedAssertionFailed
+from test_driver.logger import AbstractLogger, rootlog
+from test_driver.machine import (
+    BaseMachine,
+    Duration,
+    Machine,
+    QemuMachine,
+    retry,
+    set_polling_slice,
+    to_seconds,
+)
+from test_driver.polling_condition import PollingCondition
+from test_driver.vlan import VLan
+
+
+class AssertionTester(TestCase):
+    """`t`: unittest assertions that fail with the driver's assertion type."""
+
+    failureException = RequestedAssertionFailed
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxDiff = None
+
+
+def pythonize_name(name: str) -> str:
+    return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
+
+
+class _RaceTimer:
+    """Stands in for upstream's `threading.Timer`; the global timeout runs in ntd."""
+
+    def cancel(self) -> None:
+        _rpc.channel().call("disarm_timeout")
+
+    def start(self) -> None:
+        _rpc.channel().call("arm_timeout")
+
+
+class Driver:
+    tests: str
+    vlans: list[VLan]
+    machines_qemu: list[QemuMachine]
+    polling_conditions: list[PollingCondition]
+    global_timeout: float
+    logger: AbstractLogger
+    debug: DebugAbstract
+    out_dir: Path
+
+    def __init__(self, hello: dict[str, Any], tests: str, code: CodeType | None) -> None:
+        self.tests = tests
+        self._code = code
+        self.out_dir = Path(hello["out_dir"])
+        self.tmp_dir = Path(hello["tmp_dir"])
+        self.global_timeout = float(hello["global_timeout"])
+        self.race_timer = _RaceTimer()
+        self.logger = rootlog
+        hook = hello.get("debug_hook")
+        self.debug = Debug(self.logger, hook) if hook else DebugNop()
+        self.polling_conditions = []
+        self.vlans = [VLan(nr, self.tmp_dir, self.logger) for nr in hello["vlans"]]
+        self.machines_qemu = [
+            QemuMachine(
+                name=m["name"],
+                start_command=m["start_command"],
+                state_dir=Path(m["state_dir"]),
+                shared_dir=Path(m["shared_dir"]),
+                out_dir=self.out_dir,
+                tmp_dir=self.tmp_dir,
+                keep_machine_state=m["keep_machine_state"],
+                callbacks=[self.check_polling_conditions],
+                logger=self.logger,
+            )
+            for m in hello["machines"]
+        ]
+        self.machines_nspawn: list[BaseMachine] = []
+        set_polling_slice(self._polling_slice)
+
+    @property
+    def machines(self) -> list[QemuMachine]:
+        return sorted(self.machines_qemu, key=lambda m: m.name)
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        pass
+
+    # -- the namespace -------------------------------------------------------------------
+
+    def subtest(self, name: str) -> Iterator[None]:
+        with self.logger.subtest(name):
+            try:
+                yield
+            except Exception as e:
+                self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
+                raise e
+
+    def test_symbols(self) -> dict[str, Any]:
+        @contextmanager
+        def subtest(name: str) -> Iterator[None]:
+            return self.subtest(name)
+
+        general_symbols: dict[str, Any] = dict(
+            start_all=self.start_all,
+            test_script=self.test_script,
+            machines=self.machines,
+            machines_qemu=self.machines_qemu,
+            machines_nspawn=self.machines_nspawn,
+            vlans=self.vlans,
+            driver=self,
+            log=self.logger,
+            os=os,
+            create_machine=self.create_machine,
+            subtest=subtest,
+            run_tests=self.run_tests,
+            join_all=self.join_all,
+            retry=retry,
+            serial_stdout_off=self.serial_stdout_off,
+            serial_stdout_on=self.serial_stdout_on,
+            polling_condition=self.polling_condition,
+            BaseMachine=BaseMachine,
+            QemuMachine=QemuMachine,
+            Machine=Machine,
+            t=AssertionTester(),
+            debug=self.debug,
+            dump_machine_ssh=self.dump_machine_ssh,
+        )
+        machine_symbols: dict[str, Any] = {pythonize_name(m.name): m for m in self.machines}
+        if len(self.machines) == 1 and "machine" not in machine_symbols:
+            (machine_symbols["machine"],) = self.machines
+        vlan_symbols = {f"vlan{v.nr}": v for v in self.vlans}
+        print(
+            "additionally exposed symbols:\n    "
+            + ", ".join(m.name for m in self.machines)
+            + ",\n    "
+            + ", ".join(f"vlan{v.nr}" for v in self.vlans)
+            + ",\n    "
+            + ", ".join(general_symbols.keys())
+        )
+        return {**general_symbols, **machine_symbols, **vlan_symbols}
+
+    # -- running -------------------------------------------------------------------------
+
+    def test_script(self) -> None:
+        """Run the test script with upstream's failure reporting."""
+        with self.logger.nested("run the VM test script"):
+            symbols = self.test_symbols()
+            code: CodeType | str = self._code if self._code is not None else self.tests
+            try:
+                exec(code, symbols, None)
+            except MachineError:
+                for line in traceback.format_exc().splitlines():
+                    self.logger.log_test_error(line)
+                sys.exit(1)
+            except RequestedAssertionFailed:
+                self._report_assertion(*sys.exc_info())
+                self.debug.breakpoint()
+                sys.exit(1)
+            except Exception:
+                self.debug.breakpoint()
+                raise
+
+    def _report_assertion(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        frames = [f for f in traceback.extract_tb(tb) if f.filename == "<string>"]
+        self.logger.log_test_error("Traceback (most recent call last):")
+        code = self.tests.splitlines()
+        for frame, line in zip(frames, traceback.format_list(frames)):
+            self.logger.log_test_error(line.rstrip())
+            if frame.lineno and 0 < frame.lineno <= len(code):
+                self.logger.log_test_error(f"    {code[frame.lineno - 1].strip()}")
+        self.logger.log_test_error("")
+        prefix = exc_type.__name__ if exc_type is not None else "Error"
+        for line in f"{prefix}: {exc}".splitlines():
+            self.logger.log_test_error(line)
+
+    def run_tests(self) -> None:
+        """Run the test script (non-interactive runs): arm the global timeout, run, sync."""
+        self.race_timer.start()
+        self.test_script()
+        for machine in self.machines:
+            if machine.is_up():
+                machine.execute("sync")
+
+    def start_all(self) -> None:
+        """Start every machine at once (boots run in parallel)."""
+        with self.logger.nested("start all VMs"):
+            names = [m.name for m in self.machines]
+            if names:
+                _rpc.channel().call("start", machines=names, all=True)
+
+    def join_all(self) -> None:
+        """Wait for every machine to shut down."""
+        with self.logger.nested("wait for all VMs to finish"):
+            for machine in self.machines:
+                machine.wait_for_shutdown()
+            self.race_timer.cancel()
+
+    def create_machine(
+        self,
+        start_command: str | dict[str, Any],
+        *,
+        name: str | None = None,
+        keep_machine_state: bool = False,
+        keep_vm_state: bool | None = None,
+        **kwargs: Any,
+    ) -> QemuMachine:
+        """A machine from a start command, outside the configured set (upstream semantics:
+        no polling-condition callbacks, not in `machines`)."""
+        if isinstance(start_command, dict):
+            raise TypeError(
+                "create_machine() with a dict (LegacyStartCommand) is not supported; "
+                "pass a start command string"
+            )
+        keep = keep_machine_state if keep_vm_state is None else keep_vm_state
+        info: dict[str, Any] = _rpc.channel().call(
+            "create_machine", start_command=start_command, name=name, keep_machine_state=keep
+        )
+        return QemuMachine(
+            name=info["name"],
+            start_command=start_command,
+            state_dir=Path(info["state_dir"]),
+            shared_dir=Path(info["shared_dir"]),
+            out_dir=self.out_dir,
+            tmp_dir=self.tmp_dir,
+            keep_machine_state=keep,
+            logger=self.logger,
+        )
+
+    def serial_stdout_on(self) -> None:
+        self.logger.print_serial_logs(True)
+
+    def serial_stdout_off(self) -> None:
+        self.logger.print_serial_logs(False)
+
+    def dump_machine_ssh(self, offset: int = 0) -> None:
+        """The vsock SSH backdoor is not offered by ntd; use `shell_interact()`."""
+
+    # -- polling conditions --------------------------------------------------------------
+
+    def check_polling_conditions(self) -> None:
+        for condition in self.polling_conditions:
+            condition.maybe_raise()
+
+    def _polling_slice(self) -> float | None:
+        if not self.polling_conditions:
+            return None
+        return max(0.05, min(c.seconds_interval for c in self.polling_conditions))
+
+    def polling_condition(
+        self,
+        fun_: Callable[..., Any] | None = None,
+        *,
+        seconds_interval: float | None = None,
+        interval: timedelta | None = None,
+        description: str | None = None,
+    ) -> Any:
+        driver = self
+        if interval is not None:
+            every = interval.total_seconds()
+        elif seconds_interval is not None:
+            every = float(seconds_interval)
+        else:
+            every = 2.0
+
+        class Poll:
+            def __init__(self, fun: Callable[..., Any]) -> None:
+                self.condition = PollingCondition(fun, driver.logger, every, description)
+
+            def __enter__(self) -> None:
+                driver.polling_conditions.append(self.condition)
+
+            def __exit__(self, a: object, b: object, c: object) -> None:
+                res = driver.polling_conditions.pop()
+                assert res is self.condition
+
+            def wait(
+                self,
+                timeout: Duration | None = None,
+                timeout_seconds: Duration | None = None,
+            ) -> None:
+                total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
+
+                def condition(last: bool) -> bool:
+                    if last:
+                        driver.logger.info(f"Last chance for {self.condition.description}")
+                    ret = self.condition.check(force=True)
+                    if not ret and not last:
+                        driver.logger.info(
+                            f"({self.condition.description} failure not fatal yet)"
+                        )
+                    return ret
+
+                with driver.logger.nested(f"waiting for {self.condition.description}"):
+                    retry(condition, timeout_seconds=total if total is not None else 900)
+
+        if fun_ is None:
+            return Poll
+        return Poll(fun_)
+
+    # -- interactive ---------------------------------------------------------------------
+
+    def interactive(self) -> None:
+        symbols = self.test_symbols()
+        history = os.path.join(os.getcwd(), ".nixos-test-history")
+        try:
+            from ptpython.repl import embed  # type: ignore[import-not-found]
+
+            embed(symbols, {}, history_filename=history)
+            return
+        except ImportError:
+            pass
+        import code
+
+        try:
+            import readline
+
+            try:
+                readline.read_history_file(history)
+            except OSError:
+                pass
+            import rlcompleter
+
+            readline.set_completer(rlcompleter.Completer(symbols).complete)
+            readline.parse_and_bind("tab: complete")
+        except ImportError:
+            readline = None  # type: ignore[assignment]
+        try:
+            code.interact(banner="ntd interactive test driver; Ctrl-D ends", local=symbols)
+        finally:
+            if readline is not None:
+                try:
+                    readline.write_history_file(history)
+                except OSError:
+                    pass
+

@@ -1,0 +1,738 @@
+"""Machines as testScripts see them: upstream's method names, signatures and log messages.
+
+Every method forwards to the ntd driver, which owns QEMU, the guest shell and the waits.
+What stays here is what needs Python: argument conversion (numbers or timedeltas), log
+nesting around each call, polling-condition callbacks, regular expressions, and user
+callables (`retry`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import _GeneratorContextManager, nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from test_driver import _rpc
+from test_driver.errors import MachineError, RequestedAssertionFailed
+from test_driver.logger import AbstractLogger, rootlog
+
+Duration = timedelta | int | float
+
+#: Upstream's default timeout for `execute` and the waits: 15 minutes.
+DEFAULT_TIMEOUT = timedelta(minutes=15)
+
+#: How long the guest pauses between attempts of a wait at least (seconds).
+WAIT_INTERVAL = 0.02
+
+CHAR_TO_KEY = {
+    "A": "shift-a", "N": "shift-n", "-": "0x0C", "_": "shift-0x0C", "B": "shift-b",
+    "O": "shift-o", "=": "0x0D", "+": "shift-0x0D", "C": "shift-c", "P": "shift-p",
+    "[": "0x1A", "{": "shift-0x1A", "D": "shift-d", "Q": "shift-q", "]": "0x1B",
+    "}": "shift-0x1B", "E": "shift-e", "R": "shift-r", ";": "0x27", ":": "shift-0x27",
+    "F": "shift-f", "S": "shift-s", "'": "0x28", '"': "shift-0x28", "G": "shift-g",
+    "T": "shift-t", "`": "0x29", "~": "shift-0x29", "H": "shift-h", "U": "shift-u",
+    "\\": "0x2B", "|": "shift-0x2B", "I": "shift-i", "V": "shift-v", ",": "0x33",
+    "<": "shift-0x33", "J": "shift-j", "W": "shift-w", ".": "0x34", ">": "shift-0x34",
+    "K": "shift-k", "X": "shift-x", "/": "0x35", "?": "shift-0x35", "L": "shift-l",
+    "Y": "shift-y", " ": "spc", "M": "shift-m", "Z": "shift-z", "\n": "ret",
+    "!": "shift-0x02", "@": "shift-0x03", "#": "shift-0x04", "$": "shift-0x05",
+    "%": "shift-0x06", "^": "shift-0x07", "&": "shift-0x08", "*": "shift-0x09",
+    "(": "shift-0x0A", ")": "shift-0x0B",
+}
+
+
+def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
+    """Numbers are seconds, timedeltas are converted, None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a number of seconds or a timedelta, not a bool")
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+
+
+def _fmt_seconds(secs: float) -> str:
+    return repr(float(secs))
+
+
+def retry(
+    fn: Callable[[bool], bool],
+    timeout_seconds: Duration | None = None,
+    timeout: Duration | None = None,
+) -> None:
+    """Call ``fn(last_try)`` until it returns true or the timeout (default 900 s) passes,
+    then once more with ``last_try=True``; raise `RequestedAssertionFailed` if that fails too.
+
+    Accepts all three upstream signatures: ``retry(fn, 30)``, ``retry(fn, timeout_seconds=30)``
+    and ``retry(fn, timeout=30)``, with numbers or timedeltas. Unlike upstream it does not sleep
+    a fixed second between attempts: it pauses twice as long as the last attempt took
+    (20 ms .. 1 s), so a condition is noticed soon after it holds.
+    """
+    if timeout_seconds is not None and timeout is not None:
+        raise TypeError("retry() takes timeout_seconds or timeout, not both")
+    total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
+    if total is None:
+        total = DEFAULT_TIMEOUT.total_seconds()
+    start = time.monotonic()
+    while time.monotonic() - start < total:
+        t0 = time.monotonic()
+        if fn(False):
+            return
+        took = time.monotonic() - t0
+        left = total - (time.monotonic() - start)
+        time.sleep(max(0.0, min(max(0.02, 2 * took), 1.0, left)))
+    if not fn(True):
+        elapsed = time.monotonic() - start
+        raise RequestedAssertionFailed(
+            f"action timed out after {elapsed:.2f} seconds (timeout={_fmt_seconds(total)})"
+        )
+
+
+class _QMPClient:
+    """What scripts reach as ``machine.qmp_client``: ``send(cmd, args)`` returns the result."""
+
+    def __init__(self, machine: "BaseMachine") -> None:
+        self._machine = machine
+
+    def send(self, cmd: str, args: dict[str, Any] = {}) -> Any:
+        return _rpc.channel().call(
+            "qmp", machine=self._machine.name, execute=cmd, arguments=args or None
+        )
+
+
+class BaseMachine:
+    """A QEMU virtual machine of the test (upstream: ``QemuMachine``)."""
+
+    name: str
+    start_command: str
+    state_dir: Path
+    shared_dir: Path
+    monitor_path: Path
+    shell_path: Path
+    qmp_path: Path
+    out_dir: Path
+    tmp_dir: Path
+    keep_machine_state: bool
+    callbacks: list[Callable[[], None]]
+    logger: AbstractLogger
+
+    def __init__(
+        self,
+        name: str,
+        start_command: str,
+        state_dir: Path,
+        shared_dir: Path,
+        out_dir: Path,
+        tmp_dir: Path,
+        keep_machine_state: bool = False,
+        callbacks: list[Callable[[], None]] | None = None,
+        logger: AbstractLogger = rootlog,
+    ) -> None:
+        self.name = name
+        self.start_command = start_command
+        self.state_dir = state_dir
+        self.shared_dir = shared_dir
+        self.monitor_path = state_dir / "monitor"
+        self.shell_path = state_dir / "shell"
+        self.qmp_path = state_dir / "qmp"
+        self.out_dir = out_dir
+        self.tmp_dir = tmp_dir
+        self.keep_machine_state = keep_machine_state
+        self.callbacks = list(callbacks or [])
+        self.logger = logger
+        self.qmp_client = _QMPClient(self)
+        # Upstream attributes that have no meaning here but that scripts may read.
+        self.process: subprocess.Popen[bytes] | None = None
+        self.monitor: Any = None
+        self.shell: Any = None
+        self.serial_thread: Any = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} '{self.name}'>"
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        state: dict[str, Any] = _rpc.channel().call("state", machine=self.name)
+        return state
+
+    @property
+    def booted(self) -> bool:
+        return bool(self._state()["booted"])
+
+    @booted.setter
+    def booted(self, value: bool) -> None:
+        if not value:
+            _rpc.channel().call("mark_disconnected", machine=self.name)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._state()["connected"])
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        if not value:
+            _rpc.channel().call("mark_disconnected", machine=self.name)
+
+    @property
+    def pid(self) -> int | None:
+        pid = self._state()["pid"]
+        return int(pid) if pid is not None else None
+
+    @property
+    def keep_vm_state(self) -> bool:
+        return self.keep_machine_state
+
+    def is_up(self) -> bool:
+        state = self._state()
+        return bool(state["booted"] and state["connected"])
+
+    # -- logging -------------------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        self.logger.log(msg, {"machine": self.name})
+
+    def log_serial(self, msg: str) -> None:
+        self.logger.log_serial(msg, self.name)
+
+    def nested(self, msg: str, attrs: dict[str, str] = {}) -> _GeneratorContextManager[None]:
+        my_attrs = {"machine": self.name}
+        my_attrs.update(attrs)
+        return self.logger.nested(msg, my_attrs)
+
+    def run_callbacks(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self, allow_reboot: bool = False) -> None:
+        _rpc.channel().call("start", machine=self.name, allow_reboot=allow_reboot)
+
+    def connect(self) -> None:
+        _rpc.channel().call("connect", machine=self.name)
+
+    def wait_for_shutdown(self, timeout: Duration | None = None) -> None:
+        if not self.booted:
+            return
+        with self.nested("waiting for the VM to power off"):
+            sys.stdout.flush()
+            _rpc.channel().call(
+                "wait_for_shutdown", machine=self.name, timeout=to_seconds(timeout)
+            )
+
+    def shutdown(self) -> None:
+        if not self.booted:
+            return
+        with self.nested("waiting for the VM to power off"):
+            _rpc.channel().call("shutdown", machine=self.name)
+
+    def crash(self) -> None:
+        if not self.booted:
+            return
+        self.log("forced crash")
+        with self.nested("waiting for the VM to power off"):
+            _rpc.channel().call("crash", machine=self.name)
+
+    def reboot(self) -> None:
+        """Press Ctrl+Alt+Delete; the next command waits for the shell again.
+
+        Needs ``start(allow_reboot=True)``, otherwise QEMU exits instead.
+        """
+        self.send_key("ctrl-alt-delete")
+        self.connected = False
+
+    def release(self) -> None:
+        """Upstream's cleanup hook; ntd ends every machine itself at the end of the run."""
+
+    # -- commands ------------------------------------------------------------------------
+
+    def execute(
+        self,
+        command: str,
+        check_return: bool = True,
+        check_output: bool = True,
+        timeout: Duration | None = DEFAULT_TIMEOUT,
+    ) -> tuple[int, str]:
+        """Run ``command`` with ``bash -c`` semantics (``set -euo pipefail``) in the guest.
+
+        Returns ``(status, output)``; stdout is captured through a pipe, stderr goes to the
+        serial console. stdin is ``/dev/null``.
+        """
+        self.run_callbacks()
+        reply = _rpc.channel().call(
+            "execute",
+            machine=self.name,
+            command=command,
+            timeout=to_seconds(timeout),
+            check_output=check_output,
+        )
+        if not check_output:
+            return (-2, "")
+        output = base64.b64decode(reply["output"])
+        if reply.get("truncated"):
+            self.log(f"output truncated: {reply['truncated']} bytes beyond 256 MiB were dropped")
+        if not check_return:
+            return (-1, output.decode())
+        return (int(reply["status"]), output.decode(errors="replace"))
+
+    def succeed(self, *commands: str, timeout: Duration | None = None) -> str:
+        """Run each command; raise `RequestedAssertionFailed` if one exits non-zero."""
+        output = ""
+        for command in commands:
+            with self.nested(f"must succeed: {command}"):
+                (status, out) = self.execute(command, timeout=timeout)
+                if status != 0:
+                    self.log(f"output: {out}")
+                    raise RequestedAssertionFailed(
+                        f"command `{command}` failed (exit code {status})"
+                    )
+                output += out
+        return output
+
+    def fail(self, *commands: str, timeout: Duration | None = None) -> str:
+        """Run each command; raise `RequestedAssertionFailed` if one exits with 0."""
+        output = ""
+        for command in commands:
+            with self.nested(f"must fail: {command}"):
+                (status, out) = self.execute(command, timeout=timeout)
+                if status == 0:
+                    raise RequestedAssertionFailed(
+                        f"command `{command}` unexpectedly succeeded"
+                    )
+                output += out
+        return output
+
+    def _wait(
+        self,
+        command: str,
+        until_success: bool,
+        timeout: Duration | None,
+        fatal_status: int = 0,
+    ) -> dict[str, Any]:
+        """Repeat ``command`` in the guest until it succeeds (or fails), within ``timeout``.
+
+        The loop runs inside the guest; while polling conditions are active it is cut into
+        slices so that they are checked as often as upstream checks them.
+        """
+        total = to_seconds(timeout, "timeout")
+        if total is None:
+            total = DEFAULT_TIMEOUT.total_seconds()
+        start = time.monotonic()
+        while True:
+            self.run_callbacks()
+            left = max(0.0, total - (time.monotonic() - start))
+            budget = left
+            slice_ = _polling_slice()
+            if slice_ is not None:
+                budget = min(budget, slice_)
+            reply: dict[str, Any] = _rpc.channel().call(
+                "wait",
+                machine=self.name,
+                command=command,
+                until_success=until_success,
+                budget=budget,
+                interval=WAIT_INTERVAL,
+                fatal_status=fatal_status,
+            )
+            status = int(reply["status"])
+            met = reply["looped"] and ((status == 0) == until_success)
+            fatal = reply["looped"] and fatal_status > 0 and status >= fatal_status
+            if met or fatal:
+                reply["status"] = status
+                return reply
+            if budget >= left:
+                elapsed = time.monotonic() - start
+                raise RequestedAssertionFailed(
+                    f"action timed out after {elapsed:.2f} seconds (timeout={_fmt_seconds(total)})"
+                )
+
+    @staticmethod
+    def _output(reply: dict[str, Any]) -> str:
+        return base64.b64decode(reply["output"]).decode(errors="replace")
+
+    def wait_until_succeeds(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
+        """Repeat ``command`` until it succeeds; return its output."""
+        with self.nested(f"waiting for success: {command}"):
+            return self._output(self._wait(command, True, timeout))
+
+    def wait_until_fails(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
+        """Repeat ``command`` until it fails; return its output."""
+        with self.nested(f"waiting for failure: {command}"):
+            return self._output(self._wait(command, False, timeout))
+
+    def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        with self.nested(f"waiting for file '{filename}'"):
+            self._wait(f"test -e {filename}", True, timeout)
+
+    def wait_for_open_port(
+        self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
+        with self.nested(f"waiting for TCP port {port} on {addr}"):
+            self._wait(f"nc -z {addr} {port}", True, timeout)
+
+    def wait_for_closed_port(
+        self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
+        with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
+            self._wait(f"nc -z {addr} {port}", False, timeout)
+
+    def wait_for_open_unix_socket(
+        self, addr: str, is_datagram: bool = False, timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
+        kind = "datagram" if is_datagram else "stream"
+        flags = "-uU" if is_datagram else "-U"
+        with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
+            self._wait(f"nc -z {flags} {addr}", True, timeout)
+
+    def sleep(self, secs: Duration | None = None, duration: Duration | None = None) -> None:
+        """Sleep in the guest (guest time)."""
+        value = secs if secs is not None else duration
+        if value is None:
+            raise TypeError("sleep() needs a duration")
+        self.succeed(f"sleep {to_seconds(value, 'duration')}")
+
+    # -- systemd -------------------------------------------------------------------------
+
+    def systemctl(self, q: str, user: str | None = None) -> tuple[int, str]:
+        if user is not None:
+            q = q.replace("'", "\\'")
+            return self.execute(
+                f"su -l {user} --shell /bin/sh -c "
+                "$'XDG_RUNTIME_DIR=/run/user/`id -u` "
+                f"systemctl --user {q}'"
+            )
+        return self.execute(f"systemctl {q}")
+
+    def start_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
+        return self.systemctl(f"start {jobname}", user)
+
+    def stop_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
+        return self.systemctl(f"stop {jobname}", user)
+
+    def get_unit_info(self, unit: str, user: str | None = None) -> dict[str, str]:
+        status, lines = self.systemctl(f'--no-pager show "{unit}"', user)
+        if status != 0:
+            under = f' under user "{user}"' if user else ""
+            raise RequestedAssertionFailed(
+                f'retrieving systemctl info for unit "{unit}"{under} failed with exit code {status}'
+            )
+        info: dict[str, str] = {}
+        for line in lines.split("\n"):
+            m = re.match(r"^([^=]+)=(.*)$", line)
+            if m:
+                info[m.group(1)] = m.group(2)
+        return info
+
+    def get_unit_property(self, unit: str, property: str, user: str | None = None) -> str:
+        status, lines = self.systemctl(
+            f'--no-pager show "{unit}" --property="{property}"', user
+        )
+        if status != 0:
+            under = f' under user "{user}"' if user else ""
+            raise RequestedAssertionFailed(
+                f'retrieving systemctl property "{property}" for unit "{unit}"{under} '
+                f"failed with exit code {status}"
+            )
+        m = re.match(r"^([^=]+)=(.*)$", lines.rstrip("\n"))
+        assert m is not None, f"unexpected systemctl output: {lines!r}"
+        assert m.group(1) == property, f"unexpected property in {lines!r}"
+        return m.group(2)
+
+    def require_unit_state(self, unit: str, require_state: str = "active") -> None:
+        with self.nested(f"checking if unit '{unit}' has reached state '{require_state}'"):
+            info = self.get_unit_info(unit)
+            state = info["ActiveState"]
+            if state != require_state:
+                raise RequestedAssertionFailed(
+                    f"Expected unit '{unit}' to to be in state '{require_state}' "
+                    f"but it is in state '{state}'"
+                )
+
+    def wait_for_unit(
+        self, unit: str, user: str | None = None, timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
+        """Wait until ``unit`` is active; fail at once if it failed or is inactive with no
+        pending jobs (upstream semantics). The check loops inside the guest."""
+        systemctl = "systemctl"
+        if user is not None:
+            systemctl = (
+                f"su -l {shlex.quote(user)} --shell /bin/sh -c "
+                "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' --"
+            )
+        q = shlex.quote(unit)
+        script = (
+            f"s=$({systemctl} --no-pager show {q} --property=ActiveState --value) || exit 203; "
+            'case "$s" in active) exit 0;; failed) exit 201;; inactive) '
+            f"if {systemctl} list-jobs --full 2>&1 | grep -q 'No jobs'; then "
+            f"s=$({systemctl} --no-pager show {q} --property=ActiveState --value) || exit 203; "
+            '[ "$s" = inactive ] && exit 202; fi; exit 1;; *) exit 1;; esac'
+        )
+        with_user = f" with user {user}" if user is not None else ""
+        with self.nested(f"waiting for unit {unit}{with_user}"):
+            reply = self._wait(script, True, timeout, fatal_status=201)
+            status = reply["status"]
+            if status == 201:
+                raise RequestedAssertionFailed(f'unit "{unit}" reached state "failed"')
+            if status == 202:
+                raise RequestedAssertionFailed(
+                    f'unit "{unit}" is inactive and there are no pending jobs'
+                )
+            if status == 203:
+                under = f' under user "{user}"' if user else ""
+                raise RequestedAssertionFailed(
+                    f'retrieving systemctl property "ActiveState" for unit "{unit}"{under} failed'
+                )
+
+    def wait_for_job(self, jobname: str) -> None:
+        """Legacy name of `wait_for_unit`."""
+        self.wait_for_unit(jobname)
+
+    # -- console and monitor -------------------------------------------------------------
+
+    def wait_for_console_text(self, regex: str, timeout: Duration | None = None) -> None:
+        """Wait until ``regex`` matches the serial output printed since the last such wait."""
+        total = to_seconds(timeout)
+        start = time.monotonic()
+        seen = ""
+        pattern = re.compile(regex)
+        with self.nested(f"waiting for {regex} to appear on console"):
+            while True:
+                left = None if total is None else max(0.0, total - (time.monotonic() - start))
+                reply = _rpc.channel().call("console_wait", machine=self.name, timeout=left)
+                for line in reply["lines"]:
+                    seen += line
+                    if pattern.search(seen):
+                        return
+                if reply["exited"] and not reply["lines"]:
+                    raise RequestedAssertionFailed(
+                        f"{self.name} stopped before {regex!r} appeared on its console"
+                    )
+                if total is not None and time.monotonic() - start >= total:
+                    elapsed = time.monotonic() - start
+                    raise RequestedAssertionFailed(
+                        f"action timed out after {elapsed:.2f} seconds "
+                        f"(timeout={_fmt_seconds(total)})"
+                    )
+
+    def get_console_log(self) -> str:
+        log: str = _rpc.channel().call("console_log", machine=self.name)
+        return log
+
+    def send_console(self, chars: str) -> None:
+        _rpc.channel().call("send_console", machine=self.name, data=chars)
+
+    def send_monitor_command(self, command: str) -> str:
+        """Run an HMP command (through QMP's human-monitor-command); return its output."""
+        self.run_callbacks()
+        out: str = _rpc.channel().call("hmp", machine=self.name, command=command)
+        return out
+
+    def wait_for_qmp_event(
+        self, event_filter: Callable[[dict[str, Any]], bool], timeout: Duration = 60 * 10
+    ) -> dict[str, Any]:
+        total = to_seconds(timeout) or 0.0
+        start = time.monotonic()
+        while True:
+            left = max(0.0, total - (time.monotonic() - start))
+            event = _rpc.channel().call("qmp_event", machine=self.name, timeout=left)
+            if event is not None and event_filter(event):
+                result: dict[str, Any] = event
+                return result
+            if time.monotonic() - start >= total:
+                raise TimeoutError(f"no matching QMP event within {_fmt_seconds(total)} s")
+
+    def send_key(
+        self, key: str, delay: Duration | None = timedelta(milliseconds=10), log: bool | None = True
+    ) -> None:
+        key = CHAR_TO_KEY.get(key, key)
+        context = self.nested(f"sending key {key!r}") if log else nullcontext()
+        with context:
+            self.send_monitor_command(f"sendkey {key}")
+            pause = to_seconds(delay, "delay")
+            if pause:
+                time.sleep(pause)
+
+    def send_chars(self, chars: str, delay: Duration | None = timedelta(milliseconds=10)) -> None:
+        with self.nested(f"sending keys {chars!r}"):
+            for char in chars:
+                self.send_key(char, delay, log=False)
+
+    def forward_port(self, host_port: int = 8080, guest_port: int = 80) -> None:
+        self.send_monitor_command(f"hostfwd_add tcp::{host_port}-:{guest_port}")
+
+    def block(self) -> None:
+        """Take the first vlan interface's link down (upstream: device virtio-net-pci.1)."""
+        self.send_monitor_command("set_link virtio-net-pci.1 off")
+
+    def unblock(self) -> None:
+        self.send_monitor_command("set_link virtio-net-pci.1 on")
+
+    # -- files ---------------------------------------------------------------------------
+
+    def copy_from_host_via_shell(self, source: str, target: str) -> None:
+        content = base64.b64encode(Path(source).read_bytes()).decode()
+        self.succeed(
+            f"mkdir -p $(dirname {target})",
+            f"echo -n {content} | base64 -d > {target}",
+        )
+
+    def copy_from_host(self, source: str, target: str) -> None:
+        """Copy a host file or directory into the guest through the shared directory."""
+        host_src = Path(source)
+        vm_target = Path(target)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.shared_dir) as shared_temp:
+            shared_temp_path = Path(shared_temp)
+            vm_shared_temp = Path("/tmp/shared") / shared_temp_path.name
+            vm_intermediate = vm_shared_temp / host_src.name
+            self.succeed(f"mkdir -p {shlex.quote(str(vm_shared_temp))}")
+            if host_src.is_dir():
+                shutil.copytree(host_src, shared_temp_path / host_src.name)
+            else:
+                shutil.copy(host_src, shared_temp_path)
+            self.succeed(f"mkdir -p {shlex.quote(str(vm_target.parent))}")
+            self.succeed(
+                f"cp -r {shlex.quote(str(vm_intermediate))} {shlex.quote(str(vm_target))}"
+            )
+
+    def copy_from_machine(self, source: str, target_dir: str = "") -> None:
+        """Copy a guest file or directory into the output directory (``out_dir/target_dir``)."""
+        source_path = Path(source)
+        vm_target = Path("/tmp/shared") / target_dir
+        self.succeed(f"mkdir -p {shlex.quote(str(vm_target))}")
+        self.succeed(
+            f"cp -r {shlex.quote(source)} {shlex.quote(str(vm_target / source_path.name))}"
+        )
+        host_src = self.shared_dir / target_dir / source_path.name
+        host_dst = self.out_dir / target_dir / source_path.name
+        host_dst.parent.mkdir(parents=True, exist_ok=True)
+        if host_src.is_dir():
+            shutil.copytree(host_src, host_dst, dirs_exist_ok=True)
+        else:
+            shutil.copy(host_src, host_dst)
+
+    def copy_from_vm(self, source: str, target_dir: str = "") -> None:
+        """Deprecated name of `copy_from_machine`."""
+        self.copy_from_machine(source, target_dir)
+
+    # -- screen --------------------------------------------------------------------------
+
+    def screenshot(self, filename: str) -> None:
+        """Save the screen as PNG (in the output directory unless a path is given)."""
+        if "." not in filename:
+            filename += ".png"
+        if "/" not in filename:
+            filename = os.path.join(self.out_dir, filename)
+        with self.nested(f"making screenshot {filename}", {"image": os.path.basename(filename)}):
+            _rpc.channel().call(
+                "qmp",
+                machine=self.name,
+                execute="screendump",
+                arguments={"filename": os.path.abspath(filename), "format": "png"},
+            )
+
+    def dump_tty_contents(self, tty: str | int) -> None:
+        self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
+
+    def get_tty_text(self, tty: str | int) -> str:
+        status, output = self.execute(
+            f"fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
+        )
+        return output
+
+    def wait_until_tty_matches(
+        self, tty: str | int, regexp: str, timeout: Duration = DEFAULT_TIMEOUT
+    ) -> None:
+        matcher = re.compile(regexp)
+
+        def tty_matches(last: bool) -> bool:
+            text = self.get_tty_text(tty)
+            if last:
+                self.log(
+                    f"Last chance to match /{regexp}/ on TTY{tty}, which currently contains: {text}"
+                )
+            return len(matcher.findall(text)) > 0
+
+        with self.nested(f"waiting for {regexp} to appear on tty {tty}"):
+            retry(tty_matches, timeout)
+
+    # -- interaction ---------------------------------------------------------------------
+
+    def shell_interact(self, address: str | None = None) -> None:
+        """Talk to the guest shell from the terminal (Ctrl-D ends)."""
+        self.connect()
+        self.log("Terminal is ready (there is no initial prompt):")
+        while True:
+            try:
+                line = input("$ ")
+            except EOFError:
+                return
+            except KeyboardInterrupt:
+                print()
+                continue
+            status, out = self.execute(line, check_return=True, timeout=None)
+            sys.stdout.write(out)
+            if status != 0:
+                print(f"(exit status {status})")
+
+    def console_interact(self) -> None:
+        """Forward terminal input to the serial console until EOF."""
+        self.log("Terminal is ready (there is no prompt):")
+        try:
+            while True:
+                data = os.read(0, 1)
+                if not data:
+                    self.log("Closing connection to the console")
+                    return
+                self.send_console(data.decode(errors="replace"))
+        except KeyboardInterrupt:
+            return
+
+
+class QemuMachine(BaseMachine):
+    """Upstream's name for a QEMU machine (newest generation)."""
+
+
+#: The legacy generation's class name.
+Machine = QemuMachine
+
+# Set by the driver: returns the polling-condition slice (seconds) or None.
+_polling_slice: Callable[[], float | None] = lambda: None
+
+
+def set_polling_slice(fn: Callable[[], float | None]) -> None:
+    global _polling_slice
+    _polling_slice = fn
+
+
+__all__ = [
+    "BaseMachine",
+    "QemuMachine",
+    "Machine",
+    "MachineError",
+    "RequestedAssertionFailed",
+    "retry",
+    "Duration",
+    "to_seconds",
+]
+
