@@ -241,12 +241,6 @@ def write_node_tar(node, image, path):
             tar.addfile(info)
 
 
-def mkvm_command():
-    """ci/mkvm once the tiny-guest branch is merged, else the temporary stand-in."""
-    real = os.path.join(CI_DIR, "mkvm")
-    return real if os.path.exists(real) else os.path.join(CI_DIR, "debian-guest", "tmp-mkvm")
-
-
 def write_start_scripts(nodes, image, work_dir):
     """Write work_dir/<name>/bin/run-<name>-vm for every node; returns {name: script}."""
     with open(os.path.join(image, "kernel-params")) as f:
@@ -258,7 +252,7 @@ def write_start_scripts(nodes, image, work_dir):
         os.makedirs(node_dir, exist_ok=True)
         tar = os.path.join(node_dir, "node.tar")
         write_node_tar(node, image, tar)
-        cmd = [mkvm_command(), "--name", node.name, "--out", node_dir,
+        cmd = [os.path.join(CI_DIR, "mkvm"), "--name", node.name, "--out", node_dir,
                "--kernel", os.path.join(image, "kernel"),
                "--initrd", os.path.join(image, "initrd"),
                "--disk", os.path.join(image, "root.img"),
