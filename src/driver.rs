@@ -963,6 +963,7 @@ impl Driver {
                                 truncated: 0,
                                 attempts: 0,
                                 looped: false,
+                                lost: 0,
                             },
                             started,
                         )));
@@ -971,13 +972,22 @@ impl Driver {
                 ShellStage::Sent => {
                     let machine = &mut self.machines[m];
                     if let Some(r) = machine.take_shell_result() {
+                        if r.lost > 0 {
+                            return Some(Err(OpError::new(
+                                ErrorType::Machine,
+                                format!(
+                                    "{} bytes of the output of `{}` never arrived: the virtio \
+                                     console drops guest output when the host falls behind \
+                                     (an overloaded host?); the output is incomplete",
+                                    r.lost,
+                                    request_command(req)
+                                ),
+                            )));
+                        }
                         return Some(Ok(shell_reply(&r, started)));
                     }
                     if machine.shell_lost() || !machine.booted() {
-                        let cmd = match req {
-                            ShellRequest::Run { command, .. }
-                            | ShellRequest::Wait { command, .. } => command,
-                        };
+                        let cmd = request_command(req);
                         return Some(Err(OpError::new(
                             ErrorType::Runtime,
                             format!(
@@ -1070,6 +1080,12 @@ enum Step {
     Pending,
     Done,
     Failed(OpError),
+}
+
+fn request_command(req: &ShellRequest) -> &str {
+    match req {
+        ShellRequest::Run { command, .. } | ShellRequest::Wait { command, .. } => command,
+    }
 }
 
 fn shell_reply(r: &ShellResult, started: Instant) -> Value {

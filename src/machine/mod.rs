@@ -47,7 +47,10 @@ const MAX_QMP_EVENTS: usize = 4096;
 /// Tail of QEMU's output kept for error messages about a failed start.
 const EARLY_OUTPUT_TAIL: usize = 4096;
 /// Read buffer for every stream.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+/// Frames at least this large are checked for bytes the virtio console dropped (below the
+/// socket buffer size nothing can be dropped).
+const VERIFY_MIN_BYTES: u64 = 64 * 1024;
 
 /// Why a machine operation failed (shown to the test author as `MachineError`).
 #[derive(Debug)]
@@ -122,6 +125,8 @@ pub struct ShellResult {
     pub attempts: u32,
     /// False when a wait's `timeout` wrapper had to stop a hanging attempt.
     pub looped: bool,
+    /// Bytes the guest wrote that never arrived (the virtio console dropped them).
+    pub lost: u64,
 }
 
 /// Where the shell is in its own little life cycle.
@@ -135,6 +140,8 @@ enum ShellState {
     Ready,
     /// Running a user request.
     Busy,
+    /// The request finished; checking that none of its output was dropped.
+    Verifying,
 }
 
 pub struct Machine {
@@ -160,6 +167,7 @@ pub struct Machine {
     nonces: NonceSource,
     attempts: u32,
     shell_result: Option<ShellResult>,
+    unverified: Option<ShellResult>,
     shell_eof: bool,
     qmp: Option<UnixStream>,
     qmp_state: QmpState,
@@ -209,6 +217,7 @@ impl Machine {
             nonces: NonceSource::new(),
             attempts: 0,
             shell_result: None,
+            unverified: None,
             shell_eof: false,
             qmp: None,
             qmp_state: QmpState::Disconnected,
@@ -247,7 +256,10 @@ impl Machine {
 
     /// Upstream's `connected`: the backdoor shell answered.
     pub fn connected(&self) -> bool {
-        matches!(self.shell_state, ShellState::Ready | ShellState::Busy)
+        matches!(
+            self.shell_state,
+            ShellState::Ready | ShellState::Busy | ShellState::Verifying
+        )
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -576,11 +588,24 @@ impl Machine {
                 );
             }
             ShellEvent::Attempt { .. } => self.attempts += 1,
+            ShellEvent::Count {
+                guest_wrote,
+                host_received,
+            } => {
+                if let Some(mut r) = self.unverified.take() {
+                    if guest_wrote >= 0 && guest_wrote as u64 > host_received {
+                        r.lost = guest_wrote as u64 - host_received;
+                    }
+                    self.shell_result = Some(r);
+                }
+                self.shell_state = ShellState::Ready;
+            }
             ShellEvent::Done {
                 status,
                 output,
                 truncated,
                 looped,
+                frame_bytes,
             } => match self.shell_state {
                 ShellState::Setup => {
                     if status == 0 {
@@ -593,14 +618,24 @@ impl Machine {
                     }
                 }
                 _ => {
-                    self.shell_state = ShellState::Ready;
-                    self.shell_result = Some(ShellResult {
+                    let result = ShellResult {
                         status,
                         output,
                         truncated,
                         attempts: std::mem::take(&mut self.attempts),
                         looped,
-                    });
+                        lost: 0,
+                    };
+                    if frame_bytes >= VERIFY_MIN_BYTES {
+                        let nonce = self.nonces.next_nonce();
+                        self.framing.expect_count(nonce);
+                        self.unverified = Some(result);
+                        self.shell_state = ShellState::Verifying;
+                        self.queue_shell(registry, shell::encode_count(&nonce).as_bytes());
+                    } else {
+                        self.shell_state = ShellState::Ready;
+                        self.shell_result = Some(result);
+                    }
                 }
             },
         }
@@ -614,7 +649,7 @@ impl Machine {
     ) -> Result<(), MachineError> {
         match self.shell_state {
             ShellState::Ready => {}
-            ShellState::Busy => return Err(MachineError::ShellBusy),
+            ShellState::Busy | ShellState::Verifying => return Err(MachineError::ShellBusy),
             _ => return Err(MachineError::NotConnected),
         }
         let nonce = self.nonces.next_nonce();

@@ -3,20 +3,27 @@
 //!
 //! The guest runs `bash --norc /dev/hvc0` (NixOS test-instrumentation). Once the sentinel
 //! `Spawning backdoor root shell...` has been seen, ntd sends one setup block that gives the
-//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`) and three small
-//! functions. Each command is then one line, `__ntd_run <nonce> '<command>'`, and costs the guest
-//! one fork and no exec: the command runs as `( set -euo pipefail; eval … )` with stdin
-//! `/dev/null` and stdout the pipe (never the tty). The result comes back on the same pipe framed
-//! by markers that carry a fresh random nonce:
+//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`), `/dev/null` on
+//! fd 5 and a few small functions. Each command is then one short line,
+//! `__ntd_n=<nonce>; __ntd_c='<command>'; __ntd_r`, and costs the guest one fork and no exec:
+//! the command runs as `( eval "set -euo pipefail; …" )` with stdin `/dev/null` and stdout the
+//! pipe (never the tty). Output and exit status come back on that pipe, ended by a marker that
+//! carries a fresh random nonce:
 //!
 //! ```text
-//! \x01S<nonce>\x01  <raw output bytes>  \x01E<nonce> <exit status>\x01
+//! <raw output bytes>  \x01E<nonce> <exit status>\x01
 //! ```
 //!
 //! so one round trip returns output and exit status, binary output passes unencoded, and output
 //! that happens to contain marker bytes cannot end a frame (it would have to guess the nonce).
-//! Bytes outside a frame (a background child that kept stdout and writes late) are reported as
-//! stray output instead of corrupting the next result, and such a child never blocks a command.
+//! Bytes that arrive while no command runs (a background child that kept stdout and writes
+//! late) are reported as stray output instead of corrupting the next result, and such a child
+//! never blocks a command. (A start marker would separate late bytes more precisely but costs a
+//! tenth of the per-command latency; it was measured and dropped.)
+//! The virtio console drops guest output when the host falls behind (QEMU cannot throttle a
+//! console port), so after a large frame the machine asks how many bytes `cat` wrote
+//! (`__ntd_count`, answered by `\x01C<nonce> <count>\x01`) and compares with what arrived: a
+//! loss is reported, never silently returned.
 //! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
 //! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`, under one `timeout`.
 //!
@@ -37,20 +44,22 @@ pub const NONCE_LEN: usize = 16;
 
 /// `\x01` + kind + nonce: the part of a marker that must be complete before it can be matched.
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
-/// Longest status suffix (` -2147483648\x01`) accepted after a marker head.
-const MAX_STATUS_TAIL: usize = 13;
+/// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
+const MAX_STATUS_TAIL: usize = 22;
 
 /// The setup block sent once per shell (again after a reboot). Fd 3 is a pipe drained by one
 /// `cat` that writes to the console; fd 4 is a pipe nobody writes, so `read -t X -u 4` sleeps
 /// without forking. `__ntd_L` holds the source of the guest-side wait loop, which runs under
 /// `timeout` in a child bash (a hanging attempt cannot outlive the wait).
-pub const SETUP: &str = r#"exec 3> >(exec cat) 4<> <(:)
+pub const SETUP: &str = r#"exec 3> >(exec cat)
+__ntd_cp=$!
+exec 4<> <(:) 5</dev/null
 __ntd_L='__ntd_loop() {
   local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
   while :; do
     __ntd_t0=${EPOCHREALTIME/./}
-    ( set --; eval "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
+    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
     __ntd_s=$?
     if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
     (( $6 > 0 && __ntd_s >= $6 )) && break
@@ -66,20 +75,24 @@ __ntd_L='__ntd_loop() {
   done
   printf "\001D%s %d\001" "$__ntd_n" "$__ntd_s" >&3
 }'
-__ntd_run() {
-  printf '\001S%s\001' "$1" >&3
-  ( __ntd_c=$2; set --; eval "set -euo pipefail; unset __ntd_c; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
-  printf '\001E%s %d\001' "$1" "$?" >&3
+__ntd_r() {
+  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
 }
-__ntd_runt() {
-  printf '\001S%s\001' "$1" >&3
-  ( __ntd_c=$3 __ntd_t=$2; set --; exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) </dev/null >&3 3>&- 4>&-
-  printf '\001E%s %d\001' "$1" "$?" >&3
+__ntd_rt() {
+  ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
+}
+__ntd_count() {
+  local __ntd_k __ntd_v=-1
+  if [[ -r /proc/$__ntd_cp/io ]]; then
+    while read -r __ntd_k __ntd_v; do [[ $__ntd_k == wchar: ]] && break; done < /proc/$__ntd_cp/io
+  fi
+  printf '\001C%s %s\001' "$1" "$__ntd_v" >&3
 }
 __ntd_wait() {
-  printf '\001S%s\001' "$1" >&3
   timeout "$7" bash -c "$__ntd_L"'
-__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" </dev/null >&3
+__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" <&5 >&3
   printf '\001E%s %d\001' "$1" "$?" >&3
 }
 "#;
@@ -95,6 +108,12 @@ pub enum ShellEvent {
     Stray(Vec<u8>),
     /// A guest-side wait attempt failed with this status; its output was discarded.
     Attempt { status: i32 },
+    /// Answer to `__ntd_count`: bytes the guest's copier wrote in total (-1: unknown) and
+    /// bytes that arrived before the answer.
+    Count {
+        guest_wrote: i64,
+        host_received: u64,
+    },
     /// A command finished. `looped` is true for waits whose loop ended by itself (`D` marker
     /// seen); for a wait whose `timeout` wrapper fired it is false and `status` is 124.
     Done {
@@ -102,6 +121,8 @@ pub enum ShellEvent {
         output: Vec<u8>,
         truncated: usize,
         looped: bool,
+        /// Bytes between the start and end markers (all attempts included).
+        frame_bytes: u64,
     },
 }
 
@@ -111,10 +132,10 @@ enum State {
     AwaitSentinel,
     /// Connected, no command outstanding.
     Idle,
-    /// A command was sent; its start marker has not arrived yet.
-    Expect,
-    /// Inside a frame.
+    /// A command was sent; its end marker has not arrived yet.
     InFrame,
+    /// A count request was sent; waiting for its `C` marker.
+    ExpectCount,
 }
 
 /// Splits the shell byte stream into [`ShellEvent`]s.
@@ -128,6 +149,10 @@ pub struct ShellFraming {
     truncated: usize,
     /// Status from a `D` marker, waiting for the wrapper's `E` marker.
     loop_status: Option<i32>,
+    /// Bytes consumed from the stream since the sentinel.
+    consumed: u64,
+    /// `consumed` when the current frame's start marker ended.
+    frame_start: u64,
 }
 
 impl Default for ShellFraming {
@@ -145,6 +170,8 @@ impl ShellFraming {
             output: Vec::new(),
             truncated: 0,
             loop_status: None,
+            consumed: 0,
+            frame_start: 0,
         }
     }
 
@@ -155,7 +182,7 @@ impl ShellFraming {
 
     /// True while a command is outstanding.
     pub fn busy(&self) -> bool {
-        matches!(self.state, State::Expect | State::InFrame)
+        matches!(self.state, State::InFrame | State::ExpectCount)
     }
 
     /// Forget the shell (guest rebooted or switched root): wait for the sentinel again.
@@ -167,10 +194,24 @@ impl ShellFraming {
     pub fn expect(&mut self, nonce: [u8; NONCE_LEN]) {
         debug_assert!(self.state == State::Idle);
         self.nonce = nonce;
-        self.state = State::Expect;
+        self.state = State::InFrame;
         self.output.clear();
         self.truncated = 0;
         self.loop_status = None;
+        self.frame_start = self.consumed;
+    }
+
+    /// Register that `__ntd_count <nonce>` has been sent.
+    pub fn expect_count(&mut self, nonce: [u8; NONCE_LEN]) {
+        debug_assert!(self.state == State::Idle);
+        self.nonce = nonce;
+        self.state = State::ExpectCount;
+    }
+
+    /// Drop the first `n` buffered bytes, counting them as consumed.
+    fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+        self.consumed += n as u64;
     }
 
     /// Feed bytes read from the shell socket; complete events are appended to `events`.
@@ -181,12 +222,13 @@ impl ShellFraming {
                 State::AwaitSentinel => self.scan_sentinel(events),
                 State::Idle => {
                     if !self.buf.is_empty() {
+                        self.consumed += self.buf.len() as u64;
                         events.push(ShellEvent::Stray(std::mem::take(&mut self.buf)));
                     }
                     false
                 }
-                State::Expect => self.scan_start(events),
                 State::InFrame => self.scan_frame(events),
+                State::ExpectCount => self.scan_count(events),
             };
             if !progressed {
                 break;
@@ -221,21 +263,29 @@ impl ShellFraming {
         }
     }
 
-    fn scan_start(&mut self, events: &mut Vec<ShellEvent>) -> bool {
-        match find_marker(&self.buf, &self.nonce, b"S") {
-            Found::Marker { at, len, .. } => {
-                if at > 0 {
-                    events.push(ShellEvent::Stray(self.buf[..at].to_vec()));
-                }
-                self.buf.drain(..at + len);
-                self.state = State::InFrame;
+    fn drop_stray(&mut self, n: usize, events: &mut Vec<ShellEvent>) {
+        if n > 0 {
+            events.push(ShellEvent::Stray(self.buf[..n].to_vec()));
+            self.consume(n);
+        }
+    }
+
+    fn scan_count(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        match find_marker(&self.buf, &self.nonce, b"C") {
+            Found::Marker {
+                at, len, status, ..
+            } => {
+                self.drop_stray(at, events);
+                events.push(ShellEvent::Count {
+                    guest_wrote: status,
+                    host_received: self.consumed,
+                });
+                self.consume(len);
+                self.state = State::Idle;
                 true
             }
             Found::NeedMore { safe } => {
-                if safe > 0 {
-                    events.push(ShellEvent::Stray(self.buf[..safe].to_vec()));
-                    self.buf.drain(..safe);
-                }
+                self.drop_stray(safe, events);
                 false
             }
         }
@@ -250,7 +300,9 @@ impl ShellFraming {
                 status,
             } => {
                 self.take_output(at);
-                self.buf.drain(..len);
+                let frame_bytes = self.consumed - self.frame_start;
+                self.consume(len);
+                let status = status as i32;
                 match kind {
                     b'A' => {
                         self.output.clear();
@@ -268,6 +320,7 @@ impl ShellFraming {
                             output: std::mem::take(&mut self.output),
                             truncated: std::mem::take(&mut self.truncated),
                             looped,
+                            frame_bytes,
                         });
                         self.state = State::Idle;
                     }
@@ -286,7 +339,7 @@ impl ShellFraming {
         let room = MAX_OUTPUT.saturating_sub(self.output.len()).min(n);
         self.output.extend_from_slice(&self.buf[..room]);
         self.truncated += n - room;
-        self.buf.drain(..n);
+        self.consume(n);
     }
 }
 
@@ -296,14 +349,13 @@ enum Found {
         at: usize,
         len: usize,
         kind: u8,
-        status: i32,
+        status: i64,
     },
     /// No complete marker; the first `safe` bytes can never become part of one.
     NeedMore { safe: usize },
 }
 
-/// Find the first marker `\x01<kind><nonce>` (+ ` <status>\x01` for kinds other than `S`,
-/// + `\x01` for `S`) whose kind is in `kinds`.
+/// Find the first marker `\x01<kind><nonce> <number>\x01` whose kind is in `kinds`.
 fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
     let finder = memmem::Finder::new(nonce);
     let mut from = 0;
@@ -316,7 +368,10 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
         let at = p - 2;
         let kind = hay[p - 1];
         let tail = &hay[p + NONCE_LEN..];
-        match parse_tail(kind, tail) {
+        match parse_tail(tail) {
+            Tail::Complete { status, .. } if kind != b'C' && i32::try_from(status).is_err() => {
+                continue
+            }
             Tail::Complete { len, status } => {
                 return Found::Marker {
                     at,
@@ -336,19 +391,12 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
 }
 
 enum Tail {
-    Complete { len: usize, status: i32 },
+    Complete { len: usize, status: i64 },
     Incomplete,
     Invalid,
 }
 
-fn parse_tail(kind: u8, tail: &[u8]) -> Tail {
-    if kind == b'S' {
-        return match tail.first() {
-            None => Tail::Incomplete,
-            Some(0x01) => Tail::Complete { len: 1, status: 0 },
-            Some(_) => Tail::Invalid,
-        };
-    }
+fn parse_tail(tail: &[u8]) -> Tail {
     match tail.first() {
         None => return Tail::Incomplete,
         Some(b' ') => {}
@@ -363,7 +411,7 @@ fn parse_tail(kind: u8, tail: &[u8]) -> Tail {
     };
     match std::str::from_utf8(&tail[1..1 + end])
         .ok()
-        .and_then(|s| s.parse::<i32>().ok())
+        .and_then(|s| s.parse::<i64>().ok())
     {
         Some(status) => Tail::Complete {
             len: end + 2,
@@ -427,17 +475,23 @@ pub fn encode_run(
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let mut line = String::with_capacity(command.len() + 48);
+    let _ = write!(line, "__ntd_n={nonce}; __ntd_c=");
+    shell_quote(command, &mut line);
     match timeout {
-        None => {
-            let _ = write!(line, "__ntd_run {nonce} ");
-        }
+        None => line.push_str("; __ntd_r\n"),
         Some(t) => {
-            let _ = write!(line, "__ntd_runt {nonce} {} ", format_seconds(t));
+            let _ = writeln!(line, "; __ntd_t={}; __ntd_rt", format_seconds(t));
         }
     }
-    shell_quote(command, &mut line);
-    line.push('\n');
     Ok(line)
+}
+
+/// The line that asks how many bytes the guest's copier has written so far.
+pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
+    format!(
+        "__ntd_count {}\n",
+        std::str::from_utf8(nonce).unwrap_or("0000000000000000")
+    )
 }
 
 /// Parameters of a guest-side wait loop.
@@ -543,8 +597,7 @@ mod tests {
     }
 
     fn frame(body: &[u8], status: i32) -> Vec<u8> {
-        let mut v = b"\x01S0123456789abcdef\x01".to_vec();
-        v.extend_from_slice(body);
+        let mut v = body.to_vec();
         v.extend_from_slice(format!("\x01E0123456789abcdef {status}\x01").as_bytes());
         v
     }
@@ -600,7 +653,7 @@ mod tests {
     fn output_containing_marker_with_other_nonce_stays_output() {
         let mut f = connected();
         f.expect(*N);
-        let body = b"\x01S0000000000000000\x01\x01Effffffffffffffff 0\x01\x00\xff";
+        let body = b"\x01S0123456789abcdef\x01\x01Effffffffffffffff 0\x01\x00\xff";
         let mut ev = Vec::new();
         f.feed(&frame(body, 1), &mut ev);
         assert_eq!(done(&ev), (1, body.to_vec()));
@@ -617,17 +670,14 @@ mod tests {
     }
 
     #[test]
-    fn bytes_before_start_marker_are_stray() {
+    fn bytes_while_idle_are_stray_and_frame_output_is_not() {
         let mut f = connected();
         let mut ev = Vec::new();
         f.feed(b"late!", &mut ev);
         assert_eq!(ev, vec![ShellEvent::Stray(b"late!".to_vec())]);
         f.expect(*N);
         ev.clear();
-        let mut data = b"more late".to_vec();
-        data.extend(frame(b"ok", 0));
-        f.feed(&data, &mut ev);
-        assert_eq!(ev[0], ShellEvent::Stray(b"more late".to_vec()));
+        f.feed(&frame(b"ok", 0), &mut ev);
         assert_eq!(done(&ev), (0, b"ok".to_vec()));
     }
 
@@ -647,21 +697,24 @@ mod tests {
     fn wait_attempts_reset_output_and_loop_status_wins() {
         let mut f = connected();
         f.expect(*N);
-        let mut data = b"\x01S0123456789abcdef\x01first".to_vec();
+        let mut data = b"first".to_vec();
         data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
         data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
         let mut ev = Vec::new();
         f.feed(&data, &mut ev);
         assert_eq!(ev[0], ShellEvent::Attempt { status: 1 });
-        assert_eq!(
-            ev[1],
+        match &ev[1] {
             ShellEvent::Done {
-                status: 0,
-                output: b"second".to_vec(),
-                truncated: 0,
-                looped: true
-            }
-        );
+                status,
+                output,
+                looped,
+                ..
+            } => assert_eq!(
+                (*status, output.as_slice(), *looped),
+                (0, &b"second"[..], true)
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -669,10 +722,7 @@ mod tests {
         let mut f = connected();
         f.expect(*N);
         let mut ev = Vec::new();
-        f.feed(
-            b"\x01S0123456789abcdef\x01x\x01E0123456789abcdef 124\x01",
-            &mut ev,
-        );
+        f.feed(b"x\x01E0123456789abcdef 124\x01", &mut ev);
         assert!(matches!(
             ev[0],
             ShellEvent::Done {
@@ -681,6 +731,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn count_reports_bytes_consumed_before_its_marker() {
+        let mut f = connected();
+        f.expect(*N);
+        let mut ev = Vec::new();
+        let frame_data = frame(b"12345", 0);
+        f.feed(&frame_data, &mut ev);
+        assert!(matches!(ev[0], ShellEvent::Done { frame_bytes: 5, .. }));
+        f.expect_count(*N);
+        ev.clear();
+        f.feed(b"late\x01C0123456789abcdef 99\x01", &mut ev);
+        assert_eq!(ev[0], ShellEvent::Stray(b"late".to_vec()));
+        assert_eq!(
+            ev[1],
+            ShellEvent::Count {
+                guest_wrote: 99,
+                host_received: frame_data.len() as u64 + 4
+            }
+        );
+        assert!(!f.busy());
     }
 
     #[test]
@@ -720,9 +792,15 @@ mod tests {
     #[test]
     fn encode_run_quotes_single_quotes() {
         let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
-        assert_eq!(line, "__ntd_run 0123456789abcdef 'echo '\\''a'\\''\"b\"'\n");
+        assert_eq!(
+            line,
+            "__ntd_n=0123456789abcdef; __ntd_c='echo '\\''a'\\''\"b\"'; __ntd_r\n"
+        );
         let t = encode_run(N, "true", Some(900.0)).unwrap();
-        assert_eq!(t, "__ntd_runt 0123456789abcdef 900.0 'true'\n");
+        assert_eq!(
+            t,
+            "__ntd_n=0123456789abcdef; __ntd_c='true'; __ntd_t=900.0; __ntd_rt\n"
+        );
         assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
     }
 

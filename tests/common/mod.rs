@@ -1,0 +1,223 @@
+//! Shared helpers for end-to-end tests: build the tiny guest once, write start scripts and a
+//! driver configuration into a short per-test directory, run the real `ntd` binary, and check
+//! that nothing the run started is still alive afterwards.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const NTD: &str = env!("CARGO_BIN_EXE_ntd");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny guest's build directory (kernel, initrd), built or reused once per test binary.
+pub fn tiny_guest() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(repo().join("ci/build-tiny-guest"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run ci/build-tiny-guest");
+        assert!(out.status.success(), "ci/build-tiny-guest failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("build dir").trim())
+    })
+}
+
+/// A per-test directory with a short path (unix socket paths must stay under 108 bytes).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(tag: &str) -> TestDir {
+        let base = std::env::var("NTD_TEST_TMP").unwrap_or_else(|_| "/tmp".into());
+        let path = PathBuf::from(base).join(format!(
+            "ntd-{}-{}-{}",
+            tag,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+                % 100000
+        ));
+        std::fs::create_dir_all(path.join("run")).unwrap();
+        TestDir { path }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
+    }
+
+    /// Write `run-<name>-vm` for the tiny guest; returns its path.
+    pub fn tiny_vm(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let guest = tiny_guest();
+        let status = Command::new(repo().join("ci/mkvm"))
+            .args(["--name", name, "--out"])
+            .arg(self.path.join("vms"))
+            .arg("--kernel")
+            .arg(guest.join("kernel"))
+            .arg("--initrd")
+            .arg(guest.join("initrd"))
+            .args(["--memory", "256"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run ci/mkvm");
+        assert!(status.success(), "ci/mkvm failed");
+        self.path.join(format!("vms/bin/run-{name}-vm"))
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A driver configuration (newest CLI form) for `machines` and a script.
+    pub fn config(
+        &self,
+        machines: &[(&str, &Path)],
+        vlans: &[u32],
+        timeout: u32,
+        script: &str,
+    ) -> PathBuf {
+        let script_path = self.write("test.py", script);
+        let vms: Vec<String> = machines
+            .iter()
+            .map(|(n, p)| {
+                format!(
+                    "\"{n}\": {{\"name\": \"{n}\", \"start_script\": \"{}\"}}",
+                    p.display()
+                )
+            })
+            .collect();
+        let vl: Vec<String> = vlans.iter().map(|v| v.to_string()).collect();
+        self.write(
+            "driver.json",
+            &format!(
+                "{{\"vms\": {{{}}}, \"vlans\": [{}], \"global_timeout\": {timeout}, \"test_script\": \"{}\"}}",
+                vms.join(", "),
+                vl.join(", "),
+                script_path.display()
+            ),
+        )
+    }
+
+    /// The `ntd` command with this directory as its runtime directory.
+    pub fn ntd(&self) -> Command {
+        let mut c = Command::new(NTD);
+        c.current_dir(&self.path)
+            .env("XDG_RUNTIME_DIR", self.run_dir())
+            .env("NTD_COLOR", "never")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        c
+    }
+
+    /// Run `ntd` with `args`; panics if it runs longer than `limit`.
+    pub fn run(&self, args: &[&str], limit: Duration) -> RunResult {
+        let mut cmd = self.ntd();
+        cmd.args(args);
+        run_with_limit(cmd, limit)
+    }
+
+    /// Processes still alive whose command line mentions this directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let needle = self.path.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) {
+                found.push(format!("{pid}: {text}"));
+            }
+        }
+        found
+    }
+
+    pub fn assert_clean(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "processes left behind: {left:#?}");
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub struct RunResult {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl RunResult {
+    pub fn log(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit status\n{}",
+            self.log()
+        );
+    }
+}
+
+pub fn run_with_limit(mut cmd: Command, limit: Duration) -> RunResult {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ntd");
+    let out_pipe = child.stdout.take().unwrap();
+    let err_pipe = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || read_all(out_pipe));
+    let t_err = std::thread::spawn(move || read_all(err_pipe));
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ntd ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    RunResult {
+        code,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn read_all(mut r: impl std::io::Read) -> String {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    String::from_utf8_lossy(&v).into_owned()
+}
