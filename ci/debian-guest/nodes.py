@@ -222,13 +222,16 @@ def enable_links(node, image_units):
 
 
 def write_node_tar(node, image, path):
-    """The tar the initrd unpacks into the root: files, enable links, machine id."""
+    """The tar the initrd unpacks into the root: files, enable links, machine id, hostname."""
     with open(os.path.join(image, "unit-install.json")) as f:
         image_units = json.load(f)
     entries = dict(node.files)
     # A machine id per node (the base image has one shared default).
     machine_id = hashlib.md5(f"ntd-node-{node.name}".encode()).hexdigest()
     entries.setdefault("/etc/machine-id", (f"{machine_id}\n".encode(), 0o444))
+    # systemd names the host from its first line on (ntd-identity.service sets it
+    # again from ntd.node= a moment later, for start scripts without this tar).
+    entries.setdefault("/etc/hostname", (f"{node.name}\n".encode(), 0o644))
     now = int(time.time())
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for guest_path, (data, mode) in sorted(entries.items()):
