@@ -6,7 +6,11 @@ use ntd::driver::Driver;
 use ntd::log::{terminal::Terminal, Logger};
 
 fn main() {
+    let argv0 = std::env::args().next().unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = subcommand(&argv0, &args) {
+        std::process::exit(code);
+    }
     let opts = match cli::parse(&args, &ProcessEnv) {
         Ok(Some(o)) => o,
         Ok(None) => std::process::exit(0),
@@ -32,4 +36,44 @@ fn main() {
         }
     };
     std::process::exit(driver.run());
+}
+
+/// Helper programs that share the binary: `ntd shim-export DIR` writes the Python package (for
+/// type checks and packaging), `ntd generate-driver-symbols` (or the binary called by that name)
+/// writes `driver-symbols` like upstream's helper.
+fn subcommand(argv0: &str, args: &[String]) -> Option<i32> {
+    let called = std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if called == "generate-driver-symbols" {
+        return Some(write_symbols());
+    }
+    match args.first().map(String::as_str) {
+        Some("shim-export") => {
+            let Some(dir) = args.get(1) else {
+                eprintln!("usage: ntd shim-export DIR");
+                return Some(2);
+            };
+            match ntd::shim::write_package(std::path::Path::new(dir)) {
+                Ok(()) => Some(0),
+                Err(e) => {
+                    eprintln!("ntd: cannot write the shim to {dir}: {e}");
+                    Some(1)
+                }
+            }
+        }
+        Some("generate-driver-symbols") => Some(write_symbols()),
+        _ => None,
+    }
+}
+
+fn write_symbols() -> i32 {
+    match std::fs::write("driver-symbols", ntd::shim::DRIVER_SYMBOLS.join(",")) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ntd: cannot write driver-symbols: {e}");
+            1
+        }
+    }
 }

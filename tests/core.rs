@@ -81,6 +81,12 @@ fn single_node_every_core_method_passes() {
         assert!(r.stderr.contains(line), "missing {line:?}\n{}", r.log());
     }
     assert!(r.stdout.contains("additionally exposed symbols:"));
+    // generate-driver-symbols (for pyflakes) lists exactly what the shim exposes.
+    assert!(
+        r.stdout.contains(&ntd::shim::DRIVER_SYMBOLS.join(", ")),
+        "{}",
+        r.stdout
+    );
     dir.assert_clean();
 }
 
@@ -297,9 +303,22 @@ assert machine.succeed("pwd; echo ${x:-unset}") == "/tmp\nunset\n"
 # set -euo pipefail as upstream.
 assert machine.execute("false | true")[0] == 1
 assert machine.execute("echo $undefined_variable")[0] != 0
-# execute() with a timeout kills the command with status 124.
+# execute() with a timeout kills the command and its children with status 124.
 assert machine.execute("sleep 10", timeout=1)[0] == 124
+assert machine.execute("sh -c 'sleep 11; echo never' | cat", timeout=1)[0] == 124
 assert machine.succeed("echo still here") == "still here\n"
+assert machine.execute("ps -o args | grep -c '^sleep 1[01]' || true", timeout=5) == (0, "0\n")
+# A command that runs in time keeps its own status, also 143 from a SIGTERM it sent itself.
+assert machine.execute("exit 3", timeout=5)[0] == 3
+assert machine.execute("kill -TERM $BASHPID", timeout=5)[0] == 143
+# Waits stop a hanging attempt at their timeout.
+t0 = time.monotonic()
+try:
+    machine.wait_until_succeeds("sleep 100", timeout=2)
+    raise SystemExit("a hanging wait attempt was not stopped")
+except AssertionError:
+    pass
+assert time.monotonic() - t0 < 10, time.monotonic() - t0
 "#;
 
 #[test]

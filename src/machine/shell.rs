@@ -25,7 +25,8 @@
 //! (`__ntd_count`, answered by `\x01C<nonce> <count>\x01`) and compares with what arrived: a
 //! loss is reported, never silently returned.
 //! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
-//! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`, under one `timeout`.
+//! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`; a watchdog coprocess
+//! enforces timeouts, so neither a timed command nor a wait execs anything but the command.
 //!
 //! This module is pure: it never touches a socket. The machine feeds it bytes and writes the
 //! commands it encodes.
@@ -47,14 +48,54 @@ const MARKER_HEAD: usize = 2 + NONCE_LEN;
 /// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
 const MAX_STATUS_TAIL: usize = 22;
 
-/// The setup block sent once per shell (again after a reboot). Fd 3 is a pipe drained by one
-/// `cat` that writes to the console; fd 4 is a pipe nobody writes, so `read -t X -u 4` sleeps
-/// without forking. `__ntd_L` holds the source of the guest-side wait loop, which runs under
-/// `timeout` in a child bash (a hanging attempt cannot outlive the wait).
+/// The setup block sent once per shell (again after a reboot).
+///
+/// - fd 3: a pipe drained by one long-lived `cat` that writes to the console;
+/// - fd 4: a pipe nobody writes, so `read -t X -u 4` sleeps without forking;
+/// - fd 5: `/dev/null`, every command's stdin;
+/// - fds 6/7: a watchdog coprocess that enforces timeouts without exec'ing `timeout`: a timed
+///   command's subshell writes `<its pid> <seconds>` to fd 6 and the shell writes a line when
+///   the command is over; if that line does not come in time the watchdog writes `fired` (fd
+///   7) and SIGTERMs the subshell and all its descendants, and the status becomes 124 like
+///   `timeout`'s. Should the watchdog be gone, `timeout` is exec'd instead.
+///
+/// `__ntd_loop` is the guest-side wait loop (pauses 3x an attempt's duration, at least the
+/// given interval, at most 0.5 s).
 pub const SETUP: &str = r#"exec 3> >(exec cat)
 __ntd_cp=$!
 exec 4<> <(:) 5</dev/null
-__ntd_L='__ntd_loop() {
+__ntd_kill() {
+  local __ntd_all=("$1") __ntd_i=0 __ntd_f __ntd_k
+  while (( __ntd_i < ${#__ntd_all[@]} )); do
+    for __ntd_f in /proc/${__ntd_all[__ntd_i]}/task/*/children; do
+      __ntd_k=()
+      # The file has no trailing newline, so read reports EOF but fills the array.
+      [[ -r $__ntd_f ]] && { read -r -a __ntd_k < "$__ntd_f" || :; }
+      __ntd_all+=("${__ntd_k[@]}")
+    done
+    __ntd_i=$(( __ntd_i + 1 ))
+  done
+  kill -TERM "${__ntd_all[@]}" 2>/dev/null
+}
+__ntd_watch() {
+  local __ntd_p __ntd_t __ntd_x __ntd_r
+  while read -r __ntd_p __ntd_t; do
+    read -t "$__ntd_t" -r __ntd_x
+    __ntd_r=$?
+    (( __ntd_r == 0 )) && continue
+    (( __ntd_r <= 128 )) && break
+    printf 'fired\n'
+    __ntd_kill "$__ntd_p"
+    read -r __ntd_x || break
+  done
+}
+coproc __ntd_wd { __ntd_watch; }
+exec 6>&"${__ntd_wd[1]}" 7<&"${__ntd_wd[0]}"
+__ntd_disarm() {
+  printf 'x\n' >&6
+  if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
+}
+__ntd_loop() {
   local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
   while :; do
@@ -65,23 +106,42 @@ __ntd_L='__ntd_loop() {
     (( $6 > 0 && __ntd_s >= $6 )) && break
     __ntd_t1=${EPOCHREALTIME/./}
     (( __ntd_t1 >= __ntd_d )) && break
-    printf "\001A%s %d\001" "$__ntd_n" "$__ntd_s" >&3
+    printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
     __ntd_g=$(( (__ntd_t1 - __ntd_t0) * 3 ))
     (( __ntd_g < $5 )) && __ntd_g=$5
     (( __ntd_g > 500000 )) && __ntd_g=500000
     (( __ntd_t1 + __ntd_g > __ntd_d )) && __ntd_g=$(( __ntd_d - __ntd_t1 ))
-    printf -v __ntd_p "%d.%06d" $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
+    printf -v __ntd_p '%d.%06d' $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
     read -t "$__ntd_p" -u 4 || :
   done
-  printf "\001D%s %d\001" "$__ntd_n" "$__ntd_s" >&3
-}'
+  printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+}
 __ntd_r() {
-  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&- 6>&- 7<&-
   printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
 }
 __ntd_rt() {
-  ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
-  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
+  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
+    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+    __ntd_s=$?
+    __ntd_disarm
+  else
+    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&- 6>&- 7<&-
+    __ntd_s=$?
+  fi
+  printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+}
+__ntd_wait() {
+  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
+    ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&- 7<&-; __ntd_loop "$@" ) <&5 >&3
+    __ntd_s=$?
+    __ntd_disarm
+  else
+    timeout "$7" bash -c "$(declare -f __ntd_loop)"'
+__ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
+    __ntd_s=$?
+  fi
+  printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
 }
 __ntd_count() {
   local __ntd_k __ntd_v=-1
@@ -89,11 +149,6 @@ __ntd_count() {
     while read -r __ntd_k __ntd_v; do [[ $__ntd_k == wchar: ]] && break; done < /proc/$__ntd_cp/io
   fi
   printf '\001C%s %s\001' "$1" "$__ntd_v" >&3
-}
-__ntd_wait() {
-  timeout "$7" bash -c "$__ntd_L"'
-__ntd_loop "$@"' __ntd "$1" "$2" "$3" "$4" "$5" "$6" <&5 >&3
-  printf '\001E%s %d\001' "$1" "$?" >&3
 }
 "#;
 
@@ -463,8 +518,8 @@ pub fn format_seconds(secs: f64) -> String {
     }
 }
 
-/// The line that runs `command` once; with `timeout` it runs under `timeout <t> bash -c`
-/// exactly like upstream (exit status 124 on expiry).
+/// The line that runs `command` once; with `timeout` the watchdog ends it (and its children)
+/// after that many seconds with exit status 124, as upstream's `timeout <t> bash -c` does.
 pub fn encode_run(
     nonce: &[u8; NONCE_LEN],
     command: &str,
@@ -494,6 +549,9 @@ pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
     )
 }
 
+/// How long a wait's watchdog lets a hanging attempt run past the wait's budget.
+pub const WAIT_GRACE_SECS: f64 = 0.5;
+
 /// Parameters of a guest-side wait loop.
 #[derive(Debug, Clone, Copy)]
 pub struct WaitSpec {
@@ -509,8 +567,8 @@ pub struct WaitSpec {
 }
 
 /// The line that runs `command` repeatedly in the guest until it succeeds/fails or the budget
-/// is spent. The loop runs under `timeout` (budget + grace) so a hanging attempt cannot outlive
-/// the wait.
+/// is spent. The loop runs under the watchdog (budget + grace) so a hanging attempt cannot
+/// outlive the wait.
 pub fn encode_wait(
     nonce: &[u8; NONCE_LEN],
     command: &str,
@@ -521,8 +579,8 @@ pub fn encode_wait(
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let budget_us = (spec.budget_secs.max(0.0) * 1e6) as u64;
-    // The wrapper fires only if an attempt hangs past the loop's own deadline.
-    let wrapper = spec.budget_secs.max(0.0) + 2.0;
+    // The watchdog fires only if an attempt hangs past the loop's own deadline.
+    let wrapper = spec.budget_secs.max(0.0) + WAIT_GRACE_SECS;
     let mut line = String::with_capacity(command.len() + 64);
     let _ = write!(
         line,
@@ -815,7 +873,7 @@ mod tests {
         let line = encode_wait(N, "test -e /x", spec).unwrap();
         assert_eq!(
             line,
-            "__ntd_wait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 3.5\n"
+            "__ntd_wait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 2.0\n"
         );
     }
 

@@ -46,6 +46,34 @@ pub const FILES: &[(&str, &str)] = &[
     ("test_driver/py.typed", ""),
 ];
 
+/// The general names of the testScript namespace (upstream's `generate-driver-symbols` lists
+/// them for pyflakes); the end-to-end tests check them against what the shim prints.
+pub const DRIVER_SYMBOLS: &[&str] = &[
+    "start_all",
+    "test_script",
+    "machines",
+    "machines_qemu",
+    "machines_nspawn",
+    "vlans",
+    "driver",
+    "log",
+    "os",
+    "create_machine",
+    "subtest",
+    "run_tests",
+    "join_all",
+    "retry",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "BaseMachine",
+    "QemuMachine",
+    "Machine",
+    "t",
+    "debug",
+    "dump_machine_ssh",
+];
+
 /// Write the package below `dir` (creating it).
 pub fn write_package(dir: &Path) -> io::Result<()> {
     for (rel, text) in FILES {
@@ -68,7 +96,8 @@ pub struct SpawnedShim {
     pub to_shim: OwnedFd,
 }
 
-/// Start `python3 -m test_driver` (interpreter from `NTD_PYTHON`, default `python3`) with the
+/// Start `python3 -m test_driver` (interpreter from `NTD_PYTHON`, else the one named at build
+/// time by `NTD_DEFAULT_PYTHON`, else `python3` from `PATH`) with the
 /// package directory first on `PYTHONPATH` and the protocol pipes announced in `NTD_RPC_FDS`.
 pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
     use rustix::pipe::{pipe_with, PipeFlags};
@@ -80,7 +109,10 @@ pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
         crate::machine::qemu::set_nonblocking(fd)?;
     }
-    let python = std::env::var("NTD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("NTD_PYTHON")
+        .ok()
+        .or_else(|| option_env!("NTD_DEFAULT_PYTHON").map(str::to_owned))
+        .unwrap_or_else(|| "python3".into());
     let mut pythonpath = package_dir.as_os_str().to_owned();
     if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
         pythonpath.push(":");
