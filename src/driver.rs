@@ -18,6 +18,7 @@ use crate::rpc::json::{obj, Value};
 use crate::rpc::{self, Channel, ErrorType, OpError, Request};
 use crate::shim;
 use crate::signals;
+use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use std::collections::VecDeque;
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 
 const OWNER_DRIVER: usize = 0;
 const FIRST_MACHINE_OWNER: usize = 1;
+/// Owner ids of switches (one per vlan) start here, far above any machine count.
+const FIRST_SWITCH_OWNER: usize = 1 << 24;
 const SLOT_SIGNALS: usize = 0;
 const SLOT_RPC_RX: usize = 1;
 const SLOT_RPC_TX: usize = 2;
@@ -143,6 +146,7 @@ pub struct Driver {
     opts: Options,
     tmp_dir: PathBuf,
     machines: Vec<Machine>,
+    switches: Vec<Switch>,
     extra_env: Vec<(String, String)>,
     chan: Option<Channel>,
     shim: Option<ShimProcess>,
@@ -177,6 +181,7 @@ impl Driver {
             opts,
             tmp_dir,
             machines: Vec::new(),
+            switches: Vec::new(),
             extra_env: Vec::new(),
             chan: None,
             shim: None,
@@ -199,6 +204,7 @@ impl Driver {
                 "Machine state will be reset. To keep it, pass {flag}"
             ));
         }
+        d.start_vlans()?;
         for (i, spec) in d.opts.vms.clone().iter().enumerate() {
             let mut m = Machine::new(
                 &spec.name,
@@ -212,6 +218,65 @@ impl Driver {
             d.machines.push(m);
         }
         Ok(d)
+    }
+
+    /// One in-process switch per vlan, listening before any machine can start; start scripts
+    /// find it through `QEMU_VDE_SOCKET_<n>` as they find upstream's `vde_switch`.
+    fn start_vlans(&mut self) -> Result<(), DriverError> {
+        if self.opts.vlans.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = &self.opts.capture_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DriverError::Setup("cannot create the capture directory", e))?;
+        }
+        self.log.begin(None, "start all VLans");
+        for (i, nr) in self.opts.vlans.clone().into_iter().enumerate() {
+            self.log.log("start vlan");
+            let dir = self.tmp_dir.join(format!("vde{nr}.ctl"));
+            let mut sw = match Switch::create(
+                nr,
+                &dir,
+                FIRST_SWITCH_OWNER + i,
+                self.poll.registry(),
+                SwitchConfig::default(),
+            ) {
+                Ok(sw) => sw,
+                Err(e) => {
+                    self.log.end(false);
+                    return Err(DriverError::Machine(format!("cannot start vlan {nr}: {e}")));
+                }
+            };
+            if let Some(cdir) = &self.opts.capture_dir {
+                let path = cdir.join(format!("vlan{nr}.pcap"));
+                if let Err(e) = sw.start_capture(&path) {
+                    self.log.warning(None, &format!("vlan {nr}: {e}"));
+                } else {
+                    self.log
+                        .log(&format!("capturing vlan {nr} to {}", path.display()));
+                }
+            }
+            self.log.log(&format!(
+                "running vlan (in-process switch in pid {}; ctl {})",
+                std::process::id(),
+                sw.dir().display()
+            ));
+            self.extra_env.push((
+                format!("QEMU_VDE_SOCKET_{nr}"),
+                sw.dir().display().to_string(),
+            ));
+            self.switches.push(sw);
+        }
+        self.log.end(true);
+        Ok(())
+    }
+
+    fn log_switch_events(&mut self) {
+        for sw in &mut self.switches {
+            for ev in sw.drain_events() {
+                log_switch_event(&mut self.log, &ev);
+            }
+        }
     }
 
     /// Run the test: start the shim, serve it until it exits (or the run is cut short), clean
@@ -253,15 +318,28 @@ impl Driver {
             let (owner, slot) = reactor::split(ev.token());
             if owner == OWNER_DRIVER {
                 self.driver_event(slot, ev);
-            } else if let Some(m) = owner
-                .checked_sub(FIRST_MACHINE_OWNER)
-                .and_then(|i| self.machines.get_mut(i))
-            {
-                m.handle(self.poll.registry(), slot, ev, &mut self.log);
+            } else {
+                self.owner_event(owner, slot, ev);
             }
         }
         self.timers(Instant::now());
+        self.log_switch_events();
         self.advance();
+    }
+
+    /// Route an event to the machine or switch that owns the token.
+    fn owner_event(&mut self, owner: usize, slot: usize, ev: &mio::event::Event) {
+        if let Some(sw) = owner
+            .checked_sub(FIRST_SWITCH_OWNER)
+            .and_then(|i| self.switches.get_mut(i))
+        {
+            sw.handle_event(self.poll.registry(), slot, ev);
+        } else if let Some(m) = owner
+            .checked_sub(FIRST_MACHINE_OWNER)
+            .and_then(|i| self.machines.get_mut(i))
+        {
+            m.handle(self.poll.registry(), slot, ev, &mut self.log);
+        }
     }
 
     fn driver_event(&mut self, slot: usize, ev: &mio::event::Event) {
@@ -330,6 +408,7 @@ impl Driver {
         self.machines
             .iter()
             .filter_map(Machine::next_deadline)
+            .chain(self.switches.iter().filter_map(Switch::next_deadline))
             .chain(op)
             .chain(self.global_deadline)
             .min()
@@ -338,6 +417,11 @@ impl Driver {
     fn timers(&mut self, now: Instant) {
         for m in &mut self.machines {
             m.on_timer(self.poll.registry(), now, &mut self.log);
+        }
+        for sw in &mut self.switches {
+            if sw.next_deadline().is_some_and(|d| now >= d) {
+                sw.on_timer(self.poll.registry(), now);
+            }
         }
         if self.global_deadline.is_some_and(|d| now >= d) {
             self.global_deadline = None;
@@ -363,7 +447,8 @@ impl Driver {
             .join(format!("ntd-shim-{}", std::process::id()));
         shim::write_package(&dir).map_err(|e| DriverError::Shim(e.to_string()))?;
         self.shim_dir = Some(dir.clone());
-        let spawned = shim::spawn(&dir).map_err(|e| DriverError::Shim(e.to_string()))?;
+        let spawned =
+            shim::spawn(&dir, &self.extra_env).map_err(|e| DriverError::Shim(e.to_string()))?;
         let reg = self.poll.registry();
         let chan = Channel::new(
             spawned.from_shim,
@@ -638,6 +723,27 @@ impl Driver {
                 let m = self.machine_index(req)?;
                 let data = req.str("data")?.to_owned();
                 self.machines[m].send_console(reg, data.as_bytes());
+                Ok(None)
+            }
+            "capture" => {
+                let nr = req
+                    .body
+                    .get("vlan")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| {
+                        OpError::new(ErrorType::Value, "capture: vlan number missing")
+                    })?;
+                let sw = self
+                    .switches
+                    .iter_mut()
+                    .find(|s| i64::from(s.vlan()) == nr)
+                    .ok_or_else(|| OpError::new(ErrorType::Value, format!("no vlan {nr}")))?;
+                match req.body.get("path").and_then(Value::as_str) {
+                    Some(path) => sw
+                        .start_capture(std::path::Path::new(path))
+                        .map_err(|e| OpError::new(ErrorType::Runtime, e.to_string()))?,
+                    None => sw.stop_capture(),
+                }
                 Ok(None)
             }
             "mark_disconnected" => {
@@ -1005,8 +1111,38 @@ impl Driver {
         }
     }
 
-    /// End everything: machines (sorted by name), then files. Runs the loop until every
-    /// process group is gone.
+    /// Machine and switch timers, without the global timeout (cleanup is already under way).
+    fn timers_without_global(&mut self, now: Instant) {
+        let global = self.global_deadline.take();
+        self.timers(now);
+        self.global_deadline = global;
+    }
+
+    /// Stop every switch after the machines: log its counters, close its ports, remove its
+    /// files.
+    fn stop_vlans(&mut self) {
+        for sw in std::mem::take(&mut self.switches) {
+            let st = sw.stats();
+            self.log.log(&format!(
+                "kill vlan (in-process switch; ctl {})",
+                sw.dir().display()
+            ));
+            self.log.info(&format!(
+                "vlan {}: {} frames in, {} delivered, {} dropped, {} ports served",
+                st.vlan,
+                st.frames_in,
+                st.frames_out,
+                st.drops.total(),
+                st.requests_accepted
+            ));
+            for ev in sw.shutdown(self.poll.registry()) {
+                log_switch_event(&mut self.log, &ev);
+            }
+        }
+    }
+
+    /// End everything: machines (sorted by name), then switches, then files. Runs the loop
+    /// until every process group is gone.
     fn cleanup(&mut self) {
         self.kill_shim();
         self.log.unwind_to(0);
@@ -1036,17 +1172,16 @@ impl Driver {
                     if slot == SLOT_SHIM_PIDFD || slot == SLOT_SIGNALS {
                         self.driver_event(slot, ev);
                     }
-                } else if let Some(m) = owner
-                    .checked_sub(FIRST_MACHINE_OWNER)
-                    .and_then(|i| self.machines.get_mut(i))
-                {
-                    m.handle(self.poll.registry(), slot, ev, &mut self.log);
+                } else {
+                    self.owner_event(owner, slot, ev);
                 }
             }
-            for m in &mut self.machines {
-                m.on_timer(self.poll.registry(), Instant::now(), &mut self.log);
-            }
+            // The switches keep forwarding until the last machine is gone (QEMU never
+            // reconnects to a restarted switch).
+            self.timers_without_global(Instant::now());
+            self.log_switch_events();
         }
+        self.stop_vlans();
         for m in &mut self.machines {
             if !m.gone() {
                 self.log.warning(
@@ -1076,6 +1211,18 @@ impl Driver {
             ),
         );
         self.log.finish();
+    }
+}
+
+/// Switch events: port changes at debug level, refusals and errors as warnings.
+fn log_switch_event(log: &mut Logger, ev: &SwitchEvent) {
+    match ev {
+        SwitchEvent::PortOpened { .. } | SwitchEvent::PortClosed { .. } => {
+            log.debug(None, &ev.to_string())
+        }
+        SwitchEvent::Rejected { .. } | SwitchEvent::Error { .. } => {
+            log.warning(None, &ev.to_string())
+        }
     }
 }
 

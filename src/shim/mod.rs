@@ -98,8 +98,9 @@ pub struct SpawnedShim {
 
 /// Start `python3 -m test_driver` (interpreter from `NTD_PYTHON`, else the one named at build
 /// time by `NTD_DEFAULT_PYTHON`, else `python3` from `PATH`) with the
-/// package directory first on `PYTHONPATH` and the protocol pipes announced in `NTD_RPC_FDS`.
-pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
+/// package directory first on `PYTHONPATH`, the protocol pipes announced in `NTD_RPC_FDS` and
+/// `env` added (the `QEMU_VDE_SOCKET_<n>` variables upstream puts into its own environment).
+pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<SpawnedShim> {
     use rustix::pipe::{pipe_with, PipeFlags};
     // The child's ends must survive exec, ours must not; both pipes are created inheritable
     // and our ends are marked close-on-exec before anything else can be spawned.
@@ -122,6 +123,7 @@ pub fn spawn(package_dir: &Path) -> io::Result<SpawnedShim> {
     crate::signals::unblock_in_child(&mut cmd);
     let child = cmd
         .args(["-m", "test_driver"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PYTHONPATH", pythonpath)
         .env(
             "NTD_RPC_FDS",

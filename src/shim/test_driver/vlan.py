@@ -27,3 +27,14 @@ class VLan:
 
     def stop(self) -> None:
         """Upstream's cleanup hook; ntd stops its switches itself at the end of the run."""
+
+    def start_capture(self, path: str | os.PathLike[str]) -> None:
+        """ntd extension: write every frame this vlan forwards to a pcap file (Wireshark)."""
+        from test_driver import _rpc
+
+        _rpc.channel().call("capture", vlan=self.nr, path=os.path.abspath(path))
+
+    def stop_capture(self) -> None:
+        from test_driver import _rpc
+
+        _rpc.channel().call("capture", vlan=self.nr, path=None)
