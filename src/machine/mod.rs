@@ -51,6 +51,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Frames at least this large are checked for bytes the virtio console dropped (below the
 /// socket buffer size nothing can be dropped).
 const VERIFY_MIN_BYTES: u64 = 64 * 1024;
+/// The guest's spool is emptied in front of the next command once it holds this much.
+const SPOOL_LIMIT: u64 = 16 << 20;
 
 /// Why a machine operation failed (shown to the test author as `MachineError`).
 #[derive(Debug)]
@@ -129,6 +131,19 @@ pub struct ShellResult {
     pub lost: u64,
 }
 
+/// A finished request being checked for output the console dropped.
+#[derive(Debug)]
+struct Unverified {
+    result: ShellResult,
+    /// Bytes of the frame that arrived (end marker included).
+    frame_bytes: u64,
+    /// Bytes the guest spooled for the frame (known once the count came back).
+    spooled: u64,
+    /// Pieces fetched again so far.
+    spool: Vec<u8>,
+    pieces: u64,
+}
+
 /// Where the shell is in its own little life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShellState {
@@ -140,7 +155,8 @@ enum ShellState {
     Ready,
     /// Running a user request.
     Busy,
-    /// The request finished; checking that none of its output was dropped.
+    /// The request finished; checking that none of its output was dropped (and fetching it
+    /// again from the guest's spool if some was).
     Verifying,
 }
 
@@ -167,7 +183,18 @@ pub struct Machine {
     nonces: NonceSource,
     attempts: u32,
     shell_result: Option<ShellResult>,
-    unverified: Option<ShellResult>,
+    /// A finished request whose output is being checked for (and repaired from) drops.
+    unverified: Option<Unverified>,
+    /// Nonce and kind of the request in flight.
+    request_nonce: [u8; shell::NONCE_LEN],
+    request_is_wait: bool,
+    /// `framing.consumed()` when the spool was last emptied (the spool holds everything
+    /// consumed since, except fetch frames, which go straight to the console).
+    spool_base: u64,
+    /// Bytes consumed by fetch frames since `spool_base`.
+    spool_fetched: u64,
+    /// Offset in the spool where the request in flight started.
+    request_spool_offset: u64,
     shell_eof: bool,
     qmp: Option<UnixStream>,
     qmp_state: QmpState,
@@ -220,6 +247,11 @@ impl Machine {
             attempts: 0,
             shell_result: None,
             unverified: None,
+            request_nonce: [b'0'; shell::NONCE_LEN],
+            request_is_wait: false,
+            spool_base: 0,
+            spool_fetched: 0,
+            request_spool_offset: 0,
             shell_eof: false,
             qmp: None,
             qmp_state: QmpState::Disconnected,
@@ -574,7 +606,10 @@ impl Machine {
             }
             ShellEvent::Connected => {
                 self.sentinel_at = Some(Instant::now());
-                let mut setup = shell::SETUP.to_owned();
+                // A new shell: a new, empty spool; the framing counts from the sentinel on.
+                self.spool_base = 0;
+                self.spool_fetched = 0;
+                let mut setup = shell::setup_text().to_owned();
                 let nonce = self.nonces.next_nonce();
                 // An internal check frame: proves the setup works before any user command.
                 setup.push_str(&shell::encode_run(&nonce, "true", None).unwrap_or_default());
@@ -592,18 +627,7 @@ impl Machine {
                 );
             }
             ShellEvent::Attempt { .. } => self.attempts += 1,
-            ShellEvent::Count {
-                guest_wrote,
-                host_received,
-            } => {
-                if let Some(mut r) = self.unverified.take() {
-                    if guest_wrote >= 0 && guest_wrote as u64 > host_received {
-                        r.lost = guest_wrote as u64 - host_received;
-                    }
-                    self.shell_result = Some(r);
-                }
-                self.shell_state = ShellState::Ready;
-            }
+            ShellEvent::Count { spooled } => self.check_spool_count(registry, spooled, log),
             ShellEvent::Done {
                 status,
                 output,
@@ -622,6 +646,10 @@ impl Machine {
                         );
                     }
                 }
+                ShellState::Verifying => {
+                    self.spool_fetched += frame_bytes;
+                    self.spool_piece(registry, output, log)
+                }
                 _ => {
                     let result = ShellResult {
                         status,
@@ -634,7 +662,13 @@ impl Machine {
                     if frame_bytes >= VERIFY_MIN_BYTES {
                         let nonce = self.nonces.next_nonce();
                         self.framing.expect_count(nonce);
-                        self.unverified = Some(result);
+                        self.unverified = Some(Unverified {
+                            result,
+                            frame_bytes,
+                            spooled: 0,
+                            spool: Vec::new(),
+                            pieces: 0,
+                        });
                         self.shell_state = ShellState::Verifying;
                         self.queue_shell(registry, shell::encode_count(&nonce).as_bytes());
                     } else {
@@ -644,6 +678,86 @@ impl Machine {
                 }
             },
         }
+    }
+
+    /// The guest says how large its spool of the last frame is: equal (or unknown) means
+    /// nothing was dropped; larger means the console dropped bytes, which are then fetched
+    /// again from the spool piece by piece.
+    fn check_spool_count(&mut self, registry: &Registry, spooled: i64, log: &mut Logger) {
+        let Some(mut u) = self.unverified.take() else {
+            self.shell_state = ShellState::Ready;
+            return;
+        };
+        // The spool holds this frame from request_spool_offset on (the count's own marker
+        // is written after the size was taken).
+        let frame_spooled = (spooled.max(0) as u64).saturating_sub(self.request_spool_offset);
+        if spooled < 0 || frame_spooled <= u.frame_bytes {
+            self.shell_state = ShellState::Ready;
+            self.shell_result = Some(u.result);
+            return;
+        }
+        u.spooled = frame_spooled;
+        if self.request_is_wait {
+            // A wait's frame holds every attempt; only its last output matters and it is small.
+            u.result.lost = u.spooled - u.frame_bytes;
+            self.shell_state = ShellState::Ready;
+            self.shell_result = Some(u.result);
+            return;
+        }
+        log.machine(
+            &self.name,
+            &format!(
+                "the console dropped {} bytes of output; fetching them again from the guest",
+                u.spooled - u.frame_bytes
+            ),
+        );
+        self.unverified = Some(u);
+        self.fetch_next_piece(registry);
+    }
+
+    fn fetch_next_piece(&mut self, registry: &Registry) {
+        let Some(u) = self.unverified.as_mut() else {
+            return;
+        };
+        let nonce = self.nonces.next_nonce();
+        let offset = self.request_spool_offset + u.pieces * shell::FETCH_PIECE as u64;
+        let line = shell::encode_fetch(&nonce, offset, shell::FETCH_PIECE);
+        u.pieces += 1;
+        self.framing.expect(nonce);
+        self.queue_shell(registry, line.as_bytes());
+    }
+
+    /// One piece of the spool arrived; the last one is short.
+    fn spool_piece(&mut self, registry: &Registry, piece: Vec<u8>, log: &mut Logger) {
+        let Some(u) = self.unverified.as_mut() else {
+            self.shell_state = ShellState::Ready;
+            return;
+        };
+        let last = piece.len() < shell::FETCH_PIECE || u.spool.len() as u64 >= u.spooled;
+        u.spool.extend_from_slice(&piece);
+        if !last {
+            self.fetch_next_piece(registry);
+            return;
+        }
+        let Some(mut u) = self.unverified.take() else {
+            return;
+        };
+        match shell::parse_spool(&u.spool, &self.request_nonce) {
+            Some((len, _status)) => {
+                u.spool.truncate(len);
+                let keep = len.min(shell::MAX_OUTPUT);
+                u.result.truncated = len - keep;
+                u.spool.truncate(keep);
+                u.result.output = u.spool;
+                log.machine(
+                    &self.name,
+                    &format!("recovered the full output ({len} bytes) from the guest's spool"),
+                );
+            }
+            None => u.result.lost = u.spooled - u.frame_bytes,
+        }
+        self.shell_state = ShellState::Ready;
+        self.shell_result = Some(u.result);
     }
 
     /// Send a command to the guest shell; its result arrives via [`Self::take_shell_result`].
@@ -658,12 +772,21 @@ impl Machine {
             _ => return Err(MachineError::NotConnected),
         }
         let nonce = self.nonces.next_nonce();
-        let line = match req {
+        let mut line = match req {
             ShellRequest::Run { command, timeout } => shell::encode_run(&nonce, command, *timeout),
             ShellRequest::Wait { command, spec } => shell::encode_wait(&nonce, command, *spec),
         }
         .map_err(MachineError::Encode)?;
+        let consumed = self.framing.consumed();
+        if consumed - self.spool_base - self.spool_fetched > SPOOL_LIMIT {
+            line.insert_str(0, shell::TRUNCATE_SPOOL);
+            self.spool_base = consumed;
+            self.spool_fetched = 0;
+        }
+        self.request_spool_offset = consumed - self.spool_base - self.spool_fetched;
         self.framing.expect(nonce);
+        self.request_nonce = nonce;
+        self.request_is_wait = matches!(req, ShellRequest::Wait { .. });
         self.attempts = 0;
         self.shell_result = None;
         self.shell_state = ShellState::Busy;

@@ -207,6 +207,16 @@ pub fn spawn(
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(out_w2));
     crate::signals::unblock_in_child(&mut cmd);
+    if let Some(nice) = qemu_nice() {
+        // SAFETY: the closure runs in the forked child before exec and only makes one
+        // setpriority system call (async-signal-safe); every QEMU thread inherits the value.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _ = rustix::process::setpriority_process(None, nice);
+                Ok(())
+            });
+        }
+    }
     let child = cmd
         .spawn()
         .map_err(|e| QemuError::Spawn(command.to_owned(), e))?;
@@ -225,6 +235,23 @@ pub fn spawn(
         stdout: out_r,
     })
 }
+
+/// Niceness for QEMU (`NTD_QEMU_NICE`, default [`DEFAULT_QEMU_NICE`]; 0 leaves it alone).
+///
+/// The virtio console drops guest output whenever the driver does not read in time (QEMU
+/// cannot throttle a console port), and on a host whose cores are all busy with guests the
+/// driver waits for a core like everybody else. A slightly lower priority for QEMU than for
+/// the driver, which needs very little CPU, keeps the consoles drained.
+pub fn qemu_nice() -> Option<i32> {
+    let nice = std::env::var("NTD_QEMU_NICE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_QEMU_NICE);
+    (nice != 0).then_some(nice.clamp(-20, 19))
+}
+
+/// See [`qemu_nice`].
+pub const DEFAULT_QEMU_NICE: i32 = 0;
 
 /// A pipe whose both ends are close-on-exec (std dups the child's end onto 0/1/2).
 pub fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), QemuError> {

@@ -5,7 +5,8 @@
 //! `Spawning backdoor root shell...` has been seen, ntd sends one setup block that gives the
 //! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`), `/dev/null` on
 //! fd 5 and a few small functions. Each command is then one short line,
-//! `__ntd_n=<nonce>; __ntd_c='<command>'; __ntd_r`, and costs the guest one fork and no exec:
+//! `_Nn=<nonce>; _Nc='<command>'; _Nr` (the wire form of `__ntd_n`, `__ntd_c`, `__ntd_r`), and
+//! costs the guest one fork and no exec:
 //! the command runs as `( eval "set -euo pipefail; …" )` with stdin `/dev/null` and stdout the
 //! pipe (never the tty). Output and exit status come back on that pipe, ended by a marker that
 //! carries a fresh random nonce:
@@ -21,9 +22,9 @@
 //! never blocks a command. (A start marker would separate late bytes more precisely but costs a
 //! tenth of the per-command latency; it was measured and dropped.)
 //! The virtio console drops guest output when the host falls behind (QEMU cannot throttle a
-//! console port), so after a large frame the machine asks how many bytes `cat` wrote
-//! (`__ntd_count`, answered by `\x01C<nonce> <count>\x01`) and compares with what arrived: a
-//! loss is reported, never silently returned.
+//! console port), so after a large frame the machine asks how large the guest's spool of it is
+//! (`__ntd_count`, answered by `\x01C<nonce> <bytes>\x01`) and compares with what arrived;
+//! a loss is repaired from the spool or reported, never silently returned.
 //! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
 //! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`; a watchdog coprocess
 //! enforces timeouts, so neither a timed command nor a wait execs anything but the command.
@@ -50,8 +51,13 @@ const MAX_STATUS_TAIL: usize = 22;
 
 /// The setup block sent once per shell (again after a reboot).
 ///
-/// - fd 3: a pipe drained by one long-lived `cat` that writes to the console;
-/// - fd 4: a pipe nobody writes, so `read -t X -u 4` sleeps without forking;
+/// - fd 3: a pipe drained by one long-lived `tee` that writes to the console and appends to a
+///   spool file in tmpfs, so output the virtio console dropped can be fetched again in pieces
+///   small enough to never be dropped (`__ntd_fetch`, straight to the console). `tee` writes
+///   the spool before the console, so once the host has seen a frame's end, the spool has it
+///   too. The host knows every frame's offset in the spool (it counts what arrived) and
+///   truncates the spool, now and then, in front of a command (`: >"$__ntd_sp"`); truncating
+///   before every command would cost a tenth of the per-command latency;
 /// - fd 5: `/dev/null`, every command's stdin;
 /// - fds 6/7: a watchdog coprocess that enforces timeouts without exec'ing `timeout`: a timed
 ///   command's subshell writes `<its pid> <seconds>` to fd 6 and the shell writes a line when
@@ -60,10 +66,17 @@ const MAX_STATUS_TAIL: usize = 22;
 ///   `timeout`'s. Should the watchdog be gone, `timeout` is exec'd instead.
 ///
 /// `__ntd_loop` is the guest-side wait loop (pauses 3x an attempt's duration, at least the
-/// given interval, at most 0.5 s).
-pub const SETUP: &str = r#"exec 3> >(exec cat)
+/// given interval, at most 0.5 s). It pauses with `read -t` on fd 7, which only ever carries
+/// the watchdog's `fired` (then the wait is over anyway), so pausing costs no fork; a separate
+/// never-written pipe would cost one more fork at setup. Every fork and byte here is paid once
+/// per boot before the first command can run (see [`setup_text`]).
+pub const SETUP: &str = r#"__ntd_sp=/dev/shm
+[[ -d $__ntd_sp && -w $__ntd_sp ]] || __ntd_sp=/tmp
+__ntd_sp=$__ntd_sp/.ntd-spool-$$
+exec 9>&1
+exec 3> >(exec tee -a "$__ntd_sp" /dev/fd/9 >/dev/null)
 __ntd_cp=$!
-exec 4<> <(:) 5</dev/null
+exec 5</dev/null 9>&-
 __ntd_kill() {
   local __ntd_all=("$1") __ntd_i=0 __ntd_f __ntd_k
   while (( __ntd_i < ${#__ntd_all[@]} )); do
@@ -96,11 +109,11 @@ __ntd_disarm() {
   if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
 }
 __ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p
+  local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p __ntd_f
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
   while :; do
     __ntd_t0=${EPOCHREALTIME/./}
-    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 7<&-
     __ntd_s=$?
     if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
     (( $6 > 0 && __ntd_s >= $6 )) && break
@@ -112,28 +125,29 @@ __ntd_loop() {
     (( __ntd_g > 500000 )) && __ntd_g=500000
     (( __ntd_t1 + __ntd_g > __ntd_d )) && __ntd_g=$(( __ntd_d - __ntd_t1 ))
     printf -v __ntd_p '%d.%06d' $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
-    read -t "$__ntd_p" -u 4 || :
+    read -t "$__ntd_p" -u 7 __ntd_f 2>/dev/null
+    case $? in 0) exit 124 ;; 1) sleep "$__ntd_p" ;; esac
   done
   printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
 __ntd_r() {
-  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&- 6>&- 7<&-
+  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
   printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
 }
 __ntd_rt() {
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&-
+    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
     __ntd_s=$?
     __ntd_disarm
   else
-    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4>&- 5<&- 6>&- 7<&-
+    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
     __ntd_s=$?
   fi
   printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
 __ntd_wait() {
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&- 7<&-; __ntd_loop "$@" ) <&5 >&3
+    ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
     __ntd_s=$?
     __ntd_disarm
   else
@@ -144,13 +158,33 @@ __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
   printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
 }
 __ntd_count() {
-  local __ntd_k __ntd_v=-1
-  if [[ -r /proc/$__ntd_cp/io ]]; then
-    while read -r __ntd_k __ntd_v; do [[ $__ntd_k == wchar: ]] && break; done < /proc/$__ntd_cp/io
-  fi
-  printf '\001C%s %s\001' "$1" "$__ntd_v" >&3
+  local __ntd_v
+  __ntd_v=$(stat -c %s "$__ntd_sp" 2>/dev/null) || __ntd_v=-1
+  printf '\001C%s %s\001' "$1" "${__ntd_v:--1}" >&3
+}
+__ntd_fetch() {
+  tail -c "+$(( $2 + 1 ))" "$__ntd_sp" 2>/dev/null | head -c "$3"
+  printf '\001E%s %d\001' "$1" "$?"
 }
 "#;
+
+/// The wire form of the `__ntd_` names in [`SETUP`]; the encoders below use it directly.
+pub const WIRE_PREFIX: &str = "_N";
+
+/// [`SETUP`] as sent: indentation and blank lines dropped, `__ntd_` shortened to
+/// [`WIRE_PREFIX`]. bash reads its input one byte per `read()` from the console (about 10 µs
+/// per byte under TCG), so every byte here delays the first command after each boot.
+pub fn setup_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mut out = String::with_capacity(SETUP.len());
+        for line in SETUP.lines().map(str::trim_start).filter(|l| !l.is_empty()) {
+            out.push_str(&line.replace("__ntd_", WIRE_PREFIX));
+            out.push('\n');
+        }
+        out
+    })
+}
 
 /// One thing the shell byte stream told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,12 +197,9 @@ pub enum ShellEvent {
     Stray(Vec<u8>),
     /// A guest-side wait attempt failed with this status; its output was discarded.
     Attempt { status: i32 },
-    /// Answer to `__ntd_count`: bytes the guest's copier wrote in total (-1: unknown) and
-    /// bytes that arrived before the answer.
-    Count {
-        guest_wrote: i64,
-        host_received: u64,
-    },
+    /// Answer to `__ntd_count`: the size of the guest's spool of the last frame (-1:
+    /// unknown).
+    Count { spooled: i64 },
     /// A command finished. `looped` is true for waits whose loop ended by itself (`D` marker
     /// seen); for a wait whose `timeout` wrapper fired it is false and `status` is 124.
     Done {
@@ -176,7 +207,8 @@ pub enum ShellEvent {
         output: Vec<u8>,
         truncated: usize,
         looped: bool,
-        /// Bytes between the start and end markers (all attempts included).
+        /// Bytes of the frame as the host received them, end marker included (all attempts
+        /// included).
         frame_bytes: u64,
     },
 }
@@ -269,6 +301,11 @@ impl ShellFraming {
         self.consumed += n as u64;
     }
 
+    /// Bytes consumed from the stream since the sentinel.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     /// Feed bytes read from the shell socket; complete events are appended to `events`.
     pub fn feed(&mut self, data: &[u8], events: &mut Vec<ShellEvent>) {
         self.buf.extend_from_slice(data);
@@ -331,10 +368,7 @@ impl ShellFraming {
                 at, len, status, ..
             } => {
                 self.drop_stray(at, events);
-                events.push(ShellEvent::Count {
-                    guest_wrote: status,
-                    host_received: self.consumed,
-                });
+                events.push(ShellEvent::Count { spooled: status });
                 self.consume(len);
                 self.state = State::Idle;
                 true
@@ -355,8 +389,8 @@ impl ShellFraming {
                 status,
             } => {
                 self.take_output(at);
-                let frame_bytes = self.consumed - self.frame_start;
                 self.consume(len);
+                let frame_bytes = self.consumed - self.frame_start;
                 let status = status as i32;
                 match kind {
                     b'A' => {
@@ -530,21 +564,45 @@ pub fn encode_run(
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let mut line = String::with_capacity(command.len() + 48);
-    let _ = write!(line, "__ntd_n={nonce}; __ntd_c=");
+    let _ = write!(line, "_Nn={nonce}; _Nc=");
     shell_quote(command, &mut line);
     match timeout {
-        None => line.push_str("; __ntd_r\n"),
+        None => line.push_str("; _Nr\n"),
         Some(t) => {
-            let _ = writeln!(line, "; __ntd_t={}; __ntd_rt", format_seconds(t));
+            let _ = writeln!(line, "; _Nt={}; _Nrt", format_seconds(t));
         }
     }
     Ok(line)
 }
 
-/// The line that asks how many bytes the guest's copier has written so far.
+/// The line that fetches `len` spooled bytes from `offset`; they arrive as a frame of their
+/// own (straight to the console, not through the spool).
+pub fn encode_fetch(nonce: &[u8; NONCE_LEN], offset: u64, len: usize) -> String {
+    format!(
+        "_Nfetch {} {offset} {len}\n",
+        std::str::from_utf8(nonce).unwrap_or("0000000000000000")
+    )
+}
+
+/// What a command line is prefixed with to empty the spool.
+pub const TRUNCATE_SPOOL: &str = ": >\"$_Nsp\"; ";
+
+/// Size of the pieces [`encode_fetch`] asks for: well below what QEMU's side of the console
+/// socket holds (about 100 KiB), so a piece cannot be dropped even if the driver stalls.
+pub const FETCH_PIECE: usize = 65536;
+
+/// Find the end marker of `nonce` in spooled bytes: `(output length, status)`.
+pub fn parse_spool(spool: &[u8], nonce: &[u8; NONCE_LEN]) -> Option<(usize, i32)> {
+    match find_marker(spool, nonce, b"E") {
+        Found::Marker { at, status, .. } => Some((at, status as i32)),
+        Found::NeedMore { .. } => None,
+    }
+}
+
+/// The line that asks how many bytes the guest's copier has read so far.
 pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
     format!(
-        "__ntd_count {}\n",
+        "_Ncount {}\n",
         std::str::from_utf8(nonce).unwrap_or("0000000000000000")
     )
 }
@@ -584,7 +642,7 @@ pub fn encode_wait(
     let mut line = String::with_capacity(command.len() + 64);
     let _ = write!(
         line,
-        "__ntd_wait {nonce} {} {budget_us} ",
+        "_Nwait {nonce} {} {budget_us} ",
         if spec.until_success { 0 } else { 1 }
     );
     shell_quote(command, &mut line);
@@ -792,25 +850,32 @@ mod tests {
     }
 
     #[test]
-    fn count_reports_bytes_consumed_before_its_marker() {
+    fn frame_size_and_spool_count_are_reported() {
         let mut f = connected();
         f.expect(*N);
         let mut ev = Vec::new();
         let frame_data = frame(b"12345", 0);
         f.feed(&frame_data, &mut ev);
-        assert!(matches!(ev[0], ShellEvent::Done { frame_bytes: 5, .. }));
+        match ev[0] {
+            ShellEvent::Done { frame_bytes, .. } => {
+                assert_eq!(frame_bytes, frame_data.len() as u64)
+            }
+            ref other => panic!("{other:?}"),
+        }
         f.expect_count(*N);
         ev.clear();
         f.feed(b"late\x01C0123456789abcdef 99\x01", &mut ev);
         assert_eq!(ev[0], ShellEvent::Stray(b"late".to_vec()));
-        assert_eq!(
-            ev[1],
-            ShellEvent::Count {
-                guest_wrote: 99,
-                host_received: frame_data.len() as u64 + 4
-            }
-        );
+        assert_eq!(ev[1], ShellEvent::Count { spooled: 99 });
         assert!(!f.busy());
+    }
+
+    #[test]
+    fn spool_parses_output_and_status() {
+        let mut spool = b"out\x01E1111111111111111 0\x01put".to_vec();
+        spool.extend_from_slice(b"\x01E0123456789abcdef 4\x01");
+        assert_eq!(parse_spool(&spool, N), Some((27, 4)));
+        assert_eq!(parse_spool(b"truncated\x01E0123", N), None);
     }
 
     #[test]
@@ -852,13 +917,10 @@ mod tests {
         let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
         assert_eq!(
             line,
-            "__ntd_n=0123456789abcdef; __ntd_c='echo '\\''a'\\''\"b\"'; __ntd_r\n"
+            "_Nn=0123456789abcdef; _Nc='echo '\\''a'\\''\"b\"'; _Nr\n"
         );
         let t = encode_run(N, "true", Some(900.0)).unwrap();
-        assert_eq!(
-            t,
-            "__ntd_n=0123456789abcdef; __ntd_c='true'; __ntd_t=900.0; __ntd_rt\n"
-        );
+        assert_eq!(t, "_Nn=0123456789abcdef; _Nc='true'; _Nt=900.0; _Nrt\n");
         assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
     }
 
@@ -873,8 +935,18 @@ mod tests {
         let line = encode_wait(N, "test -e /x", spec).unwrap();
         assert_eq!(
             line,
-            "__ntd_wait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 2.0\n"
+            "_Nwait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 2.0\n"
         );
+    }
+
+    #[test]
+    fn setup_text_keeps_every_command_and_drops_indentation() {
+        let text = setup_text();
+        assert!(text.len() < SETUP.len());
+        assert!(!text.lines().any(|l| l.starts_with(' ') || l.is_empty()));
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(words(text), words(&SETUP.replace("__ntd_", WIRE_PREFIX)));
+        assert!(!text.contains("__ntd_"));
     }
 
     #[test]
