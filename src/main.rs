@@ -3,7 +3,7 @@
 
 use ntd::cli::{self, ProcessEnv};
 use ntd::driver::Driver;
-use ntd::log::{terminal::Terminal, Logger};
+use ntd::log::{junit::Junit, terminal::Terminal, xml::XmlLog, Logger};
 
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -27,7 +27,22 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let log = Logger::new(opts.log_level, vec![Box::new(Terminal::stderr())]);
+    let mut log = Logger::new(opts.log_level, vec![Box::new(Terminal::stderr())]);
+    if let Some(path) = std::env::var_os("LOGFILE") {
+        match XmlLog::create(std::path::Path::new(&path)) {
+            Ok(x) => log.add_sink(Box::new(x)),
+            Err(e) => {
+                eprintln!(
+                    "ntd: cannot write the XML log {}: {e}",
+                    std::path::Path::new(&path).display()
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Some(junit) = &opts.junit_xml {
+        log.add_sink(Box::new(Junit::new(opts.output_directory.join(junit))));
+    }
     let driver = match Driver::new(opts, log) {
         Ok(d) => d,
         Err(e) => {

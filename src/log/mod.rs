@@ -6,7 +6,9 @@
 //! and the trace plug in through [`Sink`]). It never decides *what* happens in a test, only how
 //! it is written down.
 
+pub mod junit;
 pub mod terminal;
+pub mod xml;
 
 use std::time::Instant;
 

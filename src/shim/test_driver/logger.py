@@ -124,7 +124,8 @@ class CompositeLogger(AbstractLogger):
             yield
 
 
-# Upstream names, so imports written for it keep working.
+# Upstream names, so imports written for it keep working (`Logger` is the legacy one).
+Logger = CompositeLogger
 TerminalLogger = CompositeLogger
 XMLLogger = CompositeLogger
 JunitXMLLogger = CompositeLogger

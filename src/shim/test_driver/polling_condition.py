@@ -18,7 +18,7 @@ class PollingConditionError(Exception):
 
 
 class PollingCondition:
-    condition: Callable[[], bool]
+    condition: Callable[[], bool | None]
     seconds_interval: float
     description: str | None
     logger: AbstractLogger
@@ -33,7 +33,7 @@ class PollingCondition:
         seconds_interval: float | timedelta = 2.0,
         description: str | None = None,
     ) -> None:
-        self.condition = condition  # type: ignore[assignment]
+        self.condition = condition
         if isinstance(seconds_interval, timedelta):
             seconds_interval = seconds_interval.total_seconds()
         self.seconds_interval = float(seconds_interval)
@@ -62,8 +62,9 @@ class PollingCondition:
                 self.logger.info("(not called yet)")
             else:
                 self.logger.info(f"Time since last: {self.last_called - last_called:.2f}s")
+            res: bool | None
             try:
-                res = self.condition()  # type: ignore[func-returns-value]
+                res = self.condition()
             except Exception:
                 res = False
             res = res is None or res

@@ -261,6 +261,17 @@ class BaseMachine:
         self.send_key("ctrl-alt-delete")
         self.connected = False
 
+    def switch_root(self) -> None:
+        """Move from the initrd's backdoor (testing.initrdBackdoor) to the real system's."""
+        self.wait_for_unit("initrd.target")
+        self.execute(
+            "systemctl isolate --no-block initrd-switch-root.target 2>/dev/null >/dev/null",
+            check_return=False,
+            check_output=False,
+        )
+        self.connected = False
+        self.connect()
+
     def release(self) -> None:
         """Upstream's cleanup hook; ntd ends every machine itself at the end of the run."""
 
@@ -637,6 +648,35 @@ class BaseMachine:
 
     # -- screen --------------------------------------------------------------------------
 
+    def _screendump(self, path: str) -> None:
+        """QMP screendump as PNG (QEMU >= 7.1); older QEMU: PPM converted by pnmtopng."""
+        self.run_callbacks()
+        try:
+            _rpc.channel().call(
+                "qmp",
+                machine=self.name,
+                execute="screendump",
+                arguments={"filename": os.path.abspath(path), "format": "png"},
+            )
+            return
+        except Exception as e:
+            if "format" not in str(e):
+                raise MachineError(f"screendump failed: {e}") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            ppm = os.path.join(tmp, "screen.ppm")
+            _rpc.channel().call(
+                "qmp", machine=self.name, execute="screendump", arguments={"filename": ppm}
+            )
+            try:
+                with open(path, "wb") as out:
+                    rc = subprocess.run(["pnmtopng", ppm], stdout=out).returncode
+            except FileNotFoundError:
+                raise MachineError(
+                    "Cannot convert screenshot: pnmtopng not found (Debian: netpbm)"
+                ) from None
+            if rc != 0:
+                raise MachineError(f"Cannot convert screenshot (pnmtopng returned code {rc})")
+
     def screenshot(self, filename: str) -> None:
         """Save the screen as PNG (in the output directory unless a path is given)."""
         if "." not in filename:
@@ -644,12 +684,98 @@ class BaseMachine:
         if "/" not in filename:
             filename = os.path.join(self.out_dir, filename)
         with self.nested(f"making screenshot {filename}", {"image": os.path.basename(filename)}):
-            _rpc.channel().call(
-                "qmp",
-                machine=self.name,
-                execute="screendump",
-                arguments={"filename": os.path.abspath(filename), "format": "png"},
+            self._screendump(filename)
+
+    def _ocr(self, image: str) -> str:
+        try:
+            proc = subprocess.run(
+                ["tesseract", image, "-", "--oem", "2", "-c", "debug_file=/dev/null", "--psm", "11"],
+                capture_output=True,
             )
+        except FileNotFoundError:
+            raise MachineError(
+                "OCR needs tesseract, which is not installed (Debian: tesseract-ocr; "
+                "Nix: enableOCR = true)"
+            ) from None
+        if proc.returncode != 0:
+            # --oem 2 needs legacy models; fall back to the LSTM engine.
+            proc = subprocess.run(
+                ["tesseract", image, "-", "--psm", "11"], capture_output=True
+            )
+            if proc.returncode != 0:
+                raise MachineError(f"tesseract failed: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout.decode(errors="replace")
+
+    def get_screen_text_variants(self) -> list[str]:
+        """OCR of the screen: the raw image and, with ImageMagick, two preprocessed ones."""
+        with tempfile.TemporaryDirectory() as tmp:
+            png = os.path.join(tmp, "screen.png")
+            self._screendump(png)
+            variants = [self._ocr(png)]
+            convert = shutil.which("magick") or shutil.which("convert")
+            if convert is not None:
+                for negate in (False, True):
+                    out = os.path.join(tmp, f"screen.{'negative' if negate else 'positive'}.png")
+                    args = [convert] + (["convert"] if convert.endswith("magick") else [])
+                    args += ["-filter", "Catrom", "-density", "72", "-resample", "300",
+                             "-contrast", "-normalize", "-despeckle", "-type", "grayscale",
+                             "-sharpen", "1", "-posterize", "3"]
+                    args += (["-negate"] if negate else [])
+                    args += ["-gamma", "100", "-blur", "1x65535", png, out]
+                    if subprocess.run(args, capture_output=True).returncode == 0:
+                        variants.append(self._ocr(out))
+            return variants
+
+    def get_screen_text(self) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = os.path.join(tmp, "screen.png")
+            self._screendump(png)
+            return self._ocr(png)
+
+    def wait_for_text(self, regex: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        """Wait until OCR finds ``regex`` on the screen."""
+
+        def screen_matches(last: bool) -> bool:
+            variants = self.get_screen_text_variants()
+            for text in variants:
+                if re.search(regex, text) is not None:
+                    return True
+            if last:
+                self.log(f"Last OCR attempt failed. Text was: {variants}")
+            return False
+
+        with self.nested(f"waiting for {regex} to appear on screen"):
+            retry(screen_matches, timeout)
+
+    def wait_for_x(self, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        """Wait until the X11 server accepts connections."""
+        with self.nested("waiting for the X11 server"):
+            self._wait(
+                'journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q "Reached target Current graphical"'
+                " && [ -e /tmp/.X11-unix/X0 ]",
+                True,
+                timeout,
+            )
+
+    def get_window_names(self) -> list[str]:
+        return self.succeed(
+            "xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d'"
+        ).splitlines()
+
+    def wait_for_window(self, regexp: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        pattern = re.compile(regexp)
+
+        def window_is_visible(last_try: bool) -> bool:
+            names = self.get_window_names()
+            if last_try:
+                self.log(
+                    f"Last chance to match {regexp} on the window list, which currently "
+                    f"contains: {', '.join(names)}"
+                )
+            return any(pattern.search(name) for name in names)
+
+        with self.nested("waiting for a window to appear"):
+            retry(window_is_visible, timeout)
 
     def dump_tty_contents(self, tty: str | int) -> None:
         self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
@@ -713,6 +839,11 @@ class QemuMachine(BaseMachine):
     """Upstream's name for a QEMU machine (newest generation)."""
 
 
+class NspawnMachine(BaseMachine):
+    """Upstream's systemd-nspawn machine: a name for type annotations only (ntd runs QEMU
+    machines)."""
+
+
 #: The legacy generation's class name.
 Machine = QemuMachine
 
@@ -728,6 +859,7 @@ def set_polling_slice(fn: Callable[[], float | None]) -> None:
 __all__ = [
     "BaseMachine",
     "QemuMachine",
+    "NspawnMachine",
     "Machine",
     "MachineError",
     "RequestedAssertionFailed",
