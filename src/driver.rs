@@ -18,6 +18,7 @@ use crate::rpc::json::{obj, Value};
 use crate::rpc::{self, Channel, ErrorType, OpError, Request};
 use crate::shim;
 use crate::signals;
+use crate::trace::Trace;
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
@@ -162,10 +163,13 @@ pub struct Driver {
     global_deadline: Option<Instant>,
     termination: Option<Termination>,
     started: Instant,
+    trace: Option<Trace>,
 }
 
 impl Driver {
-    pub fn new(opts: Options, log: Logger) -> Result<Driver, DriverError> {
+    /// Set up the poller, the signals, the runtime directory, the vlans and the machines
+    /// (nothing starts yet). `trace` records the run's timeline when `--trace` is given.
+    pub fn new(opts: Options, log: Logger, trace: Option<Trace>) -> Result<Driver, DriverError> {
         let poll = Poll::new().map_err(|e| DriverError::Setup("cannot create the poller", e))?;
         let sigfd = signals::termination_fd()
             .map_err(|e| DriverError::Setup("cannot set up signal handling", e))?;
@@ -197,6 +201,7 @@ impl Driver {
             global_deadline: None,
             termination: None,
             started: Instant::now(),
+            trace,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -328,7 +333,19 @@ impl Driver {
         }
         self.timers(Instant::now());
         self.log_switch_events();
+        self.trace_milestones();
         self.advance();
+    }
+
+    fn trace_milestones(&mut self) {
+        if let Some(t) = &self.trace {
+            for m in &mut self.machines {
+                let name = m.name.clone();
+                for &(at, what) in m.new_milestones() {
+                    t.instant(&name, what, at);
+                }
+            }
+        }
     }
 
     /// Route an event to the machine or switch that owns the token.
@@ -1155,6 +1172,21 @@ impl Driver {
                 ShellStage::Sent => {
                     let machine = &mut self.machines[m];
                     if let Some(r) = machine.take_shell_result() {
+                        if let Some(t) = &self.trace {
+                            let (name, command) = match req {
+                                ShellRequest::Run { command, .. } => ("command", command),
+                                ShellRequest::Wait { command, .. } => ("wait", command),
+                            };
+                            let mut args = vec![
+                                ("command".to_owned(), Value::from(command.as_str())),
+                                ("status".to_owned(), Value::Int(r.status.into())),
+                                ("bytes".to_owned(), Value::Int(r.output.len() as i64)),
+                            ];
+                            if name == "wait" {
+                                args.push(("attempts".to_owned(), Value::Int(r.attempts.into())));
+                            }
+                            t.span(&machine.name, name, started, Instant::now(), args);
+                        }
                         if r.lost > 0 {
                             return Some(Err(OpError::new(
                                 ErrorType::Machine,
@@ -1277,17 +1309,44 @@ impl Driver {
         }
         let _ = std::fs::remove_dir(self.tmp_dir.join("shared-xchg"));
         self.log.end(true);
-        self.log.debug(
-            None,
-            &format!(
-                "driver ran for {:.2} s; its own peak RSS {} KiB, CPU {:.3} s \
-                 (QEMU and Python not included)",
-                self.started.elapsed().as_secs_f64(),
-                crate::procinfo::peak_rss_kib().unwrap_or(0),
-                crate::procinfo::cpu_seconds().unwrap_or(0.0)
-            ),
-        );
+        self.report_usage();
         self.log.finish();
+        if let Some(t) = self.trace.take() {
+            match t.write() {
+                Ok(html) => self.log.info(&format!(
+                    "trace written to {} (timeline: {})",
+                    t.path().display(),
+                    html.display()
+                )),
+                Err(e) => self.log.warning(
+                    None,
+                    &format!("cannot write the trace to {}: {e}", t.path().display()),
+                ),
+            }
+        }
+    }
+}
+
+impl Driver {
+    /// The driver's own cost and each machine's boot phases: at debug level, or always when
+    /// a trace is recorded.
+    fn report_usage(&mut self) {
+        self.trace_milestones();
+        let line = format!(
+            "driver ran for {:.2} s; its own peak RSS {} KiB, CPU {:.3} s \
+             (QEMU and Python not included)",
+            self.started.elapsed().as_secs_f64(),
+            crate::procinfo::peak_rss_kib().unwrap_or(0),
+            crate::procinfo::cpu_seconds().unwrap_or(0.0)
+        );
+        let loud = self.trace.is_some();
+        let kind = if loud { LineKind::Log } else { LineKind::Debug };
+        self.log.line(kind, None, &line);
+        for m in &self.machines {
+            if let Some(phases) = m.boot_phases() {
+                self.log.line(kind, Some(&m.name), &phases);
+            }
+        }
     }
 }
 

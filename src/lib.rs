@@ -12,4 +12,5 @@ pub mod reactor;
 pub mod rpc;
 pub mod shim;
 pub mod signals;
+pub mod trace;
 pub mod vde;

@@ -4,6 +4,7 @@
 use ntd::cli::{self, ProcessEnv};
 use ntd::driver::Driver;
 use ntd::log::{junit::Junit, terminal::Terminal, xml::XmlLog, Logger};
+use ntd::trace::Trace;
 
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -43,7 +44,14 @@ fn main() {
     if let Some(junit) = &opts.junit_xml {
         log.add_sink(Box::new(Junit::new(opts.output_directory.join(junit))));
     }
-    let driver = match Driver::new(opts, log) {
+    let trace = opts
+        .trace
+        .as_ref()
+        .map(|path| Trace::new(path.clone(), std::time::Instant::now()));
+    if let Some(t) = &trace {
+        log.add_sink(Box::new(t.sink()));
+    }
+    let driver = match Driver::new(opts, log, trace) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("ntd: {e}");

@@ -425,3 +425,75 @@ fn a_machine_that_cannot_start_is_a_machine_error() {
     assert!(r.stderr.contains("cannot start: no kernel"), "{}", r.log());
     dir.assert_clean();
 }
+
+#[test]
+fn trace_records_milestones_commands_and_a_timeline() {
+    let dir = TestDir::new("trace");
+    let vm = dir.tiny_vm("machine", &[]);
+    let cfg = dir.config(
+        &[("machine", &vm)],
+        &[],
+        200,
+        "start_all()\nwith subtest('one'):\n    machine.succeed('true')\nmachine.execute('exit 3')\nmachine.wait_for_file('/tmp')\n",
+    );
+    let trace = dir.path.join("t.json");
+    let r = dir.run(
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    r.assert_code(0);
+    assert!(
+        r.stderr.contains("machine: boot phases: QMP ready +"),
+        "{}",
+        r.log()
+    );
+    assert!(r.stderr.contains("its own peak RSS"), "{}", r.log());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let v = ntd::rpc::json::Value::parse(text.as_bytes()).expect("trace is JSON");
+    let events = v.get("traceEvents").unwrap().as_array().unwrap();
+    let named = |n: &'static str| {
+        events
+            .iter()
+            .filter(move |e| e.get("name").and_then(|x| x.as_str()) == Some(n))
+    };
+    for m in [
+        "QEMU spawned",
+        "QMP ready",
+        "first serial line",
+        "backdoor sentinel",
+        "shell ready",
+    ] {
+        assert_eq!(named(m).count(), 1, "milestone {m}: {text}");
+    }
+    let failed = named("command").find(|e| {
+        e.get("args")
+            .and_then(|a| a.get("status"))
+            .and_then(|s| s.as_i64())
+            == Some(3)
+    });
+    assert!(
+        failed.is_some(),
+        "the failed command with its status: {text}"
+    );
+    assert_eq!(named("wait").count(), 1);
+    assert_eq!(named("subtest: one").count(), 1);
+    // Monotonic timestamps: milestones in boot order.
+    let ts = |n: &'static str| {
+        named(n)
+            .next()
+            .unwrap()
+            .get("ts")
+            .unwrap()
+            .as_i64()
+            .unwrap()
+    };
+    assert!(ts("QEMU spawned") < ts("QMP ready") && ts("backdoor sentinel") < ts("shell ready"));
+    let html = std::fs::read_to_string(dir.path.join("t.json.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("backdoor sentinel"));
+    dir.assert_clean();
+}

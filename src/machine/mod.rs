@@ -217,6 +217,11 @@ pub struct Machine {
     pub sentinel_at: Option<Instant>,
     /// When the shell setup was confirmed (the first command could be sent).
     pub ready_at: Option<Instant>,
+    /// Boot milestones of the current boot (spawn, QMP ready, first serial line, sentinel,
+    /// shell ready, exit), for the trace and the boot-phase report. A handful per boot.
+    milestones: Vec<(Instant, &'static str)>,
+    /// How many milestones the trace has taken.
+    milestones_traced: usize,
     kill_deadline: Option<Instant>,
     killed: bool,
 }
@@ -271,6 +276,8 @@ impl Machine {
             spawned_at: None,
             sentinel_at: None,
             ready_at: None,
+            milestones: Vec::new(),
+            milestones_traced: 0,
             kill_deadline: None,
             killed: false,
         }
@@ -416,6 +423,9 @@ impl Machine {
         self.spawned_at = Some(Instant::now());
         self.sentinel_at = None;
         self.ready_at = None;
+        self.milestones.clear();
+        self.milestones_traced = 0;
+        self.milestone("QEMU spawned");
         self.kill_deadline = None;
         self.killed = false;
         Ok(())
@@ -606,6 +616,7 @@ impl Machine {
             }
             ShellEvent::Connected => {
                 self.sentinel_at = Some(Instant::now());
+                self.milestone("backdoor sentinel");
                 // A new shell: a new, empty spool; the framing counts from the sentinel on.
                 self.spool_base = 0;
                 self.spool_fetched = 0;
@@ -639,6 +650,7 @@ impl Machine {
                     if status == 0 {
                         self.shell_state = ShellState::Ready;
                         self.ready_at = Some(Instant::now());
+                        self.milestone("shell ready");
                     } else {
                         log.warning(
                             Some(&self.name),
@@ -934,6 +946,7 @@ impl Machine {
                 self.accelerator = Some(if kvm { "kvm" } else { "tcg" }.to_owned());
                 self.qmp_state = QmpState::Ready;
                 self.phase = Phase::Running;
+                self.milestone("QMP ready");
                 if let Some(pid) = self.pid() {
                     log.machine(&self.name, &format!("QEMU running (pid {pid})"));
                 }
@@ -1045,9 +1058,38 @@ impl Machine {
             let _ = registry.deregister(&mut SourceFd(&p.stdout.as_raw_fd()));
             self.stdout_open = false;
         }
+        if !lines.is_empty()
+            && !self
+                .milestones
+                .iter()
+                .any(|(_, m)| *m == "first serial line")
+        {
+            self.milestone("first serial line");
+        }
         for l in lines {
             log.serial(&self.name, &l);
         }
+    }
+
+    fn milestone(&mut self, what: &'static str) {
+        self.milestones.push((Instant::now(), what));
+    }
+
+    /// Milestones not yet handed to the trace.
+    pub fn new_milestones(&mut self) -> &[(Instant, &'static str)] {
+        let from = self.milestones_traced.min(self.milestones.len());
+        self.milestones_traced = self.milestones.len();
+        &self.milestones[from..]
+    }
+
+    /// `name: boot phases: QMP ready +0.05 s, …` for the current (or last) boot.
+    pub fn boot_phases(&self) -> Option<String> {
+        let (start, _) = *self.milestones.first()?;
+        let parts: Vec<String> = self.milestones[1..]
+            .iter()
+            .map(|(at, what)| format!("{what} +{:.2} s", (*at - start).as_secs_f64()))
+            .collect();
+        Some(format!("boot phases: {}", parts.join(", ")))
     }
 
     /// Lines printed on the serial console since the last call (upstream's queue semantics).
@@ -1108,6 +1150,7 @@ impl Machine {
         if let Some(info) = qemu::try_reap(&p.pidfd) {
             let _ = registry.deregister(&mut SourceFd(&p.pidfd.as_raw_fd()));
             self.exit = Some(info);
+            self.milestones.push((Instant::now(), "QEMU exited"));
             let was_running = self.phase == Phase::Running;
             self.phase = Phase::Exited;
             if !self.killed {

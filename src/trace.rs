@@ -1,0 +1,449 @@
+//! The run's timeline: a Chrome trace-event file (`--trace FILE`, opens in Perfetto or
+//! chrome://tracing) and a self-contained HTML/SVG rendering of the same data next to it.
+//!
+//! One track per machine (QEMU spawn, QMP ready, first serial line, backdoor sentinel, shell
+//! ready, every command and wait with its exit status, the log's nested blocks and subtests,
+//! shutdown) and one for the driver itself. Timestamps are monotonic microseconds since the
+//! driver started. Recording appends to a vector; with tracing off nothing is recorded at all.
+//! This module never does I/O before [`Trace::write`].
+
+use crate::log::{LogEvent, Sink};
+use crate::rpc::json::{obj, Value};
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Track of the driver itself (machines get their own, in order of first appearance).
+pub const DRIVER_TRACK: &str = "driver";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// A span: start and duration.
+    Span { dur_us: u64 },
+    /// A moment.
+    Instant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    track: usize,
+    name: String,
+    ts_us: u64,
+    kind: Kind,
+    args: Vec<(String, Value)>,
+}
+
+#[derive(Debug)]
+struct Data {
+    origin: Instant,
+    tracks: Vec<String>,
+    events: Vec<Event>,
+    /// Open log blocks: (track, name, start).
+    open: Vec<(usize, String, u64)>,
+}
+
+/// A shared recorder (the driver and the logger sink each hold one handle).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    data: Rc<RefCell<Data>>,
+    path: PathBuf,
+}
+
+impl Trace {
+    pub fn new(path: PathBuf, origin: Instant) -> Trace {
+        Trace {
+            data: Rc::new(RefCell::new(Data {
+                origin,
+                tracks: vec![DRIVER_TRACK.to_owned()],
+                events: Vec::new(),
+                open: Vec::new(),
+            })),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn us(data: &Data, at: Instant) -> u64 {
+        at.saturating_duration_since(data.origin).as_micros() as u64
+    }
+
+    fn track(data: &mut Data, name: &str) -> usize {
+        match data.tracks.iter().position(|t| t == name) {
+            Some(i) => i,
+            None => {
+                data.tracks.push(name.to_owned());
+                data.tracks.len() - 1
+            }
+        }
+    }
+
+    /// A moment on `track` (e.g. "backdoor sentinel" on a machine).
+    pub fn instant(&self, track: &str, name: &str, at: Instant) {
+        let mut d = self.data.borrow_mut();
+        let ts_us = Self::us(&d, at);
+        let track = Self::track(&mut d, track);
+        d.events.push(Event {
+            track,
+            name: name.to_owned(),
+            ts_us,
+            kind: Kind::Instant,
+            args: Vec::new(),
+        });
+    }
+
+    /// A span on `track` from `start` to `end`, with arguments (exit status, bytes, …).
+    pub fn span(
+        &self,
+        track: &str,
+        name: &str,
+        start: Instant,
+        end: Instant,
+        args: Vec<(String, Value)>,
+    ) {
+        let mut d = self.data.borrow_mut();
+        let ts_us = Self::us(&d, start);
+        let dur_us = Self::us(&d, end).saturating_sub(ts_us);
+        let track = Self::track(&mut d, track);
+        d.events.push(Event {
+            track,
+            name: name.to_owned(),
+            ts_us,
+            kind: Kind::Span { dur_us },
+            args,
+        });
+    }
+
+    /// The log sink that turns nested blocks and subtests into spans.
+    pub fn sink(&self) -> TraceSink {
+        TraceSink(self.clone())
+    }
+
+    /// Chrome trace-event JSON (the "JSON object format" with `traceEvents`).
+    pub fn to_json(&self) -> String {
+        let d = self.data.borrow();
+        let mut events = Vec::with_capacity(d.events.len() + d.tracks.len());
+        for (i, name) in d.tracks.iter().enumerate() {
+            events.push(obj([
+                ("name", Value::from("thread_name")),
+                ("ph", Value::from("M")),
+                ("pid", Value::Int(1)),
+                ("tid", Value::Int(i as i64)),
+                ("args", obj([("name", Value::from(name.as_str()))])),
+            ]));
+        }
+        for e in &d.events {
+            let mut fields = vec![
+                ("name".to_owned(), Value::from(e.name.as_str())),
+                ("pid".to_owned(), Value::Int(1)),
+                ("tid".to_owned(), Value::Int(e.track as i64)),
+                ("ts".to_owned(), Value::Int(e.ts_us as i64)),
+            ];
+            match e.kind {
+                Kind::Span { dur_us } => {
+                    fields.push(("ph".to_owned(), Value::from("X")));
+                    fields.push(("dur".to_owned(), Value::Int(dur_us as i64)));
+                }
+                Kind::Instant => {
+                    fields.push(("ph".to_owned(), Value::from("i")));
+                    fields.push(("s".to_owned(), Value::from("t")));
+                }
+            }
+            if !e.args.is_empty() {
+                fields.push(("args".to_owned(), Value::Object(e.args.clone())));
+            }
+            events.push(Value::Object(fields));
+        }
+        obj([
+            ("traceEvents", Value::Array(events)),
+            ("displayTimeUnit", Value::from("ms")),
+        ])
+        .to_json()
+    }
+
+    /// A self-contained HTML page with an SVG timeline of the same events.
+    pub fn to_html(&self) -> String {
+        let d = self.data.borrow();
+        let end_us = d
+            .events
+            .iter()
+            .map(|e| {
+                e.ts_us
+                    + match e.kind {
+                        Kind::Span { dur_us } => dur_us,
+                        Kind::Instant => 0,
+                    }
+            })
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        const LEFT: f64 = 140.0;
+        const WIDTH: f64 = 1400.0;
+        const LANE: f64 = 14.0;
+        let x = |us: u64| LEFT + us as f64 / end_us as f64 * WIDTH;
+        // Each track gets as many lanes as its spans nest.
+        let mut lanes_of = vec![Vec::<(u64, u64)>::new(); d.tracks.len()];
+        let mut placed = Vec::with_capacity(d.events.len());
+        let mut order: Vec<usize> = (0..d.events.len()).collect();
+        order.sort_by_key(|&i| d.events[i].ts_us);
+        for i in order {
+            let e = &d.events[i];
+            let (start, end) = match e.kind {
+                Kind::Span { dur_us } => (e.ts_us, e.ts_us + dur_us),
+                Kind::Instant => (e.ts_us, e.ts_us),
+            };
+            let lanes = &mut lanes_of[e.track];
+            let lane = match lanes.iter().position(|&(_, last_end)| last_end <= start) {
+                Some(l) => {
+                    lanes[l] = (start, end.max(start + 1));
+                    l
+                }
+                None => {
+                    lanes.push((start, end.max(start + 1)));
+                    lanes.len() - 1
+                }
+            };
+            placed.push((i, lane));
+        }
+        let mut track_y = Vec::with_capacity(d.tracks.len());
+        let mut y = 30.0;
+        for lanes in &lanes_of {
+            track_y.push(y);
+            y += (lanes.len().max(1) as f64) * LANE + 12.0;
+        }
+        let height = y + 10.0;
+        let mut svg = String::new();
+        let _ = write!(
+            svg,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"monospace\" font-size=\"10\">",
+            LEFT + WIDTH + 20.0
+        );
+        // Time axis: a tick every second (or every 100 ms for short runs).
+        let step = if end_us > 20_000_000 {
+            5_000_000
+        } else if end_us > 2_000_000 {
+            1_000_000
+        } else {
+            100_000
+        };
+        let mut t = 0;
+        while t <= end_us {
+            let _ = write!(
+                svg,
+                "<line x1=\"{0:.1}\" y1=\"20\" x2=\"{0:.1}\" y2=\"{height}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"14\">{1:.1}s</text>",
+                x(t),
+                t as f64 / 1e6
+            );
+            t += step;
+        }
+        for (i, name) in d.tracks.iter().enumerate() {
+            let _ = write!(
+                svg,
+                "<text x=\"4\" y=\"{:.1}\" font-weight=\"bold\">",
+                track_y[i] + 10.0
+            );
+            xml_text(name, &mut svg);
+            svg.push_str("</text>");
+        }
+        for (i, lane) in placed {
+            let e = &d.events[i];
+            let y = track_y[e.track] + lane as f64 * LANE;
+            let mut title = format!("{} @ {:.3} s", e.name, e.ts_us as f64 / 1e6);
+            match e.kind {
+                Kind::Span { dur_us } => {
+                    let _ = write!(title, " for {:.3} s", dur_us as f64 / 1e6);
+                    for (k, v) in &e.args {
+                        let _ = write!(title, ", {k}={}", v.to_json());
+                    }
+                    let failed = e
+                        .args
+                        .iter()
+                        .any(|(k, v)| k == "status" && v.as_i64().is_some_and(|s| s != 0));
+                    let colour = if failed {
+                        "#e88"
+                    } else if e.track == 0 {
+                        "#9bd"
+                    } else {
+                        "#8c8"
+                    };
+                    let _ = write!(
+                        svg,
+                        "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\" stroke=\"#555\" stroke-width=\"0.3\"><title>",
+                        x(e.ts_us),
+                        (x(e.ts_us + dur_us) - x(e.ts_us)).max(0.8),
+                        LANE - 2.0
+                    );
+                }
+                Kind::Instant => {
+                    let _ = write!(
+                        svg,
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#c60\"><title>",
+                        x(e.ts_us),
+                        y + LANE / 2.0
+                    );
+                }
+            }
+            xml_text(&title, &mut svg);
+            svg.push_str(match e.kind {
+                Kind::Span { .. } => "</title></rect>",
+                Kind::Instant => "</title></circle>",
+            });
+        }
+        svg.push_str("</svg>");
+        let mut html = String::from(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ntd timeline</title></head>\
+             <body style=\"margin:8px\"><h3 style=\"font-family:sans-serif\">ntd timeline</h3>\
+             <p style=\"font-family:sans-serif;font-size:12px\">Hover a box or dot for details. \
+             The same data as Chrome trace JSON: ",
+        );
+        xml_text(&self.path.display().to_string(), &mut html);
+        html.push_str("</p>\n");
+        html.push_str(&svg);
+        html.push_str("\n</body></html>\n");
+        html
+    }
+
+    /// Write the trace JSON and the HTML timeline (`<file>.html`).
+    pub fn write(&self) -> std::io::Result<PathBuf> {
+        {
+            // Blocks still open (the run was cut short) end now.
+            let mut d = self.data.borrow_mut();
+            let now = Self::us(&d, Instant::now());
+            while let Some((track, name, ts)) = d.open.pop() {
+                d.events.push(Event {
+                    track,
+                    name,
+                    ts_us: ts,
+                    kind: Kind::Span {
+                        dur_us: now.saturating_sub(ts),
+                    },
+                    args: vec![("unfinished".to_owned(), Value::Bool(true))],
+                });
+            }
+        }
+        std::fs::write(&self.path, self.to_json())?;
+        let mut html = self.path.clone().into_os_string();
+        html.push(".html");
+        let html = PathBuf::from(html);
+        std::fs::write(&html, self.to_html())?;
+        Ok(html)
+    }
+}
+
+fn xml_text(s: &str, out: &mut String) {
+    crate::log::xml::escape_into(s, out);
+}
+
+/// Turns the log's nested blocks (and so subtests, `must succeed:` and `waiting for …`)
+/// into spans on the machine's track (or the driver's).
+pub struct TraceSink(Trace);
+
+impl Sink for TraceSink {
+    fn event(&mut self, ev: &LogEvent<'_>) {
+        match *ev {
+            LogEvent::NestBegin { machine, msg } => {
+                let mut d = self.0.data.borrow_mut();
+                let now = Trace::us(&d, Instant::now());
+                let track = Trace::track(&mut d, machine.unwrap_or(DRIVER_TRACK));
+                d.open.push((track, msg.to_owned(), now));
+            }
+            LogEvent::NestEnd { ok, .. } => {
+                let mut d = self.0.data.borrow_mut();
+                let now = Trace::us(&d, Instant::now());
+                if let Some((track, name, ts)) = d.open.pop() {
+                    let mut args = Vec::new();
+                    if !ok {
+                        args.push(("failed".to_owned(), Value::Bool(true)));
+                    }
+                    d.events.push(Event {
+                        track,
+                        name,
+                        ts_us: ts,
+                        kind: Kind::Span {
+                            dur_us: now.saturating_sub(ts),
+                        },
+                        args,
+                    });
+                }
+            }
+            LogEvent::Line {
+                kind: crate::log::LineKind::TestError,
+                msg,
+                ..
+            } => {
+                let mut d = self.0.data.borrow_mut();
+                let now = Trace::us(&d, Instant::now());
+                d.events.push(Event {
+                    track: 0,
+                    name: format!("!!! {msg}"),
+                    ts_us: now,
+                    kind: Kind::Instant,
+                    args: Vec::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{Level, Logger};
+    use std::time::Duration;
+
+    #[test]
+    fn trace_json_has_tracks_spans_and_instants() {
+        let origin = Instant::now();
+        let t = Trace::new(PathBuf::from("/dev/null"), origin);
+        t.instant(
+            "server",
+            "backdoor sentinel",
+            origin + Duration::from_millis(5),
+        );
+        t.span(
+            "server",
+            "exec",
+            origin + Duration::from_millis(6),
+            origin + Duration::from_millis(9),
+            vec![("status".into(), Value::Int(1))],
+        );
+        let mut log = Logger::new(Level::Info, vec![Box::new(t.sink())]);
+        log.begin(Some("client"), "subtest: login");
+        log.end(true);
+        let v = Value::parse(t.to_json().as_bytes()).unwrap();
+        let events = v.get("traceEvents").unwrap().as_array().unwrap();
+        let names: Vec<&str> = events
+            .iter()
+            .filter(|e| e.get("ph").and_then(Value::as_str) == Some("M"))
+            .map(|e| {
+                e.get("args")
+                    .unwrap()
+                    .get("name")
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names, vec!["driver", "server", "client"]);
+        let exec = events
+            .iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some("exec"))
+            .unwrap();
+        assert_eq!(exec.get("dur").unwrap().as_i64(), Some(3000));
+        assert_eq!(exec.get("ts").unwrap().as_i64(), Some(6000));
+        assert!(events
+            .iter()
+            .any(|e| e.get("name").and_then(Value::as_str) == Some("subtest: login")));
+        let html = t.to_html();
+        assert!(html.contains("<svg") && html.contains("backdoor sentinel"));
+        assert!(
+            html.contains("fill=\"#e88\""),
+            "a failed command is drawn red"
+        );
+    }
+}
