@@ -24,7 +24,7 @@ BASE_MODULES = [
     "9p", "9pnet_virtio", "8021q", "af_packet", "qemu_fw_cfg",
 ]
 # Busybox applets replaced by something else in the guest.
-NOT_FROM_BUSYBOX = {"nc", "timeout", "tee", "poweroff", "reboot", "halt", "linuxrc"}
+NOT_FROM_BUSYBOX = {"nc", "timeout", "poweroff", "reboot", "halt", "linuxrc"}
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ELF_MAGIC = b"\x7fELF"
 

@@ -195,6 +195,10 @@ pub struct Machine {
     spool_fetched: u64,
     /// Offset in the spool where the request in flight started.
     request_spool_offset: u64,
+    /// Whether this shell has the timeout and wait machinery yet (sent with the first
+    /// command that needs it).
+    sent_timeouts: bool,
+    sent_waits: bool,
     shell_eof: bool,
     qmp: Option<UnixStream>,
     qmp_state: QmpState,
@@ -257,6 +261,8 @@ impl Machine {
             spool_base: 0,
             spool_fetched: 0,
             request_spool_offset: 0,
+            sent_timeouts: false,
+            sent_waits: false,
             shell_eof: false,
             qmp: None,
             qmp_state: QmpState::Disconnected,
@@ -620,7 +626,9 @@ impl Machine {
                 // A new shell: a new, empty spool; the framing counts from the sentinel on.
                 self.spool_base = 0;
                 self.spool_fetched = 0;
-                let mut setup = shell::setup_text().to_owned();
+                let mut setup = shell::setup_text(shell::SetupPart::Base).to_owned();
+                self.sent_timeouts = false;
+                self.sent_waits = false;
                 let nonce = self.nonces.next_nonce();
                 // An internal check frame: proves the setup works before any user command.
                 setup.push_str(&shell::encode_run(&nonce, "true", None).unwrap_or_default());
@@ -789,6 +797,22 @@ impl Machine {
             ShellRequest::Wait { command, spec } => shell::encode_wait(&nonce, command, *spec),
         }
         .map_err(MachineError::Encode)?;
+        let needs_timeouts = matches!(
+            req,
+            ShellRequest::Run {
+                timeout: Some(_),
+                ..
+            } | ShellRequest::Wait { .. }
+        );
+        let needs_waits = matches!(req, ShellRequest::Wait { .. });
+        if needs_waits && !self.sent_waits {
+            line.insert_str(0, shell::setup_text(shell::SetupPart::Waits));
+            self.sent_waits = true;
+        }
+        if needs_timeouts && !self.sent_timeouts {
+            line.insert_str(0, shell::setup_text(shell::SetupPart::Timeouts));
+            self.sent_timeouts = true;
+        }
         let consumed = self.framing.consumed();
         if consumed - self.spool_base - self.spool_fetched > SPOOL_LIMIT {
             line.insert_str(0, shell::TRUNCATE_SPOOL);

@@ -49,7 +49,7 @@ const MARKER_HEAD: usize = 2 + NONCE_LEN;
 /// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
 const MAX_STATUS_TAIL: usize = 22;
 
-/// The setup block sent once per shell (again after a reboot).
+/// The setup block sent once per shell (again after a reboot), before the first command.
 ///
 /// - fd 3: a pipe drained by one long-lived `tee` that writes to the console and appends to a
 ///   spool file in tmpfs, so output the virtio console dropped can be fetched again in pieces
@@ -58,18 +58,12 @@ const MAX_STATUS_TAIL: usize = 22;
 ///   too. The host knows every frame's offset in the spool (it counts what arrived) and
 ///   truncates the spool, now and then, in front of a command (`: >"$__ntd_sp"`); truncating
 ///   before every command would cost a tenth of the per-command latency;
-/// - fd 5: `/dev/null`, every command's stdin;
-/// - fds 6/7: a watchdog coprocess that enforces timeouts without exec'ing `timeout`: a timed
-///   command's subshell writes `<its pid> <seconds>` to fd 6 and the shell writes a line when
-///   the command is over; if that line does not come in time the watchdog writes `fired` (fd
-///   7) and SIGTERMs the subshell and all its descendants, and the status becomes 124 like
-///   `timeout`'s. Should the watchdog be gone, `timeout` is exec'd instead.
+/// - fd 5: `/dev/null`, every command's stdin.
 ///
-/// `__ntd_loop` is the guest-side wait loop (pauses 3x an attempt's duration, at least the
-/// given interval, at most 0.5 s). It pauses with `read -t` on fd 7, which only ever carries
-/// the watchdog's `fired` (then the wait is over anyway), so pausing costs no fork; a separate
-/// never-written pipe would cost one more fork at setup. Every fork and byte here is paid once
-/// per boot before the first command can run (see [`setup_text`]).
+/// bash reads its script one byte per `read()` from the console (about 10 µs per byte under
+/// TCG) and every fork costs milliseconds, so only what every command needs is here; the
+/// timeout and wait machinery follows with the first command that needs it
+/// ([`SETUP_TIMEOUTS`], [`SETUP_WAITS`]).
 pub const SETUP: &str = r#"__ntd_sp=/dev/shm
 [[ -d $__ntd_sp && -w $__ntd_sp ]] || __ntd_sp=/tmp
 __ntd_sp=$__ntd_sp/.ntd-spool-$$
@@ -77,7 +71,28 @@ exec 9>&1
 exec 3> >(exec tee -a "$__ntd_sp" /dev/fd/9 >/dev/null)
 __ntd_cp=$!
 exec 5</dev/null 9>&-
-__ntd_kill() {
+__ntd_r() {
+  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
+  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
+}
+__ntd_count() {
+  local __ntd_v
+  __ntd_v=$(stat -c %s "$__ntd_sp" 2>/dev/null) || __ntd_v=-1
+  printf '\001C%s %s\001' "$1" "${__ntd_v:--1}" >&3
+}
+__ntd_fetch() {
+  tail -c "+$(( $2 + 1 ))" "$__ntd_sp" 2>/dev/null | head -c "$3"
+  printf '\001E%s %d\001' "$1" "$?"
+}
+"#;
+
+/// Sent in front of the first timed command: fds 6/7 become a watchdog coprocess that
+/// enforces timeouts without exec'ing `timeout`. A timed command's subshell writes `<its pid>
+/// <seconds>` to fd 6 and the shell writes a line when the command is over; if that line does
+/// not come in time the watchdog writes `fired` (fd 7) and SIGTERMs the subshell and all its
+/// descendants, and the status becomes 124 like `timeout`'s. Should the watchdog be gone,
+/// `timeout` is exec'd instead.
+pub const SETUP_TIMEOUTS: &str = r#"__ntd_kill() {
   local __ntd_all=("$1") __ntd_i=0 __ntd_f __ntd_k
   while (( __ntd_i < ${#__ntd_all[@]} )); do
     for __ntd_f in /proc/${__ntd_all[__ntd_i]}/task/*/children; do
@@ -108,7 +123,24 @@ __ntd_disarm() {
   printf 'x\n' >&6
   if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
 }
-__ntd_loop() {
+__ntd_rt() {
+  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
+    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
+    __ntd_s=$?
+    __ntd_disarm
+  else
+    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
+    __ntd_s=$?
+  fi
+  printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+}
+"#;
+
+/// Sent in front of the first wait (after [`SETUP_TIMEOUTS`]): `__ntd_loop` is the guest-side
+/// wait loop (pauses 3x an attempt's duration, at least the given interval, at most 0.5 s). It
+/// pauses with `read -t` on fd 7, which only ever carries the watchdog's `fired` (then the wait
+/// is over anyway), so pausing costs no fork.
+pub const SETUP_WAITS: &str = r#"__ntd_loop() {
   local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p __ntd_f
   __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
   while :; do
@@ -130,21 +162,6 @@ __ntd_loop() {
   done
   printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
-__ntd_r() {
-  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
-  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
-}
-__ntd_rt() {
-  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
-    __ntd_s=$?
-    __ntd_disarm
-  else
-    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
-    __ntd_s=$?
-  fi
-  printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-}
 __ntd_wait() {
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
     ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
@@ -157,28 +174,36 @@ __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
   fi
   printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
 }
-__ntd_count() {
-  local __ntd_v
-  __ntd_v=$(stat -c %s "$__ntd_sp" 2>/dev/null) || __ntd_v=-1
-  printf '\001C%s %s\001' "$1" "${__ntd_v:--1}" >&3
-}
-__ntd_fetch() {
-  tail -c "+$(( $2 + 1 ))" "$__ntd_sp" 2>/dev/null | head -c "$3"
-  printf '\001E%s %d\001' "$1" "$?"
-}
 "#;
 
 /// The wire form of the `__ntd_` names in [`SETUP`]; the encoders below use it directly.
 pub const WIRE_PREFIX: &str = "_N";
 
-/// [`SETUP`] as sent: indentation and blank lines dropped, `__ntd_` shortened to
-/// [`WIRE_PREFIX`]. bash reads its input one byte per `read()` from the console (about 10 µs
-/// per byte under TCG), so every byte here delays the first command after each boot.
-pub fn setup_text() -> &'static str {
-    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TEXT.get_or_init(|| {
-        let mut out = String::with_capacity(SETUP.len());
-        for line in SETUP.lines().map(str::trim_start).filter(|l| !l.is_empty()) {
+/// Which part of the guest-side machinery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupPart {
+    Base,
+    Timeouts,
+    Waits,
+}
+
+/// A setup part as sent: indentation and blank lines dropped, `__ntd_` shortened to
+/// [`WIRE_PREFIX`] (every byte is a `read()` in the guest).
+pub fn setup_text(part: SetupPart) -> &'static str {
+    use std::sync::OnceLock;
+    static TEXTS: [OnceLock<String>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let (cell, source) = match part {
+        SetupPart::Base => (&TEXTS[0], SETUP),
+        SetupPart::Timeouts => (&TEXTS[1], SETUP_TIMEOUTS),
+        SetupPart::Waits => (&TEXTS[2], SETUP_WAITS),
+    };
+    cell.get_or_init(|| {
+        let mut out = String::with_capacity(source.len());
+        for line in source
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| !l.is_empty())
+        {
             out.push_str(&line.replace("__ntd_", WIRE_PREFIX));
             out.push('\n');
         }
@@ -941,12 +966,18 @@ mod tests {
 
     #[test]
     fn setup_text_keeps_every_command_and_drops_indentation() {
-        let text = setup_text();
-        assert!(text.len() < SETUP.len());
-        assert!(!text.lines().any(|l| l.starts_with(' ') || l.is_empty()));
-        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(words(text), words(&SETUP.replace("__ntd_", WIRE_PREFIX)));
-        assert!(!text.contains("__ntd_"));
+        for (part, source) in [
+            (SetupPart::Base, SETUP),
+            (SetupPart::Timeouts, SETUP_TIMEOUTS),
+            (SetupPart::Waits, SETUP_WAITS),
+        ] {
+            let text = setup_text(part);
+            assert!(text.len() < source.len());
+            assert!(!text.lines().any(|l| l.starts_with(' ') || l.is_empty()));
+            let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(words(text), words(&source.replace("__ntd_", WIRE_PREFIX)));
+            assert!(!text.contains("__ntd_"));
+        }
     }
 
     #[test]
