@@ -308,24 +308,18 @@ fn main() {
             let boot = object(&out.bench, "boot");
             let last_first = first.iter().map(|(_, v)| *v).fold(0.0, f64::max);
             let line = if boot.is_empty() {
-                format!(
-                    "{label:5} {n} node(s): all first asserts done {:.2} s after start_all",
-                    last_first
-                )
+                format!("{label:5} {n} node(s): all first asserts done {:.2} s after start_all", last_first)
             } else {
-                let worst = first
-                    .iter()
-                    .filter_map(|(name, f)| {
-                        let b = boot.iter().find(|(k, _)| k == name)?.1;
-                        Some(f - b)
-                    })
-                    .fold(f64::MIN, f64::max);
+                // The floor: the slowest guest's own boot to the backdoor sentinel. The first
+                // asserts run one after another in the script, so the last one is compared
+                // with the slowest boot.
                 let max_boot = boot.iter().map(|(_, v)| *v).fold(0.0, f64::max);
                 format!(
-                    "{label:5} {n} node(s): last first-assert {:.2} s after start_all; slowest guest boot to sentinel {:.2} s; worst (first assert - own boot) {:+.0} ms",
+                    "{label:5} {n} node(s): boot-to-first-assert {:.2} s, slowest boot to sentinel {:.2} s (floor), overhead {:+.0} ms, ratio {:.3}",
                     last_first,
                     max_boot,
-                    worst * 1e3
+                    (last_first - max_boot) * 1e3,
+                    last_first / max_boot
                 )
             };
             let _ = writeln!(table, "{line}");
