@@ -308,7 +308,10 @@ fn main() {
             let boot = object(&out.bench, "boot");
             let last_first = first.iter().map(|(_, v)| *v).fold(0.0, f64::max);
             let line = if boot.is_empty() {
-                format!("{label:5} {n} node(s): all first asserts done {:.2} s after start_all", last_first)
+                format!(
+                    "{label:5} {n} node(s): all first asserts done {:.2} s after start_all",
+                    last_first
+                )
             } else {
                 // The floor: the slowest guest's own boot to the backdoor sentinel. The first
                 // asserts run one after another in the script, so the last one is compared

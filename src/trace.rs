@@ -44,6 +44,22 @@ struct Data {
     open: Vec<(usize, String, u64)>,
 }
 
+impl Data {
+    /// End a log block opened at `ts_us` now.
+    fn close_span(&mut self, track: usize, name: String, ts_us: u64, args: Vec<(String, Value)>) {
+        let now = Trace::us(self, Instant::now());
+        self.events.push(Event {
+            track,
+            name,
+            ts_us,
+            kind: Kind::Span {
+                dur_us: now.saturating_sub(ts_us),
+            },
+            args,
+        });
+    }
+}
+
 /// A shared recorder (the driver and the logger sink each hold one handle).
 #[derive(Debug, Clone)]
 pub struct Trace {
@@ -312,17 +328,13 @@ impl Trace {
         {
             // Blocks still open (the run was cut short) end now.
             let mut d = self.data.borrow_mut();
-            let now = Self::us(&d, Instant::now());
             while let Some((track, name, ts)) = d.open.pop() {
-                d.events.push(Event {
+                d.close_span(
                     track,
                     name,
-                    ts_us: ts,
-                    kind: Kind::Span {
-                        dur_us: now.saturating_sub(ts),
-                    },
-                    args: vec![("unfinished".to_owned(), Value::Bool(true))],
-                });
+                    ts,
+                    vec![("unfinished".to_owned(), Value::Bool(true))],
+                );
             }
         }
         std::fs::write(&self.path, self.to_json())?;
@@ -353,21 +365,13 @@ impl Sink for TraceSink {
             }
             LogEvent::NestEnd { ok, .. } => {
                 let mut d = self.0.data.borrow_mut();
-                let now = Trace::us(&d, Instant::now());
                 if let Some((track, name, ts)) = d.open.pop() {
-                    let mut args = Vec::new();
-                    if !ok {
-                        args.push(("failed".to_owned(), Value::Bool(true)));
-                    }
-                    d.events.push(Event {
-                        track,
-                        name,
-                        ts_us: ts,
-                        kind: Kind::Span {
-                            dur_us: now.saturating_sub(ts),
-                        },
-                        args,
-                    });
+                    let args = if ok {
+                        Vec::new()
+                    } else {
+                        vec![("failed".to_owned(), Value::Bool(true))]
+                    };
+                    d.close_span(track, name, ts, args);
                 }
             }
             LogEvent::Line {

@@ -213,6 +213,8 @@ pub struct Machine {
     qmp_events: VecDeque<Value>,
     pub accelerator: Option<String>,
     console: console::Console,
+    /// One read buffer for every channel of this machine (allocated once).
+    read_buf: Vec<u8>,
     stdin_out: Vec<u8>,
     stdin_armed: bool,
     /// When the start command was spawned (boot timings).
@@ -277,6 +279,7 @@ impl Machine {
             qmp_events: VecDeque::new(),
             accelerator: None,
             console: console::Console::default(),
+            read_buf: vec![0; READ_CHUNK],
             stdin_out: Vec::new(),
             stdin_armed: false,
             spawned_at: None,
@@ -556,49 +559,21 @@ impl Machine {
 
     fn drain_monitor(&mut self, registry: &Registry) {
         // The HMP monitor only prints its banner and prompt; HMP commands go through QMP.
-        let mut buf = [0u8; 4096];
         if let Some(m) = self.monitor.as_mut() {
-            loop {
-                match m.read(&mut buf) {
-                    Ok(0) => {
-                        let _ = registry.deregister(m);
-                        self.monitor = None;
-                        break;
-                    }
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        let _ = registry.deregister(m);
-                        self.monitor = None;
-                        break;
-                    }
-                }
+            if read_available(m, &mut self.read_buf, |_| {}) {
+                let _ = registry.deregister(m);
+                self.monitor = None;
             }
         }
     }
 
     fn read_shell(&mut self, registry: &Registry, log: &mut Logger) {
         let mut events = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut eof = false;
-        if let Some(s) = self.shell.as_mut() {
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => self.framing.feed(&buf[..n], &mut events),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let framing = &mut self.framing;
+        let eof = match self.shell.as_mut() {
+            Some(s) => read_available(s, &mut self.read_buf, |b| framing.feed(b, &mut events)),
+            None => false,
+        };
         for ev in events {
             self.shell_event(registry, ev, log);
         }
@@ -882,25 +857,11 @@ impl Machine {
 
     fn read_qmp(&mut self, registry: &Registry, log: &mut Logger) {
         let mut msgs = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut eof = false;
-        if let Some(s) = self.qmp.as_mut() {
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => self.qmp_framing.feed(&buf[..n], &mut msgs),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let framing = &mut self.qmp_framing;
+        let eof = match self.qmp.as_mut() {
+            Some(s) => read_available(s, &mut self.read_buf, |b| framing.feed(b, &mut msgs)),
+            None => false,
+        };
         for m in msgs {
             match m {
                 Ok(m) => self.qmp_message(registry, m, log),
@@ -1052,31 +1013,20 @@ impl Machine {
         let Some(p) = self.process.as_ref() else {
             return;
         };
-        let mut buf = vec![0u8; READ_CHUNK];
         let mut lines = Vec::new();
-        let mut eof = false;
-        loop {
-            match rustix::io::read(&p.stdout, &mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    self.console.feed(&buf[..n], &mut lines);
-                    if self.phase != Phase::Running {
-                        self.early_output.extend(&buf[..n]);
-                        let excess = self.early_output.len().saturating_sub(EARLY_OUTPUT_TAIL);
-                        self.early_output.drain(..excess);
-                    }
-                }
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+        let (console, early, running) = (
+            &mut self.console,
+            &mut self.early_output,
+            self.phase == Phase::Running,
+        );
+        let eof = read_available(&mut FdReader(&p.stdout), &mut self.read_buf, |chunk| {
+            console.feed(chunk, &mut lines);
+            if !running {
+                early.extend(chunk);
+                let excess = early.len().saturating_sub(EARLY_OUTPUT_TAIL);
+                early.drain(..excess);
             }
-        }
+        });
         if eof {
             self.console.flush(&mut lines);
             let _ = registry.deregister(&mut SourceFd(&p.stdout.as_raw_fd()));
@@ -1295,6 +1245,29 @@ impl Machine {
         }
         if !self.keep_state {
             let _ = std::fs::remove_dir_all(&self.paths.state_dir);
+        }
+    }
+}
+
+/// `Read` for a borrowed pipe fd.
+struct FdReader<'a>(&'a OwnedFd);
+
+impl Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::io::read(self.0, buf).map_err(io::Error::from)
+    }
+}
+
+/// Read what `s` has now, chunk by chunk into `buf`, handing each chunk to `f`. Returns true
+/// once the peer is gone (EOF or an error).
+fn read_available(s: &mut impl Read, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> bool {
+    loop {
+        match s.read(buf) {
+            Ok(0) => return true,
+            Ok(n) => f(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return true,
         }
     }
 }

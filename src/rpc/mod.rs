@@ -184,6 +184,8 @@ pub struct Channel {
     rx: Option<OwnedFd>,
     tx: Option<OwnedFd>,
     inbuf: Vec<u8>,
+    /// Scratch buffer for reads (allocated once).
+    readbuf: Vec<u8>,
     outbuf: Vec<u8>,
     out_pos: usize,
     tx_token: Token,
@@ -196,6 +198,7 @@ impl Channel {
             rx: Some(rx),
             tx: Some(tx),
             inbuf: Vec::new(),
+            readbuf: vec![0; 256 * 1024],
             outbuf: Vec::new(),
             out_pos: 0,
             tx_token,
@@ -216,15 +219,14 @@ impl Channel {
         let Some(rx) = &self.rx else {
             return false;
         };
-        let mut buf = vec![0u8; 256 * 1024];
         let mut open = true;
         loop {
-            match rustix::io::read(rx, &mut buf) {
+            match rustix::io::read(rx, &mut self.readbuf) {
                 Ok(0) => {
                     open = false;
                     break;
                 }
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Ok(n) => self.inbuf.extend_from_slice(&self.readbuf[..n]),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(_) => {
