@@ -715,8 +715,8 @@ impl Machine {
             return;
         };
         let nonce = self.nonces.next_nonce();
-        let offset = self.request_spool_offset + u.pieces * shell::FETCH_PIECE as u64;
-        let line = shell::encode_fetch(&nonce, offset, shell::FETCH_PIECE);
+        let start = (u.pieces == 0).then_some(self.request_spool_offset);
+        let line = shell::encode_fetch(&nonce, start, shell::FETCH_PIECE);
         u.pieces += 1;
         self.framing.expect(nonce);
         self.queue_shell(registry, line.as_bytes());
@@ -737,6 +737,7 @@ impl Machine {
         let Some(mut u) = self.unverified.take() else {
             return;
         };
+        self.queue_shell(registry, shell::FETCH_DONE.as_bytes());
         match shell::parse_spool(&u.spool, &self.request_nonce) {
             Some((len, _status)) => {
                 u.spool.truncate(len);

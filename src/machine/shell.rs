@@ -81,7 +81,7 @@ __ntd_count() {
   printf '\001C%s %s\001' "$1" "${__ntd_v:--1}" >&3
 }
 __ntd_fetch() {
-  tail -c "+$(( $2 + 1 ))" "$__ntd_sp" 2>/dev/null | head -c "$3"
+  dd bs="$2" count=1 <&8 2>/dev/null
   printf '\001E%s %d\001' "$1" "$?"
 }
 "#;
@@ -600,14 +600,22 @@ pub fn encode_run(
     Ok(line)
 }
 
-/// The line that fetches `len` spooled bytes from `offset`; they arrive as a frame of their
-/// own (straight to the console, not through the spool).
-pub fn encode_fetch(nonce: &[u8; NONCE_LEN], offset: u64, len: usize) -> String {
-    format!(
-        "_Nfetch {} {offset} {len}\n",
-        std::str::from_utf8(nonce).unwrap_or("0000000000000000")
-    )
+/// The line that fetches the next `len` spooled bytes; they arrive as a frame of their own
+/// (straight to the console, not through the spool). The first piece of a repair opens the
+/// spool on fd 8 and seeks to `start` (dd seeks regular files), so every later piece is one
+/// sequential read, however far into a large spool it lies.
+pub fn encode_fetch(nonce: &[u8; NONCE_LEN], start: Option<u64>, len: usize) -> String {
+    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
+    match start {
+        Some(off) => format!(
+            "exec 8<\"$_Nsp\"; dd bs=1 skip={off} count=0 <&8 2>/dev/null; _Nfetch {nonce} {len}\n"
+        ),
+        None => format!("_Nfetch {nonce} {len}\n"),
+    }
 }
+
+/// Closes the spool after a repair.
+pub const FETCH_DONE: &str = "exec 8<&-\n";
 
 /// What a command line is prefixed with to empty the spool.
 pub const TRUNCATE_SPOOL: &str = ": >\"$_Nsp\"; ";
