@@ -326,7 +326,7 @@ impl Driver {
         for ev in events.iter() {
             let (owner, slot) = reactor::split(ev.token());
             if owner == OWNER_DRIVER {
-                self.driver_event(slot, ev);
+                self.driver_event(slot);
             } else {
                 self.owner_event(owner, slot, ev);
             }
@@ -363,7 +363,7 @@ impl Driver {
         }
     }
 
-    fn driver_event(&mut self, slot: usize, ev: &mio::event::Event) {
+    fn driver_event(&mut self, slot: usize) {
         match slot {
             SLOT_SIGNALS => {
                 for sig in signals::drain(&self.sigfd) {
@@ -387,9 +387,7 @@ impl Driver {
                     }
                 }
             }
-            _ => {
-                let _ = ev;
-            }
+            _ => {}
         }
     }
 
@@ -1279,7 +1277,7 @@ impl Driver {
                 let (owner, slot) = reactor::split(ev.token());
                 if owner == OWNER_DRIVER {
                     if slot == SLOT_SHIM_PIDFD || slot == SLOT_SIGNALS {
-                        self.driver_event(slot, ev);
+                        self.driver_event(slot);
                     }
                 } else {
                     self.owner_event(owner, slot, ev);

@@ -5,7 +5,7 @@
 //! interrupted: cleanup calls [`Sink::finish`]. Writes go through a buffer flushed per event, so
 //! a crash loses at most the last event. This sink never decides what is logged.
 
-use super::{LineKind, LogEvent, Sink};
+use super::{LogEvent, Sink};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -68,8 +68,7 @@ impl Sink for XmlLog {
             return;
         }
         match *ev {
-            LogEvent::Line { machine, msg, kind } => {
-                let _ = kind == LineKind::Log;
+            LogEvent::Line { machine, msg, .. } => {
                 match machine {
                     Some(m) => self.element("line", &[("machine", m)], msg),
                     None => self.element("line", &[], msg),
