@@ -308,6 +308,30 @@ impl Trace {
                 Kind::Span { .. } => "</title></rect>",
                 Kind::Instant => "</title></circle>",
             });
+            // Name the span inside its box when there is room for a few characters.
+            if let Kind::Span { dur_us } = e.kind {
+                let width = x(e.ts_us + dur_us) - x(e.ts_us);
+                let room = (width / 6.2) as usize;
+                if room >= 6 {
+                    let label: String = if e.name.chars().count() > room {
+                        e.name
+                            .chars()
+                            .take(room.saturating_sub(1))
+                            .chain(['…'])
+                            .collect()
+                    } else {
+                        e.name.clone()
+                    };
+                    let _ = write!(
+                        svg,
+                        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" pointer-events=\"none\">",
+                        x(e.ts_us) + 2.0,
+                        y + LANE - 4.5
+                    );
+                    xml_text(&label, &mut svg);
+                    svg.push_str("</text>");
+                }
+            }
         }
         svg.push_str("</svg>");
         let mut html = String::from(

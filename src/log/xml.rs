@@ -68,12 +68,10 @@ impl Sink for XmlLog {
             return;
         }
         match *ev {
-            LogEvent::Line { machine, msg, .. } => {
-                match machine {
-                    Some(m) => self.element("line", &[("machine", m)], msg),
-                    None => self.element("line", &[], msg),
-                }
-            }
+            LogEvent::Line { machine, msg, .. } => match machine {
+                Some(m) => self.element("line", &[("machine", m)], msg),
+                None => self.element("line", &[], msg),
+            },
             LogEvent::NestBegin { machine, msg } => {
                 let _ = self.out.write_all(b"<nest>");
                 self.open_nests += 1;
