@@ -39,6 +39,7 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("test_driver/polling_condition.py"),
     ),
     ("test_driver/debug.py", include_str!("test_driver/debug.py")),
+    ("test_driver/efi.py", include_str!("test_driver/efi.py")),
     (
         "test_driver/machine/__init__.py",
         include_str!("test_driver/machine/__init__.py"),
@@ -68,6 +69,7 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
     "polling_condition",
     "BaseMachine",
     "QemuMachine",
+    "NspawnMachine",
     "Machine",
     "t",
     "debug",
