@@ -41,8 +41,16 @@ pub const FILES: &[(&str, &str)] = &[
     ("test_driver/debug.py", include_str!("test_driver/debug.py")),
     ("test_driver/efi.py", include_str!("test_driver/efi.py")),
     (
+        "test_driver/duration.py",
+        include_str!("test_driver/duration.py"),
+    ),
+    (
         "test_driver/machine/__init__.py",
         include_str!("test_driver/machine/__init__.py"),
+    ),
+    (
+        "test_driver/machine/qmp.py",
+        include_str!("test_driver/machine/qmp.py"),
     ),
     ("test_driver/py.typed", ""),
 ];

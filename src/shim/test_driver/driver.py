@@ -20,17 +20,16 @@ from unittest import TestCase
 
 from test_driver import _rpc
 from test_driver.debug import Debug, DebugAbstract, DebugNop
-from test_driver.errors import MachineError, RequestedAssertionFailed
+from test_driver.duration import Duration, to_seconds
+from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine import (
     BaseMachine,
-    Duration,
     Machine,
     NspawnMachine,
     QemuMachine,
     retry,
     set_polling_slice,
-    to_seconds,
 )
 from test_driver.polling_condition import PollingCondition
 from test_driver.vlan import VLan
@@ -214,7 +213,7 @@ class Driver:
                 for line in traceback.format_exc().splitlines():
                     self.logger.log_test_error(line)
                 sys.exit(1)
-            except RequestedAssertionFailed:
+            except TestScriptError:
                 self._report_assertion(*sys.exc_info())
                 self.debug.breakpoint()
                 sys.exit(1)

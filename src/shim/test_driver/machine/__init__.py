@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from test_driver import _rpc
+from test_driver.duration import Duration, to_seconds
 from test_driver.efi import EfiVariable
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.logger import AbstractLogger, rootlog
+from test_driver.machine.qmp import QMPSession
 
-Duration = timedelta | int | float
 
 #: Upstream's default timeout for `execute` and the waits: 15 minutes.
 DEFAULT_TIMEOUT = timedelta(minutes=15)
@@ -51,24 +52,6 @@ CHAR_TO_KEY = {
     "%": "shift-0x06", "^": "shift-0x07", "&": "shift-0x08", "*": "shift-0x09",
     "(": "shift-0x0A", ")": "shift-0x0B",
 }
-
-
-def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
-    """Numbers are seconds, timedeltas are converted, None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of seconds or a timedelta, not a bool")
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
 
 
 def _make_command(args: list[Any]) -> str:
@@ -124,15 +107,35 @@ def retry(
         )
 
 
-class _QMPClient:
-    """What scripts reach as ``machine.qmp_client``: ``send(cmd, args)`` returns the result."""
+class QemuStartCommand(str):
+    """The start command of a machine: the command string itself, with upstream's
+    ``QemuStartCommand`` attributes (``machine_name``, ``cmd(...)``) for scripts that use them."""
 
-    def __init__(self, machine: "BaseMachine") -> None:
-        self._machine = machine
+    @property
+    def _cmd(self) -> str:
+        return str(self)
 
-    def send(self, cmd: str, args: dict[str, Any] = {}) -> Any:
-        return _rpc.channel().call(
-            "qmp", machine=self._machine.name, execute=cmd, arguments=args or None
+    @property
+    def machine_name(self) -> str:
+        """The name in ``run-<name>-vm`` (else ``machine``), as upstream derives it."""
+        match = re.search("run-(.+)-vm$", self)
+        return match.group(1) if match else "machine"
+
+    def cmd(
+        self,
+        monitor_socket_path: Path,
+        qmp_socket_path: Path,
+        shell_socket_path: Path,
+        allow_reboot: bool = False,
+    ) -> str:
+        """The command upstream runs: the start command plus the QEMU arguments it appends."""
+        return (
+            f"{self} -qmp unix:{qmp_socket_path},server=on,wait=off"
+            f" -monitor unix:{monitor_socket_path}"
+            f" -chardev socket,id=shell,path={shell_socket_path}"
+            " -device virtio-serial -device virtconsole,chardev=shell"
+            " -device virtio-rng-pci -serial stdio"
+            + ("" if allow_reboot else " -no-reboot")
         )
 
 
@@ -140,7 +143,7 @@ class BaseMachine:
     """A QEMU virtual machine of the test (upstream: ``QemuMachine``)."""
 
     name: str
-    start_command: str
+    start_command: QemuStartCommand
     state_dir: Path
     shared_dir: Path
     monitor_path: Path
@@ -165,7 +168,7 @@ class BaseMachine:
         logger: AbstractLogger = rootlog,
     ) -> None:
         self.name = name
-        self.start_command = start_command
+        self.start_command = QemuStartCommand(start_command)
         self.state_dir = state_dir
         self.shared_dir = shared_dir
         self.monitor_path = state_dir / "monitor"
@@ -176,7 +179,7 @@ class BaseMachine:
         self.keep_machine_state = keep_machine_state
         self.callbacks = list(callbacks or [])
         self.logger = logger
-        self.qmp_client = _QMPClient(self)
+        self.qmp_client = QMPSession(name)
         # Upstream attributes that have no meaning here but that scripts may read.
         self.process: subprocess.Popen[bytes] | None = None
         self.monitor: Any = None
@@ -296,6 +299,15 @@ class BaseMachine:
 
     def release(self) -> None:
         """Upstream's cleanup hook; ntd ends every machine itself at the end of the run."""
+
+    def cleanup_statedir(self) -> None:
+        """Delete the machine's state directory (disk images, sockets); only while it is down."""
+        if self.booted:
+            raise MachineError(f"{self.name} is running: its state directory stays")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log(f"deleting machine state directory {self.state_dir}")
+        self.log("if you want to keep the machine state, pass --keep-machine-state")
 
     # -- commands ------------------------------------------------------------------------
 
@@ -615,8 +627,20 @@ class BaseMachine:
                     )
 
     def get_console_log(self) -> str:
+        """Everything the serial console printed since the last start, one line per line."""
         log: str = _rpc.channel().call("console_log", machine=self.name)
         return log
+
+    @property
+    def full_console_log(self) -> list[str]:
+        """The serial console lines since the last start (upstream's attribute)."""
+        log = self.get_console_log()
+        return log.split("\n") if log else []
+
+    def wait_for_monitor_prompt(self) -> str:
+        """Upstream reads the raw monitor up to its prompt; ntd's HMP calls are complete
+        when they return, so nothing is pending."""
+        return "(qemu) "
 
     def send_console(self, chars: str) -> None:
         _rpc.channel().call("send_console", machine=self.name, data=chars)
@@ -977,6 +1001,7 @@ def set_polling_slice(fn: Callable[[], float | None]) -> None:
 
 __all__ = [
     "BaseMachine",
+    "QemuStartCommand",
     "QemuMachine",
     "NspawnMachine",
     "Machine",
