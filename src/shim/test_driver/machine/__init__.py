@@ -61,12 +61,13 @@ def _make_command(args: list[Any]) -> str:
 
 def _systemctl_command(user: str | None) -> str:
     """``systemctl``, or for a user manager the ``su`` wrapper upstream's ``systemctl(q,
-    user)`` uses, taking the arguments as ``"$@"``."""
+    user)`` uses, taking the arguments that follow as ``"$@"`` (the word after ``--`` is the
+    inner shell's ``$0``)."""
     if user is None:
         return "systemctl"
     return (
         f"su -l {shlex.quote(user)} --shell /bin/sh -c "
-        "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' --"
+        "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' -- systemctl"
     )
 
 
