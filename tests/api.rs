@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -476,5 +476,353 @@ assert response == b"Hello\n", response
     );
     let r = dir.run(&["-c", cfg.to_str().unwrap()], LIMIT);
     r.assert_code(0);
+    dir.assert_clean();
+}
+
+const GLOBALS: &str = r#"
+import time
+from datetime import timedelta
+from test_driver.driver import Driver
+from test_driver.machine import retry as imported_retry
+from test_driver.polling_condition import PollingConditionError
+from test_driver.errors import RequestedAssertionFailed
+
+with subtest("names of the namespace"):
+    assert isinstance(driver, Driver) and driver.machines == machines == [machine]
+    assert [v.nr for v in vlans] == [1] and vlan1 is vlans[0]
+    assert Machine is QemuMachine and issubclass(QemuMachine, BaseMachine)
+    assert isinstance(machine, QemuMachine) and isinstance(machine, BaseMachine)
+    assert callable(run_tests) and callable(test_script) and callable(join_all)
+    assert type(debug).__name__ == "DebugNop"
+    debug.breakpoint()  # a no-op without --debug-hook-attach
+    dump_machine_ssh()
+    assert imported_retry is retry
+
+start_all()
+machine.succeed("touch /tmp/ok")
+
+with subtest("polling_condition, every form"):
+    @polling_condition
+    def ok_exists():
+        machine.succeed("test -e /tmp/ok")
+
+    @polling_condition(seconds_interval=0.5, description="ok file present")
+    def ok_with_args():
+        return machine.execute("test -e /tmp/ok")[0] == 0
+
+    @polling_condition(interval=timedelta(milliseconds=300))
+    def ok_docstring():
+        "the docstring describes it"
+        machine.succeed("test -e /tmp/ok")
+
+    called = polling_condition(lambda: True, description="a plain call")
+    assert ok_exists.condition.description == "ok_exists"
+    assert ok_with_args.condition.description == "ok file present"
+    assert ok_docstring.condition.description == "the docstring describes it"
+    with ok_exists, ok_with_args, ok_docstring, called:
+        machine.succeed("true")
+        ok_exists.wait(5)
+        ok_with_args.wait(timedelta(seconds=5))
+        ok_docstring.wait(timeout=5)
+        ok_docstring.wait(timeout_seconds=timedelta(seconds=5))
+        called.wait()
+
+    flag = {"ok": True}
+
+    @polling_condition(seconds_interval=0)
+    def flaky():
+        return flag["ok"]
+
+    with flaky:
+        machine.succeed("true")
+        flag["ok"] = False
+        try:
+            machine.succeed("true")
+            raise Exception("the failing condition did not raise")
+        except PollingConditionError as e:
+            assert str(e) == "Polling condition failed: flaky", e
+    machine.succeed("true")  # not active any more
+    machine.succeed("(sleep 0.3; touch /tmp/later) >/dev/null 2>&1 &")
+    late_cond = polling_condition(lambda: machine.execute("test -e /tmp/later")[0] == 0,
+                                  description="later file")
+    late_cond.wait(timedelta(seconds=20))
+
+with subtest("retry, all three signatures"):
+    calls = []
+
+    def third_time(last_try):
+        calls.append(last_try)
+        return len(calls) >= 3
+
+    for args, kwargs in [((30,), {}), ((), {"timeout_seconds": 30}), ((), {"timeout": 30}),
+                         ((timedelta(seconds=30),), {}), ((), {"timeout": timedelta(seconds=30)}),
+                         ((), {"timeout_seconds": timedelta(seconds=30)}), ((2.5,), {})]:
+        calls.clear()
+        retry(third_time, *args, **kwargs)
+        assert calls == [False, False, False], (args, kwargs, calls)
+    calls.clear()
+    try:
+        retry(lambda last: calls.append(last) or False, timeout=0.3)
+        raise Exception("retry did not time out")
+    except RequestedAssertionFailed as e:
+        assert "action timed out after" in str(e), e
+    assert calls[-1] is True and all(c is False for c in calls[:-1]), calls
+
+with subtest("durations and legacy argument forms"):
+    machine.succeed("true", timeout=10)
+    machine.succeed("true", timeout=10.5)
+    machine.succeed("true", timeout=timedelta(seconds=10))
+    assert machine.execute("sleep 5", timeout=timedelta(seconds=1))[0] == 124
+    assert machine.execute("sleep 5", timeout=1.0)[0] == 124
+    machine.wait_until_succeeds("true", timeout=timedelta(minutes=1))
+    machine.wait_until_fails("false", 60)
+    machine.wait_for_file("/tmp/ok", 60.0)
+    machine.succeed("busybox httpd -p 8081 -h /tmp")
+    machine.wait_for_open_port("8081", timeout=60)  # legacy: the port as a string
+    machine.wait_for_open_port(8081, "127.0.0.1", timedelta(seconds=60))
+    t0 = time.monotonic()
+    machine.sleep(1)  # positional seconds
+    machine.sleep(duration=timedelta(milliseconds=500))
+    machine.sleep(0.5)
+    assert time.monotonic() - t0 >= 2
+    machine.wait_until_succeeds("true", timeout=30, attempt_timeout=5)
+
+with subtest("logging"):
+    log.info("an info line")
+    log.warning("a warning line")
+    log.log("a plain line")
+    machine.log("a machine line")
+    with log.nested("a nested block"):
+        log.info("inside the block")
+    with machine.nested("a machine block"):
+        pass
+    with log.subtest("via log.subtest"):
+        pass
+    serial_stdout_off()
+    machine.succeed("echo hidden-serial-marker >&2")
+    machine.wait_for_console_text("hidden-serial-marker")
+    serial_stdout_on()
+    machine.succeed("echo shown-serial-marker >&2")
+    machine.wait_for_console_text("shown-serial-marker")
+    t.assertEqual(1, 1)
+    t.assertIn("b", "abc")
+    t.assertRegex("abc", "^a")
+    with t.assertRaises(RequestedAssertionFailed):
+        t.assertEqual(1, 2)
+
+with subtest("join_all"):
+    machine.succeed("(sleep 0.3; poweroff) >/dev/null 2>&1 &")
+    join_all()
+    assert not machine.booted
+"#;
+
+#[test]
+fn globals_polling_conditions_retry_durations_and_logs() {
+    let dir = TestDir::new("globals");
+    std::fs::create_dir_all(dir.path.join("out")).unwrap();
+    let vm = dir.vm_with(screen_guest(), "machine", &["--vlan", "1"]);
+    let cfg = dir.config(&[("machine", &vm)], &[1], 240, GLOBALS);
+    let log = dir.path.join("log.xml");
+    let mut cmd = dir.ntd();
+    cmd.env("LOGFILE", &log).args([
+        "-c",
+        cfg.to_str().unwrap(),
+        "-o",
+        "out",
+        "--junit-xml",
+        "junit.xml",
+    ]);
+    let r = run_with_limit(cmd, LIMIT);
+    r.assert_code(0);
+    assert_lines(
+        &r,
+        &[
+            "Checking polling condition 'ok_exists'",
+            "Polling condition succeeded: ok file present",
+            "waiting for the docstring describes it",
+            "Polling condition failed: flaky",
+            "an info line",
+            "a warning line",
+            "machine: a machine line",
+            "(finished: a nested block, in ",
+            "subtest: via log.subtest",
+            "machine # shown-serial-marker",
+            "wait for all VMs to finish",
+        ],
+    );
+    assert!(
+        !r.stderr.contains("machine # hidden-serial-marker"),
+        "serial output shown after serial_stdout_off()\n{}",
+        r.log()
+    );
+    // The XML log: well-formed, serial lines typed, nesting closed.
+    let probe = xml_probe(
+        &log,
+        "print(root.tag)\n\
+         print(sum(1 for l in root.iter('line') if l.get('type') == 'serial' and 'shown-serial-marker' in (l.text or '')))\n\
+         print(any('hidden-serial-marker' in (l.text or '') for l in root.iter('line') if l.get('type') == 'serial'))\n\
+         print(any((h.text or '') == 'subtest: logging' for h in root.iter('head')))",
+    );
+    assert_eq!(
+        probe.lines().collect::<Vec<_>>(),
+        ["logfile", "1", "False", "True"],
+        "{probe}"
+    );
+    let cases = xml_probe(&dir.path.join("out/junit.xml"), JUNIT_CASES);
+    assert_eq!(
+        cases.lines().collect::<Vec<_>>(),
+        [
+            "main ok",
+            "names of the namespace ok",
+            "polling_condition, every form ok",
+            "retry, all three signatures ok",
+            "durations and legacy argument forms ok",
+            "logging ok",
+            "via log.subtest ok",
+            "join_all ok",
+        ]
+    );
+    dir.assert_clean();
+}
+
+/// Run `script` on one machine with LOGFILE and --junit-xml; returns the dir, the result and
+/// the two log paths.
+fn with_logs(tag: &str, script: &str, timeout: u32) -> (TestDir, RunResult, PathBuf, PathBuf) {
+    let dir = TestDir::new(tag);
+    std::fs::create_dir_all(dir.path.join("out")).unwrap();
+    let vm = dir.vm_with(screen_guest(), "machine", &[]);
+    let cfg = dir.config(&[("machine", &vm)], &[], timeout, script);
+    let log = dir.path.join("log.xml");
+    let mut cmd = dir.ntd();
+    cmd.env("LOGFILE", &log).args([
+        "-c",
+        cfg.to_str().unwrap(),
+        "-o",
+        "out",
+        "--junit-xml",
+        "junit.xml",
+    ]);
+    let r = run_with_limit(cmd, LIMIT);
+    let junit = dir.path.join("out/junit.xml");
+    (dir, r, log, junit)
+}
+
+const FAILING: &str = r#"
+start_all()
+with subtest("passes"):
+    machine.succeed("echo '<fine & dandy>'")
+with subtest("fails"):
+    output = machine.succeed("echo abc")
+    t.assertIn("xyz", output)
+machine.succeed("echo never reached")
+"#;
+
+#[test]
+fn failing_assertion_exits_1_with_report_and_well_formed_logs() {
+    let (dir, r, log, junit) = with_logs("failing", FAILING, 200);
+    r.assert_code(1);
+    assert_lines(
+        &r,
+        &[
+            "!!! Test \"fails\" failed with error: \"'xyz' not found in 'abc\\n'\"",
+            "!!! Traceback (most recent call last):",
+            "!!!   File \"<string>\", line 7, in <module>",
+            "!!!     t.assertIn(\"xyz\", output)",
+            "!!! RequestedAssertionFailed: 'xyz' not found in 'abc\\n'",
+        ],
+    );
+    assert!(!r.stderr.contains("never reached"), "{}", r.log());
+    let probe = xml_probe(
+        &log,
+        "print(sum(1 for h in root.iter('head') if (h.text or '').startswith('subtest: ')))\n\
+         print(any('RequestedAssertionFailed' in (l.text or '') for l in root.iter('line')))",
+    );
+    assert_eq!(probe.lines().collect::<Vec<_>>(), ["2", "True"], "{probe}");
+    let cases = xml_probe(&junit, JUNIT_CASES);
+    assert_eq!(
+        cases.lines().collect::<Vec<_>>(),
+        ["main failed", "passes ok", "fails failed"],
+        "{cases}"
+    );
+    dir.assert_clean();
+}
+
+const HANGS: &str = r#"
+start_all()
+with subtest("before"):
+    machine.succeed("true")
+with subtest("hangs"):
+    machine.succeed("sleep 600")
+"#;
+
+#[test]
+fn global_timeout_exits_143_with_well_formed_logs() {
+    let (dir, r, log, junit) = with_logs("hangs", HANGS, 12);
+    r.assert_code(143);
+    assert_lines(&r, &["timeout reached; test terminating..."]);
+    let probe = xml_probe(
+        &log,
+        "print(any('timeout reached' in (h.text or '') for h in root.iter('head')))",
+    );
+    assert_eq!(probe.trim(), "True", "{probe}");
+    let cases = xml_probe(&junit, JUNIT_CASES);
+    assert_eq!(
+        cases.lines().collect::<Vec<_>>(),
+        ["main ok", "before ok", "hangs failed"],
+        "{cases}"
+    );
+    dir.assert_clean();
+}
+
+const INTERACTIVE: &str = r#"
+start_all()
+machine.succeed("echo from-the-script > /tmp/f")
+x = 41
+breakpoint()
+machine.succeed("echo after-the-breakpoint")
+"#;
+
+#[test]
+fn interactive_repl_breakpoint_and_shell_interact() {
+    let dir = TestDir::new("repl");
+    let vm = dir.vm_with(screen_guest(), "machine", &[]);
+    let cfg = dir.config(&[("machine", &vm)], &[], 200, INTERACTIVE);
+    let mut cmd = dir.ntd();
+    cmd.args(["-I", "-c", cfg.to_str().unwrap()]);
+    let input = "print('repl-alive', 6 * 7)\n\
+                 test_script()\n\
+                 p x + 1\n\
+                 c\n\
+                 print('back:', machine.succeed('cat /tmp/f').strip())\n\
+                 run_tests()\n\
+                 c\n\
+                 machine.shell_interact()\n\
+                 echo from-the-guest $((6*7))\n";
+    let r = run_with_input(cmd, LIMIT, Some(input));
+    r.assert_code(0);
+    for text in [
+        "repl-alive 42",
+        "(Pdb) 42",
+        "back: from-the-script",
+        "from-the-guest 42",
+    ] {
+        assert!(r.stdout.contains(text), "missing {text:?}\n{}", r.log());
+    }
+    assert_lines(
+        &r,
+        &[
+            "machine: must succeed: echo after-the-breakpoint",
+            "machine: Terminal is ready (there is no initial prompt):",
+            "Test will time out and terminate in 200.0 seconds",
+        ],
+    );
+    assert_eq!(
+        r.stderr
+            .matches("machine: must succeed: echo after-the-breakpoint")
+            .count(),
+        2,
+        "test_script() and run_tests() should each run the script once\n{}",
+        r.log()
+    );
     dir.assert_clean();
 }
