@@ -125,7 +125,12 @@ impl TestDir {
 
     /// Write `run-<name>-vm` for the guest built in `guest` (kernel, initrd); returns its path.
     pub fn vm_with(&self, guest: &Path, name: &str, extra: &[&str]) -> PathBuf {
+        // The kernel parameters the guest is built for (console=ttyS0, the boot-time tuning);
+        // `ci/mkvm --guest tiny` adds them itself, --kernel/--initrd does not.
+        let params = std::fs::read_to_string(guest.join("cmdline")).unwrap_or_default();
+        let append = format!("--append={}", params.trim());
         let status = Command::new(repo().join("ci/mkvm"))
+            .arg(&append)
             .args(["--name", name, "--out"])
             .arg(self.path.join("vms"))
             .arg("--kernel")

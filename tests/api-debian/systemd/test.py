@@ -72,6 +72,7 @@ with subtest("wait_for_open_unix_socket"):
     )
 
 with subtest("the user manager (user=)"):
+    machine.wait_for_unit("user@1000.service", timeout=60)
     machine.wait_for_unit("default.target", "alice", timeout=60)
     machine.wait_for_unit("default.target", user="alice")
     status, out = machine.systemctl("is-active default.target", user="alice")
