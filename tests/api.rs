@@ -487,6 +487,26 @@ from test_driver.machine import retry as imported_retry
 from test_driver.polling_condition import PollingConditionError
 from test_driver.errors import RequestedAssertionFailed
 
+with subtest("names scripts import from the package"):
+    from test_driver import logger
+    from test_driver.debug import Debug, DebugAbstract, DebugNop
+    from test_driver.duration import Duration, as_seconds, as_timedelta
+    from test_driver.efi import EfiVariable
+    from test_driver.errors import MachineError, TestScriptError
+    from test_driver.logger import (
+        AbstractLogger, CompositeLogger, JunitXMLLogger, Logger, LogLevel, TerminalLogger,
+        XMLLogger, rootlog,
+    )
+    from test_driver.machine import (
+        BaseMachine as B, Machine as M, NspawnMachine as N, QemuMachine as Q, QemuStartCommand,
+    )
+    from test_driver.machine.qmp import QMPAPIError, QMPSession
+    from test_driver.polling_condition import PollingCondition
+    from test_driver.vlan import VLan
+    assert M is Q and issubclass(RequestedAssertionFailed, (AssertionError, TestScriptError))
+    assert logger.rootlog is rootlog and rootlog.sanitise("a\x1bb") == "ab"
+    assert as_seconds(timedelta(minutes=1)) == 60.0 and as_timedelta(2) == timedelta(seconds=2)
+
 with subtest("names of the namespace"):
     assert isinstance(driver, Driver) and driver.machines == machines == [machine]
     assert [v.nr for v in vlans] == [1] and vlan1 is vlans[0]
@@ -673,6 +693,7 @@ fn globals_polling_conditions_retry_durations_and_logs() {
         cases.lines().collect::<Vec<_>>(),
         [
             "main ok",
+            "names scripts import from the package ok",
             "names of the namespace ok",
             "polling_condition, every form ok",
             "retry, all three signatures ok",
