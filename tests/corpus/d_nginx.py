@@ -16,6 +16,7 @@ for m in [server, client]:
     wait_online(m)
 
 server.wait_for_job("nginx")
+server.dump_tty_contents("1")
 server.wait_for_open_port(80)
 client.wait_until_succeeds("curl -sf http://server/ | grep -q 'Served by ntd'", timeout=60)
 code = client.succeed("curl -s -o /dev/null -w '%{http_code}' http://server/missing")

@@ -13,6 +13,7 @@ db.start()
 db.wait_for_unit("postgresql.service")
 db.wait_for_unit("postgresql@15-main.service", timeout=300)
 db.wait_for_open_unix_socket("/run/postgresql/.s.PGSQL.5432")
+db.wait_for_open_unix_socket("/run/systemd/journal/socket", is_datagram=True)
 db.wait_for_open_port(5432)
 
 info = db.get_unit_info("postgresql@15-main.service")

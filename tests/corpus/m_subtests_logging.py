@@ -24,4 +24,12 @@ with subtest("assertions that must fail"):
     with t.assertRaises(AssertionError):
         machine.succeed("false")
     machine.fail("false", "exit 3")
-    log.warning("all checks done")
+
+with subtest("a headless machine has no X server"):
+    with t.assertRaises(AssertionError):
+        machine.wait_for_x(timeout=2)
+    with t.assertRaises(AssertionError):
+        machine.wait_for_window("xterm", timeout=2)
+    with t.assertRaises(AssertionError):
+        machine.get_window_names()
+log.warning("all checks done")

@@ -788,8 +788,9 @@ class BaseMachine:
             if rc != 0:
                 raise MachineError(f"Cannot convert screenshot (pnmtopng returned code {rc})")
 
-    def screenshot(self, filename: str) -> None:
+    def screenshot(self, filename: str | os.PathLike[str]) -> None:
         """Save the screen as PNG (in the output directory unless a path is given)."""
+        filename = os.fspath(filename)
         if "." not in filename:
             filename += ".png"
         if "/" not in filename:
