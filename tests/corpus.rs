@@ -185,6 +185,7 @@ corpus!(
     n_console,
     n_two_vlans,
     n_namespace,
+    n_machine_subclass,
     fail_succeed,
     fail_wait_timeout,
     d_nginx,
