@@ -80,13 +80,17 @@ impl Sink for XmlLog {
                     None => self.element("head", &[], msg),
                 }
             }
-            LogEvent::NestEnd { msg, secs, .. } => {
+            LogEvent::NestEnd { msg, secs, ok, .. } => {
                 if self.open_nests > 0 {
-                    self.element(
-                        "line",
-                        &[],
-                        &format!("(finished: {msg}, in {secs:.2} seconds)"),
-                    );
+                    // A block left by an exception gets no finish line (as on the terminal);
+                    // it is still closed, so the document stays well-formed.
+                    if ok {
+                        self.element(
+                            "line",
+                            &[],
+                            &format!("(finished: {msg}, in {secs:.2} seconds)"),
+                        );
+                    }
                     let _ = self.out.write_all(b"</nest>");
                     self.open_nests -= 1;
                 }
@@ -144,5 +148,27 @@ mod tests {
             text.matches("</nest>").count()
         );
         assert!(text.trim_end().ends_with("</logfile>"));
+    }
+
+    #[test]
+    fn failed_block_is_closed_without_a_finish_line() {
+        let path = std::env::temp_dir().join(format!("ntd-xml-fail-{}.xml", std::process::id()));
+        let mut l = Logger::new(Level::Info, vec![Box::new(XmlLog::create(&path).unwrap())]);
+        l.begin(None, "must succeed: false");
+        l.end(false);
+        l.begin(None, "must succeed: true");
+        l.end(true);
+        l.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(!text.contains("(finished: must succeed: false"), "{text}");
+        assert!(
+            text.contains("<head>must succeed: false</head></nest>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<line>(finished: must succeed: true, in "),
+            "{text}"
+        );
     }
 }

@@ -39,9 +39,18 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("test_driver/polling_condition.py"),
     ),
     ("test_driver/debug.py", include_str!("test_driver/debug.py")),
+    ("test_driver/efi.py", include_str!("test_driver/efi.py")),
+    (
+        "test_driver/duration.py",
+        include_str!("test_driver/duration.py"),
+    ),
     (
         "test_driver/machine/__init__.py",
         include_str!("test_driver/machine/__init__.py"),
+    ),
+    (
+        "test_driver/machine/qmp.py",
+        include_str!("test_driver/machine/qmp.py"),
     ),
     ("test_driver/py.typed", ""),
 ];
@@ -68,6 +77,7 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
     "polling_condition",
     "BaseMachine",
     "QemuMachine",
+    "NspawnMachine",
     "Machine",
     "t",
     "debug",

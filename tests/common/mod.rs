@@ -29,6 +29,69 @@ pub fn tiny_guest() -> &'static Path {
     })
 }
 
+/// The tiny guest with a framebuffer console (the bochs DRM driver, loaded at boot): what a
+/// screenshot or OCR sees is the guest's tty1, not the firmware's last text screen (a PVH-booted
+/// kernel never takes over the VGA text console). Built or reused once per test binary.
+pub fn screen_guest() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(repo().join("ci/build-tiny-guest"))
+            .args(["--module", "bochs"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run ci/build-tiny-guest");
+        assert!(
+            out.status.success(),
+            "ci/build-tiny-guest --module bochs failed"
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("build dir").trim())
+    })
+}
+
+/// Make sure a host tool is there: install its Debian package when running as root, else
+/// fail with what to install.
+pub fn ensure_host_tool(tool: &str, package: &str) {
+    let found = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found(tool) {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    assert!(
+        root,
+        "{tool} is missing: install the Debian package {package}"
+    );
+    static APT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = APT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if found(tool) {
+        return;
+    }
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                 --no-install-recommends {package}"
+            ),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run apt-get");
+    assert!(
+        status.success() && found(tool),
+        "installing {package} failed"
+    );
+}
+
 /// A per-test directory with a short path (unix socket paths must stay under 108 bytes).
 pub struct TestDir {
     pub path: PathBuf,
@@ -57,8 +120,17 @@ impl TestDir {
 
     /// Write `run-<name>-vm` for the tiny guest; returns its path.
     pub fn tiny_vm(&self, name: &str, extra: &[&str]) -> PathBuf {
-        let guest = tiny_guest();
+        self.vm_with(tiny_guest(), name, extra)
+    }
+
+    /// Write `run-<name>-vm` for the guest built in `guest` (kernel, initrd); returns its path.
+    pub fn vm_with(&self, guest: &Path, name: &str, extra: &[&str]) -> PathBuf {
+        // The kernel parameters the guest is built for (console=ttyS0, the boot-time tuning);
+        // `ci/mkvm --guest tiny` adds them itself, --kernel/--initrd does not.
+        let params = std::fs::read_to_string(guest.join("cmdline")).unwrap_or_default();
+        let append = format!("--append={}", params.trim());
         let status = Command::new(repo().join("ci/mkvm"))
+            .arg(&append)
             .args(["--name", name, "--out"])
             .arg(self.path.join("vms"))
             .arg("--kernel")
@@ -186,13 +258,29 @@ impl RunResult {
     }
 }
 
-pub fn run_with_limit(mut cmd: Command, limit: Duration) -> RunResult {
+pub fn run_with_limit(cmd: Command, limit: Duration) -> RunResult {
+    run_with_input(cmd, limit, None)
+}
+
+/// Like [`run_with_limit`]; with `input`, the child's stdin is a pipe that gets `input` and
+/// is then closed (EOF), else stdin is inherited.
+pub fn run_with_input(mut cmd: Command, limit: Duration, input: Option<&str>) -> RunResult {
     let start = Instant::now();
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ntd");
+    if let Some(text) = input {
+        let mut w = child.stdin.take().unwrap();
+        let text = text.to_owned();
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut w, text.as_bytes());
+        });
+    }
     let out_pipe = child.stdout.take().unwrap();
     let err_pipe = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || read_all(out_pipe));

@@ -22,6 +22,14 @@ def _report_syntax_error(e: SyntaxError) -> None:
         rootlog.log_test_error(line)
 
 
+def _sync_with_driver() -> None:
+    """One round trip: the driver has handled every earlier notification when it answers."""
+    try:
+        _rpc.channel().call("hello")
+    except _rpc.DriverGone:
+        pass
+
+
 def main() -> None:
     if isinstance(sys.stdout, __import__("io").TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
@@ -41,5 +49,11 @@ def main() -> None:
         driver.interactive()
         return
     tic = time.time()
-    driver.run_tests()
+    try:
+        driver.run_tests()
+    except Exception:
+        # Python prints the traceback itself, straight to stderr: let the driver write the
+        # log lines sent before it first, so that the report reads in order.
+        _sync_with_driver()
+        raise
     rootlog.info(f"test script finished in {time.time() - tic:.2f}s")

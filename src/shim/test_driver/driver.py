@@ -15,21 +15,21 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import CodeType
-from typing import Any
+from typing import Any, overload
 from unittest import TestCase
 
 from test_driver import _rpc
 from test_driver.debug import Debug, DebugAbstract, DebugNop
-from test_driver.errors import MachineError, RequestedAssertionFailed
+from test_driver.duration import Duration, to_seconds
+from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine import (
     BaseMachine,
-    Duration,
     Machine,
+    NspawnMachine,
     QemuMachine,
     retry,
     set_polling_slice,
-    to_seconds,
 )
 from test_driver.polling_condition import PollingCondition
 from test_driver.vlan import VLan
@@ -57,6 +57,45 @@ class _RaceTimer:
 
     def start(self) -> None:
         _rpc.channel().call("arm_timeout")
+
+
+class Poll:
+    """What `polling_condition` returns: ``with cond:`` activates the condition for the
+    block, ``cond.wait(timeout)`` waits until it holds."""
+
+    condition: PollingCondition
+
+    def __init__(self, driver: "Driver", condition: PollingCondition) -> None:
+        self._driver = driver
+        self.condition = condition
+
+    def __enter__(self) -> None:
+        self._driver.polling_conditions.append(self.condition)
+
+    def __exit__(self, a: object, b: object, c: object) -> None:
+        res = self._driver.polling_conditions.pop()
+        assert res is self.condition
+
+    def wait(
+        self,
+        timeout: Duration | None = None,
+        timeout_seconds: Duration | None = None,
+    ) -> None:
+        """Wait until the condition holds (default 15 minutes)."""
+        total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
+        logger = self._driver.logger
+        description = self.condition.description
+
+        def condition(last: bool) -> bool:
+            if last:
+                logger.info(f"Last chance for {description}")
+            ret = self.condition.check(force=True)
+            if not ret and not last:
+                logger.info(f"({description} failure not fatal yet)")
+            return ret
+
+        with logger.nested(f"waiting for {description}"):
+            retry(condition, timeout_seconds=total if total is not None else 900)
 
 
 class Driver:
@@ -110,7 +149,9 @@ class Driver:
 
     # -- the namespace -------------------------------------------------------------------
 
+    @contextmanager
     def subtest(self, name: str) -> Iterator[None]:
+        """A named block of the test (a JUnit test case); a failure in it is logged."""
         with self.logger.subtest(name):
             try:
                 yield
@@ -119,10 +160,6 @@ class Driver:
                 raise e
 
     def test_symbols(self) -> dict[str, Any]:
-        @contextmanager
-        def subtest(name: str) -> Iterator[None]:
-            return self.subtest(name)
-
         general_symbols: dict[str, Any] = dict(
             start_all=self.start_all,
             test_script=self.test_script,
@@ -134,7 +171,7 @@ class Driver:
             log=self.logger,
             os=os,
             create_machine=self.create_machine,
-            subtest=subtest,
+            subtest=self.subtest,
             run_tests=self.run_tests,
             join_all=self.join_all,
             retry=retry,
@@ -143,6 +180,7 @@ class Driver:
             polling_condition=self.polling_condition,
             BaseMachine=BaseMachine,
             QemuMachine=QemuMachine,
+            NspawnMachine=NspawnMachine,
             Machine=Machine,
             t=AssertionTester(),
             debug=self.debug,
@@ -175,7 +213,7 @@ class Driver:
                 for line in traceback.format_exc().splitlines():
                     self.logger.log_test_error(line)
                 sys.exit(1)
-            except RequestedAssertionFailed:
+            except TestScriptError:
                 self._report_assertion(*sys.exc_info())
                 self.debug.breakpoint()
                 sys.exit(1)
@@ -269,6 +307,26 @@ class Driver:
             return None
         return max(0.05, min(c.seconds_interval for c in self.polling_conditions))
 
+    @overload
+    def polling_condition(
+        self,
+        fun_: Callable[..., Any],
+        *,
+        seconds_interval: float | None = None,
+        interval: timedelta | None = None,
+        description: str | None = None,
+    ) -> Poll: ...
+
+    @overload
+    def polling_condition(
+        self,
+        fun_: None = None,
+        *,
+        seconds_interval: float | None = None,
+        interval: timedelta | None = None,
+        description: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Poll]: ...
+
     def polling_condition(
         self,
         fun_: Callable[..., Any] | None = None,
@@ -276,8 +334,10 @@ class Driver:
         seconds_interval: float | None = None,
         interval: timedelta | None = None,
         description: str | None = None,
-    ) -> Any:
-        driver = self
+    ) -> Poll | Callable[[Callable[..., Any]], Poll]:
+        """A condition checked before every command while it is active (``with cond:``):
+        ``@polling_condition``, ``@polling_condition(interval=..., description=...)`` or
+        ``polling_condition(fn)``. The default interval is 2 seconds."""
         if interval is not None:
             every = interval.total_seconds()
         elif seconds_interval is not None:
@@ -285,40 +345,12 @@ class Driver:
         else:
             every = 2.0
 
-        class Poll:
-            def __init__(self, fun: Callable[..., Any]) -> None:
-                self.condition = PollingCondition(fun, driver.logger, every, description)
-
-            def __enter__(self) -> None:
-                driver.polling_conditions.append(self.condition)
-
-            def __exit__(self, a: object, b: object, c: object) -> None:
-                res = driver.polling_conditions.pop()
-                assert res is self.condition
-
-            def wait(
-                self,
-                timeout: Duration | None = None,
-                timeout_seconds: Duration | None = None,
-            ) -> None:
-                total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
-
-                def condition(last: bool) -> bool:
-                    if last:
-                        driver.logger.info(f"Last chance for {self.condition.description}")
-                    ret = self.condition.check(force=True)
-                    if not ret and not last:
-                        driver.logger.info(
-                            f"({self.condition.description} failure not fatal yet)"
-                        )
-                    return ret
-
-                with driver.logger.nested(f"waiting for {self.condition.description}"):
-                    retry(condition, timeout_seconds=total if total is not None else 900)
+        def wrap(fun: Callable[..., Any]) -> Poll:
+            return Poll(self, PollingCondition(fun, self.logger, every, description))
 
         if fun_ is None:
-            return Poll
-        return Poll(fun_)
+            return wrap
+        return wrap(fun_)
 
     # -- interactive ---------------------------------------------------------------------
 

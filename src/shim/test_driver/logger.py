@@ -4,6 +4,7 @@ XML/JUnit) output in upstream's format. Names mirror upstream's logger module.""
 from __future__ import annotations
 
 import sys
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,11 @@ class CompositeLogger(AbstractLogger):
 
     def add_logger(self, logger: AbstractLogger) -> None:
         self.logger_list.append(logger)
+
+    @staticmethod
+    def sanitise(message: str) -> str:
+        """Drop control characters (Unicode category C*), as the XML log does."""
+        return "".join(ch for ch in message if unicodedata.category(ch)[0] != "C")
 
     def _send(self, level: str, message: str, attributes: dict[str, str] | None) -> None:
         machine = (attributes or {}).get("machine")

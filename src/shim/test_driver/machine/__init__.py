@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from test_driver import _rpc
+from test_driver.duration import Duration, to_seconds
+from test_driver.efi import EfiVariable
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.logger import AbstractLogger, rootlog
+from test_driver.machine.qmp import QMPSession
 
-Duration = timedelta | int | float
 
 #: Upstream's default timeout for `execute` and the waits: 15 minutes.
 DEFAULT_TIMEOUT = timedelta(minutes=15)
@@ -52,22 +54,21 @@ CHAR_TO_KEY = {
 }
 
 
-def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
-    """Numbers are seconds, timedeltas are converted, None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of seconds or a timedelta, not a bool")
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+def _make_command(args: list[Any]) -> str:
+    """A shell command line from arguments, each quoted (upstream's ``make_command``)."""
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def _systemctl_command(user: str | None) -> str:
+    """``systemctl``, or for a user manager the ``su`` wrapper upstream's ``systemctl(q,
+    user)`` uses, taking the arguments that follow as ``"$@"`` (the word after ``--`` is the
+    inner shell's ``$0``)."""
+    if user is None:
+        return "systemctl"
+    return (
+        f"su -l {shlex.quote(user)} --shell /bin/sh -c "
+        "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' -- systemctl"
+    )
 
 
 def _fmt_seconds(secs: float) -> str:
@@ -75,7 +76,7 @@ def _fmt_seconds(secs: float) -> str:
 
 
 def retry(
-    fn: Callable[[bool], bool],
+    fn: Callable[..., Any],
     timeout_seconds: Duration | None = None,
     timeout: Duration | None = None,
 ) -> None:
@@ -107,15 +108,35 @@ def retry(
         )
 
 
-class _QMPClient:
-    """What scripts reach as ``machine.qmp_client``: ``send(cmd, args)`` returns the result."""
+class QemuStartCommand(str):
+    """The start command of a machine: the command string itself, with upstream's
+    ``QemuStartCommand`` attributes (``machine_name``, ``cmd(...)``) for scripts that use them."""
 
-    def __init__(self, machine: "BaseMachine") -> None:
-        self._machine = machine
+    @property
+    def _cmd(self) -> str:
+        return str(self)
 
-    def send(self, cmd: str, args: dict[str, Any] = {}) -> Any:
-        return _rpc.channel().call(
-            "qmp", machine=self._machine.name, execute=cmd, arguments=args or None
+    @property
+    def machine_name(self) -> str:
+        """The name in ``run-<name>-vm`` (else ``machine``), as upstream derives it."""
+        match = re.search("run-(.+)-vm$", self)
+        return match.group(1) if match else "machine"
+
+    def cmd(
+        self,
+        monitor_socket_path: Path,
+        qmp_socket_path: Path,
+        shell_socket_path: Path,
+        allow_reboot: bool = False,
+    ) -> str:
+        """The command upstream runs: the start command plus the QEMU arguments it appends."""
+        return (
+            f"{self} -qmp unix:{qmp_socket_path},server=on,wait=off"
+            f" -monitor unix:{monitor_socket_path}"
+            f" -chardev socket,id=shell,path={shell_socket_path}"
+            " -device virtio-serial -device virtconsole,chardev=shell"
+            " -device virtio-rng-pci -serial stdio"
+            + ("" if allow_reboot else " -no-reboot")
         )
 
 
@@ -123,7 +144,7 @@ class BaseMachine:
     """A QEMU virtual machine of the test (upstream: ``QemuMachine``)."""
 
     name: str
-    start_command: str
+    start_command: QemuStartCommand
     state_dir: Path
     shared_dir: Path
     monitor_path: Path
@@ -148,7 +169,7 @@ class BaseMachine:
         logger: AbstractLogger = rootlog,
     ) -> None:
         self.name = name
-        self.start_command = start_command
+        self.start_command = QemuStartCommand(start_command)
         self.state_dir = state_dir
         self.shared_dir = shared_dir
         self.monitor_path = state_dir / "monitor"
@@ -159,7 +180,7 @@ class BaseMachine:
         self.keep_machine_state = keep_machine_state
         self.callbacks = list(callbacks or [])
         self.logger = logger
-        self.qmp_client = _QMPClient(self)
+        self.qmp_client = QMPSession(name)
         # Upstream attributes that have no meaning here but that scripts may read.
         self.process: subprocess.Popen[bytes] | None = None
         self.monitor: Any = None
@@ -197,6 +218,11 @@ class BaseMachine:
     def pid(self) -> int | None:
         pid = self._state()["pid"]
         return int(pid) if pid is not None else None
+
+    @pid.setter
+    def pid(self, value: int | None) -> None:
+        """Scripts that kill QEMU themselves reset ``pid``; the driver tracks the process
+        itself, so the assignment changes nothing."""
 
     @property
     def keep_vm_state(self) -> bool:
@@ -274,6 +300,15 @@ class BaseMachine:
 
     def release(self) -> None:
         """Upstream's cleanup hook; ntd ends every machine itself at the end of the run."""
+
+    def cleanup_statedir(self) -> None:
+        """Delete the machine's state directory (disk images, sockets); only while it is down."""
+        if self.booted:
+            raise MachineError(f"{self.name} is running: its state directory stays")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log(f"deleting machine state directory {self.state_dir}")
+        self.log("if you want to keep the machine state, pass --keep-machine-state")
 
     # -- commands ------------------------------------------------------------------------
 
@@ -381,14 +416,48 @@ class BaseMachine:
     def _output(reply: dict[str, Any]) -> str:
         return base64.b64decode(reply["output"]).decode(errors="replace")
 
-    def wait_until_succeeds(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
-        """Repeat ``command`` until it succeeds; return its output."""
+    def _wait_bounded_attempts(
+        self, command: str, until_success: bool, timeout: Duration, attempt_timeout: Duration
+    ) -> str:
+        """Each attempt is a separate command stopped after ``attempt_timeout``."""
+        output = ""
+
+        def attempt(_: object) -> bool:
+            nonlocal output
+            status, output = self.execute(command, timeout=attempt_timeout)
+            return (status == 0) == until_success
+
+        retry(attempt, timeout)
+        return output
+
+    def wait_until_succeeds(
+        self,
+        command: str,
+        timeout: Duration = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: Duration | None = None,
+    ) -> str:
+        """Repeat ``command`` until it succeeds (at most ``timeout``); return its output.
+
+        ``attempt_timeout`` bounds each attempt (a hanging attempt is stopped and retried);
+        without it an attempt may take the whole ``timeout``, as upstream's does.
+        """
         with self.nested(f"waiting for success: {command}"):
+            if attempt_timeout is not None:
+                return self._wait_bounded_attempts(command, True, timeout, attempt_timeout)
             return self._output(self._wait(command, True, timeout))
 
-    def wait_until_fails(self, command: str, timeout: Duration = DEFAULT_TIMEOUT) -> str:
+    def wait_until_fails(
+        self,
+        command: str,
+        timeout: Duration = DEFAULT_TIMEOUT,
+        *,
+        attempt_timeout: Duration | None = None,
+    ) -> str:
         """Repeat ``command`` until it fails; return its output."""
         with self.nested(f"waiting for failure: {command}"):
+            if attempt_timeout is not None:
+                return self._wait_bounded_attempts(command, False, timeout, attempt_timeout)
             return self._output(self._wait(command, False, timeout))
 
     def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
@@ -484,12 +553,7 @@ class BaseMachine:
     ) -> None:
         """Wait until ``unit`` is active; fail at once if it failed or is inactive with no
         pending jobs (upstream semantics). The check loops inside the guest."""
-        systemctl = "systemctl"
-        if user is not None:
-            systemctl = (
-                f"su -l {shlex.quote(user)} --shell /bin/sh -c "
-                "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' --"
-            )
+        systemctl = _systemctl_command(user)
         q = shlex.quote(unit)
         script = (
             f"s=$({systemctl} --no-pager show {q} --property=ActiveState --value) || exit 203; "
@@ -517,6 +581,24 @@ class BaseMachine:
     def wait_for_job(self, jobname: str) -> None:
         """Legacy name of `wait_for_unit`."""
         self.wait_for_unit(jobname)
+
+    def wait_for_unit_active_state(
+        self,
+        unit: str,
+        state: str,
+        user: str | None = None,
+        timeout: Duration = DEFAULT_TIMEOUT,
+    ) -> None:
+        """Wait until the ``ActiveState`` of ``unit`` is ``state`` (any state, also
+        ``failed`` or ``inactive``)."""
+        systemctl = _systemctl_command(user)
+        script = (
+            f"[ \"$({systemctl} --no-pager show {shlex.quote(unit)} --property=ActiveState "
+            f"--value)\" = {shlex.quote(state)} ]"
+        )
+        with_user = f" with user {user}" if user is not None else ""
+        with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
+            self._wait(script, True, timeout)
 
     # -- console and monitor -------------------------------------------------------------
 
@@ -546,17 +628,34 @@ class BaseMachine:
                     )
 
     def get_console_log(self) -> str:
+        """Everything the serial console printed since the last start, one line per line."""
         log: str = _rpc.channel().call("console_log", machine=self.name)
         return log
+
+    @property
+    def full_console_log(self) -> list[str]:
+        """The serial console lines since the last start (upstream's attribute)."""
+        log = self.get_console_log()
+        return log.split("\n") if log else []
+
+    def wait_for_monitor_prompt(self) -> str:
+        """Upstream reads the raw monitor up to its prompt; ntd's HMP calls are complete
+        when they return, so nothing is pending."""
+        return "(qemu) "
 
     def send_console(self, chars: str) -> None:
         _rpc.channel().call("send_console", machine=self.name, data=chars)
 
     def send_monitor_command(self, command: str) -> str:
-        """Run an HMP command (through QMP's human-monitor-command); return its output."""
+        """Run an HMP command and return what upstream's raw monitor socket shows for it:
+        the echoed command line, the output and the ``(qemu) `` prompt.
+
+        The command runs through QMP's ``human-monitor-command``; the echo and the prompt are
+        added here because scripts test for them (``assert "(qemu)" in r``).
+        """
         self.run_callbacks()
         out: str = _rpc.channel().call("hmp", machine=self.name, command=command)
-        return out
+        return f"{command}\r\n{out}(qemu) "
 
     def wait_for_qmp_event(
         self, event_filter: Callable[[dict[str, Any]], bool], timeout: Duration = 60 * 10
@@ -600,15 +699,20 @@ class BaseMachine:
 
     # -- files ---------------------------------------------------------------------------
 
-    def copy_from_host_via_shell(self, source: str, target: str) -> None:
+    def copy_from_host_via_shell(
+        self, source: str | os.PathLike[str], target: str | os.PathLike[str]
+    ) -> None:
+        """Copy a host file into the guest through the shell (base64 in the command line);
+        works without the shared directory."""
         content = base64.b64encode(Path(source).read_bytes()).decode()
         self.succeed(
             f"mkdir -p $(dirname {target})",
             f"echo -n {content} | base64 -d > {target}",
         )
 
-    def copy_from_host(self, source: str, target: str) -> None:
-        """Copy a host file or directory into the guest through the shared directory."""
+    def copy_from_host(self, source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        """Copy a host file or directory into the guest through the shared directory
+        (permission bits kept, owned by root)."""
         host_src = Path(source)
         vm_target = Path(target)
         self.shared_dir.mkdir(parents=True, exist_ok=True)
@@ -616,33 +720,40 @@ class BaseMachine:
             shared_temp_path = Path(shared_temp)
             vm_shared_temp = Path("/tmp/shared") / shared_temp_path.name
             vm_intermediate = vm_shared_temp / host_src.name
-            self.succeed(f"mkdir -p {shlex.quote(str(vm_shared_temp))}")
+            self.succeed(_make_command(["mkdir", "-p", vm_shared_temp]))
             if host_src.is_dir():
                 shutil.copytree(host_src, shared_temp_path / host_src.name)
             else:
                 shutil.copy(host_src, shared_temp_path)
-            self.succeed(f"mkdir -p {shlex.quote(str(vm_target.parent))}")
-            self.succeed(
-                f"cp -r {shlex.quote(str(vm_intermediate))} {shlex.quote(str(vm_target))}"
-            )
+            self.succeed(_make_command(["mkdir", "-p", vm_target.parent]))
+            self.succeed(_make_command(["cp", "-r", vm_intermediate, vm_target]))
 
-    def copy_from_machine(self, source: str, target_dir: str = "") -> None:
-        """Copy a guest file or directory into the output directory (``out_dir/target_dir``)."""
-        source_path = Path(source)
-        vm_target = Path("/tmp/shared") / target_dir
-        self.succeed(f"mkdir -p {shlex.quote(str(vm_target))}")
-        self.succeed(
-            f"cp -r {shlex.quote(source)} {shlex.quote(str(vm_target / source_path.name))}"
-        )
-        host_src = self.shared_dir / target_dir / source_path.name
-        host_dst = self.out_dir / target_dir / source_path.name
-        host_dst.parent.mkdir(parents=True, exist_ok=True)
-        if host_src.is_dir():
-            shutil.copytree(host_src, host_dst, dirs_exist_ok=True)
-        else:
-            shutil.copy(host_src, host_dst)
+    def copy_from_machine(
+        self, source: str | os.PathLike[str], target_dir: str | os.PathLike[str] = ""
+    ) -> None:
+        """Copy a guest file or directory to ``out_dir/target_dir/<name>`` on the host.
 
-    def copy_from_vm(self, source: str, target_dir: str = "") -> None:
+        The copy passes through a fresh directory in the shared directory (removed
+        afterwards), so ``target_dir`` may also be an absolute host path, as scripts written
+        for the legacy driver pass it.
+        """
+        vm_src = Path(source)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.shared_dir) as shared_temp:
+            intermediate = Path(shared_temp) / vm_src.name
+            vm_shared_temp = Path("/tmp/shared") / Path(shared_temp).name
+            self.succeed(_make_command(["mkdir", "-p", vm_shared_temp]))
+            self.succeed(_make_command(["cp", "-r", vm_src, vm_shared_temp / vm_src.name]))
+            abs_target = self.out_dir / target_dir / vm_src.name
+            abs_target.parent.mkdir(parents=True, exist_ok=True)
+            if intermediate.is_dir():
+                shutil.copytree(intermediate, abs_target, dirs_exist_ok=True)
+            else:
+                shutil.copy(intermediate, abs_target)
+
+    def copy_from_vm(
+        self, source: str | os.PathLike[str], target_dir: str | os.PathLike[str] = ""
+    ) -> None:
         """Deprecated name of `copy_from_machine`."""
         self.copy_from_machine(source, target_dir)
 
@@ -677,8 +788,9 @@ class BaseMachine:
             if rc != 0:
                 raise MachineError(f"Cannot convert screenshot (pnmtopng returned code {rc})")
 
-    def screenshot(self, filename: str) -> None:
+    def screenshot(self, filename: str | os.PathLike[str]) -> None:
         """Save the screen as PNG (in the output directory unless a path is given)."""
+        filename = os.fspath(filename)
         if "." not in filename:
             filename += ".png"
         if "/" not in filename:
@@ -686,21 +798,25 @@ class BaseMachine:
         with self.nested(f"making screenshot {filename}", {"image": os.path.basename(filename)}):
             self._screendump(filename)
 
+    def _require_ocr(self) -> str:
+        """The tesseract binary, or upstream's error when OCR is not available."""
+        tesseract = shutil.which("tesseract")
+        if tesseract is None:
+            self.log("tesseract is not on PATH (Debian: tesseract-ocr; Nix: enableOCR = true)")
+            raise MachineError("OCR requested but enableOCR is false")
+        return tesseract
+
     def _ocr(self, image: str) -> str:
-        try:
-            proc = subprocess.run(
-                ["tesseract", image, "-", "--oem", "2", "-c", "debug_file=/dev/null", "--psm", "11"],
-                capture_output=True,
-            )
-        except FileNotFoundError:
-            raise MachineError(
-                "OCR needs tesseract, which is not installed (Debian: tesseract-ocr; "
-                "Nix: enableOCR = true)"
-            ) from None
+        tesseract = self._require_ocr()
+        proc = subprocess.run(
+            [tesseract, image, "-", "--oem", "2", "-c", "debug_file=/dev/null", "--psm", "11"],
+            capture_output=True,
+        )
         if proc.returncode != 0:
             # --oem 2 needs legacy models; fall back to the LSTM engine.
             proc = subprocess.run(
-                ["tesseract", image, "-", "--psm", "11"], capture_output=True
+                [tesseract, image, "-", "-c", "debug_file=/dev/null", "--psm", "11"],
+                capture_output=True,
             )
             if proc.returncode != 0:
                 raise MachineError(f"tesseract failed: {proc.stderr.decode(errors='replace')}")
@@ -708,6 +824,7 @@ class BaseMachine:
 
     def get_screen_text_variants(self) -> list[str]:
         """OCR of the screen: the raw image and, with ImageMagick, two preprocessed ones."""
+        self._require_ocr()
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "screen.png")
             self._screendump(png)
@@ -727,6 +844,8 @@ class BaseMachine:
             return variants
 
     def get_screen_text(self) -> str:
+        """OCR of the screen (tesseract)."""
+        self._require_ocr()
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "screen.png")
             self._screendump(png)
@@ -835,6 +954,32 @@ class BaseMachine:
             return
 
 
+    def ssh_backdoor_command(self) -> str:
+        """Upstream's vsock SSH backdoor; ntd does not offer it (use `shell_interact`)."""
+        raise MachineError(
+            "the vsock SSH backdoor is not supported by ntd; use shell_interact() instead"
+        )
+
+    # -- EFI variables -------------------------------------------------------------------
+
+    def _efi_unsupported(self) -> MachineError:
+        return MachineError(
+            "editing the OVMF variable store (efi vars) is not supported by ntd"
+        )
+
+    def create_efi_vars(self) -> None:
+        raise self._efi_unsupported()
+
+    def read_efi_vars(self) -> list[EfiVariable]:
+        raise self._efi_unsupported()
+
+    def write_efi_vars(self, add: list[EfiVariable]) -> None:
+        raise self._efi_unsupported()
+
+    def dump_efi_vars(self) -> None:
+        raise self._efi_unsupported()
+
+
 class QemuMachine(BaseMachine):
     """Upstream's name for a QEMU machine (newest generation)."""
 
@@ -858,6 +1003,7 @@ def set_polling_slice(fn: Callable[[], float | None]) -> None:
 
 __all__ = [
     "BaseMachine",
+    "QemuStartCommand",
     "QemuMachine",
     "NspawnMachine",
     "Machine",
