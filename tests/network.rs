@@ -15,6 +15,22 @@ struct Node {
     index: u32,
 }
 
+/// Two nodes on vlan 1.
+fn alice_and_bob() -> [Node; 2] {
+    [
+        Node {
+            name: "alice",
+            vlans: &[1],
+            index: 1,
+        },
+        Node {
+            name: "bob",
+            vlans: &[1],
+            index: 2,
+        },
+    ]
+}
+
 fn hosts(nodes: &[Node]) -> String {
     nodes
         .iter()
@@ -54,18 +70,7 @@ fn network(tag: &str, nodes: &[Node], script: &str, extra_args: &[&str]) -> (Tes
 
 #[test]
 fn two_guests_on_a_vlan_ping_each_other_by_name() {
-    let nodes = [
-        Node {
-            name: "alice",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "bob",
-            vlans: &[1],
-            index: 2,
-        },
-    ];
+    let nodes = alice_and_bob();
     let script = r#"
 start_all()
 alice.succeed("ping -c 1 -W 10 bob")
@@ -130,18 +135,7 @@ b.fail("ping -c 2 -W 2 -I eth1 192.168.1.99")
 
 #[test]
 fn block_makes_ping_fail_and_unblock_restores_it() {
-    let nodes = [
-        Node {
-            name: "alice",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "bob",
-            vlans: &[1],
-            index: 2,
-        },
-    ];
+    let nodes = alice_and_bob();
     let script = r#"
 start_all()
 alice.succeed("ping -c 1 -W 10 bob")
@@ -175,18 +169,7 @@ fn read_pcap(path: &std::path::Path) -> (u32, Vec<Vec<u8>>) {
 
 #[test]
 fn capture_dir_records_every_forwarded_frame_as_pcap() {
-    let nodes = [
-        Node {
-            name: "alice",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "bob",
-            vlans: &[1],
-            index: 2,
-        },
-    ];
+    let nodes = alice_and_bob();
     let script = r#"
 start_all()
 alice.succeed("ping -c 3 -W 10 bob")

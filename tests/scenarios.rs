@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -28,77 +27,16 @@ fn run_test(
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
-    let r = match stdin {
-        None => {
-            cmd.stdin(Stdio::null());
-            run_with_limit(cmd, LIMIT)
-        }
-        Some(text) => {
-            // Feed the REPL: a thread writes stdin while run_with_limit collects the output.
-            cmd.stdin(Stdio::piped());
-            let (tx, rx) = std::sync::mpsc::channel();
-            let text = text.to_owned();
-            let out = std::thread::scope(|s| {
-                s.spawn(move || {
-                    let child_stdin: std::process::ChildStdin = rx.recv().unwrap();
-                    let mut w = child_stdin;
-                    let _ = w.write_all(text.as_bytes());
-                });
-                run_with_stdin(cmd, LIMIT, tx)
-            });
-            out
-        }
-    };
+    if stdin.is_none() {
+        cmd.stdin(Stdio::null());
+    }
+    let r = run_with_input(cmd, LIMIT, stdin);
     eprintln!(
         "{scenario}: exit {:?} in {:.1} s",
         r.code,
         r.elapsed.as_secs_f64()
     );
     (dir, r)
-}
-
-/// Like `run_with_limit`, handing the child's stdin to `tx`.
-fn run_with_stdin(
-    mut cmd: Command,
-    limit: Duration,
-    tx: std::sync::mpsc::Sender<std::process::ChildStdin>,
-) -> RunResult {
-    let start = std::time::Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run-test");
-    tx.send(child.stdin.take().unwrap()).unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st.code();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("run-test ran longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    RunResult {
-        code,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        elapsed: start.elapsed(),
-    }
 }
 
 fn passes(scenario: &str) {
