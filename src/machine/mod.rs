@@ -476,46 +476,26 @@ impl Machine {
     }
 
     fn accept_monitor(&mut self, registry: &Registry, log: &mut Logger) {
-        let Some(l) = self.monitor_listener.as_mut() else {
-            return;
-        };
-        match l.accept() {
-            Ok((mut s, _)) => {
-                let _ = registry.deregister(l);
-                self.monitor_listener = None;
-                if registry
-                    .register(&mut s, self.token(SLOT_MONITOR), Interest::READABLE)
-                    .is_ok()
-                {
-                    self.monitor = Some(s);
-                }
-                self.maybe_connect_qmp(registry, log);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        let token = self.token(SLOT_MONITOR);
+        match accept_once(&mut self.monitor_listener, registry, token) {
+            Ok(Some(s)) => self.monitor = Some(s),
+            Ok(None) => return,
             Err(e) => log.warning(Some(&self.name), &format!("accept on monitor: {e}")),
         }
+        self.maybe_connect_qmp(registry, log);
     }
 
     fn accept_shell(&mut self, registry: &Registry, log: &mut Logger) {
-        let Some(l) = self.shell_listener.as_mut() else {
-            return;
-        };
-        match l.accept() {
-            Ok((mut s, _)) => {
-                let _ = registry.deregister(l);
-                self.shell_listener = None;
-                if registry
-                    .register(&mut s, self.token(SLOT_SHELL), Interest::READABLE)
-                    .is_ok()
-                {
-                    self.shell = Some(s);
-                    self.shell_writable_armed = false;
-                }
-                self.maybe_connect_qmp(registry, log);
+        let token = self.token(SLOT_SHELL);
+        match accept_once(&mut self.shell_listener, registry, token) {
+            Ok(Some(s)) => {
+                self.shell = Some(s);
+                self.shell_writable_armed = false;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(None) => return,
             Err(e) => log.warning(Some(&self.name), &format!("accept on shell: {e}")),
         }
+        self.maybe_connect_qmp(registry, log);
     }
 
     /// QEMU has created its QMP listener before it connects the chardevs, so once both are
@@ -1247,6 +1227,28 @@ impl Machine {
         if !self.keep_state {
             let _ = std::fs::remove_dir_all(&self.paths.state_dir);
         }
+    }
+}
+
+/// Accept the one connection QEMU makes to `listener`, then drop the listener (QEMU never
+/// reconnects). `Ok(None)`: nothing to accept yet (or no listener).
+fn accept_once(
+    listener: &mut Option<UnixListener>,
+    registry: &Registry,
+    token: mio::Token,
+) -> io::Result<Option<UnixStream>> {
+    let Some(l) = listener.as_mut() else {
+        return Ok(None);
+    };
+    match l.accept() {
+        Ok((mut s, _)) => {
+            let _ = registry.deregister(l);
+            *listener = None;
+            registry.register(&mut s, token, Interest::READABLE)?;
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
