@@ -7,8 +7,8 @@
 //! options taking several values, and exit status 2 with a usage message on errors. This module
 //! reads the configuration file but starts nothing.
 
+use crate::json::Value;
 use crate::log::Level;
-use crate::rpc::json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

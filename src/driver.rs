@@ -9,12 +9,12 @@
 //! started and removes the files it made.
 
 use crate::cli::Options;
+use crate::json::{obj, Value};
 use crate::log::{LineKind, Logger};
 use crate::machine::qemu::{self, ExitInfo};
 use crate::machine::shell::WaitSpec;
 use crate::machine::{Machine, Phase, ShellRequest, ShellResult};
 use crate::reactor;
-use crate::rpc::json::{obj, Value};
 use crate::rpc::{self, Channel, ErrorType, OpError, Request};
 use crate::shim;
 use crate::signals;

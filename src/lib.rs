@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod json;
 pub mod log;
 pub mod machine;
 pub mod procinfo;

@@ -7,8 +7,8 @@
 //! driver started. Recording appends to a vector; with tracing off nothing is recorded at all.
 //! This module never does I/O before [`Trace::write`].
 
+use crate::json::{obj, Value};
 use crate::log::{LogEvent, Sink};
-use crate::rpc::json::{obj, Value};
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

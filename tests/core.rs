@@ -454,7 +454,7 @@ fn trace_records_milestones_commands_and_a_timeline() {
     );
     assert!(r.stderr.contains("its own peak RSS"), "{}", r.log());
     let text = std::fs::read_to_string(&trace).unwrap();
-    let v = ntd::rpc::json::Value::parse(text.as_bytes()).expect("trace is JSON");
+    let v = ntd::json::Value::parse(text.as_bytes()).expect("trace is JSON");
     let events = v.get("traceEvents").unwrap().as_array().unwrap();
     let named = |n: &'static str| {
         events

@@ -14,9 +14,9 @@ pub mod qemu;
 pub mod qmp;
 pub mod shell;
 
+use crate::json::Value;
 use crate::log::{py_bytes_repr, Logger};
 use crate::reactor;
-use crate::rpc::json::Value;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};

@@ -7,7 +7,7 @@
 //! framing and classification; which commands to send and when is the machine's business. It
 //! never blocks and never panics on what QEMU sends.
 
-use crate::rpc::json::{obj, Value};
+use crate::json::{obj, Value};
 use std::fmt;
 
 /// Longest QMP line accepted (`human-monitor-command` output can be large, not unbounded).

@@ -6,9 +6,7 @@
 //! the framing, buffering and non-blocking I/O of both pipes; what an op means is the driver's
 //! business. A malformed line from the shim is answered with an error, never a panic.
 
-pub mod json;
-
-use json::Value;
+use crate::json::{self, Value};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::os::fd::{AsRawFd, OwnedFd};
