@@ -4,7 +4,7 @@
 //! read from a `signalfd` registered in the poll loop, so cleanup runs in the loop like every
 //! other event. rustix does not wrap `signalfd`, so this module holds ntd's only foreign calls,
 //! to the C library that std already links. A blocked mask is inherited across `exec`, so every
-//! child is spawned through [`unblock_in_child`].
+//! child is spawned through [`crate::child::spawn`], which clears the mask again.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -70,19 +70,15 @@ pub fn exit_status_for(sig: u32) -> i32 {
 
 const SIG_SETMASK: i32 = 2;
 
-/// Make `cmd`'s child start with an empty signal mask (a blocked SIGTERM would otherwise be
-/// inherited across exec, and QEMU would ignore the driver's SIGTERM).
-pub fn unblock_in_child(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask,
-    // which is async-signal-safe; it touches no locks or allocations.
-    unsafe {
-        cmd.pre_exec(|| {
-            let empty = SigSet([0; 16]);
-            if sigprocmask(SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+/// Empty the signal mask of the calling process. Meant for a forked child before `exec` (see
+/// [`crate::child::spawn`]): a blocked SIGTERM would be inherited across exec, and QEMU would
+/// ignore the driver's SIGTERM. Calling it in the driver itself would break signal handling.
+pub fn clear_mask_in_child() -> io::Result<()> {
+    let empty = SigSet([0; 16]);
+    // SAFETY: `empty` is a valid sigset_t-sized buffer; sigprocmask is async-signal-safe and
+    // touches no memory but the two pointers (the old-set pointer is null).
+    if unsafe { sigprocmask(SIG_SETMASK, &empty, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }

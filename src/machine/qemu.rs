@@ -2,14 +2,13 @@
 //! and environment, the child process in its own process group, and its pidfd.
 //!
 //! This module knows how upstream launches a start script (`run-<name>-vm` + appended
-//! arguments, §4 of the upstream reference) and how to end the whole process group. It does
-//! not read or write any of QEMU's channels; the machine does that.
+//! arguments, §4 of the upstream reference); [`crate::child`] spawns and ends the process
+//! group. It does not read or write any of QEMU's channels; the machine does that.
 
-use rustix::process::{Pid, Signal};
+use crate::child::{self, Child, SpawnOptions};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -157,9 +156,8 @@ pub fn start_env(paths: &MachinePaths) -> Vec<(String, String)> {
 /// A running start command.
 #[derive(Debug)]
 pub struct QemuProcess {
-    /// Pid of the process we spawned; it leads its own process group.
-    pub pid: Pid,
-    pub pidfd: OwnedFd,
+    /// The process we spawned; it leads its own process group.
+    pub child: Child,
     /// QEMU's stdin (`-serial stdio` input, for `send_console`).
     pub stdin: OwnedFd,
     /// QEMU's stdout and stderr (serial console and QEMU's own messages).
@@ -183,8 +181,8 @@ pub fn spawn(
     env: &[(String, String)],
     cwd: &Path,
 ) -> Result<QemuProcess, QemuError> {
-    let (stdin_r, stdin_w) = cloexec_pipe()?;
-    let (out_r, out_w) = cloexec_pipe()?;
+    let (stdin_r, stdin_w) = child::cloexec_pipe().map_err(QemuError::Pipe)?;
+    let (out_r, out_w) = child::cloexec_pipe().map_err(QemuError::Pipe)?;
     let out_w2 = out_w.try_clone().map_err(QemuError::Pipe)?;
     let mut cmd = if is_plain_path(command) {
         let mut c = Command::new(command);
@@ -202,35 +200,20 @@ pub fn spawn(
     };
     cmd.current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
         .stdin(Stdio::from(stdin_r))
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(out_w2));
-    crate::signals::unblock_in_child(&mut cmd);
-    if let Some(nice) = qemu_nice() {
-        // SAFETY: the closure runs in the forked child before exec and only makes one
-        // setpriority system call (async-signal-safe); every QEMU thread inherits the value.
-        unsafe {
-            cmd.pre_exec(move || {
-                let _ = rustix::process::setpriority_process(None, nice);
-                Ok(())
-            });
-        }
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| QemuError::Spawn(command.to_owned(), e))?;
-    // The child cannot be reaped before we wait for it, so its pid is still valid here.
-    let pid = Pid::from_raw(child.id() as i32)
-        .ok_or_else(|| QemuError::Spawn(command.to_owned(), io::Error::other("spawned pid 0")))?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| QemuError::Spawn(command.to_owned(), e.into()))?;
-    drop(child); // std neither waits nor kills on drop; the pidfd tracks the process.
-    set_nonblocking(&stdin_w).map_err(QemuError::Pipe)?;
-    set_nonblocking(&out_r).map_err(QemuError::Pipe)?;
+    let opts = SpawnOptions {
+        own_group: true,
+        nice: qemu_nice(),
+    };
+    let child =
+        child::spawn(&mut cmd, opts).map_err(|e| QemuError::Spawn(command.to_owned(), e))?;
+    drop(cmd); // closes our copies of the child's pipe ends
+    child::set_nonblocking(&stdin_w).map_err(QemuError::Pipe)?;
+    child::set_nonblocking(&out_r).map_err(QemuError::Pipe)?;
     Ok(QemuProcess {
-        pid,
-        pidfd,
+        child,
         stdin: stdin_w,
         stdout: out_r,
     })
@@ -252,76 +235,6 @@ pub fn qemu_nice() -> Option<i32> {
 
 /// See [`qemu_nice`].
 pub const DEFAULT_QEMU_NICE: i32 = 0;
-
-/// A pipe whose both ends are close-on-exec (std dups the child's end onto 0/1/2).
-pub fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), QemuError> {
-    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| QemuError::Pipe(e.into()))
-}
-
-pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(&fd)?;
-    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
-    Ok(())
-}
-
-/// Send `sig` to the whole process group led by `pid` (QEMU and any shell in front of it).
-pub fn signal_group(pid: Pid, sig: Signal) {
-    // ESRCH: the group is already gone, which is what we want.
-    let _ = rustix::process::kill_process_group(pid, sig);
-}
-
-/// True while any process of the group led by `pid` exists.
-pub fn group_alive(pid: Pid) -> bool {
-    rustix::process::test_kill_process_group(pid).is_ok()
-}
-
-/// Non-blocking reap through the pidfd: `Some(status)` once the process has exited.
-pub fn try_reap(pidfd: &OwnedFd) -> Option<ExitInfo> {
-    use rustix::process::{waitid, WaitId, WaitIdOptions};
-    match waitid(
-        WaitId::PidFd(pidfd.as_fd()),
-        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-    ) {
-        Ok(Some(st)) => {
-            if let Some(code) = st.exit_status() {
-                Some(ExitInfo::Code(code))
-            } else if let Some(sig) = st.terminating_signal() {
-                Some(ExitInfo::Signal(sig))
-            } else {
-                Some(ExitInfo::Code(-1))
-            }
-        }
-        Ok(None) => None,
-        // ECHILD: somebody else reaped it; treat as gone.
-        Err(_) => Some(ExitInfo::Code(-1)),
-    }
-}
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitInfo {
-    Code(i32),
-    Signal(i32),
-}
-
-impl ExitInfo {
-    /// Shell-style status: the code, or 128 + signal.
-    pub fn shell_status(self) -> i32 {
-        match self {
-            ExitInfo::Code(c) => c,
-            ExitInfo::Signal(s) => 128 + s,
-        }
-    }
-}
-
-impl fmt::Display for ExitInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitInfo::Code(c) => write!(f, "code {c}"),
-            ExitInfo::Signal(s) => write!(f, "signal {s}"),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

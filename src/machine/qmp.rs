@@ -1,13 +1,14 @@
-//! QMP client framing: turns the bytes QEMU writes on the QMP socket into messages and encodes
-//! commands.
+//! The QMP client: framing of the bytes QEMU writes on the QMP socket into messages, and the
+//! client state ([`QmpClient`]: handshake, command ids, pending results, events).
 //!
 //! QEMU writes one JSON object per line (`\r\n`); the first is the greeting, then command
 //! results (`return`/`error`, echoing our numeric `id`) and asynchronous events, which may
 //! arrive before the result of the command that caused them. This module owns only that
-//! framing and classification; which commands to send and when is the machine's business. It
-//! never blocks and never panics on what QEMU sends.
+//! framing, the handshake and the bookkeeping; it does no I/O (the machine moves the bytes) and
+//! never panics on what QEMU sends.
 
 use crate::json::{obj, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
 /// Longest QMP line accepted (`human-monitor-command` output can be large, not unbounded).
@@ -128,6 +129,204 @@ pub fn hmp_args(command_line: &str) -> Value {
     obj([("command-line", Value::from(command_line))])
 }
 
+/// Where a [`QmpClient`] is in QEMU's handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Connected; waiting for QEMU's greeting.
+    Greeting,
+    /// `qmp_capabilities` sent.
+    Capabilities,
+    /// `query-kvm` sent (which accelerator QEMU really uses).
+    QueryKvm,
+    /// Commands may be sent.
+    Ready,
+    /// QEMU closed the connection.
+    Closed,
+}
+
+/// Something the machine should know or log about its QMP connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QmpNote {
+    /// The handshake is complete; `kvm` tells whether QEMU runs the guest with KVM.
+    Ready { kvm: bool },
+    /// A line QEMU sent could not be understood (the stream stays usable).
+    Protocol(QmpError),
+    /// An error reply nobody waits for (an internal command failed).
+    UnsolicitedError(String),
+}
+
+/// Why a command could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotReady;
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QMP API is not ready yet, is the VM ready?")
+    }
+}
+
+/// Error text for commands whose answer can never come.
+pub const CLOSED: &str = "QEMU closed the QMP connection";
+
+/// Queued QMP events kept for `wait_for_qmp_event`; older ones are dropped.
+pub const MAX_EVENTS: usize = 4096;
+
+/// The QMP client of one QEMU connection, without I/O: bytes from QEMU go into
+/// [`QmpClient::feed`], bytes for QEMU come out of [`QmpClient::take_outbox`].
+///
+/// It answers the greeting with `qmp_capabilities`, asks `query-kvm`, then numbers user
+/// commands from 1 (internal commands use id 0), keeps their results until taken and queues
+/// events (bounded by [`MAX_EVENTS`]).
+#[derive(Debug)]
+pub struct QmpClient {
+    framing: QmpFraming,
+    state: Handshake,
+    next_id: u64,
+    pending: HashSet<u64>,
+    results: HashMap<u64, Result<Value, String>>,
+    events: VecDeque<Value>,
+    outbox: Vec<u8>,
+    kvm: Option<bool>,
+}
+
+impl Default for QmpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QmpClient {
+    /// A client for a freshly connected socket.
+    pub fn new() -> Self {
+        QmpClient {
+            framing: QmpFraming::default(),
+            state: Handshake::Greeting,
+            next_id: 1,
+            pending: HashSet::new(),
+            results: HashMap::new(),
+            events: VecDeque::new(),
+            outbox: Vec::new(),
+            kvm: None,
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.state == Handshake::Ready
+    }
+
+    /// Whether QEMU runs the guest with KVM (known once ready).
+    pub fn kvm(&self) -> Option<bool> {
+        self.kvm
+    }
+
+    /// Bytes to write to QEMU.
+    pub fn take_outbox(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Feed bytes read from the socket; what the machine should know goes to `notes`.
+    pub fn feed(&mut self, data: &[u8], notes: &mut Vec<QmpNote>) {
+        let mut msgs = Vec::new();
+        self.framing.feed(data, &mut msgs);
+        for m in msgs {
+            match m {
+                Ok(m) => self.message(m, notes),
+                Err(e) => notes.push(QmpNote::Protocol(e)),
+            }
+        }
+    }
+
+    /// The connection is gone: commands in flight will never be answered.
+    pub fn closed(&mut self) {
+        self.state = Handshake::Closed;
+        for id in std::mem::take(&mut self.pending) {
+            self.results.insert(id, Err(CLOSED.into()));
+        }
+    }
+
+    fn message(&mut self, m: QmpMessage, notes: &mut Vec<QmpNote>) {
+        match m {
+            QmpMessage::Greeting(_) => {
+                if self.state == Handshake::Greeting {
+                    self.state = Handshake::Capabilities;
+                    self.send(0, "qmp_capabilities", None);
+                }
+            }
+            QmpMessage::Event(ev) => {
+                if self.events.len() == MAX_EVENTS {
+                    self.events.pop_front();
+                }
+                self.events.push_back(ev);
+            }
+            QmpMessage::Return { id, value } => self.reply(id, Ok(value), notes),
+            QmpMessage::Error { id, class, desc } => {
+                self.reply(id, Err(format!("{class}: {desc}")), notes)
+            }
+        }
+    }
+
+    fn reply(&mut self, id: Option<u64>, result: Result<Value, String>, notes: &mut Vec<QmpNote>) {
+        match (id, self.state) {
+            (Some(0), Handshake::Capabilities) => {
+                self.state = Handshake::QueryKvm;
+                self.send(0, "query-kvm", None);
+            }
+            (Some(0), Handshake::QueryKvm) => {
+                let kvm = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| v.get("enabled"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                self.kvm = Some(kvm);
+                self.state = Handshake::Ready;
+                notes.push(QmpNote::Ready { kvm });
+            }
+            (Some(id), _) if self.pending.remove(&id) => {
+                self.results.insert(id, result);
+            }
+            _ => {
+                if let Err(e) = result {
+                    notes.push(QmpNote::UnsolicitedError(e));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, id: u64, name: &str, args: Option<Value>) {
+        self.outbox
+            .extend_from_slice(&encode_command(name, args, id));
+    }
+
+    /// Queue a user command; its result comes from [`Self::take_result`] with the returned id.
+    pub fn execute(&mut self, name: &str, args: Option<Value>) -> Result<u64, NotReady> {
+        if !self.ready() {
+            return Err(NotReady);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id);
+        self.send(id, name, args);
+        Ok(id)
+    }
+
+    /// The result of command `id`, once it arrived (or can never arrive).
+    pub fn take_result(&mut self, id: u64) -> Option<Result<Value, String>> {
+        if let Some(r) = self.results.remove(&id) {
+            return Some(r);
+        }
+        if !self.pending.contains(&id) {
+            return Some(Err(CLOSED.into()));
+        }
+        None
+    }
+
+    /// The oldest queued event.
+    pub fn next_event(&mut self) -> Option<Value> {
+        self.events.pop_front()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +377,110 @@ mod tests {
             b,
             b"{\"execute\":\"human-monitor-command\",\"arguments\":{\"command-line\":\"info status\"},\"id\":7}\n"
         );
+    }
+
+    fn handshake(kvm: bool) -> (QmpClient, Vec<QmpNote>) {
+        let mut c = QmpClient::new();
+        let mut notes = Vec::new();
+        c.feed(
+            b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n",
+            &mut notes,
+        );
+        assert_eq!(
+            c.take_outbox(),
+            b"{\"execute\":\"qmp_capabilities\",\"id\":0}\n"
+        );
+        c.feed(b"{\"return\": {}, \"id\": 0}\r\n", &mut notes);
+        assert_eq!(c.take_outbox(), b"{\"execute\":\"query-kvm\",\"id\":0}\n");
+        let reply =
+            format!("{{\"return\": {{\"enabled\": {kvm}, \"present\": true}}, \"id\": 0}}\r\n");
+        c.feed(reply.as_bytes(), &mut notes);
+        (c, notes)
+    }
+
+    #[test]
+    fn client_handshake_reports_ready_with_accelerator() {
+        let (c, notes) = handshake(false);
+        assert_eq!(notes, vec![QmpNote::Ready { kvm: false }]);
+        assert!(c.ready());
+        assert_eq!(c.kvm(), Some(false));
+        assert_eq!(handshake(true).0.kvm(), Some(true));
+    }
+
+    #[test]
+    fn client_execute_before_ready_is_refused() {
+        let mut c = QmpClient::new();
+        assert_eq!(c.execute("stop", None), Err(NotReady));
+        assert!(c.take_outbox().is_empty());
+    }
+
+    #[test]
+    fn client_results_match_ids_even_when_events_come_first() {
+        let (mut c, _) = handshake(false);
+        let a = c.execute("stop", None).unwrap();
+        let b = c.execute("cont", None).unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(
+            c.take_outbox(),
+            b"{\"execute\":\"stop\",\"id\":1}\n{\"execute\":\"cont\",\"id\":2}\n"
+        );
+        let mut notes = Vec::new();
+        c.feed(
+            b"{\"event\": \"STOP\"}\r\n{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": 2}\r\n{\"return\": {}, \"id\": 1}\r\n",
+            &mut notes,
+        );
+        assert!(notes.is_empty());
+        assert_eq!(c.take_result(1), Some(Ok(Value::Object(vec![]))));
+        assert_eq!(c.take_result(2), Some(Err("GenericError: no".into())));
+        assert_eq!(
+            c.next_event().and_then(|e| e.get("event").cloned()),
+            Some(Value::from("STOP"))
+        );
+        assert_eq!(c.next_event(), None);
+    }
+
+    #[test]
+    fn client_pending_command_fails_when_connection_closes() {
+        let (mut c, _) = handshake(false);
+        let id = c.execute("query-status", None).unwrap();
+        assert_eq!(c.take_result(id), None);
+        c.closed();
+        assert_eq!(c.take_result(id), Some(Err(CLOSED.into())));
+        assert!(!c.ready());
+        assert_eq!(c.execute("stop", None), Err(NotReady));
+    }
+
+    #[test]
+    fn client_unknown_id_error_is_a_note_and_events_are_bounded() {
+        let (mut c, _) = handshake(false);
+        let mut notes = Vec::new();
+        c.feed(
+            b"{\"error\": {\"class\": \"X\", \"desc\": \"y\"}, \"id\": 99}\r\n",
+            &mut notes,
+        );
+        assert_eq!(notes, vec![QmpNote::UnsolicitedError("X: y".into())]);
+        for _ in 0..MAX_EVENTS + 5 {
+            c.feed(b"{\"event\": \"E\"}\n", &mut notes);
+        }
+        let mut n = 0;
+        while c.next_event().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, MAX_EVENTS);
+    }
+
+    #[test]
+    fn client_byte_by_byte_handshake_is_the_same() {
+        let mut c = QmpClient::new();
+        let mut notes = Vec::new();
+        for b in b"{\"QMP\": {}}\r\n" {
+            c.feed(&[*b], &mut notes);
+        }
+        assert!(!c.take_outbox().is_empty());
+        for b in b"{\"return\": {}, \"id\": 0}\r\n{\"return\": {\"enabled\": true}, \"id\": 0}\r\n"
+        {
+            c.feed(&[*b], &mut notes);
+        }
+        assert_eq!(notes, vec![QmpNote::Ready { kvm: true }]);
     }
 }

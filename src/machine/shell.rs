@@ -1,9 +1,11 @@
-//! The backdoor shell protocol: what ntd sends to the guest's root shell on `/dev/hvc0` and how
-//! the bytes coming back are cut into command results.
+//! The backdoor shell protocol, host side: how the bytes coming back from the guest's root
+//! shell on `/dev/hvc0` are cut into command results ([`ShellFraming`]). What is sent lives in
+//! [`super::guest`]; the conversation (setup, requests, lost-output repair) in
+//! [`super::session`].
 //!
 //! The guest runs `bash --norc /dev/hvc0` (NixOS test-instrumentation). Once the sentinel
 //! `Spawning backdoor root shell...` has been seen, ntd sends one setup block that gives the
-//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `cat`), `/dev/null` on
+//! shell a persistent output pipe (fd 3, copied to hvc0 by one long-lived `tee`), `/dev/null` on
 //! fd 5 and a few small functions. Each command is then one short line,
 //! `_Nn=<nonce>; _Nc='<command>'; _Nr` (the wire form of `__ntd_n`, `__ntd_c`, `__ntd_r`), and
 //! costs the guest one fork and no exec:
@@ -29,11 +31,9 @@
 //! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`; a watchdog coprocess
 //! enforces timeouts, so neither a timed command nor a wait execs anything but the command.
 //!
-//! This module is pure: it never touches a socket. The machine feeds it bytes and writes the
-//! commands it encodes.
+//! This module is pure: it never touches a socket and never panics on what the guest sends.
 
 use memchr::memmem;
-use std::fmt::Write as _;
 
 /// What the backdoor prints once its shell is ready (NixOS test-instrumentation).
 pub const SENTINEL: &[u8] = b"Spawning backdoor root shell...";
@@ -48,168 +48,6 @@ pub const NONCE_LEN: usize = 16;
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
 /// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
 const MAX_STATUS_TAIL: usize = 22;
-
-/// The setup block sent once per shell (again after a reboot), before the first command.
-///
-/// - fd 3: a pipe drained by one long-lived `tee` that writes to the console and appends to a
-///   spool file in tmpfs, so output the virtio console dropped can be fetched again in pieces
-///   small enough to never be dropped (`__ntd_fetch`, straight to the console). `tee` writes
-///   the spool before the console, so once the host has seen a frame's end, the spool has it
-///   too. The host knows every frame's offset in the spool (it counts what arrived) and
-///   truncates the spool, now and then, in front of a command (`: >"$__ntd_sp"`); truncating
-///   before every command would cost a tenth of the per-command latency;
-/// - fd 5: `/dev/null`, every command's stdin.
-///
-/// bash reads its script one byte per `read()` from the console (about 10 µs per byte under
-/// TCG) and every fork costs milliseconds, so only what every command needs is here; the
-/// timeout and wait machinery follows with the first command that needs it
-/// ([`SETUP_TIMEOUTS`], [`SETUP_WAITS`]).
-pub const SETUP: &str = r#"__ntd_sp=/dev/shm
-[[ -d $__ntd_sp && -w $__ntd_sp ]] || __ntd_sp=/tmp
-__ntd_sp=$__ntd_sp/.ntd-spool-$$
-exec 9>&1
-exec 3> >(exec tee -a "$__ntd_sp" /dev/fd/9 >/dev/null)
-__ntd_cp=$!
-exec 5</dev/null 9>&-
-__ntd_r() {
-  ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
-  printf '\001E%s %d\001' "$__ntd_n" "$?" >&3
-}
-__ntd_count() {
-  local __ntd_v
-  __ntd_v=$(stat -c %s "$__ntd_sp" 2>/dev/null) || __ntd_v=-1
-  printf '\001C%s %s\001' "$1" "${__ntd_v:--1}" >&3
-}
-__ntd_fetch() {
-  dd bs="$2" count=1 <&8 2>/dev/null
-  printf '\001E%s %d\001' "$1" "$?"
-}
-"#;
-
-/// Sent in front of the first timed command: fds 6/7 become a watchdog coprocess that
-/// enforces timeouts without exec'ing `timeout`. A timed command's subshell writes `<its pid>
-/// <seconds>` to fd 6 and the shell writes a line when the command is over; if that line does
-/// not come in time the watchdog writes `fired` (fd 7) and SIGTERMs the subshell and all its
-/// descendants, and the status becomes 124 like `timeout`'s. Should the watchdog be gone,
-/// `timeout` is exec'd instead.
-pub const SETUP_TIMEOUTS: &str = r#"__ntd_kill() {
-  local __ntd_all=("$1") __ntd_i=0 __ntd_f __ntd_k
-  while (( __ntd_i < ${#__ntd_all[@]} )); do
-    for __ntd_f in /proc/${__ntd_all[__ntd_i]}/task/*/children; do
-      __ntd_k=()
-      # The file has no trailing newline, so read reports EOF but fills the array.
-      [[ -r $__ntd_f ]] && { read -r -a __ntd_k < "$__ntd_f" || :; }
-      __ntd_all+=("${__ntd_k[@]}")
-    done
-    __ntd_i=$(( __ntd_i + 1 ))
-  done
-  kill -TERM "${__ntd_all[@]}" 2>/dev/null
-}
-__ntd_watch() {
-  local __ntd_p __ntd_t __ntd_x __ntd_r
-  while read -r __ntd_p __ntd_t; do
-    read -t "$__ntd_t" -r __ntd_x
-    __ntd_r=$?
-    (( __ntd_r == 0 )) && continue
-    (( __ntd_r <= 128 )) && break
-    printf 'fired\n'
-    __ntd_kill "$__ntd_p"
-    read -r __ntd_x || break
-  done
-}
-coproc __ntd_wd { __ntd_watch; }
-exec 6>&"${__ntd_wd[1]}" 7<&"${__ntd_wd[0]}"
-__ntd_disarm() {
-  printf 'x\n' >&6
-  if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
-}
-__ntd_rt() {
-  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
-    __ntd_s=$?
-    __ntd_disarm
-  else
-    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
-    __ntd_s=$?
-  fi
-  printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-}
-"#;
-
-/// Sent in front of the first wait (after [`SETUP_TIMEOUTS`]): `__ntd_loop` is the guest-side
-/// wait loop (pauses 3x an attempt's duration, at least the given interval, at most 0.5 s). It
-/// pauses with `read -t` on fd 7, which only ever carries the watchdog's `fired` (then the wait
-/// is over anyway), so pausing costs no fork.
-pub const SETUP_WAITS: &str = r#"__ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p __ntd_f
-  __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
-  while :; do
-    __ntd_t0=${EPOCHREALTIME/./}
-    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 7<&-
-    __ntd_s=$?
-    if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
-    (( $6 > 0 && __ntd_s >= $6 )) && break
-    __ntd_t1=${EPOCHREALTIME/./}
-    (( __ntd_t1 >= __ntd_d )) && break
-    printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-    __ntd_g=$(( (__ntd_t1 - __ntd_t0) * 3 ))
-    (( __ntd_g < $5 )) && __ntd_g=$5
-    (( __ntd_g > 500000 )) && __ntd_g=500000
-    (( __ntd_t1 + __ntd_g > __ntd_d )) && __ntd_g=$(( __ntd_d - __ntd_t1 ))
-    printf -v __ntd_p '%d.%06d' $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
-    read -t "$__ntd_p" -u 7 __ntd_f 2>/dev/null
-    case $? in 0) exit 124 ;; 1) sleep "$__ntd_p" ;; esac
-  done
-  printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-}
-__ntd_wait() {
-  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
-    __ntd_s=$?
-    __ntd_disarm
-  else
-    timeout "$7" bash -c "$(declare -f __ntd_loop)"'
-__ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
-    __ntd_s=$?
-  fi
-  printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
-}
-"#;
-
-/// The wire form of the `__ntd_` names in [`SETUP`]; the encoders below use it directly.
-pub const WIRE_PREFIX: &str = "_N";
-
-/// Which part of the guest-side machinery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetupPart {
-    Base,
-    Timeouts,
-    Waits,
-}
-
-/// A setup part as sent: indentation and blank lines dropped, `__ntd_` shortened to
-/// [`WIRE_PREFIX`] (every byte is a `read()` in the guest).
-pub fn setup_text(part: SetupPart) -> &'static str {
-    use std::sync::OnceLock;
-    static TEXTS: [OnceLock<String>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let (cell, source) = match part {
-        SetupPart::Base => (&TEXTS[0], SETUP),
-        SetupPart::Timeouts => (&TEXTS[1], SETUP_TIMEOUTS),
-        SetupPart::Waits => (&TEXTS[2], SETUP_WAITS),
-    };
-    cell.get_or_init(|| {
-        let mut out = String::with_capacity(source.len());
-        for line in source
-            .lines()
-            .map(str::trim_start)
-            .filter(|l| !l.is_empty())
-        {
-            out.push_str(&line.replace("__ntd_", WIRE_PREFIX));
-            out.push('\n');
-        }
-        out
-    })
-}
 
 /// One thing the shell byte stream told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,158 +373,12 @@ fn parse_tail(tail: &[u8]) -> Tail {
     }
 }
 
-/// Why a command cannot be sent to the guest shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EncodeError {
-    /// bash cannot carry NUL bytes in its input.
-    NulByte,
-}
-
-impl std::fmt::Display for EncodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EncodeError::NulByte => write!(
-                f,
-                "the command contains a NUL byte, which a shell command line cannot carry; \
-                 pass binary data base64-encoded instead"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for EncodeError {}
-
-/// Quote `s` as one single-quoted bash word.
-pub fn shell_quote(s: &str, out: &mut String) {
-    out.push('\'');
-    for (i, part) in s.split('\'').enumerate() {
-        if i > 0 {
-            out.push_str("'\\''");
-        }
-        out.push_str(part);
-    }
-    out.push('\'');
-}
-
-/// Format seconds the way upstream's newest driver does for `timeout` (`900.0`, `0.5`).
-pub fn format_seconds(secs: f64) -> String {
-    if secs.fract() == 0.0 {
-        format!("{secs:.1}")
-    } else {
-        format!("{secs}")
-    }
-}
-
-/// The line that runs `command` once; with `timeout` the watchdog ends it (and its children)
-/// after that many seconds with exit status 124, as upstream's `timeout <t> bash -c` does.
-pub fn encode_run(
-    nonce: &[u8; NONCE_LEN],
-    command: &str,
-    timeout: Option<f64>,
-) -> Result<String, EncodeError> {
-    if command.contains('\0') {
-        return Err(EncodeError::NulByte);
-    }
-    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
-    let mut line = String::with_capacity(command.len() + 48);
-    let _ = write!(line, "_Nn={nonce}; _Nc=");
-    shell_quote(command, &mut line);
-    match timeout {
-        None => line.push_str("; _Nr\n"),
-        Some(t) => {
-            let _ = writeln!(line, "; _Nt={}; _Nrt", format_seconds(t));
-        }
-    }
-    Ok(line)
-}
-
-/// The line that fetches the next `len` spooled bytes; they arrive as a frame of their own
-/// (straight to the console, not through the spool). The first piece of a repair opens the
-/// spool on fd 8 and seeks to `start` (dd seeks regular files), so every later piece is one
-/// sequential read, however far into a large spool it lies.
-pub fn encode_fetch(nonce: &[u8; NONCE_LEN], start: Option<u64>, len: usize) -> String {
-    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
-    match start {
-        Some(off) => format!(
-            "exec 8<\"$_Nsp\"; dd bs=1 skip={off} count=0 <&8 2>/dev/null; _Nfetch {nonce} {len}\n"
-        ),
-        None => format!("_Nfetch {nonce} {len}\n"),
-    }
-}
-
-/// Closes the spool after a repair.
-pub const FETCH_DONE: &str = "exec 8<&-\n";
-
-/// What a command line is prefixed with to empty the spool.
-pub const TRUNCATE_SPOOL: &str = ": >\"$_Nsp\"; ";
-
-/// Size of the pieces [`encode_fetch`] asks for: well below what QEMU's side of the console
-/// socket holds (about 100 KiB), so a piece cannot be dropped even if the driver stalls.
-pub const FETCH_PIECE: usize = 65536;
-
 /// Find the end marker of `nonce` in spooled bytes: `(output length, status)`.
 pub fn parse_spool(spool: &[u8], nonce: &[u8; NONCE_LEN]) -> Option<(usize, i32)> {
     match find_marker(spool, nonce, b"E") {
         Found::Marker { at, status, .. } => Some((at, status as i32)),
         Found::NeedMore { .. } => None,
     }
-}
-
-/// The line that asks how many bytes the guest's copier has read so far.
-pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
-    format!(
-        "_Ncount {}\n",
-        std::str::from_utf8(nonce).unwrap_or("0000000000000000")
-    )
-}
-
-/// How long a wait's watchdog lets a hanging attempt run past the wait's budget.
-pub const WAIT_GRACE_SECS: f64 = 0.5;
-
-/// Parameters of a guest-side wait loop.
-#[derive(Debug, Clone, Copy)]
-pub struct WaitSpec {
-    /// Loop until the command succeeds (true) or fails (false).
-    pub until_success: bool,
-    /// How long the loop may run before it stops by itself.
-    pub budget_secs: f64,
-    /// Shortest pause between attempts; the loop pauses 3x an attempt's duration when longer.
-    pub min_interval_us: u64,
-    /// An attempt exiting with this status or higher ends the loop at once (a condition that
-    /// can no longer become true, e.g. a unit that failed); 0 disables it.
-    pub fatal_status: u8,
-}
-
-/// The line that runs `command` repeatedly in the guest until it succeeds/fails or the budget
-/// is spent. The loop runs under the watchdog (budget + grace) so a hanging attempt cannot
-/// outlive the wait.
-pub fn encode_wait(
-    nonce: &[u8; NONCE_LEN],
-    command: &str,
-    spec: WaitSpec,
-) -> Result<String, EncodeError> {
-    if command.contains('\0') {
-        return Err(EncodeError::NulByte);
-    }
-    let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
-    let budget_us = (spec.budget_secs.max(0.0) * 1e6) as u64;
-    // The watchdog fires only if an attempt hangs past the loop's own deadline.
-    let wrapper = spec.budget_secs.max(0.0) + WAIT_GRACE_SECS;
-    let mut line = String::with_capacity(command.len() + 64);
-    let _ = write!(
-        line,
-        "_Nwait {nonce} {} {budget_us} ",
-        if spec.until_success { 0 } else { 1 }
-    );
-    shell_quote(command, &mut line);
-    let _ = writeln!(
-        line,
-        " {} {} {}",
-        spec.min_interval_us.max(1000),
-        spec.fatal_status,
-        format_seconds((wrapper * 1000.0).round() / 1000.0)
-    );
-    Ok(line)
 }
 
 /// A fresh nonce from a small xorshift generator seeded from the OS.
@@ -707,6 +399,11 @@ impl NonceSource {
             s = t ^ ((std::process::id() as u64) << 32) | 1;
         }
         NonceSource(s)
+    }
+
+    /// A reproducible sequence (tests); `seed` 0 is replaced by 1 (xorshift needs a set bit).
+    pub fn from_seed(seed: u64) -> Self {
+        NonceSource(seed.max(1))
     }
 
     pub fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
@@ -943,49 +640,6 @@ mod tests {
         }
         assert_eq!(done(&ev), (0, body));
         assert!(f.buf.is_empty());
-    }
-
-    #[test]
-    fn encode_run_quotes_single_quotes() {
-        let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
-        assert_eq!(
-            line,
-            "_Nn=0123456789abcdef; _Nc='echo '\\''a'\\''\"b\"'; _Nr\n"
-        );
-        let t = encode_run(N, "true", Some(900.0)).unwrap();
-        assert_eq!(t, "_Nn=0123456789abcdef; _Nc='true'; _Nt=900.0; _Nrt\n");
-        assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
-    }
-
-    #[test]
-    fn encode_wait_carries_budget_interval_and_wrapper() {
-        let spec = WaitSpec {
-            until_success: false,
-            budget_secs: 1.5,
-            min_interval_us: 20_000,
-            fatal_status: 0,
-        };
-        let line = encode_wait(N, "test -e /x", spec).unwrap();
-        assert_eq!(
-            line,
-            "_Nwait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 2.0\n"
-        );
-    }
-
-    #[test]
-    fn setup_text_keeps_every_command_and_drops_indentation() {
-        for (part, source) in [
-            (SetupPart::Base, SETUP),
-            (SetupPart::Timeouts, SETUP_TIMEOUTS),
-            (SetupPart::Waits, SETUP_WAITS),
-        ] {
-            let text = setup_text(part);
-            assert!(text.len() < source.len());
-            assert!(!text.lines().any(|l| l.starts_with(' ') || l.is_empty()));
-            let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert_eq!(words(text), words(&source.replace("__ntd_", WIRE_PREFIX)));
-            assert!(!text.contains("__ntd_"));
-        }
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! the framing, buffering and non-blocking I/O of both pipes; what an op means is the driver's
 //! business. A malformed line from the shim is answered with an error, never a panic.
 
+pub mod ops;
+
 use crate::json::{self, Value};
+use crate::nbio::{read_available, FdReader, Registration, WriteBuffer};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -58,56 +61,6 @@ impl OpError {
             msg: msg.into(),
         }
     }
-}
-
-/// One decoded line from the shim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub id: Option<i64>,
-    pub op: String,
-    pub body: Value,
-}
-
-impl Request {
-    pub fn str(&self, key: &str) -> Result<&str, OpError> {
-        self.body.get(key).and_then(Value::as_str).ok_or_else(|| {
-            OpError::new(
-                ErrorType::Value,
-                format!("{}: argument '{key}' must be a string", self.op),
-            )
-        })
-    }
-
-    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, OpError> {
-        match self.body.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                OpError::new(
-                    ErrorType::Value,
-                    format!("{}: argument '{key}' must be a number", self.op),
-                )
-            }),
-        }
-    }
-
-    pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.body
-            .get(key)
-            .and_then(Value::as_bool)
-            .unwrap_or(default)
-    }
-}
-
-/// Parse one request line.
-pub fn decode_request(line: &[u8]) -> Result<Request, String> {
-    let body = Value::parse(line).map_err(|e| e.to_string())?;
-    let op = body
-        .get("op")
-        .and_then(Value::as_str)
-        .ok_or("request without an \"op\" string")?
-        .to_owned();
-    let id = body.get("id").and_then(Value::as_i64);
-    Ok(Request { id, op, body })
 }
 
 pub fn encode_ok(id: i64, value: Value) -> String {
@@ -184,10 +137,7 @@ pub struct Channel {
     inbuf: Vec<u8>,
     /// Scratch buffer for reads (allocated once).
     readbuf: Vec<u8>,
-    outbuf: Vec<u8>,
-    out_pos: usize,
-    tx_token: Token,
-    tx_armed: bool,
+    out: WriteBuffer,
 }
 
 impl Channel {
@@ -197,10 +147,7 @@ impl Channel {
             tx: Some(tx),
             inbuf: Vec::new(),
             readbuf: vec![0; 256 * 1024],
-            outbuf: Vec::new(),
-            out_pos: 0,
-            tx_token,
-            tx_armed: false,
+            out: WriteBuffer::new(tx_token, Registration::WriteOnly),
         }
     }
 
@@ -211,42 +158,38 @@ impl Channel {
         Ok(())
     }
 
-    /// Read what is available; complete lines go to `out`. Returns false once the shim closed
-    /// its end (EOF).
-    pub fn read(&mut self, registry: &Registry, out: &mut Vec<Result<Request, String>>) -> bool {
+    /// Read what is available; every complete line, decoded, goes to `out`. Returns false once
+    /// the shim closed its end (EOF).
+    pub fn read(
+        &mut self,
+        registry: &Registry,
+        out: &mut Vec<Result<ops::Request, ops::DecodeError>>,
+    ) -> bool {
         let Some(rx) = &self.rx else {
             return false;
         };
-        let mut open = true;
-        loop {
-            match rustix::io::read(rx, &mut self.readbuf) {
-                Ok(0) => {
-                    open = false;
-                    break;
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&self.readbuf[..n]),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(_) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
+        let inbuf = &mut self.inbuf;
+        let open = !read_available(&mut FdReader(rx), &mut self.readbuf, |chunk| {
+            inbuf.extend_from_slice(chunk)
+        });
         let mut start = 0;
         while let Some(nl) = memchr::memchr(b'\n', &self.inbuf[start..]) {
             let line = &self.inbuf[start..start + nl];
             start += nl + 1;
             if !line.is_empty() {
-                out.push(decode_request(line));
+                out.push(ops::decode(line));
             }
         }
         self.inbuf.drain(..start);
         if self.inbuf.len() > MAX_REQUEST {
             self.inbuf.clear();
-            out.push(Err(format!(
-                "request longer than {MAX_REQUEST} bytes dropped"
-            )));
+            out.push(Err(ops::DecodeError {
+                id: None,
+                error: OpError::new(
+                    ErrorType::Value,
+                    format!("request longer than {MAX_REQUEST} bytes dropped"),
+                ),
+            }));
         }
         if !open {
             if let Some(rx) = self.rx.take() {
@@ -258,45 +201,14 @@ impl Channel {
 
     /// Queue a reply line and write as much as the pipe takes.
     pub fn send(&mut self, registry: &Registry, line: &str) {
-        if self.tx.is_none() {
-            return;
+        if let Some(tx) = &self.tx {
+            self.out.send(tx, registry, line.as_bytes());
         }
-        self.outbuf.extend_from_slice(line.as_bytes());
-        self.flush(registry);
     }
 
     pub fn flush(&mut self, registry: &Registry) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        while self.out_pos < self.outbuf.len() {
-            match rustix::io::write(tx, &self.outbuf[self.out_pos..]) {
-                Ok(n) => self.out_pos += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(_) => {
-                    // The shim is gone; its exit is noticed through its pidfd.
-                    self.outbuf.clear();
-                    self.out_pos = 0;
-                    break;
-                }
-            }
-        }
-        if self.out_pos == self.outbuf.len() {
-            self.outbuf.clear();
-            self.out_pos = 0;
-        }
-        let want = !self.outbuf.is_empty();
-        if want != self.tx_armed {
-            let mut src = SourceFd(&tx.as_raw_fd());
-            let ok = if want {
-                registry.register(&mut src, self.tx_token, Interest::WRITABLE)
-            } else {
-                registry.deregister(&mut src)
-            };
-            if ok.is_ok() {
-                self.tx_armed = want;
-            }
+        if let Some(tx) = &self.tx {
+            self.out.flush(tx, registry);
         }
     }
 
@@ -306,9 +218,10 @@ impl Channel {
             let _ = registry.deregister(&mut SourceFd(&rx.as_raw_fd()));
         }
         if let Some(tx) = self.tx.take() {
-            if self.tx_armed {
+            if self.out.armed() {
                 let _ = registry.deregister(&mut SourceFd(&tx.as_raw_fd()));
             }
+            self.out.clear();
         }
     }
 }
@@ -328,16 +241,6 @@ mod tests {
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert!(base64_decode("a$b").is_none());
-    }
-
-    #[test]
-    fn decode_request_requires_op() {
-        let r = decode_request(br#"{"id":3,"op":"execute","command":"true"}"#).unwrap();
-        assert_eq!(r.id, Some(3));
-        assert_eq!(r.str("command").unwrap(), "true");
-        assert!(r.str("missing").is_err());
-        assert!(decode_request(br#"{"id":3}"#).is_err());
-        assert!(decode_request(b"garbage").is_err());
     }
 
     #[test]

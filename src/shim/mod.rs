@@ -5,6 +5,7 @@
 //! reports); this module only writes its files and starts the interpreter with the two pipes
 //! of the line protocol. It never interprets a request.
 
+use crate::child::{self, Child, SpawnOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -84,9 +85,41 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
     "dump_machine_ssh",
 ];
 
+/// The module `test_driver/_constants.py`: the defaults the shim shares with the driver,
+/// generated from the driver's constants so the two languages cannot disagree.
+pub fn constants_module() -> String {
+    use crate::rpc::ops;
+    let secs = |d: std::time::Duration| d.as_secs_f64();
+    format!(
+        r#""""Defaults shared with the ntd driver, generated from its Rust constants
+(`rpc::ops`); do not edit."""
+
+from datetime import timedelta
+
+#: Upstream's default timeout of `execute` and of every wait.
+DEFAULT_TIMEOUT = timedelta(seconds={})
+#: Upstream's default timeout of `wait_for_qmp_event`.
+DEFAULT_QMP_EVENT_TIMEOUT = timedelta(seconds={})
+#: Largest duration the driver accepts (seconds); None means no limit.
+MAX_DURATION_SECONDS = {:.1}
+#: Shortest slice a wait is cut into while polling conditions are active (seconds).
+POLLING_SLICE_MIN_SECONDS = {}
+#: Upstream's default interval of a polling condition (seconds).
+POLLING_INTERVAL_SECONDS = {}
+"#,
+        secs(ops::DEFAULT_TIMEOUT),
+        secs(ops::DEFAULT_QMP_EVENT_TIMEOUT),
+        secs(ops::MAX_DURATION),
+        secs(ops::POLLING_SLICE_MIN),
+        secs(ops::POLLING_INTERVAL),
+    )
+}
+
 /// Write the package below `dir` (creating it).
 pub fn write_package(dir: &Path) -> io::Result<()> {
-    for (rel, text) in FILES {
+    let constants = constants_module();
+    let generated = [("test_driver/_constants.py", constants.as_str())];
+    for (rel, text) in FILES.iter().chain(generated.iter()) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -98,8 +131,7 @@ pub fn write_package(dir: &Path) -> io::Result<()> {
 
 /// A running shim with the driver's ends of both pipes.
 pub struct SpawnedShim {
-    pub pid: rustix::process::Pid,
-    pub pidfd: OwnedFd,
+    pub child: Child,
     /// Requests from the shim (non-blocking).
     pub from_shim: OwnedFd,
     /// Replies to the shim (non-blocking).
@@ -110,6 +142,8 @@ pub struct SpawnedShim {
 /// time by `NTD_DEFAULT_PYTHON`, else `python3` from `PATH`) with the
 /// package directory first on `PYTHONPATH`, the protocol pipes announced in `NTD_RPC_FDS` and
 /// `env` added (the `QEMU_VDE_SOCKET_<n>` variables upstream puts into its own environment).
+/// The shim stays in the driver's process group: an interactive REPL gets the terminal's
+/// Ctrl-C itself.
 pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<SpawnedShim> {
     use rustix::pipe::{pipe_with, PipeFlags};
     // The child's ends must survive exec, ours must not; both pipes are created inheritable
@@ -118,7 +152,7 @@ pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<Spawned
     let (from_shim_r, from_shim_w) = pipe_with(PipeFlags::empty())?;
     for fd in [&to_shim_w, &from_shim_r] {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
-        crate::machine::qemu::set_nonblocking(fd)?;
+        child::set_nonblocking(fd)?;
     }
     let python = std::env::var("NTD_PYTHON")
         .ok()
@@ -130,26 +164,19 @@ pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<Spawned
         pythonpath.push(old);
     }
     let mut cmd = Command::new(&python);
-    crate::signals::unblock_in_child(&mut cmd);
-    let child = cmd
-        .args(["-m", "test_driver"])
+    cmd.args(["-m", "test_driver"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PYTHONPATH", pythonpath)
         .env(
             "NTD_RPC_FDS",
             format!("{},{}", to_shim_r.as_raw_fd(), from_shim_w.as_raw_fd()),
-        )
-        .spawn()
+        );
+    let child = child::spawn(&mut cmd, SpawnOptions::default())
         .map_err(|e| io::Error::new(e.kind(), format!("{python}: {e}")))?;
     drop(to_shim_r);
     drop(from_shim_w);
-    let pid = rustix::process::Pid::from_raw(child.id() as i32)
-        .ok_or_else(|| io::Error::other("spawned pid 0"))?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    drop(child);
     Ok(SpawnedShim {
-        pid,
-        pidfd,
+        child,
         from_shim: from_shim_r,
         to_shim: to_shim_w,
     })

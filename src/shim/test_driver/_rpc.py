@@ -1,14 +1,19 @@
 """Line protocol to the ntd driver (private to the shim).
 
 One JSON object per line over two pipes inherited from the driver. Requests carry an ``id``
-and block until the reply with that id arrives; notifications (log lines, nesting) carry none
-and get no reply. Errors come back typed and are raised as the matching exception.
+(written first, so the driver can answer even a line it cannot parse) and block until the
+reply with that id arrives; notifications (log lines, nesting) carry none and get no reply.
+Errors come back typed and are raised as the matching exception. Non-finite numbers are
+never sent (``allow_nan=False``): durations map ``inf`` to ``None`` ("no limit") before they
+get here. One lock serialises calls, so a script may call machine methods from several
+threads: each call gets its own reply.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any, Callable
 
 from test_driver.errors import MachineError, QMPAPIError, RequestedAssertionFailed
@@ -34,6 +39,7 @@ class Channel:
         self._wfd = wfd
         self._next_id = 1
         self._buf = bytearray()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> "Channel":
@@ -49,7 +55,14 @@ class Channel:
         return cls(rfd, wfd)
 
     def _write(self, msg: dict[str, Any]) -> None:
-        data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        try:
+            text = json.dumps(msg, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise ValueError(
+                f"{msg.get('op')}: arguments must be finite numbers (NaN and infinity cannot "
+                "be sent; pass None for no limit)"
+            ) from None
+        data = (text + "\n").encode()
         view = memoryview(data)
         while view:
             try:
@@ -59,24 +72,23 @@ class Channel:
             view = view[n:]
 
     def notify(self, op: str, **args: Any) -> None:
-        args["op"] = op
-        self._write(args)
+        with self._lock:
+            self._write({"op": op, **args})
 
     def call(self, op: str, **args: Any) -> Any:
-        rid = self._next_id
-        self._next_id += 1
-        args["op"] = op
-        args["id"] = rid
-        self._write(args)
-        while True:
-            reply = self._read_line()
-            if reply.get("id") != rid:
-                continue
-            if "err" in reply:
-                err = reply["err"]
-                exc = _ERRORS.get(err.get("type", ""), RuntimeError)
-                raise exc(err.get("msg", ""))
-            return reply.get("ok")
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            self._write({"id": rid, "op": op, **args})
+            while True:
+                reply = self._read_line()
+                if reply.get("id") == rid:
+                    break
+        if "err" in reply:
+            err = reply["err"]
+            exc = _ERRORS.get(err.get("type", ""), RuntimeError)
+            raise exc(err.get("msg", ""))
+        return reply.get("ok")
 
     def _read_line(self) -> dict[str, Any]:
         while True:

@@ -19,6 +19,11 @@ from typing import Any, overload
 from unittest import TestCase
 
 from test_driver import _rpc
+from test_driver._constants import (
+    DEFAULT_TIMEOUT,
+    POLLING_INTERVAL_SECONDS,
+    POLLING_SLICE_MIN_SECONDS,
+)
 from test_driver.debug import Debug, DebugAbstract, DebugNop
 from test_driver.duration import Duration, to_seconds
 from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
@@ -95,7 +100,7 @@ class Poll:
             return ret
 
         with logger.nested(f"waiting for {description}"):
-            retry(condition, timeout_seconds=total if total is not None else 900)
+            retry(condition, timeout_seconds=total if total is not None else DEFAULT_TIMEOUT)
 
 
 class Driver:
@@ -305,7 +310,9 @@ class Driver:
     def _polling_slice(self) -> float | None:
         if not self.polling_conditions:
             return None
-        return max(0.05, min(c.seconds_interval for c in self.polling_conditions))
+        return max(
+            POLLING_SLICE_MIN_SECONDS, min(c.seconds_interval for c in self.polling_conditions)
+        )
 
     @overload
     def polling_condition(
@@ -343,7 +350,7 @@ class Driver:
         elif seconds_interval is not None:
             every = float(seconds_interval)
         else:
-            every = 2.0
+            every = POLLING_INTERVAL_SECONDS
 
         def wrap(fun: Callable[..., Any]) -> Poll:
             return Poll(self, PollingCondition(fun, self.logger, every, description))

@@ -24,18 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from test_driver import _rpc
-from test_driver.duration import Duration, to_seconds
+from test_driver._constants import DEFAULT_QMP_EVENT_TIMEOUT, DEFAULT_TIMEOUT
+from test_driver.duration import Duration, finite_or_none, to_limit, to_seconds
 from test_driver.efi import EfiVariable
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine.qmp import QMPSession
 
-
-#: Upstream's default timeout for `execute` and the waits: 15 minutes.
-DEFAULT_TIMEOUT = timedelta(minutes=15)
-
-#: How long the guest pauses between attempts of a wait at least (seconds).
-WAIT_INTERVAL = 0.02
 
 CHAR_TO_KEY = {
     "A": "shift-a", "N": "shift-n", "-": "0x0C", "_": "shift-0x0C", "B": "shift-b",
@@ -59,18 +54,6 @@ def _make_command(args: list[Any]) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
-def _systemctl_command(user: str | None) -> str:
-    """``systemctl``, or for a user manager the ``su`` wrapper upstream's ``systemctl(q,
-    user)`` uses, taking the arguments that follow as ``"$@"`` (the word after ``--`` is the
-    inner shell's ``$0``)."""
-    if user is None:
-        return "systemctl"
-    return (
-        f"su -l {shlex.quote(user)} --shell /bin/sh -c "
-        "'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' -- systemctl"
-    )
-
-
 def _fmt_seconds(secs: float) -> str:
     return repr(float(secs))
 
@@ -90,9 +73,7 @@ def retry(
     """
     if timeout_seconds is not None and timeout is not None:
         raise TypeError("retry() takes timeout_seconds or timeout, not both")
-    total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
-    if total is None:
-        total = DEFAULT_TIMEOUT.total_seconds()
+    total = to_limit(timeout_seconds if timeout_seconds is not None else timeout, DEFAULT_TIMEOUT)
     start = time.monotonic()
     while time.monotonic() - start < total:
         t0 = time.monotonic()
@@ -129,15 +110,17 @@ class QemuStartCommand(str):
         shell_socket_path: Path,
         allow_reboot: bool = False,
     ) -> str:
-        """The command upstream runs: the start command plus the QEMU arguments it appends."""
-        return (
-            f"{self} -qmp unix:{qmp_socket_path},server=on,wait=off"
-            f" -monitor unix:{monitor_socket_path}"
-            f" -chardev socket,id=shell,path={shell_socket_path}"
-            " -device virtio-serial -device virtconsole,chardev=shell"
-            " -device virtio-rng-pci -serial stdio"
-            + ("" if allow_reboot else " -no-reboot")
+        """The command that runs: the start command plus the QEMU arguments the driver
+        appends (it builds them; this asks it)."""
+        command: str = _rpc.channel().call(
+            "qemu_command",
+            start_command=str(self),
+            monitor=str(monitor_socket_path),
+            qmp=str(qmp_socket_path),
+            shell=str(shell_socket_path),
+            allow_reboot=allow_reboot,
         )
+        return command
 
 
 class BaseMachine:
@@ -147,9 +130,6 @@ class BaseMachine:
     start_command: QemuStartCommand
     state_dir: Path
     shared_dir: Path
-    monitor_path: Path
-    shell_path: Path
-    qmp_path: Path
     out_dir: Path
     tmp_dir: Path
     keep_machine_state: bool
@@ -172,9 +152,6 @@ class BaseMachine:
         self.start_command = QemuStartCommand(start_command)
         self.state_dir = state_dir
         self.shared_dir = shared_dir
-        self.monitor_path = state_dir / "monitor"
-        self.shell_path = state_dir / "shell"
-        self.qmp_path = state_dir / "qmp"
         self.out_dir = out_dir
         self.tmp_dir = tmp_dir
         self.keep_machine_state = keep_machine_state
@@ -223,6 +200,19 @@ class BaseMachine:
     def pid(self, value: int | None) -> None:
         """Scripts that kill QEMU themselves reset ``pid``; the driver tracks the process
         itself, so the assignment changes nothing."""
+
+    @property
+    def monitor_path(self) -> Path:
+        """The HMP monitor socket (the driver decides where sockets live)."""
+        return Path(self._state()["monitor_path"])
+
+    @property
+    def shell_path(self) -> Path:
+        return Path(self._state()["shell_path"])
+
+    @property
+    def qmp_path(self) -> Path:
+        return Path(self._state()["qmp_path"])
 
     @property
     def keep_vm_state(self) -> bool:
@@ -368,21 +358,12 @@ class BaseMachine:
                 output += out
         return output
 
-    def _wait(
-        self,
-        command: str,
-        until_success: bool,
-        timeout: Duration | None,
-        fatal_status: int = 0,
-    ) -> dict[str, Any]:
-        """Repeat ``command`` in the guest until it succeeds (or fails), within ``timeout``.
-
-        The loop runs inside the guest; while polling conditions are active it is cut into
-        slices so that they are checked as often as upstream checks them.
-        """
-        total = to_seconds(timeout, "timeout")
-        if total is None:
-            total = DEFAULT_TIMEOUT.total_seconds()
+    def _wait(self, until: str, timeout: Duration | None, **condition: Any) -> dict[str, Any]:
+        """Wait inside the guest until the driver's condition ``until`` holds (``success``,
+        ``failure``, ``file``, ``open_port``, ``unit``, …; the guest-side checks live in the
+        driver), within ``timeout``. While polling conditions are active the wait is cut into
+        slices so that they are checked as often as upstream checks them."""
+        total = to_limit(timeout, DEFAULT_TIMEOUT)
         start = time.monotonic()
         while True:
             self.run_callbacks()
@@ -392,19 +373,9 @@ class BaseMachine:
             if slice_ is not None:
                 budget = min(budget, slice_)
             reply: dict[str, Any] = _rpc.channel().call(
-                "wait",
-                machine=self.name,
-                command=command,
-                until_success=until_success,
-                budget=budget,
-                interval=WAIT_INTERVAL,
-                fatal_status=fatal_status,
+                "wait", machine=self.name, until=until, budget=finite_or_none(budget), **condition
             )
-            status = int(reply["status"])
-            met = reply["looped"] and ((status == 0) == until_success)
-            fatal = reply["looped"] and fatal_status > 0 and status >= fatal_status
-            if met or fatal:
-                reply["status"] = status
+            if reply["met"]:
                 return reply
             if budget >= left:
                 elapsed = time.monotonic() - start
@@ -445,7 +416,7 @@ class BaseMachine:
         with self.nested(f"waiting for success: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, True, timeout, attempt_timeout)
-            return self._output(self._wait(command, True, timeout))
+            return self._output(self._wait("success", timeout, command=command))
 
     def wait_until_fails(
         self,
@@ -458,38 +429,38 @@ class BaseMachine:
         with self.nested(f"waiting for failure: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, False, timeout, attempt_timeout)
-            return self._output(self._wait(command, False, timeout))
+            return self._output(self._wait("failure", timeout, command=command))
 
     def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         with self.nested(f"waiting for file '{filename}'"):
-            self._wait(f"test -e {filename}", True, timeout)
+            self._wait("file", timeout, path=filename)
 
     def wait_for_open_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr}"):
-            self._wait(f"nc -z {addr} {port}", True, timeout)
+            self._wait("open_port", timeout, addr=addr, port=port)
 
     def wait_for_closed_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
-            self._wait(f"nc -z {addr} {port}", False, timeout)
+            self._wait("closed_port", timeout, addr=addr, port=port)
 
     def wait_for_open_unix_socket(
         self, addr: str, is_datagram: bool = False, timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         kind = "datagram" if is_datagram else "stream"
-        flags = "-uU" if is_datagram else "-U"
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
-            self._wait(f"nc -z {flags} {addr}", True, timeout)
+            self._wait("unix_socket", timeout, path=addr, datagram=is_datagram)
 
     def sleep(self, secs: Duration | None = None, duration: Duration | None = None) -> None:
         """Sleep in the guest (guest time)."""
         value = secs if secs is not None else duration
         if value is None:
             raise TypeError("sleep() needs a duration")
-        self.succeed(f"sleep {to_seconds(value, 'duration')}")
+        seconds = to_seconds(value, "duration")
+        self.succeed(f"sleep {'infinity' if seconds is None else seconds}")
 
     # -- systemd -------------------------------------------------------------------------
 
@@ -553,30 +524,9 @@ class BaseMachine:
     ) -> None:
         """Wait until ``unit`` is active; fail at once if it failed or is inactive with no
         pending jobs (upstream semantics). The check loops inside the guest."""
-        systemctl = _systemctl_command(user)
-        q = shlex.quote(unit)
-        script = (
-            f"s=$({systemctl} --no-pager show {q} --property=ActiveState --value) || exit 203; "
-            'case "$s" in active) exit 0;; failed) exit 201;; inactive) '
-            f"if {systemctl} list-jobs --full 2>&1 | grep -q 'No jobs'; then "
-            f"s=$({systemctl} --no-pager show {q} --property=ActiveState --value) || exit 203; "
-            '[ "$s" = inactive ] && exit 202; fi; exit 1;; *) exit 1;; esac'
-        )
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit}{with_user}"):
-            reply = self._wait(script, True, timeout, fatal_status=201)
-            status = reply["status"]
-            if status == 201:
-                raise RequestedAssertionFailed(f'unit "{unit}" reached state "failed"')
-            if status == 202:
-                raise RequestedAssertionFailed(
-                    f'unit "{unit}" is inactive and there are no pending jobs'
-                )
-            if status == 203:
-                under = f' under user "{user}"' if user else ""
-                raise RequestedAssertionFailed(
-                    f'retrieving systemctl property "ActiveState" for unit "{unit}"{under} failed'
-                )
+            self._wait("unit", timeout, unit=unit, user=user)
 
     def wait_for_job(self, jobname: str) -> None:
         """Legacy name of `wait_for_unit`."""
@@ -591,14 +541,9 @@ class BaseMachine:
     ) -> None:
         """Wait until the ``ActiveState`` of ``unit`` is ``state`` (any state, also
         ``failed`` or ``inactive``)."""
-        systemctl = _systemctl_command(user)
-        script = (
-            f"[ \"$({systemctl} --no-pager show {shlex.quote(unit)} --property=ActiveState "
-            f"--value)\" = {shlex.quote(state)} ]"
-        )
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
-            self._wait(script, True, timeout)
+            self._wait("unit_state", timeout, unit=unit, state=state, user=user)
 
     # -- console and monitor -------------------------------------------------------------
 
@@ -658,17 +603,19 @@ class BaseMachine:
         return f"{command}\r\n{out}(qemu) "
 
     def wait_for_qmp_event(
-        self, event_filter: Callable[[dict[str, Any]], bool], timeout: Duration = 60 * 10
+        self,
+        event_filter: Callable[[dict[str, Any]], bool],
+        timeout: Duration = DEFAULT_QMP_EVENT_TIMEOUT,
     ) -> dict[str, Any]:
-        total = to_seconds(timeout) or 0.0
+        total = to_seconds(timeout)
         start = time.monotonic()
         while True:
-            left = max(0.0, total - (time.monotonic() - start))
+            left = None if total is None else max(0.0, total - (time.monotonic() - start))
             event = _rpc.channel().call("qmp_event", machine=self.name, timeout=left)
             if event is not None and event_filter(event):
                 result: dict[str, Any] = event
                 return result
-            if time.monotonic() - start >= total:
+            if total is not None and time.monotonic() - start >= total:
                 raise TimeoutError(f"no matching QMP event within {_fmt_seconds(total)} s")
 
     def send_key(
@@ -869,12 +816,7 @@ class BaseMachine:
     def wait_for_x(self, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         """Wait until the X11 server accepts connections."""
         with self.nested("waiting for the X11 server"):
-            self._wait(
-                'journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q "Reached target Current graphical"'
-                " && [ -e /tmp/.X11-unix/X0 ]",
-                True,
-                timeout,
-            )
+            self._wait("x11", timeout)
 
     def get_window_names(self) -> list[str]:
         return self.succeed(

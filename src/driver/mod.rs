@@ -1,0 +1,492 @@
+//! The driver: one thread, one `mio::Poll`, every fd of the run.
+//!
+//! It owns the loop members (machines, switches, the shim link), the termination signals, the
+//! global timeout and the one request the shim is waiting on. Each loop iteration polls,
+//! routes readiness to the member that owns the token (machines drain their channels whether
+//! or not anybody waits), runs the members' timers, and then advances the current op
+//! ([`ops`]), which replies once its condition holds. Nothing here blocks: a wait is an op
+//! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
+//! every process group it started is gone, then removes the files it made.
+
+mod ops;
+mod shim;
+mod vlans;
+
+use crate::cli::Options;
+use crate::log::{LineKind, Logger};
+use crate::machine::Machine;
+use crate::reactor::{self, Ctx, LoopMember, Owner};
+use crate::rpc::ops::Request;
+use crate::signals;
+use crate::trace::Trace;
+use crate::vde::Switch;
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
+use shim::ShimLink;
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The driver's own fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Signals = 0,
+}
+
+/// SIGTERM → SIGKILL grace for QEMU at cleanup.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// After SIGKILL, how long cleanup waits before giving up on a process group.
+const KILL_GIVE_UP: Duration = Duration::from_secs(3);
+/// SIGTERM → SIGKILL grace when the global timeout ends the run.
+const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
+/// Longest single poll during cleanup (process exits are noticed through pidfds; this only
+/// bounds how late the give-up check runs).
+const CLEANUP_TICK: Duration = Duration::from_millis(50);
+
+/// Why the driver could not even start.
+#[derive(Debug)]
+pub enum DriverError {
+    Setup(&'static str, std::io::Error),
+    Machine(String),
+    Shim(String),
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::Setup(what, e) => write!(f, "{what}: {e}"),
+            DriverError::Machine(e) => write!(f, "{e}"),
+            DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+/// Why the run is ending early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Termination {
+    GlobalTimeout,
+    Signal(u32),
+}
+
+pub struct Driver {
+    poll: Poll,
+    log: Logger,
+    opts: Options,
+    tmp_dir: PathBuf,
+    machines: Vec<Machine>,
+    switches: Vec<Switch>,
+    /// `QEMU_VDE_SOCKET_<n>` for start scripts and the shim.
+    extra_env: Vec<(String, String)>,
+    shim: Option<ShimLink>,
+    sigfd: OwnedFd,
+    /// The request being served (the shim waits for one reply at a time).
+    current: Option<ops::Current>,
+    global_deadline: Option<Instant>,
+    termination: Option<Termination>,
+    started: Instant,
+    trace: Option<Trace>,
+}
+
+impl Driver {
+    /// Set up the poller, the signals, the runtime directory, the vlans and the machines
+    /// (nothing starts yet). `trace` records the run's timeline when `--trace` is given.
+    pub fn new(opts: Options, log: Logger, trace: Option<Trace>) -> Result<Driver, DriverError> {
+        let poll = Poll::new().map_err(|e| DriverError::Setup("cannot create the poller", e))?;
+        let sigfd = signals::termination_fd()
+            .map_err(|e| DriverError::Setup("cannot set up signal handling", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&sigfd.as_raw_fd()),
+                Owner::Driver.token(Slot::Signals as usize),
+                Interest::READABLE,
+            )
+            .map_err(|e| DriverError::Setup("cannot poll signals", e))?;
+        let tmp_dir = runtime_dir();
+        std::fs::create_dir_all(&tmp_dir)
+            .map_err(|e| DriverError::Setup("cannot create the temporary directory", e))?;
+        let mut d = Driver {
+            poll,
+            log,
+            opts,
+            tmp_dir,
+            machines: Vec::new(),
+            switches: Vec::new(),
+            extra_env: Vec::new(),
+            shim: None,
+            sigfd,
+            current: None,
+            global_deadline: None,
+            termination: None,
+            started: Instant::now(),
+            trace,
+        };
+        if !d.opts.keep_machine_state {
+            let flag = if d.opts.legacy_state_flag {
+                "--keep-vm-state"
+            } else {
+                "--keep-machine-state"
+            };
+            d.log.info(&format!(
+                "Machine state will be reset. To keep it, pass {flag}"
+            ));
+        }
+        d.start_vlans()?;
+        for spec in d.opts.vms.clone() {
+            let keep = d.opts.keep_machine_state;
+            d.add_machine(&spec.name, &spec.start_script, keep)
+                .map_err(DriverError::Machine)?;
+        }
+        Ok(d)
+    }
+
+    /// A machine of the run (configured, or from `create_machine`), its old state removed
+    /// unless kept.
+    fn add_machine(
+        &mut self,
+        name: &str,
+        start_command: &str,
+        keep: bool,
+    ) -> Result<usize, String> {
+        let index = self.machines.len();
+        let mut m = Machine::new(name, index, &self.tmp_dir, start_command);
+        m.keep_state = keep;
+        m.reset_state_dir(&mut self.log)
+            .map_err(|e| e.to_string())?;
+        self.machines.push(m);
+        Ok(index)
+    }
+
+    /// Run the test: start the shim, serve it until it exits (or the run is cut short), clean
+    /// up, and return the process exit status.
+    pub fn run(mut self) -> i32 {
+        match ShimLink::spawn(&self.tmp_dir, &self.extra_env, self.poll.registry()) {
+            Ok(link) => self.shim = Some(link),
+            Err(e) => {
+                self.log.error(&e.to_string());
+                self.cleanup();
+                return 1;
+            }
+        }
+        let mut events = Events::with_capacity(256);
+        while self.shim_exit().is_none() && self.termination.is_none() {
+            self.turn(&mut events);
+        }
+        // Requests the shim wrote just before exiting (its last log lines) still count.
+        if let Some(s) = self.shim.as_mut() {
+            s.read_requests(self.poll.registry());
+        }
+        self.advance();
+        let code = match self.termination {
+            Some(Termination::GlobalTimeout) => 143,
+            Some(Termination::Signal(sig)) => signals::exit_status_for(sig),
+            None => self.shim_exit().map_or(1, |info| info.shell_status()),
+        };
+        self.cleanup();
+        code
+    }
+
+    fn shim_exit(&self) -> Option<crate::child::ExitInfo> {
+        self.shim.as_ref().and_then(ShimLink::exit)
+    }
+
+    /// One poll iteration: events, timers, the current op.
+    fn turn(&mut self, events: &mut Events) {
+        let timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(100));
+        if !self.poll_once(events, timeout) {
+            return;
+        }
+        self.timers(Instant::now());
+        self.trace_milestones();
+        self.advance();
+    }
+
+    /// Poll and route every event; false if the poll itself failed.
+    fn poll_once(&mut self, events: &mut Events, timeout: Option<Duration>) -> bool {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.log.error(&format!("poll failed: {e}"));
+                self.termination = Some(Termination::Signal(signals::SIGTERM));
+            }
+            return false;
+        }
+        for ev in events.iter() {
+            self.route(ev);
+        }
+        true
+    }
+
+    /// Hand an event to the member that owns its token.
+    fn route(&mut self, ev: &Event) {
+        let (id, slot) = reactor::split(ev.token());
+        let owner = Owner::from(id);
+        if owner == Owner::Driver {
+            match slot {
+                s if s == Slot::Signals as usize => {
+                    for sig in signals::drain(&self.sigfd) {
+                        self.on_signal(sig);
+                    }
+                }
+                other => self.log.warning(
+                    None,
+                    &format!("event for unknown driver slot {other} ignored"),
+                ),
+            }
+            return;
+        }
+        let mut cx = Ctx {
+            registry: self.poll.registry(),
+            log: &mut self.log,
+        };
+        let member: Option<&mut dyn LoopMember> = match owner {
+            Owner::Shim => self.shim.as_mut().map(|s| s as &mut dyn LoopMember),
+            Owner::Machine(i) => self.machines.get_mut(i).map(|m| m as &mut dyn LoopMember),
+            Owner::Switch(i) => self.switches.get_mut(i).map(|s| s as &mut dyn LoopMember),
+            Owner::Driver => None,
+        };
+        match member {
+            Some(m) => m.on_event(&mut cx, slot, ev),
+            None => cx.log.warning(
+                None,
+                &format!("event for {owner:?}, which does not exist, ignored"),
+            ),
+        }
+    }
+
+    fn members(&self) -> impl Iterator<Item = &dyn LoopMember> {
+        let machines = self.machines.iter().map(|m| m as &dyn LoopMember);
+        let switches = self.switches.iter().map(|s| s as &dyn LoopMember);
+        let shim = self.shim.iter().map(|s| s as &dyn LoopMember);
+        machines.chain(switches).chain(shim)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let op = self.current.as_ref().and_then(ops::Current::deadline);
+        self.members()
+            .filter_map(LoopMember::next_deadline)
+            .chain(op)
+            .chain(self.global_deadline)
+            .min()
+    }
+
+    /// Members' timers that are due.
+    fn member_timers(&mut self, now: Instant) {
+        let mut cx = Ctx {
+            registry: self.poll.registry(),
+            log: &mut self.log,
+        };
+        let machines = self.machines.iter_mut().map(|m| m as &mut dyn LoopMember);
+        let switches = self.switches.iter_mut().map(|s| s as &mut dyn LoopMember);
+        for m in machines.chain(switches) {
+            if m.next_deadline().is_some_and(|d| now >= d) {
+                m.on_timer(&mut cx, now);
+            }
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        self.member_timers(now);
+        if self.global_deadline.is_some_and(|d| now >= d) {
+            self.global_deadline = None;
+            self.log.begin(None, "timeout reached; test terminating...");
+            self.log.test_error(&format!(
+                "the global timeout of {} seconds ran out",
+                crate::machine::guest::format_seconds(self.opts.global_timeout.as_secs_f64())
+            ));
+            for m in &mut self.machines {
+                m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+            }
+            self.log.end(true);
+            self.termination = Some(Termination::GlobalTimeout);
+            self.kill_shim();
+        }
+    }
+
+    fn on_signal(&mut self, sig: u32) {
+        if sig == signals::SIGINT && self.opts.interactive {
+            // The REPL (same process group) handles Ctrl-C itself.
+            return;
+        }
+        let name = match sig {
+            signals::SIGINT => "SIGINT",
+            signals::SIGTERM => "SIGTERM",
+            signals::SIGHUP => "SIGHUP",
+            _ => "SIGQUIT",
+        };
+        self.log.test_error(&format!(
+            "received {name}; stopping the test and cleaning up"
+        ));
+        self.termination = Some(Termination::Signal(sig));
+        self.kill_shim();
+    }
+
+    fn kill_shim(&mut self) {
+        if let Some(s) = &self.shim {
+            s.kill();
+        }
+    }
+
+    fn trace_milestones(&mut self) {
+        if let Some(t) = &self.trace {
+            for m in &mut self.machines {
+                for &(at, what) in m.boot.untraced() {
+                    t.instant(&m.name, what, at);
+                }
+            }
+        }
+    }
+
+    /// Progress the current op; start queued requests while none is running.
+    fn advance(&mut self) {
+        loop {
+            if let Some(mut cur) = self.current.take() {
+                match self.poll_op(&mut cur) {
+                    Some(result) => self.reply(cur.id, result),
+                    None => {
+                        self.current = Some(cur);
+                        return;
+                    }
+                }
+            }
+            let Some(next) = self.shim.as_mut().and_then(ShimLink::next_request) else {
+                return;
+            };
+            match next {
+                Ok(req) => self.begin(req),
+                Err(e) => match e.id {
+                    Some(id) => self.reply(id, Err(e.error)),
+                    None => self
+                        .log
+                        .warning(None, &format!("bad request from the shim: {}", e.error.msg)),
+                },
+            }
+        }
+    }
+
+    fn reply(&mut self, id: i64, result: ops::OpResult) {
+        if let Some(s) = self.shim.as_mut() {
+            s.reply(self.poll.registry(), id, result);
+        }
+    }
+
+    /// Handle a new request: notifications and instant ones are answered at once, the rest
+    /// become the current op.
+    fn begin(&mut self, req: Request) {
+        match (req.id, self.start_op(req.op)) {
+            (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
+            (Some(id), ops::Begun::Pending(p)) => self.current = Some(ops::Current { id, op: p }),
+            (None, ops::Begun::Done(Err(e))) => self.log.warning(None, &e.msg),
+            (None, ops::Begun::Done(Ok(_))) => {}
+            (None, ops::Begun::Pending(_)) => self.log.warning(
+                None,
+                "a request that takes time was sent as a notification (no id); dropped",
+            ),
+        }
+    }
+
+    /// End everything: machines (sorted by name), then switches, then files. Runs the normal
+    /// routing until every process group is gone.
+    fn cleanup(&mut self) {
+        self.kill_shim();
+        self.log.unwind_to(0);
+        self.log.begin(None, "cleanup");
+        let mut order: Vec<usize> = (0..self.machines.len()).collect();
+        order.sort_by(|a, b| self.machines[*a].name.cmp(&self.machines[*b].name));
+        for i in order {
+            self.machines[i].terminate(&mut self.log, KILL_GRACE);
+        }
+        let give_up = Instant::now() + KILL_GRACE + KILL_GIVE_UP;
+        let mut events = Events::with_capacity(64);
+        loop {
+            let shim_done = self.shim.is_none() || self.shim_exit().is_some();
+            let machines_done = self.machines.iter().all(Machine::gone);
+            if (shim_done && machines_done) || Instant::now() >= give_up {
+                break;
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(CLEANUP_TICK)
+                .min(CLEANUP_TICK);
+            // The switches keep forwarding until the last machine is gone (QEMU never
+            // reconnects to a restarted switch).
+            self.poll_once(&mut events, Some(timeout));
+            self.member_timers(Instant::now());
+        }
+        self.stop_vlans();
+        for m in &mut self.machines {
+            if !m.gone() {
+                self.log.warning(
+                    Some(&m.name),
+                    "QEMU process group still alive after SIGKILL; giving up on it",
+                );
+            }
+            m.release_fds(self.poll.registry());
+            m.remove_files();
+        }
+        if let Some(s) = self.shim.as_mut() {
+            s.close(self.poll.registry());
+        }
+        let _ = std::fs::remove_dir(self.tmp_dir.join("shared-xchg"));
+        self.log.end(true);
+        self.report_usage();
+        self.log.finish();
+        self.write_trace();
+    }
+
+    fn write_trace(&mut self) {
+        let Some(t) = self.trace.take() else {
+            return;
+        };
+        match t.write() {
+            Ok(html) => self.log.info(&format!(
+                "trace written to {} (timeline: {})",
+                t.path().display(),
+                html.display()
+            )),
+            Err(e) => self.log.warning(
+                None,
+                &format!("cannot write the trace to {}: {e}", t.path().display()),
+            ),
+        }
+    }
+
+    /// The driver's own cost and each machine's boot phases: at debug level, or always when
+    /// a trace is recorded.
+    fn report_usage(&mut self) {
+        self.trace_milestones();
+        let line = format!(
+            "driver ran for {:.2} s; its own peak RSS {} KiB, CPU {:.3} s \
+             (QEMU and Python not included)",
+            self.started.elapsed().as_secs_f64(),
+            crate::procinfo::peak_rss_kib().unwrap_or(0),
+            crate::procinfo::cpu_seconds().unwrap_or(0.0)
+        );
+        let kind = if self.trace.is_some() {
+            LineKind::Log
+        } else {
+            LineKind::Debug
+        };
+        self.log.line(kind, None, &line);
+        for m in &self.machines {
+            if let Some(phases) = m.boot.phases() {
+                self.log.line(kind, Some(&m.name), &phases);
+            }
+        }
+    }
+}
+
+/// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
+pub fn runtime_dir() -> PathBuf {
+    for var in ["XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(v);
+        }
+    }
+    PathBuf::from("/tmp")
+}
