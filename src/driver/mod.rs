@@ -9,6 +9,7 @@
 //! every process group it started is gone, then removes the files it made.
 
 mod ops;
+mod pending;
 mod shim;
 mod vlans;
 
@@ -84,7 +85,7 @@ pub struct Driver {
     shim: Option<ShimLink>,
     sigfd: OwnedFd,
     /// The request being served (the shim waits for one reply at a time).
-    current: Option<ops::Current>,
+    current: Option<pending::Current>,
     global_deadline: Option<Instant>,
     termination: Option<Termination>,
     started: Instant,
@@ -266,7 +267,7 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let op = self.current.as_ref().and_then(ops::Current::deadline);
+        let op = self.current.as_ref().and_then(pending::Current::deadline);
         self.members()
             .filter_map(LoopMember::next_deadline)
             .chain(op)
@@ -379,7 +380,9 @@ impl Driver {
     fn begin(&mut self, req: Request) {
         match (req.id, self.start_op(req.op)) {
             (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
-            (Some(id), ops::Begun::Pending(p)) => self.current = Some(ops::Current { id, op: p }),
+            (Some(id), ops::Begun::Pending(p)) => {
+                self.current = Some(pending::Current { id, op: p })
+            }
             (None, ops::Begun::Done(Err(e))) => self.log.warning(None, &e.msg),
             (None, ops::Begun::Done(Ok(_))) => {}
             (None, ops::Begun::Pending(_)) => self.log.warning(

@@ -10,6 +10,8 @@
 //! The machine never blocks and never waits; long operations are the driver's ops, which
 //! submit a request here and poll for its result.
 
+pub mod boot;
+mod channels;
 pub mod console;
 pub mod guest;
 pub mod qemu;
@@ -19,18 +21,19 @@ pub mod shell;
 pub mod waits;
 
 use crate::child::ExitInfo;
-use crate::json::Value;
-use crate::log::{py_bytes_repr, Logger};
-use crate::nbio::{self, FdReader, Registration, WriteBuffer};
+use crate::log::Logger;
+use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
+pub use boot::BootTimes;
+use boot::{EXITED, SPAWNED};
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use qemu::{MachinePaths, QemuProcess};
-use qmp::{QmpClient, QmpNote};
+use qmp::QmpClient;
 use rustix::process::Signal;
-use session::{SessionError, SessionNote, ShellRequest, ShellResult, ShellSession};
+use session::{SessionError, ShellSession};
 use shell::NonceSource;
 use std::collections::VecDeque;
 use std::fmt;
@@ -42,7 +45,7 @@ use std::time::{Duration, Instant};
 const QMP_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 const QMP_CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// Tail of QEMU's output kept for error messages about a failed start.
-const EARLY_OUTPUT_TAIL: usize = 4096;
+pub(crate) const EARLY_OUTPUT_TAIL: usize = 4096;
 /// Read buffer for every stream.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -112,68 +115,6 @@ pub enum Phase {
     Running,
     Exited,
 }
-
-/// Boot milestones of the current boot (spawn, QMP ready, first serial line, sentinel, shell
-/// ready, exit), for the trace, the boot-phase report and the `state` reply. A handful per
-/// boot.
-#[derive(Debug, Default)]
-pub struct BootTimes {
-    milestones: Vec<(Instant, &'static str)>,
-    /// How many milestones the trace has taken.
-    traced: usize,
-}
-
-impl BootTimes {
-    fn reset(&mut self) {
-        self.milestones.clear();
-        self.traced = 0;
-    }
-
-    fn mark(&mut self, what: &'static str) {
-        self.milestones.push((Instant::now(), what));
-    }
-
-    fn mark_once(&mut self, what: &'static str) {
-        if !self.milestones.iter().any(|(_, m)| *m == what) {
-            self.mark(what);
-        }
-    }
-
-    /// When `what` last happened in this boot.
-    pub fn at(&self, what: &str) -> Option<Instant> {
-        self.milestones
-            .iter()
-            .rev()
-            .find(|(_, m)| *m == what)
-            .map(|(t, _)| *t)
-    }
-
-    /// Milestones not yet handed to the trace.
-    pub fn untraced(&mut self) -> &[(Instant, &'static str)] {
-        let from = self.traced.min(self.milestones.len());
-        self.traced = self.milestones.len();
-        &self.milestones[from..]
-    }
-
-    /// `boot phases: QMP ready +0.05 s, …` for the current (or last) boot.
-    pub fn phases(&self) -> Option<String> {
-        let (start, _) = *self.milestones.first()?;
-        let parts: Vec<String> = self.milestones[1..]
-            .iter()
-            .map(|(at, what)| format!("{what} +{:.2} s", (*at - start).as_secs_f64()))
-            .collect();
-        Some(format!("boot phases: {}", parts.join(", ")))
-    }
-}
-
-/// Milestone names (the trace shows them as they are).
-pub const SPAWNED: &str = "QEMU spawned";
-pub const QMP_READY: &str = "QMP ready";
-pub const FIRST_SERIAL_LINE: &str = "first serial line";
-pub const SENTINEL: &str = "backdoor sentinel";
-pub const SHELL_READY: &str = "shell ready";
-pub const EXITED: &str = "QEMU exited";
-
 pub struct Machine {
     pub name: String,
     owner: Owner,
@@ -438,256 +379,6 @@ impl Machine {
             Err(_) => self.qmp_retry_at = Some(now + QMP_CONNECT_RETRY),
         }
     }
-
-    fn drain_monitor(&mut self, registry: &Registry) {
-        // The HMP monitor only prints its banner and prompt; HMP commands go through QMP.
-        if let Some(m) = self.monitor.as_mut() {
-            if nbio::read_available(m, &mut self.read_buf, |_| {}) {
-                let _ = registry.deregister(m);
-                self.monitor = None;
-            }
-        }
-    }
-
-    fn read_shell(&mut self, cx: &mut Ctx<'_>) {
-        let mut notes = Vec::new();
-        let session = &mut self.session;
-        let eof = match self.shell.as_mut() {
-            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| session.feed(b, &mut notes)),
-            None => false,
-        };
-        for note in notes {
-            self.session_note(cx.log, note);
-        }
-        self.flush_session(cx.registry);
-        if eof {
-            if let Some(mut s) = self.shell.take() {
-                let _ = cx.registry.deregister(&mut s);
-            }
-            self.shell_out.clear();
-            self.session.connection_lost();
-        }
-    }
-
-    fn session_note(&mut self, log: &mut Logger, note: SessionNote) {
-        let name = &self.name;
-        match note {
-            SessionNote::Greeting(bytes) => {
-                log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
-            }
-            SessionNote::Sentinel => self.boot.mark(SENTINEL),
-            SessionNote::Ready => self.boot.mark(SHELL_READY),
-            SessionNote::SetupFailed { status } => log.warning(
-                Some(name),
-                &format!("backdoor setup check failed with status {status}"),
-            ),
-            SessionNote::Stray(bytes) => log.machine(
-                name,
-                &format!(
-                    "output after its command finished (a background process kept stdout?): {}",
-                    py_bytes_repr(&bytes)
-                ),
-            ),
-            SessionNote::Dropped { bytes } => log.machine(
-                name,
-                &format!(
-                    "the console dropped {bytes} bytes of output; fetching them again from the guest"
-                ),
-            ),
-            SessionNote::Recovered { bytes } => log.machine(
-                name,
-                &format!("recovered the full output ({bytes} bytes) from the guest's spool"),
-            ),
-        }
-    }
-
-    /// Move what the session wants to say into the shell's write buffer.
-    fn flush_session(&mut self, registry: &Registry) {
-        let out = self.session.take_outbox();
-        match self.shell.as_ref() {
-            Some(s) if !out.is_empty() => self.shell_out.send(s, registry, &out),
-            _ => {}
-        }
-    }
-
-    /// Send a request to the guest shell; its result arrives via [`Self::take_shell_result`].
-    pub fn send_shell(
-        &mut self,
-        registry: &Registry,
-        req: &ShellRequest,
-    ) -> Result<(), MachineError> {
-        self.session.submit(req).map_err(MachineError::Session)?;
-        self.flush_session(registry);
-        Ok(())
-    }
-
-    /// Write raw bytes to the shell (upstream's `shutdown()` sends `poweroff\n` this way).
-    pub fn send_shell_raw(&mut self, registry: &Registry, bytes: &[u8]) -> bool {
-        match self.shell.as_ref() {
-            Some(s) => {
-                self.shell_out.send(s, registry, bytes);
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn take_shell_result(&mut self) -> Option<ShellResult> {
-        self.session.take_result()
-    }
-
-    /// True while the shell connection is gone (QEMU exited or closed it).
-    pub fn shell_lost(&self) -> bool {
-        self.session.lost()
-    }
-
-    /// Guest shell ready for a command.
-    pub fn shell_ready(&self) -> bool {
-        self.session.ready()
-    }
-
-    /// Forget the shell so the next connect waits for a fresh sentinel (reboot, switch_root).
-    pub fn mark_disconnected(&mut self) {
-        self.session.await_sentinel();
-    }
-
-    fn read_qmp(&mut self, cx: &mut Ctx<'_>) {
-        let mut notes = Vec::new();
-        let client = &mut self.qmp_client;
-        let eof = match self.qmp.as_mut() {
-            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| client.feed(b, &mut notes)),
-            None => false,
-        };
-        for note in notes {
-            self.qmp_note(cx.log, note);
-        }
-        self.flush_qmp(cx.registry);
-        if eof {
-            if let Some(mut s) = self.qmp.take() {
-                let _ = cx.registry.deregister(&mut s);
-            }
-            self.qmp_out.clear();
-            self.qmp_client.closed();
-        }
-    }
-
-    fn qmp_note(&mut self, log: &mut Logger, note: QmpNote) {
-        match note {
-            QmpNote::Ready { kvm } => {
-                self.phase = Phase::Running;
-                self.boot.mark(QMP_READY);
-                if let Some(pid) = self.pid() {
-                    log.machine(&self.name, &format!("QEMU running (pid {pid})"));
-                }
-                if kvm {
-                    log.info(&format!("{}: accelerator: KVM", self.name));
-                } else {
-                    log.warning(
-                        Some(&self.name),
-                        "running under TCG (software emulation, KVM is not in use): \
-                         the guest is 10-50x slower than with KVM",
-                    );
-                }
-            }
-            QmpNote::Protocol(e) => log.warning(Some(&self.name), &e.to_string()),
-            QmpNote::UnsolicitedError(e) => {
-                log.warning(Some(&self.name), &format!("QMP error: {e}"))
-            }
-        }
-    }
-
-    fn flush_qmp(&mut self, registry: &Registry) {
-        let out = self.qmp_client.take_outbox();
-        if let Some(s) = self.qmp.as_ref() {
-            self.qmp_out.send(s, registry, &out);
-        }
-    }
-
-    /// Send a QMP command; its result arrives via [`Self::take_qmp_result`].
-    pub fn qmp_execute(
-        &mut self,
-        registry: &Registry,
-        name: &str,
-        args: Option<Value>,
-    ) -> Result<u64, MachineError> {
-        let id = self
-            .qmp_client
-            .execute(name, args)
-            .map_err(|_| MachineError::QmpNotReady)?;
-        self.flush_qmp(registry);
-        Ok(id)
-    }
-
-    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, String>> {
-        self.qmp_client.take_result(id)
-    }
-
-    pub fn qmp_ready(&self) -> bool {
-        self.qmp_client.ready()
-    }
-
-    /// Take the oldest queued QMP event.
-    pub fn next_qmp_event(&mut self) -> Option<Value> {
-        self.qmp_client.next_event()
-    }
-
-    fn read_stdout(&mut self, cx: &mut Ctx<'_>) {
-        let Some(p) = self.process.as_ref() else {
-            return;
-        };
-        let mut lines = Vec::new();
-        let (console, early, running) = (
-            &mut self.console,
-            &mut self.early_output,
-            self.phase == Phase::Running,
-        );
-        let eof = nbio::read_available(&mut FdReader(&p.stdout), &mut self.read_buf, |chunk| {
-            console.feed(chunk, &mut lines);
-            if !running {
-                early.extend(chunk);
-                let excess = early.len().saturating_sub(EARLY_OUTPUT_TAIL);
-                early.drain(..excess);
-            }
-        });
-        if eof {
-            self.console.flush(&mut lines);
-            let _ = cx.registry.deregister(&mut SourceFd(&p.stdout.as_raw_fd()));
-            self.stdout_open = false;
-        }
-        if !lines.is_empty() {
-            self.boot.mark_once(FIRST_SERIAL_LINE);
-        }
-        for l in lines {
-            cx.log.serial(&self.name, &l);
-        }
-    }
-
-    /// Lines printed on the serial console since the last call (upstream's queue semantics).
-    pub fn take_console_lines(&mut self) -> Vec<String> {
-        self.console.take_unconsumed()
-    }
-
-    pub fn console_log(&self) -> String {
-        self.console.log_text()
-    }
-
-    /// Write bytes to QEMU's stdin (`send_console`).
-    pub fn send_console(&mut self, registry: &Registry, bytes: &[u8]) -> bool {
-        match self.process.as_ref().filter(|_| self.booted()) {
-            Some(p) => {
-                self.stdin_out.send(&p.stdin, registry, bytes);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn flush_stdin(&mut self, registry: &Registry) {
-        if let Some(p) = self.process.as_ref() {
-            self.stdin_out.flush(&p.stdin, registry);
-        }
-    }
-
     fn check_exit(&mut self, cx: &mut Ctx<'_>) {
         let Some(p) = self.process.as_ref() else {
             return;

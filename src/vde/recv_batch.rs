@@ -76,8 +76,8 @@ impl RecvBatch {
         let mut buffers = vec![0u8; slots * slot_len].into_boxed_slice();
         let base = buffers.as_mut_ptr();
         let mut iovecs: Box<[IoVec]> = (0..slots)
-            // SAFETY: i * slot_len < slots * slot_len, inside `buffers`.
             .map(|i| IoVec {
+                // SAFETY: i * slot_len < slots * slot_len, inside `buffers`.
                 base: unsafe { base.add(i * slot_len) }.cast(),
                 len: slot_len,
             })

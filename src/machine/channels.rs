@@ -1,0 +1,267 @@
+//! The machine's conversations on its channels: bytes read from the shell, QMP and serial
+//! fds go into their I/O-free parts ([`super::session`], [`super::qmp`],
+//! [`super::console`]); what those say is logged or timed; what they want to send goes into
+//! the channel's write buffer. Requests from the driver's ops enter here too.
+
+use super::boot::{FIRST_SERIAL_LINE, QMP_READY, SENTINEL, SHELL_READY};
+use super::qmp::QmpNote;
+use super::session::{SessionNote, ShellRequest, ShellResult};
+use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL};
+use crate::json::Value;
+use crate::log::{py_bytes_repr, Logger};
+use crate::nbio::{self, FdReader};
+use crate::reactor::Ctx;
+use mio::unix::SourceFd;
+use mio::Registry;
+use std::os::fd::AsRawFd;
+
+impl Machine {
+    pub(super) fn drain_monitor(&mut self, registry: &Registry) {
+        // The HMP monitor only prints its banner and prompt; HMP commands go through QMP.
+        if let Some(m) = self.monitor.as_mut() {
+            if nbio::read_available(m, &mut self.read_buf, |_| {}) {
+                let _ = registry.deregister(m);
+                self.monitor = None;
+            }
+        }
+    }
+
+    pub(super) fn read_shell(&mut self, cx: &mut Ctx<'_>) {
+        let mut notes = Vec::new();
+        let session = &mut self.session;
+        let eof = match self.shell.as_mut() {
+            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| session.feed(b, &mut notes)),
+            None => false,
+        };
+        for note in notes {
+            self.session_note(cx.log, note);
+        }
+        self.flush_session(cx.registry);
+        if eof {
+            if let Some(mut s) = self.shell.take() {
+                let _ = cx.registry.deregister(&mut s);
+            }
+            self.shell_out.clear();
+            self.session.connection_lost();
+        }
+    }
+
+    fn session_note(&mut self, log: &mut Logger, note: SessionNote) {
+        let name = &self.name;
+        match note {
+            SessionNote::Greeting(bytes) => {
+                log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
+            }
+            SessionNote::Sentinel => self.boot.mark(SENTINEL),
+            SessionNote::Ready => self.boot.mark(SHELL_READY),
+            SessionNote::SetupFailed { status } => log.warning(
+                Some(name),
+                &format!("backdoor setup check failed with status {status}"),
+            ),
+            SessionNote::Stray(bytes) => log.machine(
+                name,
+                &format!(
+                    "output after its command finished (a background process kept stdout?): {}",
+                    py_bytes_repr(&bytes)
+                ),
+            ),
+            SessionNote::Dropped { bytes } => log.machine(
+                name,
+                &format!(
+                    "the console dropped {bytes} bytes of output; fetching them again from the guest"
+                ),
+            ),
+            SessionNote::Recovered { bytes } => log.machine(
+                name,
+                &format!("recovered the full output ({bytes} bytes) from the guest's spool"),
+            ),
+        }
+    }
+
+    /// Move what the session wants to say into the shell's write buffer.
+    fn flush_session(&mut self, registry: &Registry) {
+        let out = self.session.take_outbox();
+        match self.shell.as_ref() {
+            Some(s) if !out.is_empty() => self.shell_out.send(s, registry, &out),
+            _ => {}
+        }
+    }
+
+    /// Send a request to the guest shell; its result arrives via [`Self::take_shell_result`].
+    pub fn send_shell(
+        &mut self,
+        registry: &Registry,
+        req: &ShellRequest,
+    ) -> Result<(), MachineError> {
+        self.session.submit(req).map_err(MachineError::Session)?;
+        self.flush_session(registry);
+        Ok(())
+    }
+
+    /// Write raw bytes to the shell (upstream's `shutdown()` sends `poweroff\n` this way).
+    pub fn send_shell_raw(&mut self, registry: &Registry, bytes: &[u8]) -> bool {
+        match self.shell.as_ref() {
+            Some(s) => {
+                self.shell_out.send(s, registry, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn take_shell_result(&mut self) -> Option<ShellResult> {
+        self.session.take_result()
+    }
+
+    /// True while the shell connection is gone (QEMU exited or closed it).
+    pub fn shell_lost(&self) -> bool {
+        self.session.lost()
+    }
+
+    /// Guest shell ready for a command.
+    pub fn shell_ready(&self) -> bool {
+        self.session.ready()
+    }
+
+    /// Forget the shell so the next connect waits for a fresh sentinel (reboot, switch_root).
+    pub fn mark_disconnected(&mut self) {
+        self.session.await_sentinel();
+    }
+
+    pub(super) fn read_qmp(&mut self, cx: &mut Ctx<'_>) {
+        let mut notes = Vec::new();
+        let client = &mut self.qmp_client;
+        let eof = match self.qmp.as_mut() {
+            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| client.feed(b, &mut notes)),
+            None => false,
+        };
+        for note in notes {
+            self.qmp_note(cx.log, note);
+        }
+        self.flush_qmp(cx.registry);
+        if eof {
+            if let Some(mut s) = self.qmp.take() {
+                let _ = cx.registry.deregister(&mut s);
+            }
+            self.qmp_out.clear();
+            self.qmp_client.closed();
+        }
+    }
+
+    fn qmp_note(&mut self, log: &mut Logger, note: QmpNote) {
+        match note {
+            QmpNote::Ready { kvm } => {
+                self.phase = Phase::Running;
+                self.boot.mark(QMP_READY);
+                if let Some(pid) = self.pid() {
+                    log.machine(&self.name, &format!("QEMU running (pid {pid})"));
+                }
+                if kvm {
+                    log.info(&format!("{}: accelerator: KVM", self.name));
+                } else {
+                    log.warning(
+                        Some(&self.name),
+                        "running under TCG (software emulation, KVM is not in use): \
+                         the guest is 10-50x slower than with KVM",
+                    );
+                }
+            }
+            QmpNote::Protocol(e) => log.warning(Some(&self.name), &e.to_string()),
+            QmpNote::UnsolicitedError(e) => {
+                log.warning(Some(&self.name), &format!("QMP error: {e}"))
+            }
+        }
+    }
+
+    fn flush_qmp(&mut self, registry: &Registry) {
+        let out = self.qmp_client.take_outbox();
+        if let Some(s) = self.qmp.as_ref() {
+            self.qmp_out.send(s, registry, &out);
+        }
+    }
+
+    /// Send a QMP command; its result arrives via [`Self::take_qmp_result`].
+    pub fn qmp_execute(
+        &mut self,
+        registry: &Registry,
+        name: &str,
+        args: Option<Value>,
+    ) -> Result<u64, MachineError> {
+        let id = self
+            .qmp_client
+            .execute(name, args)
+            .map_err(|_| MachineError::QmpNotReady)?;
+        self.flush_qmp(registry);
+        Ok(id)
+    }
+
+    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, String>> {
+        self.qmp_client.take_result(id)
+    }
+
+    pub fn qmp_ready(&self) -> bool {
+        self.qmp_client.ready()
+    }
+
+    /// Take the oldest queued QMP event.
+    pub fn next_qmp_event(&mut self) -> Option<Value> {
+        self.qmp_client.next_event()
+    }
+
+    pub(super) fn read_stdout(&mut self, cx: &mut Ctx<'_>) {
+        let Some(p) = self.process.as_ref() else {
+            return;
+        };
+        let mut lines = Vec::new();
+        let (console, early, running) = (
+            &mut self.console,
+            &mut self.early_output,
+            self.phase == Phase::Running,
+        );
+        let eof = nbio::read_available(&mut FdReader(&p.stdout), &mut self.read_buf, |chunk| {
+            console.feed(chunk, &mut lines);
+            if !running {
+                early.extend(chunk);
+                let excess = early.len().saturating_sub(EARLY_OUTPUT_TAIL);
+                early.drain(..excess);
+            }
+        });
+        if eof {
+            self.console.flush(&mut lines);
+            let _ = cx.registry.deregister(&mut SourceFd(&p.stdout.as_raw_fd()));
+            self.stdout_open = false;
+        }
+        if !lines.is_empty() {
+            self.boot.mark_once(FIRST_SERIAL_LINE);
+        }
+        for l in lines {
+            cx.log.serial(&self.name, &l);
+        }
+    }
+
+    /// Lines printed on the serial console since the last call (upstream's queue semantics).
+    pub fn take_console_lines(&mut self) -> Vec<String> {
+        self.console.take_unconsumed()
+    }
+
+    pub fn console_log(&self) -> String {
+        self.console.log_text()
+    }
+
+    /// Write bytes to QEMU's stdin (`send_console`).
+    pub fn send_console(&mut self, registry: &Registry, bytes: &[u8]) -> bool {
+        match self.process.as_ref().filter(|_| self.booted()) {
+            Some(p) => {
+                self.stdin_out.send(&p.stdin, registry, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn flush_stdin(&mut self, registry: &Registry) {
+        if let Some(p) = self.process.as_ref() {
+            self.stdin_out.flush(&p.stdin, registry);
+        }
+    }
+}
