@@ -3,17 +3,17 @@
 //! The binary (`src/main.rs`) only parses the command line; everything else lives in this
 //! library so that tests and benches can drive single parts (the switch, the framing) directly.
 
-pub mod child;
+pub(crate) mod child;
 pub mod cli;
 pub mod driver;
 pub mod json;
 pub mod log;
-pub mod machine;
-pub mod nbio;
-pub mod procinfo;
+pub(crate) mod machine;
+pub(crate) mod nbio;
+pub(crate) mod procinfo;
 pub mod reactor;
-pub mod rpc;
+pub(crate) mod rpc;
 pub mod shim;
-pub mod signals;
+pub(crate) mod signals;
 pub mod trace;
 pub mod vde;

@@ -70,11 +70,6 @@ impl WriteBuffer {
         self.pos == self.buf.len()
     }
 
-    /// Bytes not written yet.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

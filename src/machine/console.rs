@@ -81,11 +81,6 @@ impl Console {
         self.consumed = self.dropped + self.lines.len();
         taken
     }
-
-    /// True if lines arrived that no wait has consumed.
-    pub fn has_unconsumed(&self) -> bool {
-        self.consumed < self.dropped + self.lines.len()
-    }
 }
 
 /// Upstream: `line.decode(errors="ignore").replace("\r", "").rstrip()`.
@@ -128,7 +123,7 @@ mod tests {
         let mut out = Vec::new();
         c.feed(b"one\ntwo\n", &mut out);
         assert_eq!(c.take_unconsumed(), vec!["one", "two"]);
-        assert!(!c.has_unconsumed());
+        assert!(c.take_unconsumed().is_empty());
         c.feed(b"three\n", &mut out);
         assert_eq!(c.take_unconsumed(), vec!["three"]);
     }

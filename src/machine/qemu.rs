@@ -95,21 +95,6 @@ pub fn name_from_start_command(cmd: &str) -> String {
     "machine".to_owned()
 }
 
-/// Upstream's `pythonize_name`: a valid Python identifier for the machine variable.
-pub fn pythonize_name(name: &str) -> String {
-    name.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let ok = c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit());
-            if ok {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// True when upstream would add `-nographic` (no display in the environment).
 pub fn wants_nographic() -> bool {
     ["DISPLAY", "WAYLAND_DISPLAY"]
@@ -249,13 +234,6 @@ mod tests {
         assert_eq!(name_from_start_command("run-a-b-vm"), "a-b");
         assert_eq!(name_from_start_command("/bin/qemu-foo"), "machine");
         assert_eq!(name_from_start_command("run--vm"), "machine");
-    }
-
-    #[test]
-    fn pythonize_name_replaces_invalid_characters() {
-        assert_eq!(pythonize_name("web-server.1"), "web_server_1");
-        assert_eq!(pythonize_name("1st"), "_st");
-        assert_eq!(pythonize_name("ok_name2"), "ok_name2");
     }
 
     #[test]

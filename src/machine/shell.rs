@@ -126,11 +126,13 @@ impl ShellFraming {
     }
 
     /// True once the sentinel has been seen (and until [`Self::await_sentinel`]).
+    #[cfg(test)]
     pub fn connected(&self) -> bool {
         self.state != State::AwaitSentinel
     }
 
     /// True while a command is outstanding.
+    #[cfg(test)]
     pub fn busy(&self) -> bool {
         matches!(self.state, State::InFrame | State::ExpectCount)
     }
@@ -402,6 +404,7 @@ impl NonceSource {
     }
 
     /// A reproducible sequence (tests); `seed` 0 is replaced by 1 (xorshift needs a set bit).
+    #[cfg(test)]
     pub fn from_seed(seed: u64) -> Self {
         NonceSource(seed.max(1))
     }
