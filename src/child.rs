@@ -14,6 +14,35 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::Mutex;
+
+/// Every child not yet reaped (pid, leads its own group): what the panic hook ends.
+static LIVE: Mutex<Vec<(i32, bool)>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<(i32, bool)>> {
+    // A panic while the list was locked leaves it consistent (push/retain only).
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Make a panic anywhere in ntd SIGKILL every child (group) at once, before anything else
+/// runs: a driver bug must never leave a guest behind. The previous hook still prints the
+/// message; the run then ends through the normal cleanup (or aborts, if cleanup panics too).
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        for &(pid, group) in live().iter() {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = if group {
+                    rustix::process::kill_process_group(pid, Signal::KILL)
+                } else {
+                    rustix::process::kill_process(pid, Signal::KILL)
+                };
+            }
+        }
+        eprintln!("ntd: internal error (a bug in ntd; please report it); every child was killed");
+        previous(info);
+    }));
+}
 
 /// The signal a child receives when the driver dies (even by SIGKILL).
 pub const PARENT_DEATH_SIGNAL: Signal = Signal::KILL;
@@ -91,11 +120,20 @@ pub fn spawn(cmd: &mut Command, opts: SpawnOptions) -> io::Result<Child> {
     let pid = Pid::from_raw(child.id() as i32).ok_or_else(|| io::Error::other("spawned pid 0"))?;
     let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     drop(child); // std neither waits nor kills on drop; the pidfd tracks the process.
+    live().push((pid.as_raw_nonzero().get(), opts.own_group));
     Ok(Child {
         pid,
         pidfd,
         own_group: opts.own_group,
     })
+}
+
+impl Drop for Child {
+    /// A dropped child is reaped or given up on: the panic hook no longer ends it.
+    fn drop(&mut self) {
+        let pid = self.raw_pid();
+        live().retain(|(p, _)| *p != pid);
+    }
 }
 
 impl Child {
@@ -120,13 +158,18 @@ impl Child {
             WaitId::PidFd(self.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
-            Ok(Some(st)) => Some(if let Some(code) = st.exit_status() {
-                ExitInfo::Code(code)
-            } else if let Some(sig) = st.terminating_signal() {
-                ExitInfo::Signal(sig)
-            } else {
-                ExitInfo::Code(-1)
-            }),
+            Ok(Some(st)) => {
+                // Reaped: the pid may be reused from now on, so the panic hook must forget it.
+                let pid = self.raw_pid();
+                live().retain(|(p, _)| *p != pid);
+                Some(if let Some(code) = st.exit_status() {
+                    ExitInfo::Code(code)
+                } else if let Some(sig) = st.terminating_signal() {
+                    ExitInfo::Signal(sig)
+                } else {
+                    ExitInfo::Code(-1)
+                })
+            }
             Ok(None) => None,
             // ECHILD: reaped already; treat as gone.
             Err(_) => Some(ExitInfo::Code(-1)),

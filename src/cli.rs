@@ -40,7 +40,13 @@ pub struct Options {
     pub trace: Option<PathBuf>,
     /// Which CLI generation was used (for the upstream log line about keeping state).
     pub legacy_state_flag: bool,
+    /// How long a machine may take to open its backdoor shell (env `NTD_SHELL_TIMEOUT`;
+    /// upstream gives up after ten 30-second reminders).
+    pub shell_timeout: Duration,
 }
+
+/// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
+pub const DEFAULT_SHELL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A command line or configuration problem; exit status 2 like argparse.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,12 +190,15 @@ fn split_args(args: &[String]) -> Result<Raw, CliError> {
             Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
             _ => (a.as_str(), None),
         };
-        // Short option with attached value: -cfoo.json
-        let (name, inline) = if !name.starts_with("--") && name.len() > 2 && inline.is_none() {
-            (&name[..2], Some(name[2..].to_owned()))
-        } else {
-            (name, inline)
-        };
+        // Short option with attached value: -cfoo.json (cut after the first character, which
+        // need not be ASCII: `-é` is an unknown option, not a slicing error).
+        let short_len = name.chars().nth(1).map_or(name.len(), |c| 1 + c.len_utf8());
+        let (name, inline) =
+            if !name.starts_with("--") && name.len() > short_len && inline.is_none() {
+                (&name[..short_len], Some(name[short_len..].to_owned()))
+            } else {
+                (name, inline)
+            };
         let (canon, arity) = resolve(name)?;
         let vals = match arity {
             Arity::Flag => {
@@ -282,6 +291,10 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
         capture_dir: raw.one("--capture-dir").map(PathBuf::from),
         trace: raw.one("--trace").map(PathBuf::from),
         legacy_state_flag: false,
+        shell_timeout: match env.get("NTD_SHELL_TIMEOUT") {
+            Some(t) => parse_seconds(&t, "NTD_SHELL_TIMEOUT")?,
+            None => DEFAULT_SHELL_TIMEOUT,
+        },
     };
 
     if let Some(config) = raw.one("--config") {
@@ -311,8 +324,18 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
                     .map(|(name, start_script)| VmSpec { name, start_script })
                     .collect();
             }
-            (Some(_), None, _) | (None, Some(_), _) => {
-                return err("--vm-names and --vm-start-scripts must be given together");
+            (Some(_), None, _) => {
+                return err("--vm-names needs --vm-start-scripts (one start script per name)");
+            }
+            (None, Some(s), _) => {
+                // Upstream derives each name from its script (`run-<name>-vm`).
+                o.vms = s
+                    .into_iter()
+                    .map(|s| VmSpec {
+                        name: crate::machine::qemu::name_from_start_command(&s),
+                        start_script: s,
+                    })
+                    .collect();
             }
             (None, None, Some(l)) => {
                 o.legacy_state_flag = true;
@@ -392,10 +415,12 @@ fn parse_vlan(s: &str) -> Result<u32, CliError> {
 }
 
 fn parse_seconds(s: &str, what: &str) -> Result<Duration, CliError> {
-    match s.trim().parse::<f64>() {
-        Ok(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-        _ => err(format!("argument {what}: invalid number of seconds: '{s}'")),
-    }
+    let secs = s
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| CliError(format!("argument {what}: invalid number of seconds: '{s}'")))?;
+    crate::rpc::ops::parse_duration(secs)
+        .map_err(|why| CliError(format!("argument {what}: the number of seconds {why}")))
 }
 
 fn dedup_vlans(v: &mut Vec<u32>) {
@@ -471,9 +496,9 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
             Value::Str(s) => parse_iso_or_seconds(s),
             other => other.as_f64(),
         }
-        .filter(|s| s.is_finite() && *s >= 0.0)
         .ok_or_else(|| bad("\"global_timeout\" must be a number of seconds"))?;
-        o.global_timeout = Duration::from_secs_f64(secs);
+        o.global_timeout = crate::rpc::ops::parse_duration(secs)
+            .map_err(|why| bad(&format!("\"global_timeout\" {why}")))?;
     }
     if let Some(s) = v.get("test_script").and_then(Value::as_str) {
         o.test_script = Some(PathBuf::from(s));
@@ -582,6 +607,48 @@ mod tests {
         .unwrap();
         assert_eq!(o.debug_hook.as_deref(), Some("attach-cmd"));
         assert_eq!(o.log_level, Level::Debug);
+    }
+
+    #[test]
+    fn non_ascii_short_options_are_unknown_not_a_crash() {
+        for a in ["-é", "-éx", "-\u{1F600}", "-ü=1"] {
+            let e = parse(&args(&[a]), &no_env()).unwrap_err();
+            assert!(e.0.contains("unrecognized arguments"), "{a}: {}", e.0);
+        }
+    }
+
+    #[test]
+    fn start_scripts_without_names_derive_names_from_the_scripts() {
+        let o = parse(
+            &args(&["t.py", "--vm-start-scripts", "/s/run-web-vm", "/s/other"]),
+            &no_env(),
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<_> = o.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["web", "machine"]);
+        assert!(parse(&args(&["t.py", "--vm-names", "a"]), &no_env()).is_err());
+    }
+
+    #[test]
+    fn huge_or_negative_global_timeouts_are_errors_not_overflows() {
+        for t in ["1e300", "-5", "inf", "nan"] {
+            let e = parse(
+                &args(&[
+                    "t.py",
+                    "--start-scripts",
+                    "/s/run-a-vm",
+                    "--global-timeout",
+                    t,
+                ]),
+                &no_env(),
+            )
+            .unwrap_err();
+            assert!(e.0.contains("--global-timeout"), "{t}: {}", e.0);
+        }
+        let p = write_config(r#"{"vms":{},"test_script":"/t","global_timeout":1e300}"#);
+        let e = parse(&args(&["-c", p.to_str().unwrap()]), &no_env()).unwrap_err();
+        assert!(e.0.contains("out of range"), "{}", e.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The binary (`src/main.rs`) only parses the command line; everything else lives in this
 //! library so that tests and benches can drive single parts (the switch, the framing) directly.
 
-pub(crate) mod child;
+pub mod child;
 pub mod cli;
 pub mod driver;
 pub mod json;

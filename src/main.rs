@@ -7,8 +7,26 @@ use ntd::log::{junit::Junit, terminal::Terminal, xml::XmlLog, Logger};
 use ntd::trace::Trace;
 
 fn main() {
-    let argv0 = std::env::args().next().unwrap_or_default();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    ntd::child::install_panic_hook();
+    let mut argv = std::env::args_os();
+    let argv0 = argv
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut args = Vec::new();
+    for a in argv {
+        match a.into_string() {
+            Ok(a) => args.push(a),
+            Err(raw) => {
+                eprintln!(
+                    "nixos-test-driver: error: argument {} is not valid UTF-8 \
+                     (paths and names must be UTF-8)",
+                    raw.to_string_lossy()
+                );
+                std::process::exit(2);
+            }
+        }
+    }
     if let Some(code) = subcommand(&argv0, &args) {
         std::process::exit(code);
     }

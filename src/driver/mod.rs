@@ -8,6 +8,7 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod dirs;
 mod ops;
 mod pending;
 mod shim;
@@ -78,6 +79,7 @@ pub struct Driver {
     log: Logger,
     opts: Options,
     tmp_dir: PathBuf,
+    sockets: dirs::SocketDirs,
     machines: Vec<Machine>,
     switches: Vec<Switch>,
     /// `QEMU_VDE_SOCKET_<n>` for start scripts and the shim.
@@ -90,6 +92,8 @@ pub struct Driver {
     termination: Option<Termination>,
     started: Instant,
     trace: Option<Trace>,
+    /// Fault injection for the tests (`NTD_TEST_PANIC=<op>`): panic when that op arrives.
+    panic_on: Option<String>,
 }
 
 impl Driver {
@@ -113,6 +117,7 @@ impl Driver {
             poll,
             log,
             opts,
+            sockets: dirs::SocketDirs::new(tmp_dir.clone()),
             tmp_dir,
             machines: Vec::new(),
             switches: Vec::new(),
@@ -124,6 +129,7 @@ impl Driver {
             termination: None,
             started: Instant::now(),
             trace,
+            panic_on: std::env::var("NTD_TEST_PANIC").ok(),
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -153,7 +159,16 @@ impl Driver {
         keep: bool,
     ) -> Result<usize, String> {
         let index = self.machines.len();
-        let mut m = Machine::new(name, index, &self.tmp_dir, start_command);
+        let monitor = PathBuf::from(format!("vm-state-{name}")).join("monitor");
+        let socket_base = self
+            .sockets
+            .base_for(
+                &monitor,
+                crate::machine::qemu::MAX_SOCKET_PATH,
+                &mut self.log,
+            )
+            .map_err(|e| format!("cannot create a directory for the sockets of {name}: {e}"))?;
+        let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
         m.reset_state_dir(&mut self.log)
             .map_err(|e| e.to_string())?;
@@ -162,13 +177,27 @@ impl Driver {
     }
 
     /// Run the test: start the shim, serve it until it exits (or the run is cut short), clean
-    /// up, and return the process exit status.
+    /// up, and return the process exit status. A bug in the driver (a panic) ends the run
+    /// through the same cleanup, with status 1.
     pub fn run(mut self) -> i32 {
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        let code = served.unwrap_or_else(|_| {
+            self.log.test_error(
+                "ntd stopped the test after an internal error (see the message above); \
+                 cleaning up",
+            );
+            1
+        });
+        self.cleanup();
+        code
+    }
+
+    /// Serve the shim until it exits or the run is cut short; the exit status.
+    fn serve(&mut self) -> i32 {
         match ShimLink::spawn(&self.tmp_dir, &self.extra_env, self.poll.registry()) {
             Ok(link) => self.shim = Some(link),
             Err(e) => {
                 self.log.error(&e.to_string());
-                self.cleanup();
                 return 1;
             }
         }
@@ -181,13 +210,11 @@ impl Driver {
             s.read_requests(self.poll.registry());
         }
         self.advance();
-        let code = match self.termination {
+        match self.termination {
             Some(Termination::GlobalTimeout) => 143,
             Some(Termination::Signal(sig)) => signals::exit_status_for(sig),
             None => self.shim_exit().map_or(1, |info| info.shell_status()),
-        };
-        self.cleanup();
-        code
+        }
     }
 
     fn shim_exit(&self) -> Option<crate::child::ExitInfo> {
@@ -378,6 +405,12 @@ impl Driver {
     /// Handle a new request: notifications and instant ones are answered at once, the rest
     /// become the current op.
     fn begin(&mut self, req: Request) {
+        if self.panic_on.as_deref() == Some(req.op.name()) {
+            panic!(
+                "NTD_TEST_PANIC: a panic injected while handling '{}'",
+                req.op.name()
+            );
+        }
         match (req.id, self.start_op(req.op)) {
             (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
             (Some(id), ops::Begun::Pending(p)) => {
@@ -436,6 +469,7 @@ impl Driver {
             s.close(self.poll.registry());
         }
         let _ = std::fs::remove_dir(self.tmp_dir.join("shared-xchg"));
+        self.sockets.remove();
         self.log.end(true);
         self.report_usage();
         self.log.finish();

@@ -2,11 +2,11 @@
 //! [`Pending`] operation (finished in [`super::pending`]). Adding a testScript method means
 //! one [`Op`] variant (decoded in [`crate::rpc::ops`]) and one arm here.
 
-use super::pending::{Pending, ShellStage};
+use super::pending::{Pending, ShellOp, ShellStage};
 use super::Driver;
 use crate::json::{obj, Value};
 use crate::machine::guest::{format_seconds, WaitSpec};
-use crate::machine::qemu::{self, MachinePaths};
+use crate::machine::qemu;
 use crate::machine::session::ShellRequest;
 use crate::machine::waits::WaitCondition;
 use crate::machine::{self, Machine, Phase};
@@ -223,14 +223,15 @@ impl Driver {
         check_output: bool,
     ) -> Begun {
         match self.machine_index(machine) {
-            Ok(m) => Begun::Pending(Pending::Shell {
+            Ok(m) => Begun::Pending(Pending::Shell(ShellOp {
                 m,
                 req,
                 wait,
                 stage: ShellStage::Connect(None),
                 check_output,
                 started: Instant::now(),
-            }),
+                answer_by: None,
+            })),
             Err(e) => Begun::Done(Err(e)),
         }
     }
@@ -339,7 +340,12 @@ impl Driver {
             .as_ref()
             .map(|p| Value::from(p.display().to_string()))
             .unwrap_or(Value::Null);
-        let vlans = self.opts.vlans.iter().map(|v| Value::Int((*v).into()));
+        let vlans = self.switches.iter().map(|sw| {
+            obj([
+                ("nr", Value::Int(sw.vlan().into())),
+                ("socket_dir", Value::from(sw.dir().display().to_string())),
+            ])
+        });
         obj([
             (
                 "machines",
@@ -422,12 +428,11 @@ fn qemu_command(
     [monitor, qmp, shell]: [&Path; 3],
     allow_reboot: bool,
 ) -> String {
-    let paths = MachinePaths {
-        monitor: monitor.to_owned(),
-        qmp: qmp.to_owned(),
-        shell: shell.to_owned(),
-        ..MachinePaths::new(Path::new("/"), "unused")
+    let sockets = qemu::Sockets {
+        monitor,
+        qmp,
+        shell,
     };
-    let args = qemu::appended_args(&paths, allow_reboot, qemu::wants_nographic());
+    let args = qemu::appended_args(&sockets, allow_reboot, qemu::wants_nographic());
     format!("{start_command} {}", args.join(" "))
 }

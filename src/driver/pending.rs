@@ -8,6 +8,7 @@
 use super::ops::OpResult;
 use super::Driver;
 use crate::json::{obj, Value};
+use crate::machine::guest::WAIT_GRACE_SECS;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::waits::{Verdict, WaitCondition};
 use crate::machine::{Machine, Phase};
@@ -15,9 +16,13 @@ use crate::reactor::Ctx;
 use crate::rpc::{self, ErrorType, OpError};
 use std::time::{Duration, Instant};
 
-/// Upstream logs a reminder every 30 s while the shell is silent and gives up after 10.
+/// Upstream logs a reminder every 30 s while the shell is silent (and gives up after 10, the
+/// default of [`crate::cli::Options::shell_timeout`]).
 const CONNECT_REMINDER: Duration = Duration::from_secs(30);
-const CONNECT_MAX_REMINDERS: u32 = 10;
+/// How long the host waits for a command's answer beyond the command's own timeout (which the
+/// guest enforces) before it declares the guest stuck: a base plus a share of the timeout.
+const ANSWER_GRACE: Duration = Duration::from_secs(15);
+const ANSWER_GRACE_SHARE: f64 = 0.05;
 /// How long a wait for shutdown keeps reading QEMU's output after the process exited.
 const STDOUT_DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
@@ -32,16 +37,17 @@ impl Current {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.op {
             Pending::Connect { stage: Some(c), .. }
-            | Pending::Shell {
+            | Pending::Shell(ShellOp {
                 stage: ShellStage::Connect(Some(c)),
                 ..
-            } => Some(c.next_reminder),
+            }) => Some(c.next_reminder.min(c.give_up)),
             Pending::ConsoleWait { deadline, .. } | Pending::QmpEvent { deadline, .. } => *deadline,
             Pending::WaitExit {
                 deadline,
                 drain_until,
                 ..
             } => [*deadline, *drain_until].into_iter().flatten().min(),
+            Pending::Shell(op) => op.answer_by,
             _ => None,
         }
     }
@@ -52,7 +58,7 @@ impl Current {
 pub(super) struct Connecting {
     began: Instant,
     next_reminder: Instant,
-    reminders: u32,
+    give_up: Instant,
     nested: bool,
 }
 
@@ -66,6 +72,20 @@ pub(super) enum ShellStage {
     Sent,
 }
 
+/// A command or wait in the guest shell, from connecting to the answer.
+pub(super) struct ShellOp {
+    pub m: usize,
+    pub req: ShellRequest,
+    /// For waits: how to read the loop's final status.
+    pub wait: Option<WaitCondition>,
+    pub stage: ShellStage,
+    pub check_output: bool,
+    pub started: Instant,
+    /// When the host stops waiting for the answer (set once the request is sent; none for a
+    /// command without a timeout).
+    pub answer_by: Option<Instant>,
+}
+
 /// An operation that completes later.
 pub(super) enum Pending {
     Start {
@@ -77,15 +97,7 @@ pub(super) enum Pending {
         m: usize,
         stage: Option<Connecting>,
     },
-    Shell {
-        m: usize,
-        req: ShellRequest,
-        /// For waits: how to read the loop's final status.
-        wait: Option<WaitCondition>,
-        stage: ShellStage,
-        check_output: bool,
-        started: Instant,
-    },
+    Shell(ShellOp),
     ConsoleWait {
         m: usize,
         deadline: Option<Instant>,
@@ -126,14 +138,7 @@ impl Driver {
                 Step::Done => Some(Ok(Value::Null)),
                 Step::Failed(e) => Some(Err(e)),
             },
-            Pending::Shell {
-                m,
-                req,
-                wait,
-                stage,
-                check_output,
-                started,
-            } => self.poll_shell(*m, req, wait.as_ref(), stage, *check_output, *started),
+            Pending::Shell(op) => self.poll_shell(op),
             Pending::ConsoleWait { m, deadline } => {
                 let machine = &mut self.machines[*m];
                 let lines = machine.take_console_lines();
@@ -256,10 +261,11 @@ impl Driver {
             }
             return Step::Done;
         }
+        let patience = self.opts.shell_timeout;
         let c = stage.get_or_insert_with(|| Connecting {
             began: now,
             next_reminder: now + CONNECT_REMINDER,
-            reminders: 0,
+            give_up: now + patience,
             nested: false,
         });
         let mut cx = Ctx {
@@ -267,6 +273,22 @@ impl Driver {
             log: &mut self.log,
         };
         let machine = &mut self.machines[m];
+        if machine.phase() == Phase::Exited {
+            // QEMU died and nobody asked for it (no shutdown, crash or wait_for_shutdown):
+            // fail loudly instead of booting a fresh machine behind the test's back.
+            if c.nested {
+                cx.log.end(false);
+            }
+            stage.take();
+            return Step::Failed(OpError::new(
+                ErrorType::Machine,
+                format!(
+                    "{}\n(it stopped unexpectedly; call {}.start() to boot it again)",
+                    machine.exit_report(),
+                    machine.name
+                ),
+            ));
+        }
         if !c.nested {
             c.nested = true;
             cx.log
@@ -287,16 +309,31 @@ impl Driver {
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "not running".into())
             )),
-            _ if machine.shell_lost() => Some("Shell disconnected".to_owned()),
-            _ => None,
+            _ if machine.shell_lost() => Some(format!(
+                "machine '{}': Shell disconnected (the guest closed its root shell)",
+                machine.name
+            )),
+            _ => machine.shell_error(),
         };
         if let Some(msg) = failed {
             cx.log.end(false);
             stage.take();
-            return Step::Failed(OpError::new(ErrorType::Runtime, msg));
+            return Step::Failed(OpError::new(ErrorType::Machine, msg));
+        }
+        if now >= c.give_up {
+            cx.log.end(false);
+            stage.take();
+            return Step::Failed(OpError::new(
+                ErrorType::Runtime,
+                format!(
+                    "Shell did not start in time ({} s): the guest never printed the backdoor's \
+                     sentinel (check 'systemctl status backdoor.service' in the guest). {}",
+                    patience.as_secs(),
+                    machine.console_report()
+                ),
+            ));
         }
         if now >= c.next_reminder {
-            c.reminders += 1;
             c.next_reminder = now + CONNECT_REMINDER;
             cx.log.machine(
                 &machine.name,
@@ -306,48 +343,34 @@ impl Driver {
                 &machine.name,
                 "  To debug, enter the VM and run 'systemctl status backdoor.service'.",
             );
-            if c.reminders >= CONNECT_MAX_REMINDERS {
-                cx.log.end(false);
-                stage.take();
-                return Step::Failed(OpError::new(
-                    ErrorType::Runtime,
-                    "Shell did not start in time",
-                ));
-            }
         }
         Step::Pending
     }
 
-    fn poll_shell(
-        &mut self,
-        m: usize,
-        req: &ShellRequest,
-        wait: Option<&WaitCondition>,
-        stage: &mut ShellStage,
-        check_output: bool,
-        started: Instant,
-    ) -> Option<OpResult> {
+    fn poll_shell(&mut self, op: &mut ShellOp) -> Option<OpResult> {
+        let m = op.m;
         loop {
-            match stage {
+            match &mut op.stage {
                 ShellStage::Connect(c) => match self.poll_connect(m, c) {
                     Step::Pending => return None,
                     Step::Failed(e) => return Some(Err(e)),
-                    Step::Done => *stage = ShellStage::Idle,
+                    Step::Done => op.stage = ShellStage::Idle,
                 },
                 ShellStage::Idle => {
                     let machine = &mut self.machines[m];
                     if !machine.connected() {
-                        *stage = ShellStage::Connect(None);
+                        op.stage = ShellStage::Connect(None);
                         continue;
                     }
                     if !machine.shell_ready() {
                         return None;
                     }
-                    if let Err(e) = machine.send_shell(self.poll.registry(), req) {
+                    if let Err(e) = machine.send_shell(self.poll.registry(), &op.req) {
                         return Some(Err(OpError::new(ErrorType::Machine, e.to_string())));
                     }
-                    *stage = ShellStage::Sent;
-                    if !check_output {
+                    op.stage = ShellStage::Sent;
+                    op.answer_by = answer_deadline(&op.req);
+                    if !op.check_output {
                         let r = ShellResult {
                             status: -2,
                             output: Vec::new(),
@@ -356,32 +379,55 @@ impl Driver {
                             looped: false,
                             lost: 0,
                         };
-                        return Some(Ok(shell_reply(&r, started)));
+                        return Some(Ok(shell_reply(&r, op.started)));
                     }
                 }
-                ShellStage::Sent => {
-                    let machine = &mut self.machines[m];
-                    if let Some(r) = machine.take_shell_result() {
-                        self.trace_shell(m, req, &r, started);
-                        return Some(finish_shell(&self.machines[m], req, wait, &r, started));
-                    }
-                    if machine.shell_lost() || !machine.booted() {
-                        return Some(Err(OpError::new(
-                            ErrorType::Runtime,
-                            format!(
-                                "Shell disconnected while running `{}` (QEMU {})",
-                                req.command(),
-                                machine
-                                    .exit_info()
-                                    .map(|i| format!("exited with {i}"))
-                                    .unwrap_or_else(|| "closed the shell".into())
-                            ),
-                        )));
-                    }
-                    return None;
-                }
+                ShellStage::Sent => return self.poll_answer(op),
             }
         }
+    }
+
+    /// A sent request: its result, or why it will never come.
+    fn poll_answer(&mut self, op: &ShellOp) -> Option<OpResult> {
+        let machine = &mut self.machines[op.m];
+        if let Some(r) = machine.take_shell_result() {
+            self.trace_shell(op.m, &op.req, &r, op.started);
+            return Some(finish_shell(
+                &self.machines[op.m],
+                &op.req,
+                op.wait.as_ref(),
+                &r,
+                op.started,
+            ));
+        }
+        let command = op.req.command();
+        if machine.shell_lost() || !machine.booted() {
+            let why = if machine.booted() {
+                format!("machine '{}': the guest closed its shell", machine.name)
+            } else {
+                machine.exit_report()
+            };
+            return Some(Err(OpError::new(
+                ErrorType::Machine,
+                format!("Shell disconnected while running `{command}`: {why}"),
+            )));
+        }
+        if op.answer_by.is_some_and(|t| Instant::now() >= t) {
+            let reason = format!(
+                "the guest shell did not answer `{command}` within {:.0} s, although the guest \
+                 enforces the command's own timeout: the guest is stuck (a kernel hang?) or its \
+                 shell exited",
+                op.started.elapsed().as_secs_f64()
+            );
+            machine.abandon_shell(reason.clone());
+            let msg = format!(
+                "machine '{}': {reason}{}",
+                machine.name,
+                machine.console_tail_text()
+            );
+            return Some(Err(OpError::new(ErrorType::Machine, msg)));
+        }
+        None
     }
 
     fn trace_shell(&self, m: usize, req: &ShellRequest, r: &ShellResult, started: Instant) {
@@ -402,6 +448,18 @@ impl Driver {
         }
         t.span(&self.machines[m].name, name, started, Instant::now(), args);
     }
+}
+
+/// When the host gives up on the answer to `req`: its own timeout (enforced in the guest)
+/// plus a grace; never for a command without a timeout.
+fn answer_deadline(req: &ShellRequest) -> Option<Instant> {
+    let own = match req {
+        ShellRequest::Run { timeout, .. } => (*timeout)?,
+        ShellRequest::Wait { spec, .. } => spec.budget_secs + WAIT_GRACE_SECS,
+    };
+    let grace = ANSWER_GRACE.as_secs_f64() + own * ANSWER_GRACE_SHARE;
+    let total = Duration::try_from_secs_f64(own + grace).ok()?;
+    Instant::now().checked_add(total)
 }
 
 /// A finished shell request as the shim sees it: lost output is an error; a wait says

@@ -62,6 +62,16 @@ impl ShimLink {
         registry: &Registry,
     ) -> Result<ShimLink, DriverError> {
         let dir = tmp_dir.join(format!("ntd-shim-{}", std::process::id()));
+        // Private: the package is code the driver runs.
+        rustix::fs::mkdir(&dir, rustix::fs::Mode::from_raw_mode(0o700))
+            .or_else(|e| {
+                if e == rustix::io::Errno::EXIST {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| DriverError::Shim(format!("cannot create {}: {e}", dir.display())))?;
         shim::write_package(&dir).map_err(|e| DriverError::Shim(e.to_string()))?;
         let spawned = shim::spawn(&dir, env).map_err(|e| {
             let _ = std::fs::remove_dir_all(&dir);

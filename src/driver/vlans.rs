@@ -7,6 +7,7 @@ use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::event::Event;
+use std::path::PathBuf;
 use std::time::Instant;
 
 impl Driver {
@@ -22,7 +23,12 @@ impl Driver {
         self.log.begin(None, "start all VLans");
         for (i, nr) in self.opts.vlans.clone().into_iter().enumerate() {
             self.log.log("start vlan");
-            let dir = self.tmp_dir.join(format!("vde{nr}.ctl"));
+            let name = PathBuf::from(format!("vde{nr}.ctl"));
+            let base = self
+                .sockets
+                .base_for(&name, crate::vde::MAX_DIR_LEN, &mut self.log)
+                .map_err(|e| DriverError::Setup("cannot create a directory for vlan sockets", e))?;
+            let dir = base.join(name);
             let owner = Owner::Switch(i).id();
             let registry = self.poll.registry();
             let mut sw = match Switch::create(nr, &dir, owner, registry, SwitchConfig::default()) {

@@ -6,7 +6,7 @@
 use super::boot::{FIRST_SERIAL_LINE, QMP_READY, SENTINEL, SHELL_READY};
 use super::qmp::QmpNote;
 use super::session::{SessionNote, ShellRequest, ShellResult};
-use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL};
+use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL, SETUP_PATIENCE};
 use crate::json::Value;
 use crate::log::{py_bytes_repr, Logger};
 use crate::nbio::{self, FdReader};
@@ -14,6 +14,10 @@ use crate::reactor::Ctx;
 use mio::unix::SourceFd;
 use mio::Registry;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+/// How much of a failed wait attempt's output the debug log quotes.
+const ATTEMPT_LOG_MAX: usize = 4096;
 
 impl Machine {
     pub(super) fn drain_monitor(&mut self, registry: &Registry) {
@@ -46,23 +50,45 @@ impl Machine {
         }
     }
 
-    fn session_note(&mut self, log: &mut Logger, note: SessionNote) {
+    pub(super) fn session_note(&mut self, log: &mut Logger, note: SessionNote) {
         let name = &self.name;
         match note {
             SessionNote::Greeting(bytes) => {
                 log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
             }
-            SessionNote::Sentinel => self.boot.mark(SENTINEL),
-            SessionNote::Ready => self.boot.mark(SHELL_READY),
-            SessionNote::SetupFailed { status } => log.warning(
+            SessionNote::Sentinel => {
+                self.boot.mark(SENTINEL);
+                self.setup_deadline = Some(Instant::now() + SETUP_PATIENCE);
+            }
+            SessionNote::Ready => {
+                self.boot.mark(SHELL_READY);
+                self.setup_deadline = None;
+            }
+            SessionNote::SetupFailed { reason } => {
+                self.setup_deadline = None;
+                log.warning(Some(name), &reason);
+            }
+            SessionNote::NoSpool => log.warning(
                 Some(name),
-                &format!("backdoor setup check failed with status {status}"),
+                "the guest has no /dev/fd or no tee: ntd cannot spool command output there, so \
+                 output the virtio console drops can be neither detected nor fetched again",
             ),
             SessionNote::Stray(bytes) => log.machine(
                 name,
                 &format!(
                     "output after its command finished (a background process kept stdout?): {}",
                     py_bytes_repr(&bytes)
+                ),
+            ),
+            SessionNote::AttemptOutput {
+                attempt,
+                status,
+                output,
+            } => log.debug(
+                Some(name),
+                &format!(
+                    "wait attempt {attempt} failed (status {status}); it printed {}",
+                    py_bytes_repr(&output[..output.len().min(ATTEMPT_LOG_MAX)])
                 ),
             ),
             SessionNote::Dropped { bytes } => log.machine(

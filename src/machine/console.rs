@@ -74,6 +74,14 @@ impl Console {
         s
     }
 
+    /// The last `n` lines (for error messages about a machine that stopped).
+    pub fn tail(&self, n: usize) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .skip(self.lines.len().saturating_sub(n))
+            .map(String::as_str)
+    }
+
     /// Take every line not consumed by an earlier wait.
     pub fn take_unconsumed(&mut self) -> Vec<String> {
         let first = self.consumed.max(self.dropped) - self.dropped;
@@ -124,6 +132,8 @@ mod tests {
         c.feed(b"one\ntwo\n", &mut out);
         assert_eq!(c.take_unconsumed(), vec!["one", "two"]);
         assert!(c.take_unconsumed().is_empty());
+        assert_eq!(c.tail(1).collect::<Vec<_>>(), ["two"]);
+        assert_eq!(c.tail(5).count(), 2);
         c.feed(b"three\n", &mut out);
         assert_eq!(c.take_unconsumed(), vec!["three"]);
     }

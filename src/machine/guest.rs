@@ -21,6 +21,12 @@ use std::fmt::Write as _;
 ///   before every command would cost a tenth of the per-command latency;
 /// - fd 5: `/dev/null`, every command's stdin.
 ///
+/// The backdoor contract promises bash on `/dev/hvc0` and nothing more: without `/dev/fd`
+/// (which process substitution and `tee /dev/fd/9` need) or without `tee`, fd 3 is the console
+/// itself and `__ntd_m` is 3 ("no spool": output the console drops can then be neither
+/// detected nor fetched again). The setup check frame ([`SETUP_CHECK`]) reports that mode
+/// as its exit status.
+///
 /// bash reads its script one byte per `read()` from the console (about 10 µs per byte under
 /// TCG) and every fork costs milliseconds, so only what every command needs is here; the
 /// timeout and wait machinery follows with the first command that needs it
@@ -28,8 +34,14 @@ use std::fmt::Write as _;
 pub const SETUP: &str = r#"__ntd_sp=/dev/shm
 [[ -d $__ntd_sp && -w $__ntd_sp ]] || __ntd_sp=/tmp
 __ntd_sp=$__ntd_sp/.ntd-spool-$$
+__ntd_m=0
 exec 9>&1
-exec 3> >(exec tee -a "$__ntd_sp" /dev/fd/9 >/dev/null)
+if [[ -e /dev/fd/9 ]] && type -P tee >/dev/null; then
+  exec 3> >(exec tee -a "$__ntd_sp" /dev/fd/9 >/dev/null)
+  { : >&3; } 2>/dev/null || { exec 3>&1; __ntd_m=3; }
+else
+  exec 3>&1; __ntd_m=3
+fi
 __ntd_cp=$!
 exec 5</dev/null 9>&-
 __ntd_r() {
@@ -46,6 +58,12 @@ __ntd_fetch() {
   printf '\001E%s %d\001' "$1" "$?"
 }
 "#;
+
+/// The command of the setup's check frame: its exit status is the spool mode (0: spool, 3: no
+/// spool). Anything else, or no answer at all, means the setup failed.
+pub const SETUP_CHECK: &str = "exit $_Nm";
+/// [`SETUP_CHECK`]'s status when the guest has no spool.
+pub const SETUP_NO_SPOOL: i32 = 3;
 
 /// Sent in front of the first timed command: fds 6/7 become a watchdog coprocess that
 /// enforces timeouts without exec'ing `timeout`. A timed command's subshell writes `<its pid>

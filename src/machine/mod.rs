@@ -46,6 +46,12 @@ const QMP_CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 const QMP_CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// Tail of QEMU's output kept for error messages about a failed start.
 pub(crate) const EARLY_OUTPUT_TAIL: usize = 4096;
+/// How long the guest shell may take to answer ntd's setup block after the sentinel. It takes
+/// well under a second even on a loaded host; a shell that never answers (a guest without
+/// what the setup needs) must not hang the test until the global timeout.
+pub(crate) const SETUP_PATIENCE: Duration = Duration::from_secs(20);
+/// Console lines quoted when a machine stopped unexpectedly.
+const EXIT_REPORT_LINES: usize = 10;
 /// Read buffer for every stream.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -145,15 +151,25 @@ pub struct Machine {
     pub boot: BootTimes,
     kill_deadline: Option<Instant>,
     killed: bool,
+    /// When a shell that has not answered its setup is given up on.
+    setup_deadline: Option<Instant>,
 }
 
 impl Machine {
-    pub fn new(name: &str, index: usize, tmp_dir: &std::path::Path, start_command: &str) -> Self {
+    /// Machine number `index` of the run, its state below `tmp_dir` and its sockets below
+    /// `socket_base`.
+    pub fn new(
+        name: &str,
+        index: usize,
+        tmp_dir: &std::path::Path,
+        socket_base: &std::path::Path,
+        start_command: &str,
+    ) -> Self {
         let owner = Owner::Machine(index);
         Machine {
             name: name.to_owned(),
             owner,
-            paths: MachinePaths::new(tmp_dir, name),
+            paths: MachinePaths::new(tmp_dir, socket_base, name),
             start_command: start_command.to_owned(),
             keep_state: false,
             allow_reboot: false,
@@ -185,6 +201,7 @@ impl Machine {
             boot: BootTimes::default(),
             kill_deadline: None,
             killed: false,
+            setup_deadline: None,
         }
     }
 
@@ -235,6 +252,54 @@ impl Machine {
         String::from_utf8_lossy(&v).trim_end().to_owned()
     }
 
+    /// Why the guest shell cannot be used (its setup failed, or it stopped answering), with
+    /// the console's last lines.
+    pub fn shell_error(&self) -> Option<String> {
+        let reason = self.session.unusable()?;
+        let mut s = format!("machine '{}': {reason}", self.name);
+        s.push_str(&self.console_tail_text());
+        Some(s)
+    }
+
+    /// Give up on the request in flight: the guest did not answer in time.
+    pub fn abandon_shell(&mut self, reason: String) {
+        self.session.abandon(reason);
+    }
+
+    /// `; its last console lines:` and the lines (empty if the console said nothing).
+    pub fn console_tail_text(&self) -> String {
+        let mut s = String::new();
+        let tail: Vec<&str> = self.console.tail(EXIT_REPORT_LINES).collect();
+        if !tail.is_empty() {
+            s.push_str("; its last console lines:");
+            for l in tail {
+                s.push_str("\n    ");
+                s.push_str(l);
+            }
+        }
+        s
+    }
+
+    /// `machine '<name>'` and the console's last lines, for errors about a guest that does
+    /// not answer.
+    pub fn console_report(&self) -> String {
+        let mut s = format!("machine '{}'", self.name);
+        s.push_str(&self.console_tail_text());
+        s
+    }
+
+    /// Why the machine is not running, for errors: how QEMU ended and what the console
+    /// showed last.
+    pub fn exit_report(&self) -> String {
+        let how = match self.exit {
+            Some(info) => format!("QEMU exited ({info})"),
+            None => "QEMU is not running".to_owned(),
+        };
+        let mut s = format!("machine '{}': {how}", self.name);
+        s.push_str(&self.console_tail_text());
+        s
+    }
+
     /// Which socket QEMU had not connected yet (upstream's error names it).
     pub fn missing_connection(&self) -> &'static str {
         if self.monitor.is_none() {
@@ -272,8 +337,10 @@ impl Machine {
         cx.log.machine(&self.name, "starting vm");
         self.paths.check_socket_lengths()?;
         let dir = &self.paths.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| qemu::QemuError::StateDir(dir.clone(), e))?;
-        set_mode(dir, 0o700);
+        for dir in [dir, &self.paths.socket_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| qemu::QemuError::StateDir(dir.clone(), e))?;
+            set_mode(dir, 0o700);
+        }
         std::fs::create_dir_all(&self.paths.shared_dir)
             .map_err(|e| qemu::QemuError::StateDir(self.paths.shared_dir.clone(), e))?;
         self.release_fds(cx.registry);
@@ -283,7 +350,11 @@ impl Machine {
         self.monitor_listener = Some(self.listen(cx.registry, Slot::MonitorListen)?);
         self.shell_listener = Some(self.listen(cx.registry, Slot::ShellListen)?);
 
-        let args = qemu::appended_args(&self.paths, self.allow_reboot, qemu::wants_nographic());
+        let args = qemu::appended_args(
+            &self.paths.sockets(),
+            self.allow_reboot,
+            qemu::wants_nographic(),
+        );
         let mut env = extra_env.to_vec();
         env.extend(qemu::start_env(&self.paths));
         let proc = qemu::spawn(&self.start_command, &args, &env, &self.paths.state_dir)?;
@@ -306,6 +377,7 @@ impl Machine {
         self.boot.mark(SPAWNED);
         self.kill_deadline = None;
         self.killed = false;
+        self.setup_deadline = None;
         Ok(())
     }
 
@@ -359,6 +431,8 @@ impl Machine {
                     .register(&mut s, self.token(Slot::Qmp), Interest::READABLE)
                     .is_ok()
                 {
+                    // QEMU made this socket with its own umask; nobody else may talk QMP.
+                    set_mode(&self.paths.qmp, 0o600);
                     self.qmp = Some(s);
                     self.qmp_out.clear();
                     self.qmp_client = QmpClient::new();
@@ -475,6 +549,9 @@ impl Machine {
         for p in [&self.paths.monitor, &self.paths.shell, &self.paths.qmp] {
             let _ = std::fs::remove_file(p);
         }
+        if self.paths.socket_dir != self.paths.state_dir {
+            let _ = std::fs::remove_dir(&self.paths.socket_dir);
+        }
         if !self.keep_state {
             let _ = std::fs::remove_dir_all(&self.paths.state_dir);
         }
@@ -521,13 +598,27 @@ impl LoopMember for Machine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.qmp_retry_at, self.kill_deadline]
+        [self.qmp_retry_at, self.kill_deadline, self.setup_deadline]
             .into_iter()
             .flatten()
             .min()
     }
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, now: Instant) {
+        if self.setup_deadline.is_some_and(|t| now >= t) {
+            self.setup_deadline = None;
+            let reason = format!(
+                "the guest's root shell did not answer ntd's setup within {} s of the backdoor \
+                 sentinel (the shell needs bash with /dev/fd, or at least bash; see the guest's \
+                 own error lines on its console)",
+                SETUP_PATIENCE.as_secs()
+            );
+            let mut notes = Vec::new();
+            self.session.fail_setup(reason, &mut notes);
+            for n in notes {
+                self.session_note(cx.log, n);
+            }
+        }
         if self.qmp_retry_at.is_some_and(|t| now >= t) {
             self.qmp_retry_at = None;
             self.maybe_connect_qmp(cx);

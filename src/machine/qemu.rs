@@ -50,20 +50,26 @@ impl std::error::Error for QemuError {}
 pub struct MachinePaths {
     pub state_dir: PathBuf,
     pub shared_dir: PathBuf,
+    /// The directory of the three sockets: the state directory, unless the runtime directory
+    /// is too long for socket paths (see `driver::dirs`).
+    pub socket_dir: PathBuf,
     pub monitor: PathBuf,
     pub shell: PathBuf,
     pub qmp: PathBuf,
 }
 
 impl MachinePaths {
-    pub fn new(tmp_dir: &Path, name: &str) -> MachinePaths {
-        let state_dir = tmp_dir.join(format!("vm-state-{name}"));
+    /// Paths below `tmp_dir`, with the sockets below `socket_base` (usually `tmp_dir`).
+    pub fn new(tmp_dir: &Path, socket_base: &Path, name: &str) -> MachinePaths {
+        let dir_name = format!("vm-state-{name}");
+        let socket_dir = socket_base.join(&dir_name);
         MachinePaths {
             shared_dir: tmp_dir.join("shared-xchg"),
-            monitor: state_dir.join("monitor"),
-            shell: state_dir.join("shell"),
-            qmp: state_dir.join("qmp"),
-            state_dir,
+            monitor: socket_dir.join("monitor"),
+            shell: socket_dir.join("shell"),
+            qmp: socket_dir.join("qmp"),
+            state_dir: tmp_dir.join(dir_name),
+            socket_dir,
         }
     }
 
@@ -75,6 +81,24 @@ impl MachinePaths {
             }
         }
         Ok(())
+    }
+}
+
+/// The three sockets of a machine, as QEMU's appended arguments name them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sockets<'a> {
+    pub monitor: &'a Path,
+    pub qmp: &'a Path,
+    pub shell: &'a Path,
+}
+
+impl MachinePaths {
+    pub fn sockets(&self) -> Sockets<'_> {
+        Sockets {
+            monitor: &self.monitor,
+            qmp: &self.qmp,
+            shell: &self.shell,
+        }
     }
 }
 
@@ -103,14 +127,14 @@ pub fn wants_nographic() -> bool {
 }
 
 /// The arguments upstream appends to the start script (§4.1), in its order.
-pub fn appended_args(paths: &MachinePaths, allow_reboot: bool, nographic: bool) -> Vec<String> {
+pub fn appended_args(sockets: &Sockets<'_>, allow_reboot: bool, nographic: bool) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-qmp".into(),
-        format!("unix:{},server=on,wait=off", paths.qmp.display()),
+        format!("unix:{},server=on,wait=off", sockets.qmp.display()),
         "-monitor".into(),
-        format!("unix:{}", paths.monitor.display()),
+        format!("unix:{}", sockets.monitor.display()),
         "-chardev".into(),
-        format!("socket,id=shell,path={}", paths.shell.display()),
+        format!("socket,id=shell,path={}", sockets.shell.display()),
         "-device".into(),
         "virtio-serial".into(),
         "-device".into(),
@@ -174,10 +198,12 @@ pub fn spawn(
         c.args(args);
         c
     } else {
+        // The start command is a shell line by definition; the arguments ntd appends carry
+        // paths (and so machine names), which must stay one word each.
         let mut line = command.to_owned();
         for a in args {
             line.push(' ');
-            line.push_str(a);
+            super::guest::shell_quote(a, &mut line);
         }
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(line);
@@ -238,21 +264,21 @@ mod tests {
 
     #[test]
     fn appended_args_match_upstream_order() {
-        let p = MachinePaths::new(Path::new("/tmp/x"), "m");
-        let a = appended_args(&p, false, true).join(" ");
+        let p = MachinePaths::new(Path::new("/tmp/x"), Path::new("/tmp/x"), "m");
+        let a = appended_args(&p.sockets(), false, true).join(" ");
         assert_eq!(
             a,
             "-qmp unix:/tmp/x/vm-state-m/qmp,server=on,wait=off -monitor unix:/tmp/x/vm-state-m/monitor \
              -chardev socket,id=shell,path=/tmp/x/vm-state-m/shell -device virtio-serial \
              -device virtconsole,chardev=shell -device virtio-rng-pci -serial stdio -no-reboot -nographic"
         );
-        assert!(!appended_args(&p, true, false).contains(&"-no-reboot".to_string()));
+        assert!(!appended_args(&p.sockets(), true, false).contains(&"-no-reboot".to_string()));
     }
 
     #[test]
     fn long_socket_paths_are_rejected_with_advice() {
         let long = "/".to_owned() + &"d".repeat(100);
-        let p = MachinePaths::new(Path::new(&long), "m");
+        let p = MachinePaths::new(Path::new(&long), Path::new(&long), "m");
         let e = p.check_socket_lengths().unwrap_err().to_string();
         assert!(e.contains("TMPDIR"), "{e}");
     }

@@ -78,10 +78,19 @@ pub enum SessionNote {
     Sentinel,
     /// The setup check answered: commands may be sent.
     Ready,
-    /// The setup check ended with a non-zero status.
-    SetupFailed { status: i32 },
+    /// The setup check ended with a status that means failure (or never came: see
+    /// [`ShellSession::fail_setup`]).
+    SetupFailed { reason: String },
+    /// The guest has no spool (no `/dev/fd` or no `tee`): dropped output cannot be detected.
+    NoSpool,
     /// Output after its command finished (a background process that kept stdout).
     Stray(Vec<u8>),
+    /// A failed attempt of a wait printed this (kept out of the result, logged at debug level).
+    AttemptOutput {
+        attempt: u32,
+        status: i32,
+        output: Vec<u8>,
+    },
     /// The console dropped this many bytes of the last frame; they are being fetched again.
     Dropped { bytes: u64 },
     /// The full output (this many bytes) was recovered from the spool.
@@ -122,6 +131,9 @@ enum Stage {
     /// The request finished; checking that none of its output was dropped (and fetching it
     /// again from the guest's spool if some was).
     Verifying,
+    /// A request was abandoned (no answer in time); the shell is usable again once its frame
+    /// ends.
+    Stuck,
 }
 
 /// A finished request being checked for output the console dropped.
@@ -161,6 +173,11 @@ pub struct ShellSession {
     sent_waits: bool,
     /// The connection ended (EOF) since the last sentinel.
     lost: bool,
+    /// Whether the guest spools command output (see [`guest::SETUP`]).
+    spool: bool,
+    /// Why the shell cannot be used (its setup failed, or it stopped answering), until the
+    /// next sentinel or the late end of the abandoned request.
+    unusable: Option<String>,
 }
 
 impl ShellSession {
@@ -181,6 +198,8 @@ impl ShellSession {
             sent_timeouts: false,
             sent_waits: false,
             lost: false,
+            spool: true,
+            unusable: None,
         }
     }
 
@@ -192,6 +211,7 @@ impl ShellSession {
         self.result = None;
         self.unverified = None;
         self.lost = false;
+        self.unusable = None;
     }
 
     /// Forget the shell without a new connection (reboot, `switch_root`): the next request
@@ -199,6 +219,39 @@ impl ShellSession {
     pub fn await_sentinel(&mut self) {
         self.framing.await_sentinel();
         self.stage = Stage::Booting;
+        self.unusable = None;
+    }
+
+    /// True while the setup block has been sent but not answered.
+    #[cfg(test)]
+    pub fn in_setup(&self) -> bool {
+        self.stage == Stage::Setup
+    }
+
+    /// Give up on a setup that never answered (the machine's timer): requests fail with
+    /// `reason` until the next sentinel.
+    pub fn fail_setup(&mut self, reason: String, notes: &mut Vec<SessionNote>) {
+        if self.stage == Stage::Setup {
+            self.stage = Stage::Booting;
+            self.unusable = Some(reason.clone());
+            notes.push(SessionNote::SetupFailed { reason });
+        }
+    }
+
+    /// Give up on the request in flight (the guest stopped answering): requests fail with
+    /// `reason` until the shell answers again (the abandoned frame ends late) or a new
+    /// sentinel comes.
+    pub fn abandon(&mut self, reason: String) {
+        if matches!(self.stage, Stage::Busy | Stage::Verifying) {
+            self.stage = Stage::Stuck;
+            self.unverified = None;
+            self.unusable = Some(reason);
+        }
+    }
+
+    /// Why the shell cannot be used (its setup failed, or it stopped answering), if so.
+    pub fn unusable(&self) -> Option<&str> {
+        self.unusable.as_deref()
     }
 
     /// The connection is gone (EOF or error).
@@ -247,7 +300,7 @@ impl ShellSession {
         match self.stage {
             Stage::Ready => {}
             Stage::Busy | Stage::Verifying => return Err(SessionError::Busy),
-            Stage::Booting | Stage::Setup => return Err(SessionError::NotConnected),
+            Stage::Booting | Stage::Setup | Stage::Stuck => return Err(SessionError::NotConnected),
         }
         let nonce = self.nonces.next_nonce();
         let mut line = match req {
@@ -288,7 +341,16 @@ impl ShellSession {
                 self.send_setup();
             }
             ShellEvent::Stray(bytes) => notes.push(SessionNote::Stray(bytes)),
-            ShellEvent::Attempt { .. } => self.attempts += 1,
+            ShellEvent::Attempt { status, output } => {
+                self.attempts += 1;
+                if !output.is_empty() {
+                    notes.push(SessionNote::AttemptOutput {
+                        attempt: self.attempts,
+                        status,
+                        output,
+                    });
+                }
+            }
             ShellEvent::Count { spooled } => self.check_spool_count(spooled, notes),
             ShellEvent::Done {
                 status,
@@ -297,14 +359,31 @@ impl ShellSession {
                 looped,
                 frame_bytes,
             } => match self.stage {
-                Stage::Setup if status == 0 => {
+                Stage::Setup if status == 0 || status == guest::SETUP_NO_SPOOL => {
+                    self.spool = status == 0;
+                    if !self.spool {
+                        notes.push(SessionNote::NoSpool);
+                    }
                     self.stage = Stage::Ready;
                     notes.push(SessionNote::Ready);
                 }
-                Stage::Setup => notes.push(SessionNote::SetupFailed { status }),
+                Stage::Setup => {
+                    let reason = format!(
+                        "ntd's setup of the guest shell ended with status {status} (output: {})",
+                        crate::log::py_bytes_repr(&output)
+                    );
+                    self.stage = Stage::Booting;
+                    self.unusable = Some(reason.clone());
+                    notes.push(SessionNote::SetupFailed { reason });
+                }
                 Stage::Verifying => {
                     self.spool_fetched += frame_bytes;
                     self.spool_piece(output, notes)
+                }
+                Stage::Stuck => {
+                    // The abandoned request ended after all: the shell answers again.
+                    self.stage = Stage::Ready;
+                    self.unusable = None;
                 }
                 _ => {
                     let result = ShellResult {
@@ -329,9 +408,10 @@ impl ShellSession {
         self.sent_timeouts = false;
         self.sent_waits = false;
         self.lost = false;
+        self.unusable = None;
         let nonce = self.nonces.next_nonce();
         let mut setup = guest::setup_text(SetupPart::Base).to_owned();
-        setup.push_str(&guest::encode_run(&nonce, "true", None).unwrap_or_default());
+        setup.push_str(&guest::encode_run(&nonce, guest::SETUP_CHECK, None).unwrap_or_default());
         self.framing.expect(nonce);
         self.stage = Stage::Setup;
         self.outbox.extend_from_slice(setup.as_bytes());
@@ -339,7 +419,7 @@ impl ShellSession {
 
     /// A request's frame ended: small frames are complete; large ones are checked first.
     fn finish(&mut self, result: ShellResult, frame_bytes: u64) {
-        if frame_bytes < VERIFY_MIN_BYTES {
+        if frame_bytes < VERIFY_MIN_BYTES || !self.spool {
             self.stage = Stage::Ready;
             self.result = Some(result);
             return;
@@ -369,6 +449,7 @@ impl ShellSession {
     fn check_spool_count(&mut self, spooled: i64, notes: &mut Vec<SessionNote>) {
         let Some(mut u) = self.unverified.take() else {
             self.stage = Stage::Ready;
+            self.unusable = None;
             return;
         };
         // The spool holds this frame from request_spool_offset on (the count's own marker is
@@ -497,9 +578,63 @@ mod tests {
         let (mut s, mut twin) = session();
         let mut notes = Vec::new();
         s.feed(b"Spawning backdoor root shell...\n", &mut notes);
-        s.feed(&frame(b"", &twin.next_nonce(), 1), &mut notes);
-        assert_eq!(notes.last(), Some(&SessionNote::SetupFailed { status: 1 }));
+        s.feed(&frame(b"oops", &twin.next_nonce(), 1), &mut notes);
+        assert!(
+            matches!(notes.last(), Some(SessionNote::SetupFailed { reason }) if reason.contains("status 1") && reason.contains("oops")),
+            "{notes:?}"
+        );
         assert!(!s.connected());
+        assert!(s.unusable().is_some());
+        assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+    }
+
+    #[test]
+    fn setup_that_never_answers_fails_when_the_machine_gives_up() {
+        let (mut s, _) = session();
+        let mut notes = Vec::new();
+        s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+        assert!(s.in_setup());
+        s.fail_setup("no answer".into(), &mut notes);
+        assert_eq!(s.unusable(), Some("no answer"));
+        assert!(!s.in_setup() && !s.connected());
+        s.restart();
+        assert_eq!(s.unusable(), None);
+    }
+
+    #[test]
+    fn abandoned_request_makes_the_shell_unusable_until_its_frame_ends() {
+        let (mut s, mut twin) = ready();
+        s.submit(&run("hang")).unwrap();
+        s.take_outbox();
+        let n = twin.next_nonce();
+        s.abandon("no answer".into());
+        assert_eq!(s.unusable(), Some("no answer"));
+        assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+        let mut notes = Vec::new();
+        s.feed(&frame(b"late", &n, 0), &mut notes);
+        assert!(s.ready() && s.unusable().is_none());
+        assert!(
+            s.take_result().is_none(),
+            "nobody waits for the abandoned result"
+        );
+    }
+
+    #[test]
+    fn guest_without_spool_skips_the_output_check() {
+        let (mut s, mut twin) = session();
+        let mut notes = Vec::new();
+        s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+        s.feed(&frame(b"", &twin.next_nonce(), 3), &mut notes);
+        assert!(notes.contains(&SessionNote::NoSpool) && s.ready());
+        s.submit(&run("big")).unwrap();
+        s.take_outbox();
+        let body = vec![b'q'; 2 * VERIFY_MIN_BYTES as usize];
+        s.feed(&frame(&body, &twin.next_nonce(), 0), &mut notes);
+        assert!(
+            s.take_outbox().is_empty(),
+            "no count request without a spool"
+        );
+        assert_eq!(s.take_result().unwrap().output, body);
     }
 
     #[test]

@@ -58,8 +58,10 @@ pub enum ShellEvent {
     Connected,
     /// Bytes outside any frame: late output of a background child, or noise.
     Stray(Vec<u8>),
-    /// A guest-side wait attempt failed with this status; its output was discarded.
-    Attempt { status: i32 },
+    /// A guest-side wait attempt failed with this status; `output` is what it printed (not
+    /// part of the wait's result, but never dropped silently: it may hold late output of a
+    /// background process).
+    Attempt { status: i32, output: Vec<u8> },
     /// Answer to `__ntd_count`: the size of the guest's spool of the last frame (-1:
     /// unknown).
     Count { spooled: i64 },
@@ -259,9 +261,11 @@ impl ShellFraming {
                 let status = status as i32;
                 match kind {
                     b'A' => {
-                        self.output.clear();
                         self.truncated = 0;
-                        events.push(ShellEvent::Attempt { status });
+                        events.push(ShellEvent::Attempt {
+                            status,
+                            output: std::mem::take(&mut self.output),
+                        });
                     }
                     b'D' => self.loop_status = Some(status),
                     _ => {
@@ -551,7 +555,13 @@ mod tests {
         data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
         let mut ev = Vec::new();
         f.feed(&data, &mut ev);
-        assert_eq!(ev[0], ShellEvent::Attempt { status: 1 });
+        assert_eq!(
+            ev[0],
+            ShellEvent::Attempt {
+                status: 1,
+                output: b"first".to_vec()
+            }
+        );
         match &ev[1] {
             ShellEvent::Done {
                 status,

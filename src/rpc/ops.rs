@@ -147,6 +147,46 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The wire name of the op (logs, fault injection).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Log { .. } => "log",
+            Op::Nest { .. } => "nest",
+            Op::Unnest { .. } => "unnest",
+            Op::Serial { .. } => "serial",
+            Op::LogLevel { .. } => "log_level",
+            Op::Hello => "hello",
+            Op::ArmTimeout => "arm_timeout",
+            Op::DisarmTimeout => "disarm_timeout",
+            Op::CreateMachine { .. } => "create_machine",
+            Op::QemuCommand { .. } => "qemu_command",
+            Op::Capture { .. } => "capture",
+            Op::Start { .. } => "start",
+            Op::Connect { .. } => "connect",
+            Op::Execute { .. } => "execute",
+            Op::Wait { .. } => "wait",
+            Op::ConsoleWait { .. } => "console_wait",
+            Op::ConsoleLog { .. } => "console_log",
+            Op::SendConsole { .. } => "send_console",
+            Op::Qmp { .. } => "qmp",
+            Op::Hmp { .. } => "hmp",
+            Op::QmpEvent { .. } => "qmp_event",
+            Op::Shutdown {
+                how: ShutdownKind::Poweroff,
+                ..
+            } => "shutdown",
+            Op::Shutdown {
+                how: ShutdownKind::Crash,
+                ..
+            } => "crash",
+            Op::Shutdown { .. } => "wait_for_shutdown",
+            Op::State { .. } => "state",
+            Op::MarkDisconnected { .. } => "mark_disconnected",
+        }
+    }
+}
+
 /// How a `Shutdown` op ends the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownKind {

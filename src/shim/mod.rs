@@ -117,6 +117,7 @@ POLLING_INTERVAL_SECONDS = {}
 
 /// Write the package below `dir` (creating it).
 pub fn write_package(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let constants = constants_module();
     let generated = [("test_driver/_constants.py", constants.as_str())];
     for (rel, text) in FILES.iter().chain(generated.iter()) {

@@ -124,7 +124,12 @@ class Driver:
         hook = hello.get("debug_hook")
         self.debug = Debug(self.logger, hook) if hook else DebugNop()
         self.polling_conditions = []
-        self.vlans = [VLan(nr, self.tmp_dir, self.logger) for nr in hello["vlans"]]
+        self.vlans = []
+        for v in hello["vlans"]:
+            vlan = VLan(v["nr"], self.tmp_dir, self.logger)
+            # The driver decides where sockets live (a short directory if tmp_dir is long).
+            vlan.socket_dir = Path(v["socket_dir"])
+            self.vlans.append(vlan)
         self.machines_qemu = [
             QemuMachine(
                 name=m["name"],

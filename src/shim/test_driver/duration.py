@@ -6,14 +6,16 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+from test_driver._constants import MAX_DURATION_SECONDS
+
 Duration = timedelta | int | float
 
 
 def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
     """Numbers are seconds, timedeltas are converted, None stays None; a numeric string (a
     legacy script's ``"30"``) is accepted too. Infinity means "no limit" (None), as for
-    upstream; NaN is refused. Range checks (negative, too large) happen in the driver, whose
-    errors name the argument too."""
+    upstream; NaN, negative and too large values are refused with an error naming ``what``
+    (the driver checks again; its limit is the same constant)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -33,10 +35,15 @@ def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
         raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
     if math.isnan(seconds):
         raise ValueError(f"{what} must be a number of seconds, not NaN")
+    if seconds < 0:
+        raise ValueError(f"{what} must not be negative (got {value!r})")
     if math.isinf(seconds):
-        if seconds < 0:
-            raise ValueError(f"{what} must not be negative (got {value!r})")
         return None
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(
+            f"{what} is out of range ({value!r}; at most {MAX_DURATION_SECONDS:.0f} seconds; "
+            "pass None or math.inf for no limit)"
+        )
     return seconds
 
 

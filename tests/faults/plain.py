@@ -1,0 +1,3 @@
+# machines: machine
+start_all()
+assert machine.succeed("echo hi") == "hi\n"
