@@ -41,6 +41,7 @@ rec {
   unique = foldl' (seen: x: if elem x seen then seen else seen ++ [ x ]) [ ];
   mapAttrsToList = f: attrs: map (name: f name attrs.${name}) (attrNames attrs);
   inherit (builtins) mapAttrs attrNames attrValues;
+  genAttrs = names: f: builtins.listToAttrs (map (name: { inherit name; value = f name; }) names);
 
   platforms.linux = [
     "x86_64-linux"

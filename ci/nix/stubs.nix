@@ -116,6 +116,9 @@ let
     callPackage = callPackageWith pythonPackages;
     setuptools = null;
     colorama = pythonModule "colorama" { "colorama/__init__.py" = "STUB = True"; };
+    numpy = pythonModule "numpy" { "numpy/__init__.py" = "STUB = True"; };
+    mypy = pythonModule "mypy" { "mypy/__init__.py" = "STUB = True"; };
+    pyflakes = pythonModule "pyflakes" { "pyflakes/__init__.py" = "STUB = True"; };
     junit-xml = pythonModule "junit-xml" { "junit_xml/__init__.py" = "STUB = True"; };
     ipython = pythonModule "ipython" { "IPython/__init__.py" = "STUB = True"; };
     remote-pdb = pythonModule "remote-pdb" { "remote_pdb/__init__.py" = "STUB = True"; };
@@ -264,6 +267,37 @@ let
         cp ${./make-wrapper.sh} $out/nix-support/setup-hook
       '';
       writers.writeJSON = name: value: writeText name (builtins.toJSON value);
+
+      # What the flake (flake.nix, nix/checks.nix) uses besides the packages above, so that
+      # ci/check-nix can evaluate its outputs; runNixOSTest is the framework restatement.
+      extend =
+        overlay:
+        import ./stubs.nix {
+          inherit host withTestDriver;
+          overlays = overlays ++ [ overlay ];
+        };
+      testers = {
+        runNixOSTest =
+          test:
+          let
+            t = import ./framework.nix { hostPkgs = final; } test;
+          in
+          t.test // { inherit (t) driver driverInteractive; };
+        # Only instantiated by the check (a failing build cannot be awaited inside one here).
+        testBuildFailure = drv: runCommand "${drv.name}-must-fail-stub" { inherit drv; } "exit 1";
+      };
+      linkFarm =
+        name: entries:
+        runCommand name { } (
+          "mkdir -p $out\n"
+          + lib.concatMapStringsSep "\n" (e: "ln -s ${e.path} $out/${e.name}") entries
+        );
+      mkShell = attrs: runCommand "shell-stub" { packages = attrs.packages or [ ]; } "mkdir -p $out";
+      cargo = tool "cargo" [ ] 0;
+      rustc = tool "rustc" [ ] 0;
+      clippy = tool "clippy" [ ] 0;
+      rustfmt = tool "rustfmt" [ ] 0;
+      nixfmt = tool "nixfmt" [ ] 0;
       qemu_test = tool "qemu-test" [ "qemu-system-x86_64" ] 1;
       qemu = tool "qemu" [ "qemu-system-x86_64" ] 1;
       coreutils = tool "coreutils" [ ] 0;
