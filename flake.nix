@@ -53,6 +53,9 @@
 
       checks = forAll (pkgs: import ./nix/checks.nix { inherit pkgs; });
 
+      # Hydra's flake jobsets build `hydraJobs`.
+      hydraJobs = { inherit (self) checks packages; };
+
       devShells = forAll (pkgs: {
         default = pkgs.mkShell {
           packages = [

@@ -24,6 +24,7 @@ in
   packages = drvPaths outputs.packages.${system};
   app = outputs.apps.${system}.default.program;
   checks = drvPaths outputs.checks.${system};
+  hydraJobs = drvPaths outputs.hydraJobs.checks.${system};
   devShell = outputs.devShells.${system}.default.drvPath;
   formatter = outputs.formatter.${system}.drvPath;
   # The library functions on a package set without the overlay.
