@@ -78,8 +78,10 @@ let
   configurationFile = hostPkgs.writers.writeJSON "driverConfiguration.json" configuration;
 
   # `machine` is also declared when there is exactly one node and none is called machine.
+  nodeNames = attrNames nodes;
   vmNames =
-    attrNames nodes ++ lib.optional (length (attrNames nodes) == 1 && !(elem "machine" (attrNames nodes))) "machine";
+    nodeNames
+    ++ lib.optional (length nodeNames == 1 && !(elem "machine" nodeNames)) "machine";
   vmHints = map (n: "${pythonize n}: QemuMachine;") vmNames;
   containerNames = attrNames containers;
   containerHints = map (n: "${pythonize n}: NspawnMachine;") containerNames;

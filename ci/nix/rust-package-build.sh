@@ -2,6 +2,7 @@
 # stand-in (ci/nix/stubs.nix), run by ci/nix/stub-builder.sh with the derivation's environment
 # (src, the env attributes of nix/package.nix, postInstall, prebuiltNtd, …).
 
+# shellcheck disable=SC2154 # src, out, …: the derivation's environment
 cp -r "$src" source
 chmod -R u+w source
 cd source
@@ -22,9 +23,10 @@ cargo metadata --offline --no-deps --format-version 1 > /dev/null
 # always compile.
 cargo check --release --offline --locked --target "$rustTarget" -v 2> check.log ||
     { cat check.log >&2; exit 1; }
-if ! grep -E "Running .*rustc --crate-name ntd .*target-feature=\+crt-static" check.log > /dev/null; then
+crate='Running .*rustc --crate-name ntd '
+if ! grep -E "$crate.*target-feature=\+crt-static" check.log > /dev/null; then
     echo "ntd-check: rustc compiled the ntd crate without -C target-feature=+crt-static:" >&2
-    grep -E "Running .*rustc --crate-name ntd " check.log >&2 || cat check.log >&2
+    grep -E "$crate" check.log >&2 || cat check.log >&2
     exit 1
 fi
 echo "ntd-check: the ntd crate compiles from the packaged sources, with +crt-static"

@@ -11,6 +11,7 @@
 # Python's setup hook is one such function: it is how the driver derivation's PYTHONPATH
 # comes from propagated-build-inputs. Run by Nix as `bash stub-builder.sh`.
 set -euo pipefail
+# shellcheck disable=SC2154 # hostPath, buildCommand, …: the derivation's environment
 
 export PATH=$hostPath
 declare -a ntdInputs=()
@@ -44,6 +45,7 @@ for input in "${ntdInputs[@]}"; do
 done
 PATH=${inputPath:+$inputPath:}$PATH
 
+# shellcheck disable=SC2034 # read by the setup hooks sourced below
 hostOffset=0
 for input in "${ntdInputs[@]}"; do
     if [[ -f $input/nix-support/setup-hook ]]; then

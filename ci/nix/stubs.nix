@@ -292,7 +292,8 @@ let
           "mkdir -p $out\n"
           + lib.concatMapStringsSep "\n" (e: "ln -s ${e.path} $out/${e.name}") entries
         );
-      mkShell = attrs: runCommand "shell-stub" { packages = attrs.packages or [ ]; } "mkdir -p $out";
+      mkShell =
+        attrs: runCommand "shell-stub" { packages = attrs.packages or [ ]; } "mkdir -p $out";
       cargo = tool "cargo" [ ] 0;
       rustc = tool "rustc" [ ] 0;
       clippy = tool "clippy" [ ] 0;
