@@ -5,7 +5,7 @@
 # shellcheck disable=SC2154 # src, out, …: the derivation's environment
 cp -r "$src" source
 chmod -R u+w source
-cd source
+cd source || exit 1
 
 # What cargoSetupHook does after unpacking: make .cargo/ if the sources have none and append
 # a table for the build platform's triple (its linker) to .cargo/config.toml.

@@ -10,8 +10,8 @@
 #     strictDeps (runCommand's default) that is every hook on every input, whatever its offset.
 # Python's setup hook is one such function: it is how the driver derivation's PYTHONPATH
 # comes from propagated-build-inputs. Run by Nix as `bash stub-builder.sh`.
-set -euo pipefail
 # shellcheck disable=SC2154 # hostPath, buildCommand, …: the derivation's environment
+set -euo pipefail
 
 export PATH=$hostPath
 declare -a ntdInputs=()
