@@ -211,8 +211,12 @@ let
         "doCheck"
         "pname"
         "version"
+        "RUSTFLAGS"
       ]
       // {
+        # As current buildRustPackage does: RUSTFLAGS is always exported, empty when unset,
+        # and the `env` attributes come after it.
+        RUSTFLAGS = args.RUSTFLAGS or "";
         name = "${args.pname}-${args.version}";
         inherit (args) version;
         prebuiltNtd = builtins.path {
