@@ -1,7 +1,7 @@
 # A drop-in for nixpkgs' `nixos-test-driver` package (what `runNixOSTest` calls through
-# `hostPkgs.nixos-test-driver.override { … }`): same override arguments, same programs
+# `config.pythonTestDriverPackage.override { … }`): same override arguments, same programs
 # (`nixos-test-driver`, `generate-driver-symbols`), same Python package name (`test_driver`)
-# for the type check.
+# and the same propagated Python packages for the build-time type check.
 {
   lib,
   runCommand,
@@ -13,6 +13,7 @@
   netpbm,
   socat,
   util-linux,
+  vde2,
   imagemagick_light,
   tesseract4,
 
@@ -22,10 +23,31 @@
   extraPythonPackages ? (_: [ ]),
 }:
 
-assert lib.assertMsg (!enableNspawn) "ntd does not support systemd-nspawn containers";
+assert lib.assertMsg (!enableNspawn) ''
+  ntd does not support systemd-nspawn containers, and this test declares `containers`:
+  ntd is the nixos-test-driver of this package set (the ntd overlay). Evaluate the test
+  without the ntd overlay, or turn its containers into `nodes`.'';
 
 let
-  pythonEnv = python3.withPackages (ps: extraPythonPackages ps ++ [ ps.ptpython ]);
+  # What upstream's driver package offers test scripts (colour output, JUnit, the -I REPL,
+  # the remote debugger of the debug hook), then the test's own extras.
+  driverPythonPackages =
+    ps:
+    [
+      ps.colorama
+      ps.junit-xml
+      ps.ptpython
+      ps.ipython
+      ps.remote-pdb
+    ]
+    ++ extraPythonPackages ps;
+
+  pythonEnv = python3.withPackages driverPythonPackages;
+
+  # driver.nix type-checks the script with PYTHONPATH made from the propagated inputs of this
+  # package, as upstream's Python package propagates its dependencies (and the interpreter).
+  propagated = [ python3 ] ++ driverPythonPackages python3.pkgs;
+
   runtimePath = lib.makeBinPath (
     [
       qemu_pkg
@@ -33,6 +55,7 @@ let
       netpbm
       socat
       util-linux
+      vde2
     ]
     ++ lib.optionals enableOCR [
       imagemagick_light
@@ -43,14 +66,18 @@ in
 runCommand "nixos-test-driver-ntd-${ntd.version}"
   {
     nativeBuildInputs = [ makeWrapper ];
+    # Only documentation for readers of the attribute: runCommand has no fixupPhase, which is
+    # what would write it to nix-support; the build command below writes that file itself.
+    propagatedBuildInputs = propagated;
     passthru = { inherit ntd pythonEnv; };
     meta = ntd.meta // {
       mainProgram = "nixos-test-driver";
     };
   }
   ''
-    mkdir -p $out/bin $out/${python3.sitePackages}
+    mkdir -p $out/bin $out/${python3.sitePackages} $out/nix-support
     cp -r ${ntd}/${python3.sitePackages}/test_driver $out/${python3.sitePackages}/
+    echo ${lib.escapeShellArg (toString propagated)} > $out/nix-support/propagated-build-inputs
     makeWrapper ${ntd}/bin/ntd $out/bin/nixos-test-driver \
       --set NTD_PYTHON ${pythonEnv}/bin/python3 \
       --prefix PATH : ${runtimePath}

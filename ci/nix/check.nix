@@ -1,17 +1,102 @@
-# Evaluates nix/overlay.nix on the mock package set and returns facts the check asserts.
+# What ci/check-nix builds in its private Nix store: nix/overlay.nix applied to the stub
+# package set (ci/nix/stubs.nix), the test cases (ci/nix/cases.nix) put through the framework
+# restatement (ci/nix/framework.nix), and the runs of their drivers.
+#
+#   pass.*  must build; each run's log is its output
+#   fail.*  must fail to evaluate or to build, with the message ci/check-nix expects
+{ hostFile }:
 let
-  final = import ./mock.nix (import ../../nix/overlay.nix);
-  drv = final.nixos-test-driver;
-  ocr = final.callPackage ../../nix/nixos-test-driver.nix { enableOCR = true; };
+  host = builtins.fromJSON (builtins.readFile hostFile);
+  overlay = import ../../nix/overlay.nix;
+  pkgs = import ./stubs.nix {
+    inherit host;
+    overlays = [ overlay ];
+  };
+  inherit (pkgs) runCommand;
+  framework = import ./framework.nix { hostPkgs = pkgs; };
+
+  cases = import ./cases.nix {
+    inherit (builtins) storeDir;
+    checkPackages = ps: [
+      (ps.callPackage ./python/ntd-check-extra.nix {
+        ntd-check-dep = ps.callPackage ./python/ntd-check-dep.nix { };
+      })
+    ];
+  };
+  tests = builtins.mapAttrs (_: framework) cases;
+
+  # Runs a driver program with the given arguments and standard input, keeps what it printed
+  # and requires a line of it.
+  runDriver =
+    name:
+    {
+      driver,
+      args ? "",
+      stdin ? "",
+      expect,
+    }:
+    runCommand "ntd-check-${name}" { inherit stdin; } ''
+      printf '%s' "$stdin" | ${driver}/bin/nixos-test-driver ${args} > $out 2>&1 ||
+        { cat $out >&2; exit 1; }
+      for line in ${pkgs.lib.escapeShellArgs expect}; do
+        grep -F -- "$line" $out > /dev/null ||
+          { cat $out >&2; echo "ntd-check: no line '$line' in the driver's output" >&2; exit 1; }
+      done
+    '';
 in
 {
-  ntdName = final.ntd.name;
-  ntdStatic = builtins.elem "glibc-static" (map (p: p.name) final.ntd.buildInputs);
-  installsShim = builtins.match ".*shim-export.*" final.ntd.postInstall != null;
-  driverProgram = drv.meta.mainProgram;
-  wrapsGenerateSymbols = builtins.match ".*generate-driver-symbols.*" drv.script != null;
-  ocrPath = builtins.match ".*tesseract.*" ocr.script != null;
-  nspawnAccepted = (builtins.tryEval (final.callPackage ../../nix/nixos-test-driver.nix {
-    enableNspawn = true;
-  }).script).success;
+  pass = {
+    # The package as installed: the binary, the name the framework calls, the typed shim.
+    package = runCommand "ntd-check-package" { } ''
+      test -x ${pkgs.ntd}/bin/ntd
+      test "$(readlink ${pkgs.ntd}/bin/nixos-test-driver)" = ntd
+      test -f ${pkgs.ntd}/${pkgs.python3.sitePackages}/test_driver/py.typed
+      test -f ${pkgs.ntd}/${pkgs.python3.sitePackages}/test_driver/machine/__init__.py
+      cd "$(mktemp -d)" && ${pkgs.nixos-test-driver}/bin/generate-driver-symbols
+      grep -q start_all driver-symbols
+      cp driver-symbols $out
+    '';
+    one-node = tests.one-node.test;
+    two-vlans = tests.two-vlans.test;
+    extra-python = tests.extra-python.test;
+    ocr = tests.ocr.test;
+    # driverInteractive: the wrapper's --interactive opens the REPL of the driver's Python
+    # environment (ptpython, the stand-in of stubs.nix) on standard input.
+    interactive = runDriver "interactive" {
+      driver = tests.two-vlans.driverInteractive;
+      stdin = "print('ntd-check: repl sees', sorted(m.name for m in machines), vlan2)\n";
+      expect = [
+        "ntd-check stub ptpython: embed"
+        "ntd-check: repl sees ['alice', 'bob'] <Vlan Nr. 2>"
+      ];
+    };
+    # `-I` given to the ordinary driver, as a user runs `result/bin/nixos-test-driver -I`.
+    interactive-flag = runDriver "interactive-flag" {
+      driver = tests.one-node.driver;
+      args = "-I";
+      stdin = "print('ntd-check: -I REPL', machine.name)\n";
+      expect = [
+        "ntd-check stub ptpython: embed"
+        "ntd-check: -I REPL server"
+      ];
+    };
+  };
+
+  fail = {
+    containers = tests.containers.driver;
+    type-error = tests.type-error.driver;
+    lint-error = tests.lint-error.driver;
+    # A nixpkgs from before PR #503686: the overlay must refuse, not do nothing.
+    old-nixpkgs =
+      (import ./stubs.nix {
+        inherit host;
+        withTestDriver = false;
+        overlays = [ overlay ];
+      }).ntd;
+  };
+
+  # Facts ci/check-nix compares by evaluation alone.
+  facts = {
+    driverPackage = tests.one-node.driver.testDriver.name;
+  };
 }
