@@ -49,8 +49,8 @@ pub fn screen_guest() -> &'static Path {
     })
 }
 
-/// Make sure a host tool is there: install its Debian package when running as root, else
-/// fail with what to install.
+/// Make sure a host tool is there: install its Debian package with ci/lib.sh's
+/// `ensure_packages` (as root, else through sudo), else fail with what to install.
 pub fn ensure_host_tool(tool: &str, package: &str) {
     let found = |t: &str| {
         Command::new("sh")
@@ -62,33 +62,24 @@ pub fn ensure_host_tool(tool: &str, package: &str) {
     if found(tool) {
         return;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    assert!(
-        root,
-        "{tool} is missing: install the Debian package {package}"
-    );
     static APT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = APT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if found(tool) {
         return;
     }
-    let status = Command::new("sh")
+    let status = Command::new("bash")
         .args([
             "-c",
-            &format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                 --no-install-recommends {package}"
-            ),
+            "set -euo pipefail; source \"$0\"; ensure_packages \"$@\"",
         ])
+        .arg(repo().join("ci/lib.sh"))
+        .arg(package)
         .stdout(Stdio::null())
         .status()
-        .expect("run apt-get");
+        .expect("run bash");
     assert!(
         status.success() && found(tool),
-        "installing {package} failed"
+        "{tool} is missing: install the Debian package {package}"
     );
 }
 
