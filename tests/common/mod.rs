@@ -83,6 +83,43 @@ pub fn ensure_host_tool(tool: &str, package: &str) {
     );
 }
 
+/// The keys of a test script's header lines (`# machines: a, b`, `# vlans: 1`,
+/// `# placeholder: @NAME@ example`, `# typecheck: skip (why)`): ci/typecheck reads them, the
+/// driver never sees them.
+pub const SCRIPT_HEADER_KEYS: &[&str] = &["machines", "vlans", "placeholder", "typecheck"];
+
+/// A testScript of `tests/scripts/` as the driver runs it: the file without its leading header
+/// lines, so that line numbers in the driver's reports count from the script's own first line.
+/// A placeholder (`@PORT@`) is left for the test to replace.
+#[allow(unused_macros)]
+macro_rules! test_script {
+    ($file:literal) => {
+        $crate::common::strip_script_header(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/scripts/",
+            $file
+        )))
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use test_script;
+
+/// `text` without its leading header lines (see [`SCRIPT_HEADER_KEYS`]).
+pub fn strip_script_header(text: &str) -> &str {
+    let mut rest = text;
+    while let Some((line, after)) = rest.split_once('\n') {
+        let key = line
+            .strip_prefix('#')
+            .and_then(|l| l.split_once(':'))
+            .map(|(k, _)| k.trim());
+        match key {
+            Some(k) if SCRIPT_HEADER_KEYS.contains(&k) => rest = after,
+            _ => break,
+        }
+    }
+    rest
+}
+
 /// A per-test directory with a short path (unix socket paths must stay under 108 bytes).
 pub struct TestDir {
     pub path: PathBuf,
