@@ -21,7 +21,6 @@ mod common;
 use common::{test_script, RunResult, TestDir, NTD};
 use ntd::json::Value;
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(900);
@@ -101,15 +100,7 @@ fn run_scenario(
             &["-c", cfg.to_str().unwrap(), "--log-level", "debug"],
             LIMIT,
         ),
-        Some(peer) => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg(format!("exec {peer} --config \"$0\"", peer = peer))
-                .arg(&cfg)
-                .current_dir(&dir.path)
-                .env("XDG_RUNTIME_DIR", dir.run_dir());
-            common::run_with_limit(cmd, LIMIT)
-        }
+        Some(peer) => common::run_with_limit(dir.peer(peer, &cfg), LIMIT),
     };
     if r.code != Some(0) {
         panic!("bench scenario failed ({:?})\n{}", driver, r.log());

@@ -6,7 +6,7 @@ driver, like `extraPythonPackages`). This module reads the description, packs
 each node's files and enabled units into a tar that the guest initrd unpacks
 over the throw-away root overlay (handed over as fw_cfg `opt/ntd/node.tar`),
 writes the `run-<name>-vm` start scripts through ci/mkvm and the driver
-configuration JSON in the upstream format. Used by ci/run-test and smoke.py.
+configuration JSON in the upstream format. Used by ci/run-test.
 
 nodes.toml keys per node (all optional):
   vlans = [1]              vlan numbers, NIC order (default [1])

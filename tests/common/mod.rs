@@ -221,6 +221,18 @@ impl TestDir {
         c
     }
 
+    /// Another driver: `peer` (a command line, word-split by sh) run as `PEER --config CONFIG`
+    /// with this directory as its runtime directory, as `ci/bench --peer` runs one.
+    pub fn peer(&self, peer: &str, config: &Path) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("exec {peer} --config \"$0\""))
+            .arg(config)
+            .current_dir(&self.path)
+            .env("XDG_RUNTIME_DIR", self.run_dir());
+        c
+    }
+
     /// Run `ntd` with `args`; panics if it runs longer than `limit`.
     pub fn run(&self, args: &[&str], limit: Duration) -> RunResult {
         let mut cmd = self.ntd();
