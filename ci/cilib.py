@@ -70,8 +70,9 @@ def python_packages(test_dir: str | os.PathLike[str]) -> str | None:
     tmp = f"{target}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"ci: installing python packages of {req}", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--no-input", "--target", tmp, "-r", req], check=True, stdout=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", "--no-input", "--target", tmp, "-r", req],
+                   check=True, stdout=sys.stderr)
     try:
         os.rename(tmp, target)
     except OSError:
