@@ -18,9 +18,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{RunResult, TestDir, NTD};
+use common::{test_script, RunResult, TestDir, NTD};
+use ntd::json::Value;
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(900);
@@ -63,50 +63,23 @@ fn parse_args() -> Args {
     a
 }
 
-/// A test script using only the upstream API; it prints one `BENCH {json}` line.
+/// A test script using only the upstream API (tests/scripts/bench/commands.py); it prints one
+/// `BENCH {json}` line.
 fn commands_script(n: usize, waits: usize) -> String {
-    format!(
-        r#"import json, time
-start_all()
-machine.succeed("true")
-lat = []
-for _ in range({n}):
-    t = time.perf_counter()
-    machine.succeed("true")
-    lat.append(time.perf_counter() - t)
-det = []
-for _ in range({waits}):
-    machine.succeed("rm -f /tmp/f /tmp/t; (sleep 0.3; : > /tmp/f; echo $EPOCHREALTIME > /tmp/t) >/dev/null 2>&1 &")
-    machine.wait_for_file("/tmp/f")
-    now = float(machine.succeed("echo $EPOCHREALTIME"))
-    det.append(now - float(machine.succeed("cat /tmp/t")))
-print("BENCH " + json.dumps({{"latency": lat, "detection": det}}))
-"#
-    )
+    test_script!("bench/commands.py")
+        .replace("@COMMANDS@", &n.to_string())
+        .replace("@WAITS@", &waits.to_string())
 }
 
+/// `start_all()`, then one command on each machine (tests/scripts/bench/boot.py); prints one
+/// `BENCH {json}` line.
 fn boot_script(names: &[String]) -> String {
-    let list = names.join(", ");
-    format!(
-        r#"import json, time
-t0 = time.perf_counter()
-start_all()
-first = {{}}
-for m in [{list}]:
-    m.succeed("true")
-    first[m.name] = time.perf_counter() - t0
-boot = {{}}
-for m in [{list}]:
-    state = getattr(m, "_state", None)
-    if state is not None:
-        boot[m.name] = state().get("boot_secs")
-print("BENCH " + json.dumps({{"first": first, "boot": boot}}))
-"#
-    )
+    test_script!("bench/boot.py").replace("@NODES@", &names.join(", "))
 }
 
 struct Outcome {
-    bench: String,
+    /// The object of the script's `BENCH {json}` line.
+    bench: Value,
     rss_kib: Option<f64>,
     cpu_s: Option<f64>,
 }
@@ -127,25 +100,19 @@ fn run_scenario(
             &["-c", cfg.to_str().unwrap(), "--log-level", "debug"],
             LIMIT,
         ),
-        Some(peer) => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg(format!("exec {peer} --config \"$0\"", peer = peer))
-                .arg(&cfg)
-                .current_dir(&dir.path)
-                .env("XDG_RUNTIME_DIR", dir.run_dir());
-            common::run_with_limit(cmd, LIMIT)
-        }
+        Some(peer) => common::run_with_limit(dir.peer(peer, &cfg), LIMIT),
     };
     if r.code != Some(0) {
         panic!("bench scenario failed ({:?})\n{}", driver, r.log());
     }
-    let bench = r
+    let line = r
         .stdout
         .lines()
         .find_map(|l| l.strip_prefix("BENCH "))
-        .unwrap_or_else(|| panic!("no BENCH line\n{}", r.log()))
-        .to_owned();
+        .unwrap_or_else(|| panic!("no BENCH line\n{}", r.log()));
+    let bench = Value::parse(line.as_bytes())
+        .unwrap_or_else(|e| panic!("the BENCH line is not JSON: {e}\n{}", r.log()));
+    // The driver reports its own usage only in this log line (at debug level):
     // "driver ran for … s; its own peak RSS N KiB, CPU X s (…)"
     let usage = r.stderr.lines().find(|l| l.contains("its own peak RSS"));
     let num_after = |line: &str, key: &str| -> Option<f64> {
@@ -159,36 +126,37 @@ fn run_scenario(
     }
 }
 
-/// The numbers of a JSON array of floats at `key` (the bench JSON is simple and ours).
-fn floats(json: &str, key: &str) -> Vec<f64> {
-    let Some(start) = json.find(&format!("\"{key}\": [")) else {
-        return vec![];
-    };
-    let rest = &json[start + key.len() + 5..];
-    let end = rest.find(']').unwrap_or(rest.len());
-    rest[..end]
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
+/// The numbers of the array at `key` of a BENCH object.
+fn floats(bench: &Value, key: &str) -> Vec<f64> {
+    let items = bench.get(key).and_then(Value::as_array).unwrap_or_default();
+    items.iter().filter_map(Value::as_f64).collect()
+}
+
+/// The (name, number) pairs of the object at `key` of a BENCH object (nulls left out).
+fn object(bench: &Value, key: &str) -> Vec<(String, f64)> {
+    let fields = bench
+        .get(key)
+        .and_then(Value::as_object)
+        .unwrap_or_default();
+    fields
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
         .collect()
 }
 
-/// Values of a JSON object of floats at `key`.
-fn object(json: &str, key: &str) -> Vec<(String, f64)> {
-    let Some(start) = json.find(&format!("\"{key}\": {{")) else {
-        return vec![];
-    };
-    let rest = &json[start + key.len() + 5..];
-    let end = rest.find('}').unwrap_or(rest.len());
-    rest[..end]
-        .split(',')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once(':')?;
-            Some((
-                k.trim().trim_matches('"').to_owned(),
-                v.trim().parse().ok()?,
-            ))
-        })
-        .collect()
+/// `x` rounded to `decimals` places, for the JSON summary.
+fn rounded(x: f64, decimals: i32) -> Value {
+    let scale = 10f64.powi(decimals);
+    Value::Float((x * scale).round() / scale)
+}
+
+/// min / median / p95 as a JSON object, rounded to `decimals` places.
+fn stats_json(s: &Stats, decimals: i32) -> Value {
+    ntd::json::obj([
+        ("min", rounded(s.min, decimals)),
+        ("median", rounded(s.median, decimals)),
+        ("p95", rounded(s.p95, decimals)),
+    ])
 }
 
 struct Stats {
@@ -209,7 +177,8 @@ fn stats(mut v: Vec<f64>) -> Stats {
 
 fn main() {
     let args = parse_args();
-    let mut json = String::from("{");
+    // The summary written to target/bench-latency.json: one object, keys in this order.
+    let mut json: Vec<(String, Value)> = Vec::new();
     let mut table = String::new();
     let machine_info = {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -226,7 +195,7 @@ fn main() {
         format!("{cores} cores, {cpu}; guests under TCG")
     };
     let _ = writeln!(table, "ntd latency bench ({machine_info})");
-    let _ = write!(json, "\"machine\": \"{machine_info}\"");
+    json.push(("machine".to_owned(), Value::from(machine_info.as_str())));
     let drivers: Vec<(&str, Option<&str>)> = std::iter::once(("ntd", None))
         .chain(args.peer.as_deref().map(|p| ("peer", Some(p))))
         .collect();
@@ -274,16 +243,11 @@ fn main() {
                 args.commands,
                 args.waits
             );
-            let _ = write!(
-                json,
-                ", \"{label}_rss_kib\": {rss}, \"{label}_cpu_s\": {cpu}"
-            );
+            json.push((format!("{label}_rss_kib"), Value::from(rss as i64)));
+            json.push((format!("{label}_cpu_s"), Value::from(cpu)));
         }
-        let _ = write!(
-            json,
-            ", \"{label}_command_ms\": {{\"min\": {:.3}, \"median\": {:.3}, \"p95\": {:.3}}}, \"{label}_detection_ms\": {{\"min\": {:.2}, \"median\": {:.2}, \"p95\": {:.2}}}",
-            lat.min, lat.median, lat.p95, det.min, det.median, det.p95
-        );
+        json.push((format!("{label}_command_ms"), stats_json(&lat, 3)));
+        json.push((format!("{label}_detection_ms"), stats_json(&det, 2)));
         medians.push(lat.median);
     }
     if medians.len() == 2 {
@@ -326,14 +290,13 @@ fn main() {
                 )
             };
             let _ = writeln!(table, "{line}");
-            let _ = write!(json, ", \"{label}_boot_{n}\": {}", out.bench);
+            json.push((format!("{label}_boot_{n}"), out.bench));
         }
         dir.assert_clean();
     }
-    json.push('}');
     print!("{table}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-latency.json");
-    if std::fs::write(&path, &json).is_ok() {
+    if std::fs::write(&path, Value::Object(json).to_json()).is_ok() {
         println!("wrote {}", path.display());
     }
     let _ = NTD;

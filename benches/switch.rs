@@ -468,9 +468,12 @@ fn main() {
         .map(|p| std::env::split_paths(&p).all(|d| !d.join("vde_switch").is_file()))
         .unwrap_or(true);
     if missing {
-        eprintln!(
-            "SKIP: vde_switch is not installed (apt-get install vde2); nothing to compare against"
-        );
+        let msg =
+            "SKIP: vde_switch is not installed (apt-get install vde2); nothing to compare against";
+        if std::env::var_os("NTD_REQUIRE_INTEROP").is_some_and(|v| v == "1") {
+            panic!("{msg}, and NTD_REQUIRE_INTEROP=1");
+        }
+        eprintln!("{msg}");
         return;
     }
     let secs: f64 = std::env::var("NTD_BENCH_SECS")

@@ -1,20 +1,42 @@
-# Shared helpers for ci/ scripts (sourced, not executed).
+# shellcheck shell=bash
+# Shared helpers for ci/ scripts (sourced, not executed). The one place for the rules the ci/
+# scripts, the Python ci helpers (ci/cilib.py) and the Rust tests (tests/common) share:
+# where the cache lives and how Debian packages get installed.
+#
+#   source "$(dirname "$0")/lib.sh"     # from a ci/ script
+#   bash -c 'source ci/lib.sh && ensure_packages "$@"' bash PKG...   # from anything else
 
-# ensure_packages PKG...: install the Debian packages that are missing (apt-get update once).
+# ntd_cache_dir: print the cache root of guests, debs, virtualenvs and the mypy cache.
+ntd_cache_dir() {
+	printf '%s\n' "${NTD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ntd}"
+}
+
+# ensure_packages PKG...: install the Debian packages that are missing (one dpkg-query for all
+# of them, so the common case, everything installed, stays fast; apt-get update once). Runs
+# apt-get as root, else through sudo, else fails saying what to install. Logs go to stderr.
 ensure_packages() {
-	local missing=() p
-	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	local missing=() pkg status
+	local -A installed=()
+	# shellcheck disable=SC2016 # a dpkg-query format string, not a shell expansion
+	while read -r pkg status; do
+		if [[ $status == installed ]]; then installed[$pkg]=1; fi
+	done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true)
+	for pkg in "$@"; do
+		[[ -n ${installed[$pkg]:-} ]] || missing+=("$pkg")
 	done
-	[ ${#missing[@]} -eq 0 ] && return 0
-	echo "ci: installing ${missing[*]}" >&2
-	if [ "$(id -u)" -ne 0 ]; then
-		echo "ci: need root (or sudo) to install: ${missing[*]}" >&2
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-	else
-		apt-get update -qq >&2
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+	((${#missing[@]} == 0)) && return 0
+	local as_root=()
+	if ((EUID != 0)); then
+		if ! command -v sudo >/dev/null; then
+			echo "ci: missing Debian packages ${missing[*]}: install them or run as root" >&2
+			return 1
+		fi
+		as_root=(sudo)
 	fi
+	echo "ci: installing ${missing[*]}" >&2
+	"${as_root[@]}" apt-get update -qq >&2 || return
+	"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # ensure_cargo: a Rust toolchain recent enough for the crate (rust-version in Cargo.toml).
@@ -29,6 +51,7 @@ ensure_cargo() {
 }
 
 # The packages every run of ntd and its tests needs on the host.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 NTD_HOST_PACKAGES=(qemu-system-x86 python3 vde2 busybox-static bash-static netcat-openbsd kmod)
 
 repo_root() {

@@ -17,48 +17,13 @@ fn one_machine(tag: &str, script: &str, timeout: u32) -> (TestDir, RunResult) {
     (dir, r)
 }
 
-const EVERY_METHOD: &str = r#"
-import time
-machine.start()
-assert machine.booted
-machine.connect()
-assert machine.is_up()
-status, out = machine.execute("echo hi; exit 3")
-assert (status, out) == (3, "hi\n"), (status, out)
-assert machine.succeed("echo a", "echo b") == "a\nb\n"
-machine.fail("false", "exit 2")
-machine.succeed("(sleep 0.5; touch /tmp/ready) >/dev/null 2>&1 &")
-machine.wait_for_file("/tmp/ready", timeout=20)
-assert machine.wait_until_succeeds("test -e /tmp/ready && echo there", timeout=20) == "there\n"
-machine.succeed("(sleep 0.5; rm /tmp/ready) >/dev/null 2>&1 &")
-machine.wait_until_fails("test -e /tmp/ready", timeout=20)
-machine.succeed("busybox httpd -p 8080 -h /tmp")
-machine.wait_for_open_port(8080)
-machine.succeed("kill $(busybox pidof busybox | tr ' ' '\\n' | while read p; do grep -q httpd /proc/$p/cmdline && echo $p; done)")
-machine.wait_for_closed_port(8080)
-machine.succeed("echo console-marker-42 >&2")
-machine.wait_for_console_text("console-marker-4[0-9]")
-assert "running" in machine.send_monitor_command("info status")
-t0 = time.monotonic()
-machine.sleep(1)
-assert time.monotonic() - t0 >= 1
-machine.log("a log line")
-with machine.nested("a nested block"):
-    pass
-machine.shutdown()
-assert not machine.booted
-machine.start()
-machine.crash()
-assert not machine.booted
-machine.start()
-machine.succeed("(sleep 0.3; poweroff) >/dev/null 2>&1 &")
-machine.wait_for_shutdown()
-assert not machine.is_up()
-"#;
-
 #[test]
 fn single_node_every_core_method_passes() {
-    let (dir, r) = one_machine("every", EVERY_METHOD, 200);
+    let (dir, r) = one_machine(
+        "every",
+        test_script!("core/single_node_every_core_method_passes.py"),
+        200,
+    );
     r.assert_code(0);
     for line in [
         "machine: starting vm",
@@ -94,7 +59,7 @@ fn single_node_every_core_method_passes() {
 fn failing_succeed_exits_1_with_upstream_report() {
     let (dir, r) = one_machine(
         "fail",
-        "start_all()\nmachine.succeed('echo before')\nmachine.succeed('echo doomed; exit 7')\n",
+        test_script!("core/failing_succeed_exits_1_with_upstream_report.py"),
         200,
     );
     r.assert_code(1);
@@ -114,7 +79,7 @@ fn failing_succeed_exits_1_with_upstream_report() {
 fn assertion_error_in_script_exits_1() {
     let (dir, r) = one_machine(
         "assert",
-        "start_all()\nt.assertEqual(machine.succeed('echo 1'), '2\\n')\n",
+        test_script!("core/assertion_error_in_script_exits_1-assert_equal.py"),
         200,
     );
     r.assert_code(1);
@@ -125,7 +90,11 @@ fn assertion_error_in_script_exits_1() {
         r.log()
     );
     let dir2 = dir;
-    let (dir3, r) = one_machine("assert2", "assert 1 == 2, 'plain assert'\n", 200);
+    let (dir3, r) = one_machine(
+        "assert2",
+        test_script!("core/assertion_error_in_script_exits_1-plain_assert.py"),
+        200,
+    );
     r.assert_code(1);
     assert!(
         r.stderr.contains("AssertionError: plain assert"),
@@ -138,7 +107,11 @@ fn assertion_error_in_script_exits_1() {
 
 #[test]
 fn syntax_error_is_reported_before_any_machine_starts() {
-    let (dir, r) = one_machine("syntax", "start_all()\nif broken\n", 200);
+    let (dir, r) = one_machine(
+        "syntax",
+        test_script!("core/syntax_error_is_reported_before_any_machine_starts.py"),
+        200,
+    );
     r.assert_code(1);
     assert!(r.stderr.contains("SyntaxError"), "{}", r.log());
     assert!(!r.stderr.contains("starting vm"), "{}", r.log());
@@ -148,10 +121,18 @@ fn syntax_error_is_reported_before_any_machine_starts() {
 
 #[test]
 fn sys_exit_codes_pass_through() {
-    let (dir, r) = one_machine("exit", "import sys\nsys.exit(0)\n", 200);
+    let (dir, r) = one_machine(
+        "exit",
+        test_script!("core/sys_exit_codes_pass_through-exit_0.py"),
+        200,
+    );
     r.assert_code(0);
     dir.assert_clean();
-    let (dir, r) = one_machine("exit1", "import sys\nstart_all()\nsys.exit(1)\n", 200);
+    let (dir, r) = one_machine(
+        "exit1",
+        test_script!("core/sys_exit_codes_pass_through-exit_1.py"),
+        200,
+    );
     r.assert_code(1);
     dir.assert_clean();
 }
@@ -160,7 +141,7 @@ fn sys_exit_codes_pass_through() {
 fn global_timeout_kills_everything_and_exits_143() {
     let (dir, r) = one_machine(
         "timeout",
-        "start_all()\nmachine.succeed('true')\nmachine.succeed('sleep 600')\n",
+        test_script!("core/global_timeout_kills_everything_and_exits_143.py"),
         8,
     );
     r.assert_code(143);
@@ -184,7 +165,7 @@ fn sigterm_during_a_test_cleans_up_and_exits_143() {
         &[("machine", &vm)],
         &[],
         600,
-        "import time\nstart_all()\nmachine.succeed('echo up')\ntime.sleep(600)\n",
+        test_script!("core/sigterm_during_a_test_cleans_up_and_exits_143.py"),
     );
     let mut child = dir
         .ntd()
@@ -213,71 +194,28 @@ fn sigterm_during_a_test_cleans_up_and_exits_143() {
     dir.assert_clean();
 }
 
-const BYTES: &str = r#"
-import base64, hashlib
-from test_driver import _rpc
-start_all()
-
-def raw(cmd):
-    r = _rpc.channel().call("execute", machine="machine", command=cmd, timeout=None, check_output=True)
-    assert r["status"] == 0, r
-    assert r["truncated"] == 0, r
-    return base64.b64decode(r["output"])
-
-everything = raw("for i in {0..255}; do printf -v o '%03o' $i; printf \"\\\\$o\"; done")
-assert everything == bytes(range(256)), everything
-# Marker look-alikes and lone marker bytes are output like anything else.
-fake = raw(r"printf '\001S0000000000000000\001x\001E0000000000000000 0\001\001A1 2\001'")
-assert fake == b"\x01S0000000000000000\x01x\x01E0000000000000000 0\x01\x01A1 2\x01", fake
-# Invalid UTF-8 is replaced like upstream does.
-assert machine.succeed(r"printf 'a\377b'") == "a\ufffdb"
-machine.succeed("head -c 10000000 /dev/urandom > /tmp/big")
-want = machine.succeed("sha256sum /tmp/big").split()[0]
-import time
-t0 = time.monotonic()
-big = raw("cat /tmp/big")
-took = time.monotonic() - t0
-assert len(big) == 10000000, len(big)
-assert hashlib.sha256(big).hexdigest() == want
-print(f"10 MB in {took:.2f} s")
-"#;
-
 #[test]
 fn output_is_byte_exact_for_binary_and_10_megabytes() {
-    let (dir, r) = one_machine("bytes", BYTES, 220);
+    let (dir, r) = one_machine(
+        "bytes",
+        test_script!("core/output_is_byte_exact_for_binary_and_10_megabytes.py"),
+        220,
+    );
     r.assert_code(0);
     assert!(r.stdout.contains("10 MB in "), "{}", r.log());
     dir.assert_clean();
 }
-
-const STALLED_HOST: &str = r#"
-import hashlib, os, signal, threading, time
-start_all()
-machine.succeed("head -c 30000000 /dev/urandom > /tmp/big")
-want = machine.succeed("sha256sum /tmp/big").split()[0]
-
-def stall():
-    time.sleep(0.5)
-    os.kill(os.getppid(), signal.SIGSTOP)
-    time.sleep(1.0)
-    os.kill(os.getppid(), signal.SIGCONT)
-
-threading.Thread(target=stall).start()
-from test_driver import _rpc
-import base64
-r = _rpc.channel().call("execute", machine="machine", command="cat /tmp/big", timeout=None, check_output=True)
-got = base64.b64decode(r["output"])
-assert len(got) == 30000000, len(got)
-assert hashlib.sha256(got).hexdigest() == want
-assert machine.succeed("echo still usable") == "still usable\n"
-"#;
 
 /// The virtio console drops output when the host stops reading (QEMU cannot throttle a
 /// console port): a driver stopped for a second in the middle of 30 MB of output must notice
 /// the loss and fetch the missing bytes again from the guest's spool.
 #[test]
 fn output_dropped_by_a_stalled_host_is_fetched_again() {
-    let (dir, r) = one_machine("stall", STALLED_HOST, 220);
+    let (dir, r) = one_machine(
+        "stall",
+        test_script!("core/output_dropped_by_a_stalled_host_is_fetched_again.py"),
+        220,
+    );
     r.assert_code(0);
     assert!(
         r.stderr.contains("the console dropped") && r.stderr.contains("recovered the full output"),
@@ -287,50 +225,9 @@ fn output_dropped_by_a_stalled_host_is_fetched_again() {
     dir.assert_clean();
 }
 
-const HARD_CASES: &str = r#"
-import time
-start_all()
-machine.succeed("true")
-# A background child that keeps stdout open must not block the command (upstream hangs).
-t0 = time.monotonic()
-machine.succeed("sleep 30 &")
-assert time.monotonic() - t0 < 5, time.monotonic() - t0
-# A command reading stdin gets EOF instead of eating the shell's own input.
-assert machine.succeed("cat") == ""
-assert machine.succeed("read -r x || echo eof") == "eof\n"
-# Bytes that arrive after their command finished do not leak into the next result.
-machine.succeed("(sleep 0.3; echo late-bytes) &")
-time.sleep(1)
-assert machine.succeed("echo next") == "next\n"
-# stdout is a pipe, never the tty.
-assert machine.succeed("test -p /dev/stdout && echo pipe") == "pipe\n"
-# Each command runs in its own shell: no state leaks, exit does not kill the backdoor.
-machine.execute("cd /; x=1; exit 5")
-assert machine.succeed("pwd; echo ${x:-unset}") == "/tmp\nunset\n"
-# set -euo pipefail as upstream.
-assert machine.execute("false | true")[0] == 1
-assert machine.execute("echo $undefined_variable")[0] != 0
-# execute() with a timeout kills the command and its children with status 124.
-assert machine.execute("sleep 10", timeout=1)[0] == 124
-assert machine.execute("sh -c 'sleep 11; echo never' | cat", timeout=1)[0] == 124
-assert machine.succeed("echo still here") == "still here\n"
-assert machine.execute("ps -o args | grep -c '^sleep 1[01]' || true", timeout=5) == (0, "0\n")
-# A command that runs in time keeps its own status, also 143 from a SIGTERM it sent itself.
-assert machine.execute("exit 3", timeout=5)[0] == 3
-assert machine.execute("kill -TERM $BASHPID", timeout=5)[0] == 143
-# Waits stop a hanging attempt at their timeout.
-t0 = time.monotonic()
-try:
-    machine.wait_until_succeeds("sleep 100", timeout=2)
-    raise SystemExit("a hanging wait attempt was not stopped")
-except AssertionError:
-    pass
-assert time.monotonic() - t0 < 10, time.monotonic() - t0
-"#;
-
 #[test]
 fn shell_hard_cases_behave() {
-    let (dir, r) = one_machine("hard", HARD_CASES, 200);
+    let (dir, r) = one_machine("hard", test_script!("core/shell_hard_cases_behave.py"), 200);
     r.assert_code(0);
     assert!(
         r.stderr.contains("output after its command finished"),
@@ -346,7 +243,7 @@ fn mid_and_legacy_command_lines_run_scripts() {
     let vm = dir.tiny_vm("legacy", &[]);
     let script = dir.write(
         "s.py",
-        "start_all()\nassert legacy is machine\nlegacy.succeed('true')\n",
+        test_script!("core/mid_and_legacy_command_lines_run_scripts.py"),
     );
     let vm_s = vm.to_str().unwrap();
     let s = script.to_str().unwrap();
@@ -413,7 +310,12 @@ fn a_machine_that_cannot_start_is_a_machine_error() {
         .args(["+x", bad.to_str().unwrap()])
         .status()
         .unwrap();
-    let cfg = dir.config(&[("bad", &bad)], &[], 60, "start_all()\n");
+    let cfg = dir.config(
+        &[("bad", &bad)],
+        &[],
+        60,
+        test_script!("core/a_machine_that_cannot_start_is_a_machine_error.py"),
+    );
     let r = dir.run(&["-c", cfg.to_str().unwrap()], LIMIT);
     r.assert_code(1);
     assert!(
@@ -434,7 +336,7 @@ fn trace_records_milestones_commands_and_a_timeline() {
         &[("machine", &vm)],
         &[],
         200,
-        "start_all()\nwith subtest('one'):\n    machine.succeed('true')\nmachine.execute('exit 3')\nmachine.wait_for_file('/tmp')\n",
+        test_script!("core/trace_records_milestones_commands_and_a_timeline.py"),
     );
     let trace = dir.path.join("t.json");
     let r = dir.run(

@@ -71,14 +71,7 @@ fn network(tag: &str, nodes: &[Node], script: &str, extra_args: &[&str]) -> (Tes
 #[test]
 fn two_guests_on_a_vlan_ping_each_other_by_name() {
     let nodes = alice_and_bob();
-    let script = r#"
-start_all()
-alice.succeed("ping -c 1 -W 10 bob")
-bob.succeed("ping -c 1 -W 10 alice")
-assert "192.168.1.2" in alice.succeed("grep bob /etc/hosts")
-assert vlan1.socket_dir.name == "vde1.ctl"
-assert os.environ["QEMU_VDE_SOCKET_1"] == str(vlan1.socket_dir)
-"#;
+    let script = test_script!("network/two_guests_on_a_vlan_ping_each_other_by_name.py");
     let (dir, r) = network("ping", &nodes, script, &[]);
     r.assert_code(0);
     assert!(
@@ -119,15 +112,7 @@ fn guests_see_only_their_own_vlans_peers() {
             index: 3,
         },
     ];
-    let script = r#"
-start_all()
-a.succeed("ping -c 1 -W 10 192.168.1.2")
-c.succeed("ping -c 1 -W 10 192.168.2.2")
-b.succeed("ping -c 1 -W 10 192.168.1.1", "ping -c 1 -W 10 192.168.2.3")
-c.succeed("ip addr add 192.168.1.99/24 dev eth1")
-a.fail("ping -c 2 -W 2 192.168.1.99")
-b.fail("ping -c 2 -W 2 -I eth1 192.168.1.99")
-"#;
+    let script = test_script!("network/guests_see_only_their_own_vlans_peers.py");
     let (dir, r) = network("vlans", &nodes, script, &[]);
     r.assert_code(0);
     dir.assert_clean();
@@ -136,15 +121,7 @@ b.fail("ping -c 2 -W 2 -I eth1 192.168.1.99")
 #[test]
 fn block_makes_ping_fail_and_unblock_restores_it() {
     let nodes = alice_and_bob();
-    let script = r#"
-start_all()
-alice.succeed("ping -c 1 -W 10 bob")
-alice.block()
-alice.fail("ping -c 2 -W 2 bob")
-bob.fail("ping -c 2 -W 2 alice")
-alice.unblock()
-alice.wait_until_succeeds("ping -c 1 -W 2 bob", timeout=60)
-"#;
+    let script = test_script!("network/block_makes_ping_fail_and_unblock_restores_it.py");
     let (dir, r) = network("block", &nodes, script, &[]);
     r.assert_code(0);
     dir.assert_clean();
@@ -170,10 +147,7 @@ fn read_pcap(path: &std::path::Path) -> (u32, Vec<Vec<u8>>) {
 #[test]
 fn capture_dir_records_every_forwarded_frame_as_pcap() {
     let nodes = alice_and_bob();
-    let script = r#"
-start_all()
-alice.succeed("ping -c 3 -W 10 bob")
-"#;
+    let script = test_script!("network/capture_dir_records_every_forwarded_frame_as_pcap.py");
     let caps = std::path::PathBuf::from(format!("/tmp/ntd-caps-{}", std::process::id()));
     let (dir, r) = network(
         "cap",
@@ -217,38 +191,7 @@ fn real_vde_plug_exchanges_frames_with_a_guest() {
         vlans: &[1],
         index: 1,
     }];
-    let script = r#"
-import os, select, struct, subprocess, time
-start_all()
-guest.succeed("true")
-plug = subprocess.Popen(["vde_plug", str(vlan1.socket_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-mine = bytes.fromhex("020000000099")
-arp = (b"\xff" * 6 + mine + b"\x08\x06" + bytes.fromhex("0001080006040001") + mine
-       + bytes([192, 168, 1, 99]) + b"\x00" * 6 + bytes([192, 168, 1, 1]))
-buf = b""
-reply = None
-deadline = time.monotonic() + 60
-while reply is None and time.monotonic() < deadline:
-    plug.stdin.write(struct.pack(">H", len(arp)) + arp)
-    plug.stdin.flush()
-    until = time.monotonic() + 1
-    while reply is None and time.monotonic() < until:
-        r, _, _ = select.select([plug.stdout.fileno()], [], [], 0.2)
-        if not r:
-            continue
-        buf += os.read(plug.stdout.fileno(), 65536)
-        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack(">H", buf[:2])[0]:
-            n = struct.unpack(">H", buf[:2])[0]
-            frame, buf = buf[2:2 + n], buf[2 + n:]
-            if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02" and frame[28:32] == bytes([192, 168, 1, 1]):
-                reply = frame
-plug.stdin.close()
-plug.wait(timeout=10)
-assert reply is not None, "no ARP reply from the guest through vde_plug"
-assert reply[0:6] == mine, reply.hex()
-assert reply[6:12] == bytes.fromhex("525400120101"), reply.hex()
-print("ARP reply from", reply[6:12].hex(":"))
-"#;
+    let script = test_script!("network/real_vde_plug_exchanges_frames_with_a_guest.py");
     let (dir, r) = network("plug", &nodes, script, &[]);
     r.assert_code(0);
     assert!(

@@ -6,7 +6,7 @@ driver, like `extraPythonPackages`). This module reads the description, packs
 each node's files and enabled units into a tar that the guest initrd unpacks
 over the throw-away root overlay (handed over as fw_cfg `opt/ntd/node.tar`),
 writes the `run-<name>-vm` start scripts through ci/mkvm and the driver
-configuration JSON in the upstream format. Used by ci/run-test and smoke.py.
+configuration JSON in the upstream format. Used by ci/run-test.
 
 nodes.toml keys per node (all optional):
   vlans = [1]              vlan numbers, NIC order (default [1])
@@ -27,7 +27,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field
 
 CI_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(CI_DIR)
+sys.path.insert(0, CI_DIR)
+import cilib  # noqa: E402 (ci/cilib.py: the cache directory, python-packages.txt)
 NODE_KEYS = {"vlans", "units", "kernel_params", "memory", "cores", "files"}
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -66,11 +67,6 @@ class Node:
 
 def log(msg):
     print(f"ntd-ci: {msg}", file=sys.stderr, flush=True)
-
-
-def cache_dir():
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("NTD_CACHE_DIR") or os.path.join(xdg, "ntd")
 
 
 def _file_entry(test_dir, node, path, value):
@@ -286,25 +282,5 @@ def write_driver_config(nodes, scripts, test_script, path, global_timeout=3600):
     return config
 
 
-def python_packages(test_dir):
-    """Install TEST_DIR/python-packages.txt into a cached target dir; its path or None."""
-    req = os.path.join(test_dir, "python-packages.txt")
-    if not os.path.exists(req):
-        return None
-    with open(req, "rb") as f:
-        text = f.read()
-    key = hashlib.sha256(text + sys.version.encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), f"python-{key}")
-    if os.path.isdir(target):
-        return target
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = f"{target}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"installing python packages of {req}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--no-input", "--target", tmp, "-r", req], check=True, stdout=sys.stderr)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a parallel run installed the same set
-    return target
+# Install TEST_DIR/python-packages.txt into a cached target dir; its path or None.
+python_packages = cilib.python_packages

@@ -49,8 +49,8 @@ pub fn screen_guest() -> &'static Path {
     })
 }
 
-/// Make sure a host tool is there: install its Debian package when running as root, else
-/// fail with what to install.
+/// Make sure a host tool is there: install its Debian package with ci/lib.sh's
+/// `ensure_packages` (as root, else through sudo), else fail with what to install.
 pub fn ensure_host_tool(tool: &str, package: &str) {
     let found = |t: &str| {
         Command::new("sh")
@@ -62,34 +62,62 @@ pub fn ensure_host_tool(tool: &str, package: &str) {
     if found(tool) {
         return;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    assert!(
-        root,
-        "{tool} is missing: install the Debian package {package}"
-    );
     static APT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = APT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if found(tool) {
         return;
     }
-    let status = Command::new("sh")
+    let status = Command::new("bash")
         .args([
             "-c",
-            &format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                 --no-install-recommends {package}"
-            ),
+            "set -euo pipefail; source \"$0\"; ensure_packages \"$@\"",
         ])
+        .arg(repo().join("ci/lib.sh"))
+        .arg(package)
         .stdout(Stdio::null())
         .status()
-        .expect("run apt-get");
+        .expect("run bash");
     assert!(
         status.success() && found(tool),
-        "installing {package} failed"
+        "{tool} is missing: install the Debian package {package}"
     );
+}
+
+/// The keys of a test script's header lines (`# machines: a, b`, `# vlans: 1`,
+/// `# placeholder: @NAME@ example`, `# typecheck: skip (why)`): ci/typecheck reads them, the
+/// driver never sees them.
+pub const SCRIPT_HEADER_KEYS: &[&str] = &["machines", "vlans", "placeholder", "typecheck"];
+
+/// A testScript of `tests/scripts/` as the driver runs it: the file without its leading header
+/// lines, so that line numbers in the driver's reports count from the script's own first line.
+/// A placeholder (`@PORT@`) is left for the test to replace.
+#[allow(unused_macros)]
+macro_rules! test_script {
+    ($file:literal) => {
+        $crate::common::strip_script_header(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/scripts/",
+            $file
+        )))
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use test_script;
+
+/// `text` without its leading header lines (see [`SCRIPT_HEADER_KEYS`]).
+pub fn strip_script_header(text: &str) -> &str {
+    let mut rest = text;
+    while let Some((line, after)) = rest.split_once('\n') {
+        let key = line
+            .strip_prefix('#')
+            .and_then(|l| l.split_once(':'))
+            .map(|(k, _)| k.trim());
+        match key {
+            Some(k) if SCRIPT_HEADER_KEYS.contains(&k) => rest = after,
+            _ => break,
+        }
+    }
+    rest
 }
 
 /// A per-test directory with a short path (unix socket paths must stay under 108 bytes).
@@ -190,6 +218,18 @@ impl TestDir {
             .env("NTD_COLOR", "never")
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY");
+        c
+    }
+
+    /// Another driver: `peer` (a command line, word-split by sh) run as `PEER --config CONFIG`
+    /// with this directory as its runtime directory, as `ci/bench --peer` runs one.
+    pub fn peer(&self, peer: &str, config: &Path) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("exec {peer} --config \"$0\""))
+            .arg(config)
+            .current_dir(&self.path)
+            .env("XDG_RUNTIME_DIR", self.run_dir());
         c
     }
 

@@ -1,0 +1,2 @@
+# machines: bad
+start_all()

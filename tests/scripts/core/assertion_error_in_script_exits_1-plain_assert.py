@@ -1,0 +1,2 @@
+# machines: machine
+assert 1 == 2, 'plain assert'

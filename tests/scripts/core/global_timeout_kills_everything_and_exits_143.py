@@ -1,0 +1,4 @@
+# machines: machine
+start_all()
+machine.succeed('true')
+machine.succeed('sleep 600')

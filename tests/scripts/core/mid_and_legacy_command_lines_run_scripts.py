@@ -1,0 +1,4 @@
+# machines: legacy
+start_all()
+assert legacy is machine
+legacy.succeed('true')

@@ -1,0 +1,4 @@
+# machines: machine
+import sys
+start_all()
+sys.exit(1)
