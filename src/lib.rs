@@ -6,6 +6,8 @@
 pub mod child;
 pub mod cli;
 pub mod driver;
+#[cfg(test)]
+mod fuzz;
 pub mod json;
 pub mod log;
 pub(crate) mod machine;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RunResult, TestDir, NTD};
+use common::{test_script, RunResult, TestDir, NTD};
 use std::io::BufRead;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -75,7 +75,7 @@ fn expect(r: &RunResult, code: i32, needles: &[&str]) {
 fn qemu_killed_between_commands_fails_loudly_and_start_boots_again() {
     let (dir, cfg) = setup(
         "f-kill",
-        include_str!("faults/killed_between_commands.py"),
+        test_script!("faults/killed_between_commands.py"),
         300,
         &[],
     );
@@ -88,7 +88,7 @@ fn qemu_killed_between_commands_fails_loudly_and_start_boots_again() {
 fn qemu_killed_mid_command_raises_with_how_it_ended() {
     let (dir, cfg) = setup(
         "f-killmid",
-        include_str!("faults/killed_mid_command.py"),
+        test_script!("faults/killed_mid_command.py"),
         300,
         &[],
     );
@@ -107,7 +107,7 @@ fn qemu_killed_mid_command_raises_with_how_it_ended() {
 
 #[test]
 fn guest_powering_off_by_itself_fails_the_next_command() {
-    let (dir, cfg) = setup("f-off", include_str!("faults/powers_off.py"), 300, &[]);
+    let (dir, cfg) = setup("f-off", test_script!("faults/powers_off.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(&r, 0, &["RAISED after poweroff"]);
     assert_nothing_left(&dir);
@@ -115,7 +115,7 @@ fn guest_powering_off_by_itself_fails_the_next_command() {
 
 #[test]
 fn guest_kernel_panic_fails_the_command_and_quotes_the_console() {
-    let (dir, cfg) = setup("f-panic", include_str!("faults/kernel_panic.py"), 300, &[]);
+    let (dir, cfg) = setup("f-panic", test_script!("faults/kernel_panic.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(&r, 0, &["RAISED on panic"]);
     assert_nothing_left(&dir);
@@ -123,7 +123,7 @@ fn guest_kernel_panic_fails_the_command_and_quotes_the_console() {
 
 #[test]
 fn shell_exiting_mid_command_is_reported_instead_of_hanging() {
-    let (dir, cfg) = setup("f-shexit", include_str!("faults/shell_exits.py"), 300, &[]);
+    let (dir, cfg) = setup("f-shexit", test_script!("faults/shell_exits.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(&r, 1, &["did not answer `kill -9 $$`", "stuck"]);
     assert!(r.elapsed < Duration::from_secs(90), "{:?}", r.elapsed);
@@ -132,7 +132,7 @@ fn shell_exiting_mid_command_is_reported_instead_of_hanging() {
 
 #[test]
 fn command_that_never_returns_ends_with_its_timeout() {
-    let (dir, cfg) = setup("f-never", include_str!("faults/never_returns.py"), 300, &[]);
+    let (dir, cfg) = setup("f-never", test_script!("faults/never_returns.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(&r, 1, &["command `sleep infinity` failed (exit code 124)"]);
     assert_nothing_left(&dir);
@@ -151,7 +151,7 @@ fn guest_that_never_prints_the_sentinel_fails_with_the_shell_timeout() {
         &[("machine", &vm)],
         &[],
         300,
-        include_str!("faults/plain.py"),
+        test_script!("faults/plain.py"),
     );
     let r = run(&dir, &cfg, &[("NTD_SHELL_TIMEOUT", "5")]);
     expect(
@@ -164,7 +164,7 @@ fn guest_that_never_prints_the_sentinel_fails_with_the_shell_timeout() {
 
 #[test]
 fn guest_without_dev_fd_runs_without_a_spool_and_says_so() {
-    let (dir, cfg) = setup("f-nodevfd", include_str!("faults/plain.py"), 300, &[]);
+    let (dir, cfg) = setup("f-nodevfd", test_script!("faults/plain.py"), 300, &[]);
     let r = run(&dir, &cfg, &[("QEMU_KERNEL_PARAMS", "ntd.nodevfd")]);
     expect(&r, 0, &["the guest has no /dev/fd or no tee"]);
     assert_nothing_left(&dir);
@@ -172,7 +172,7 @@ fn guest_without_dev_fd_runs_without_a_spool_and_says_so() {
 
 #[test]
 fn shell_that_never_answers_its_setup_fails_within_seconds() {
-    let (dir, cfg) = setup("f-mute", include_str!("faults/plain.py"), 300, &[]);
+    let (dir, cfg) = setup("f-mute", test_script!("faults/plain.py"), 300, &[]);
     let r = run(&dir, &cfg, &[("QEMU_KERNEL_PARAMS", "ntd.mute-backdoor")]);
     expect(&r, 1, &["did not answer ntd's setup within 20 s"]);
     assert!(r.elapsed < Duration::from_secs(90), "{:?}", r.elapsed);
@@ -183,7 +183,7 @@ fn shell_that_never_answers_its_setup_fails_within_seconds() {
 fn global_timeout_while_booting_exits_143() {
     let (dir, cfg) = setup(
         "f-gt-boot",
-        include_str!("faults/global_timeout_booting.py"),
+        test_script!("faults/global_timeout_booting.py"),
         1,
         &[],
     );
@@ -196,7 +196,7 @@ fn global_timeout_while_booting_exits_143() {
 fn global_timeout_while_a_command_runs_exits_143() {
     let (dir, cfg) = setup(
         "f-gt-cmd",
-        include_str!("faults/global_timeout_command.py"),
+        test_script!("faults/global_timeout_command.py"),
         20,
         &[],
     );
@@ -210,7 +210,7 @@ fn global_timeout_while_a_command_runs_exits_143() {
 fn global_timeout_while_python_sleeps_exits_143() {
     let (dir, cfg) = setup(
         "f-gt-py",
-        include_str!("faults/global_timeout_python.py"),
+        test_script!("faults/global_timeout_python.py"),
         20,
         &[],
     );
@@ -255,20 +255,20 @@ fn signal_when(tag: &str, script: &str, marker: &str, signal: &str) -> (Option<i
     (status.code(), seen)
 }
 
-const SLEEP_FIRST: &str = "import time\ntime.sleep(600)\nstart_all()\n";
-const BOOT_THEN_SLEEP: &str =
-    "import time\nstart_all()\nmachine.succeed('true')\ntime.sleep(600)\n";
-const LONG_COMMAND: &str = "start_all()\nmachine.succeed('sleep 600')\n";
-
 #[test]
 fn termination_signals_in_every_phase_clean_up_with_upstream_statuses() {
+    let long_command = test_script!("faults/long_command.py");
     let phases = [
-        ("before any machine", SLEEP_FIRST, "Test will time out"),
-        ("while booting", LONG_COMMAND, "starting vm"),
-        ("during a command", LONG_COMMAND, "must succeed: sleep 600"),
+        (
+            "before any machine",
+            test_script!("faults/sleep_first.py"),
+            "Test will time out",
+        ),
+        ("while booting", long_command, "starting vm"),
+        ("during a command", long_command, "must succeed: sleep 600"),
         (
             "while Python sleeps",
-            BOOT_THEN_SLEEP,
+            test_script!("faults/boot_then_sleep.py"),
             "finished: must succeed: true",
         ),
     ];
@@ -283,7 +283,12 @@ fn termination_signals_in_every_phase_clean_up_with_upstream_statuses() {
 
 #[test]
 fn driver_killed_with_sigkill_takes_its_guests_along() {
-    let (dir, cfg) = setup("f-sigkill", BOOT_THEN_SLEEP, 600, &[]);
+    let (dir, cfg) = setup(
+        "f-sigkill",
+        test_script!("faults/boot_then_sleep.py"),
+        600,
+        &[],
+    );
     let mut child = dir
         .ntd()
         .args(["-c", cfg.to_str().unwrap()])
@@ -309,7 +314,7 @@ fn driver_killed_with_sigkill_takes_its_guests_along() {
 
 #[test]
 fn internal_error_in_the_driver_still_ends_every_guest() {
-    let (dir, cfg) = setup("f-bug", include_str!("faults/plain.py"), 300, &[]);
+    let (dir, cfg) = setup("f-bug", test_script!("faults/plain.py"), 300, &[]);
     let r = run(&dir, &cfg, &[("NTD_TEST_PANIC", "execute")]);
     expect(
         &r,
@@ -327,13 +332,13 @@ fn script_errors_exit_1_and_clean_up() {
     for (tag, script, needle) in [
         (
             "f-nameerr",
-            include_str!("faults/name_error.py"),
+            test_script!("faults/name_error.py"),
             "NameError",
         ),
         (
             "f-pollerr",
-            include_str!("faults/polling_condition_raises.py"),
-            "the condition itself crashed",
+            test_script!("faults/polling_condition_raises.py"),
+            "Polling condition failed: broken",
         ),
     ] {
         let (dir, cfg) = setup(tag, script, 300, &[]);
@@ -371,7 +376,7 @@ fn broken_start_scripts_are_machine_errors() {
             &[("machine", &vm)],
             &[],
             120,
-            include_str!("faults/plain.py"),
+            test_script!("faults/plain.py"),
         );
         let r = run(&dir, &cfg, &[]);
         expect(&r, 1, &["MachineError", needle]);
@@ -381,7 +386,7 @@ fn broken_start_scripts_are_machine_errors() {
 
 #[test]
 fn out_of_range_timeouts_and_malformed_requests_get_clear_errors() {
-    let (dir, cfg) = setup("f-timeouts", include_str!("faults/timeouts.py"), 600, &[]);
+    let (dir, cfg) = setup("f-timeouts", test_script!("faults/timeouts.py"), 600, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(
         &r,
@@ -423,10 +428,7 @@ fn long_runtime_directory_moves_sockets_to_a_short_private_one() {
         &[("machine", &vm)],
         &[1],
         300,
-        "start_all()\nmachine.succeed('true')\n\
-         assert len(str(machine.shell_path)) < 108, machine.shell_path\n\
-         assert not str(vlan1.socket_dir).startswith(str(machine.state_dir.parent))\n\
-         print('SOCKETS', machine.shell_path.parent.parent)\n",
+        test_script!("faults/long_runtime_dir.py"),
     );
     let long = dir.path.join("r".repeat(100));
     assert!(long.as_os_str().len() > 120);
@@ -446,7 +448,7 @@ fn long_runtime_directory_moves_sockets_to_a_short_private_one() {
 
 #[test]
 fn huge_output_nul_bytes_and_long_console_lines_are_handled() {
-    let (dir, cfg) = setup("f-big", include_str!("faults/big_output.py"), 600, &[]);
+    let (dir, cfg) = setup("f-big", test_script!("faults/big_output.py"), 600, &[]);
     let r = run(&dir, &cfg, &[("logLevel", "debug")]);
     expect(&r, 0, &["big output ok"]);
     assert_nothing_left(&dir);
@@ -454,7 +456,7 @@ fn huge_output_nul_bytes_and_long_console_lines_are_handled() {
 
 #[test]
 fn concurrent_calls_from_threads_each_get_their_reply() {
-    let (dir, cfg) = setup("f-threads", include_str!("faults/threads.py"), 300, &[]);
+    let (dir, cfg) = setup("f-threads", test_script!("faults/threads.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
     expect(&r, 0, &["threads ok"]);
     assert_nothing_left(&dir);
@@ -467,7 +469,7 @@ fn odd_machine_names_never_reach_a_shell_and_files_are_private() {
     let vm = dir.tiny_vm("evil", &[]);
     // A start command that is not a plain path runs through `sh -c` (as upstream does).
     let start = format!("env NTD_UNUSED=1 {}", vm.display());
-    let script = dir.write("test.py", include_str!("faults/security.py"));
+    let script = dir.write("test.py", test_script!("faults/security.py"));
     let cfg = dir.write(
         "driver.json",
         &format!(

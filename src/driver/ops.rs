@@ -277,10 +277,13 @@ impl Driver {
         };
         let reg = self.poll.registry();
         let machine = &mut self.machines[m];
-        if !machine.booted() {
+        if machine.phase() == Phase::Stopped {
             return done(Value::Null);
         }
+        // An exit nobody asked for (Phase::Exited) is acknowledged by waiting for it: the
+        // machine is then stopped, and the next command boots it again, as upstream.
         match how {
+            _ if !machine.booted() => {}
             ShutdownKind::Poweroff => {
                 machine.send_shell_raw(reg, b"poweroff\n");
             }

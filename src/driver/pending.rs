@@ -11,7 +11,7 @@ use crate::json::{obj, Value};
 use crate::machine::guest::WAIT_GRACE_SECS;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::waits::{Verdict, WaitCondition};
-use crate::machine::{Machine, Phase};
+use crate::machine::{Machine, Phase, ShellDown};
 use crate::reactor::Ctx;
 use crate::rpc::{self, ErrorType, OpError};
 use std::time::{Duration, Instant};
@@ -301,19 +301,10 @@ impl Driver {
                 }
             }
         }
-        let failed = match machine.phase() {
-            Phase::Exited | Phase::Stopped => Some(format!(
-                "QEMU exited ({}) before the guest shell was ready",
-                machine
-                    .exit_info()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "not running".into())
-            )),
-            _ if machine.shell_lost() => Some(format!(
-                "machine '{}': Shell disconnected (the guest closed its root shell)",
-                machine.name
-            )),
-            _ => machine.shell_error(),
+        let failed = match machine.shell_down(now) {
+            ShellDown::Yes(why) => Some(format!("Shell disconnected: {why}")),
+            ShellDown::Settling(_) => return Step::Pending,
+            ShellDown::No => machine.shell_error(),
         };
         if let Some(msg) = failed {
             cx.log.end(false);
@@ -401,16 +392,15 @@ impl Driver {
             ));
         }
         let command = op.req.command();
-        if machine.shell_lost() || !machine.booted() {
-            let why = if machine.booted() {
-                format!("machine '{}': the guest closed its shell", machine.name)
-            } else {
-                machine.exit_report()
-            };
-            return Some(Err(OpError::new(
-                ErrorType::Machine,
-                format!("Shell disconnected while running `{command}`: {why}"),
-            )));
+        match machine.shell_down(Instant::now()) {
+            ShellDown::No => {}
+            ShellDown::Settling(_) => return None,
+            ShellDown::Yes(why) => {
+                return Some(Err(OpError::new(
+                    ErrorType::Machine,
+                    format!("Shell disconnected while running `{command}`: {why}"),
+                )))
+            }
         }
         if op.answer_by.is_some_and(|t| Instant::now() >= t) {
             let reason = format!(

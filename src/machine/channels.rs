@@ -6,7 +6,7 @@
 use super::boot::{FIRST_SERIAL_LINE, QMP_READY, SENTINEL, SHELL_READY};
 use super::qmp::QmpNote;
 use super::session::{SessionNote, ShellRequest, ShellResult};
-use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL, SETUP_PATIENCE};
+use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL, SETUP_PATIENCE, SHELL_LOSS_GRACE};
 use crate::json::Value;
 use crate::log::{py_bytes_repr, Logger};
 use crate::nbio::{self, FdReader};
@@ -47,6 +47,9 @@ impl Machine {
             }
             self.shell_out.clear();
             self.session.connection_lost();
+            let now = Instant::now();
+            self.shell_lost_at = Some(now);
+            self.shell_settle_at = Some(now + SHELL_LOSS_GRACE);
         }
     }
 
@@ -137,11 +140,6 @@ impl Machine {
 
     pub fn take_shell_result(&mut self) -> Option<ShellResult> {
         self.session.take_result()
-    }
-
-    /// True while the shell connection is gone (QEMU exited or closed it).
-    pub fn shell_lost(&self) -> bool {
-        self.session.lost()
     }
 
     /// Guest shell ready for a command.

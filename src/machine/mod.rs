@@ -50,6 +50,12 @@ pub(crate) const EARLY_OUTPUT_TAIL: usize = 4096;
 /// well under a second even on a loaded host; a shell that never answers (a guest without
 /// what the setup needs) must not hang the test until the global timeout.
 pub(crate) const SETUP_PATIENCE: Duration = Duration::from_secs(20);
+/// After the shell connection ends, how long to wait for QEMU's own exit before reporting:
+/// QEMU closes its sockets a moment before it exits, and its exit status and last console
+/// lines say far more than "the shell closed".
+pub(crate) const SHELL_LOSS_GRACE: Duration = Duration::from_secs(3);
+/// How far back the report looks for a kernel panic's headline.
+const PANIC_SEARCH_LINES: usize = 200;
 /// Console lines quoted when a machine stopped unexpectedly.
 const EXIT_REPORT_LINES: usize = 10;
 /// Read buffer for every stream.
@@ -153,6 +159,22 @@ pub struct Machine {
     killed: bool,
     /// When a shell that has not answered its setup is given up on.
     setup_deadline: Option<Instant>,
+    /// When the shell connection ended (EOF) while QEMU still ran.
+    shell_lost_at: Option<Instant>,
+    /// When waiting ops should look at a lost shell again (see [`SHELL_LOSS_GRACE`]); cleared
+    /// by the timer.
+    shell_settle_at: Option<Instant>,
+}
+
+/// Whether the guest shell can still answer, as [`Machine::shell_state`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellDown {
+    /// Connected, or may still connect.
+    No,
+    /// The connection just ended; QEMU may be about to exit (ask again by this instant).
+    Settling(Instant),
+    /// Gone for good; the message says how and quotes the console.
+    Yes(String),
 }
 
 impl Machine {
@@ -202,6 +224,8 @@ impl Machine {
             kill_deadline: None,
             killed: false,
             setup_deadline: None,
+            shell_lost_at: None,
+            shell_settle_at: None,
         }
     }
 
@@ -261,6 +285,23 @@ impl Machine {
         Some(s)
     }
 
+    /// Whether the shell is gone, waiting [`SHELL_LOSS_GRACE`] for QEMU's exit after the
+    /// connection ended so that the report can say how QEMU ended.
+    pub fn shell_down(&self, now: Instant) -> ShellDown {
+        if !self.booted() {
+            return ShellDown::Yes(self.exit_report());
+        }
+        match self.shell_lost_at.filter(|_| self.session.lost()) {
+            None => ShellDown::No,
+            Some(at) if now < at + SHELL_LOSS_GRACE => ShellDown::Settling(at + SHELL_LOSS_GRACE),
+            Some(_) => ShellDown::Yes(format!(
+                "machine '{}': the guest closed its root shell (QEMU still runs){}",
+                self.name,
+                self.console_tail_text()
+            )),
+        }
+    }
+
     /// Give up on the request in flight: the guest did not answer in time.
     pub fn abandon_shell(&mut self, reason: String) {
         self.session.abandon(reason);
@@ -269,6 +310,17 @@ impl Machine {
     /// `; its last console lines:` and the lines (empty if the console said nothing).
     pub fn console_tail_text(&self) -> String {
         let mut s = String::new();
+        // A kernel panic's headline is followed by a long register dump: name it first.
+        let window: Vec<&str> = self.console.tail(PANIC_SEARCH_LINES).collect();
+        let recent = window.len().saturating_sub(EXIT_REPORT_LINES);
+        if let Some(headline) = window[..recent]
+            .iter()
+            .rev()
+            .find(|l| l.contains("Kernel panic - not syncing"))
+        {
+            s.push_str("; the guest kernel panicked: ");
+            s.push_str(headline.trim());
+        }
         let tail: Vec<&str> = self.console.tail(EXIT_REPORT_LINES).collect();
         if !tail.is_empty() {
             s.push_str("; its last console lines:");
@@ -378,6 +430,8 @@ impl Machine {
         self.kill_deadline = None;
         self.killed = false;
         self.setup_deadline = None;
+        self.shell_lost_at = None;
+        self.shell_settle_at = None;
         Ok(())
     }
 
@@ -598,13 +652,22 @@ impl LoopMember for Machine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.qmp_retry_at, self.kill_deadline, self.setup_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.qmp_retry_at,
+            self.kill_deadline,
+            self.setup_deadline,
+            self.shell_settle_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, now: Instant) {
+        if self.shell_settle_at.is_some_and(|t| now >= t) {
+            // Nothing to do but wake the loop: waiting ops look at shell_down() again.
+            self.shell_settle_at = None;
+        }
         if self.setup_deadline.is_some_and(|t| now >= t) {
             self.setup_deadline = None;
             let reason = format!(

@@ -247,27 +247,28 @@ class BaseMachine:
     def connect(self) -> None:
         _rpc.channel().call("connect", machine=self.name)
 
-    def wait_for_shutdown(self, timeout: Duration | None = None) -> None:
+    def _power_off(self, op: str, timeout: Duration | None = None) -> None:
+        """Wait for QEMU to end (after asking it to, for ``shutdown``/``crash``). On a machine
+        that is not running this only acknowledges an exit nobody asked for, so that the
+        next command boots the machine again."""
+        seconds = to_seconds(timeout)
         if not self.booted:
+            _rpc.channel().call(op, machine=self.name, timeout=seconds)
             return
+        if op == "crash":
+            self.log("forced crash")
         with self.nested("waiting for the VM to power off"):
             sys.stdout.flush()
-            _rpc.channel().call(
-                "wait_for_shutdown", machine=self.name, timeout=to_seconds(timeout)
-            )
+            _rpc.channel().call(op, machine=self.name, timeout=seconds)
+
+    def wait_for_shutdown(self, timeout: Duration | None = None) -> None:
+        self._power_off("wait_for_shutdown", timeout)
 
     def shutdown(self) -> None:
-        if not self.booted:
-            return
-        with self.nested("waiting for the VM to power off"):
-            _rpc.channel().call("shutdown", machine=self.name)
+        self._power_off("shutdown")
 
     def crash(self) -> None:
-        if not self.booted:
-            return
-        self.log("forced crash")
-        with self.nested("waiting for the VM to power off"):
-            _rpc.channel().call("crash", machine=self.name)
+        self._power_off("crash")
 
     def reboot(self) -> None:
         """Press Ctrl+Alt+Delete; the next command waits for the shell again.

@@ -1,5 +1,5 @@
 # machines: machine
-# typecheck: skip (a NameError on purpose)
+# typecheck: allow name-defined (a NameError on purpose)
 start_all()
 machine.succeed("true")
 undefined_name_here()

@@ -12,10 +12,10 @@ def worker(i: int) -> None:
 
 
 threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
 assert len(results) == 30, results
 for k, v in results.items():
     assert v == f"{k}\n", (k, v)

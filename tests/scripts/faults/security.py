@@ -1,5 +1,4 @@
-# machines: evil $(touch pwned) name
-# typecheck: skip (the machine's variable name is derived from an odd name on purpose)
+# The machine is named `evil $(touch pwned) name`; the script reaches it as machines[0].
 # A machine name with shell syntax and spaces never reaches a shell unquoted; state and
 # socket directories are private; the driver listens on no TCP/UDP port.
 import os
@@ -16,11 +15,11 @@ for p in (m.shell_path, m.monitor_path, m.qmp_path):
     st = os.stat(p)
     assert stat.S_ISSOCK(st.st_mode), p
     assert stat.S_IMODE(st.st_mode) == 0o600, (p, oct(st.st_mode))
-driver = os.getppid()
+driver_pid = os.getppid()
 inodes = set()
-for fd in os.listdir(f"/proc/{driver}/fd"):
+for fd in os.listdir(f"/proc/{driver_pid}/fd"):
     try:
-        target = os.readlink(f"/proc/{driver}/fd/{fd}")
+        target = os.readlink(f"/proc/{driver_pid}/fd/{fd}")
     except OSError:
         continue
     if target.startswith("socket:["):

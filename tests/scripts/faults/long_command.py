@@ -1,0 +1,3 @@
+# machines: machine
+start_all()
+machine.succeed("sleep 600")

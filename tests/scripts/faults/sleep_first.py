@@ -1,0 +1,5 @@
+# machines: machine
+import time
+
+time.sleep(600)
+start_all()
