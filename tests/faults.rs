@@ -131,6 +131,17 @@ fn shell_exiting_mid_command_is_reported_instead_of_hanging() {
 }
 
 #[test]
+fn late_output_of_background_processes_is_returned_or_logged() {
+    let (dir, cfg) = setup("f-late", test_script!("faults/late_output.py"), 300, &[]);
+    let r = run(&dir, &cfg, &[("logLevel", "debug")]);
+    expect(&r, 0, &["b'TWO\\n'", "DURING-WAIT"]);
+    let returned = r.stdout.contains("RESULT 'ONE\\n'");
+    let logged = r.stderr.contains("b'ONE\\n'");
+    assert!(returned || logged, "ONE was lost\n{}", r.log());
+    assert_nothing_left(&dir);
+}
+
+#[test]
 fn command_that_never_returns_ends_with_its_timeout() {
     let (dir, cfg) = setup("f-never", test_script!("faults/never_returns.py"), 300, &[]);
     let r = run(&dir, &cfg, &[]);
