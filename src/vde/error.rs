@@ -85,6 +85,10 @@ pub enum VdeError {
         path: PathBuf,
         source: io::Error,
     },
+    /// [`super::Switch::label_endpoint`] named an endpoint that is not connected (any more).
+    UnknownEndpoint {
+        endpoint: u32,
+    },
 }
 
 impl fmt::Display for VdeError {
@@ -170,6 +174,10 @@ impl fmt::Display for VdeError {
                 )
             }
             Reply { source } => write!(f, "cannot send the reply to the client: {source}"),
+            UnknownEndpoint { endpoint } => write!(
+                f,
+                "no endpoint {endpoint} is connected (closed already?); nothing labelled"
+            ),
             RemoveDir { path, source } => write!(
                 f,
                 "switch directory {} not removed: {source} (files left by clients?)",

@@ -1,7 +1,8 @@
 //! The data side of a switch, its hot path: read a batch of frames from one endpoint with one
 //! `recvmmsg`, capture them, route them (hub or learning table) and send them to each target
 //! with one `sendmmsg` per run. It must not allocate per frame and must never block: a receiver
-//! that cannot keep up loses frames (counted), it never slows the loop.
+//! that cannot keep up loses frames (counted), it never slows the loop. While network faults
+//! are in force the batch goes to [`super::impaired`] instead, after the same receive step.
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
@@ -11,11 +12,14 @@ use rustix::io::Errno;
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags};
 use smallvec::SmallVec;
 
+use mio::net::UnixDatagram;
+
 use super::fdb::Destination;
+use super::impaired::{capture_first_deliveries, Deliveries, FirstDelivery};
 use super::recv_batch::RecvBatch;
 use super::{
-    Endpoint, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP, MAX_FRAME,
-    MIN_FRAME,
+    Endpoint, PortCounters, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP,
+    MAX_FRAME, MIN_FRAME,
 };
 
 impl Switch {
@@ -29,6 +33,9 @@ impl Switch {
             capture,
             captured_frames,
             batches,
+            faults,
+            queued,
+            capture_pending,
             ..
         } = self;
         let Some(src) = endpoints.get_mut(index).and_then(Option::as_mut) else {
@@ -77,9 +84,11 @@ impl Switch {
         }
         let count = frames.len();
 
-        // Phase 2: capture, route, send.
+        // Phase 2: capture, route, send. With network faults in force, frames are captured
+        // when first delivered instead (see `impaired`).
         let mut capture_error = None;
-        if let Some(cap) = capture.as_mut() {
+        let impaired = faults.is_active();
+        if let Some(cap) = capture.as_mut().filter(|_| !impaired) {
             let at = SystemTime::now();
             for frame in &frames {
                 if let Err(e) = cap.writer.write_frame(at, frame) {
@@ -101,7 +110,28 @@ impl Switch {
             }
         }
 
-        forward_batch(endpoints, active, index, src_port, &frames, dests);
+        if impaired {
+            let mut firsts = [FirstDelivery::None; FRAMES_PER_WAKEUP];
+            let firsts = &mut firsts[..count];
+            let deliveries = Deliveries {
+                endpoints,
+                active,
+                faults,
+                queued,
+            };
+            deliveries.forward(index, src_port, &frames, dests, Instant::now(), firsts);
+            if let Some(cap) = capture.as_mut() {
+                capture_error = capture_first_deliveries(
+                    cap,
+                    captured_frames,
+                    capture_pending,
+                    &frames,
+                    firsts,
+                );
+            }
+        } else {
+            forward_batch(endpoints, active, index, src_port, &frames, dests);
+        }
         drop(frames);
 
         if let Some(source) = capture_error {
@@ -172,7 +202,7 @@ fn forward_batch(
                     Destination::Filter => false,
                 };
                 if wanted {
-                    send_batch(ep, &mut msgs[start..end]);
+                    send_batch(&ep.data, &mut ep.counters, &mut msgs[start..end]);
                 }
             }
         }
@@ -180,24 +210,28 @@ fn forward_batch(
     }
 }
 
-/// Send `msgs` to one endpoint with as few `sendmmsg` calls as possible; whatever the kernel
-/// refuses is dropped and counted by reason.
-fn send_batch(ep: &mut Endpoint, msgs: &mut [MMsgHdr<'_>]) {
+/// Send `msgs` to one endpoint's data socket with as few `sendmmsg` calls as possible; whatever
+/// the kernel refuses is dropped and counted by reason.
+pub(super) fn send_batch(
+    data: &UnixDatagram,
+    counters: &mut PortCounters,
+    msgs: &mut [MMsgHdr<'_>],
+) {
     let mut sent = 0;
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     while sent < msgs.len() {
-        match rustix::net::sendmmsg(&ep.data, &mut msgs[sent..], flags) {
+        match rustix::net::sendmmsg(data, &mut msgs[sent..], flags) {
             Ok(n) if n > 0 => {
                 for m in &msgs[sent..sent + n] {
-                    ep.counters.bytes_out += m.bytes_sent() as u64;
+                    counters.bytes_out += m.bytes_sent() as u64;
                 }
-                ep.counters.frames_out += n as u64;
+                counters.frames_out += n as u64;
                 sent += n;
             }
             Err(Errno::INTR) => {}
             result => {
                 let rest = (msgs.len() - sent) as u64;
-                let drops = &mut ep.counters.drops;
+                let drops = &mut counters.drops;
                 match result {
                     Err(Errno::AGAIN) => drops.receiver_full += rest,
                     Err(Errno::CONNREFUSED) | Err(Errno::NOTCONN) => drops.receiver_gone += rest,

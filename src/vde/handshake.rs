@@ -4,7 +4,9 @@
 //! [`super::forward`]) and must never block: every socket is non-blocking and every read is
 //! bounded per wake-up.
 
+use std::ffi::{c_int, c_void};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use rustix::fs::Mode;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
+use super::delay_queue::DelayQueue;
 use super::wire::{self, Assembly, PortRequest, Request, RequestBuffer};
 use super::{
     io_err, slot, CloseReason, Endpoint, PortCounters, Progress, Switch, SwitchEvent, VdeError,
@@ -26,6 +29,60 @@ pub(super) struct Pending {
     pub(super) stream: UnixStream,
     pub(super) request: RequestBuffer,
     pub(super) deadline: Instant,
+    /// The connecting process (SO_PEERCRED at accept).
+    pub(super) pid: Option<u32>,
+}
+
+/// SO_PEERCRED of a connected unix stream: the pid of the process that called `connect`, or
+/// `None` when the kernel cannot say (pid 0: a peer in another pid namespace).
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    #[repr(C)]
+    struct UCred {
+        pid: i32,
+        uid: u32,
+        gid: u32,
+    }
+    extern "C" {
+        fn getsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *mut c_void,
+            len: *mut u32,
+        ) -> c_int;
+    }
+    const SOL_SOCKET: c_int = 1;
+    const SO_PEERCRED: c_int = 17;
+    let mut cred = UCred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<UCred>() as u32;
+    // SAFETY: `stream` is an open socket for the duration of the call; `cred` is a writable,
+    // initialised `struct ucred` of `len` bytes (the kernel writes at most `len`). Plain
+    // integers, so any value the kernel writes (including pid 0) is valid. rustix's own
+    // wrapper stores the pid as a NonZero type, which pid 0 would violate.
+    let rc = unsafe {
+        getsockopt(
+            stream.as_raw_fd(),
+            SOL_SOCKET,
+            SO_PEERCRED,
+            (&mut cred as *mut UCred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+/// The `pid=N` (vdeplug4) or `PID=N` (vde2) word of a libvdeplug description.
+pub(super) fn description_pid(description: &str) -> Option<u32> {
+    description.split_whitespace().find_map(|w| {
+        w.strip_prefix("pid=")
+            .or_else(|| w.strip_prefix("PID="))
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+    })
 }
 
 /// What [`Switch::connect_endpoint`] built, before the endpoint is stored.
@@ -77,10 +134,12 @@ impl Switch {
             return;
         }
         let deadline = Instant::now() + self.request_timeout;
+        let pid = peer_pid(&stream);
         self.pending[index] = Some(Pending {
             stream,
             request: RequestBuffer::new(),
             deadline,
+            pid,
         });
     }
 
@@ -135,7 +194,7 @@ impl Switch {
                     return;
                 };
                 let result = match parsed {
-                    Ok(request) => self.open_endpoint(registry, p.stream, request),
+                    Ok(request) => self.open_endpoint(registry, p.stream, request, p.pid),
                     Err(e) => {
                         let mut stream = p.stream;
                         let _ = registry.deregister(&mut stream);
@@ -176,8 +235,10 @@ impl Switch {
         registry: &Registry,
         mut stream: UnixStream,
         req: Request,
+        peer_pid: Option<u32>,
     ) -> Result<(), VdeError> {
         let description = req.description.clone();
+        let pid = peer_pid.or_else(|| description_pid(&description));
         let client_path = req.data_path.clone();
         let new = match self.connect_endpoint(registry, &mut stream, req) {
             Ok(new) => new,
@@ -193,6 +254,7 @@ impl Switch {
             port,
             endpoint,
             description: description.clone(),
+            pid,
         });
         self.endpoints[new.index] = Some(Endpoint {
             port: new.port,
@@ -202,6 +264,9 @@ impl Switch {
             path: new.path,
             client_path,
             description,
+            pid,
+            label: self.label_by_port.then_some(new.port),
+            queue: DelayQueue::new(),
             counters: PortCounters::default(),
         });
         self.active.push(new.index);
@@ -343,6 +408,14 @@ impl Switch {
         });
         if let Some(fdb) = self.fdb.as_mut() {
             fdb.forget_port(ep.port);
+        }
+        let (frames, bytes) = ep.queue.clear();
+        if frames > 0 {
+            self.queued.frames -= frames;
+            self.queued.bytes -= bytes;
+            ep.counters.drops.receiver_gone += frames as u64;
+            let id = ep.id;
+            self.capture_pending.retain(|&(e, _)| e != id);
         }
         self.closed_totals.add(&ep.counters);
         self.ports_closed += 1;

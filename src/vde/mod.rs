@@ -18,27 +18,44 @@
 //! allocated per frame. Because mio is edge-triggered, a socket that still has data after a
 //! batch is remembered and [`Switch::next_deadline`] asks the driver to come back immediately.
 //!
+//! Network faults ([`impair`], [`faults`]): while a rule or partition is in force, every
+//! delivery (frame × receiving endpoint) is decided separately and delayed copies wait in the
+//! receiver's bounded [`delay_queue`], released by [`Switch::on_timer`]; without rules the
+//! forwarding path above is taken unchanged. Rules name hosts by [`Label`]s that the driver
+//! attaches to endpoints ([`Switch::label_endpoint`]), because a rebooted machine reconnects on
+//! a new port.
+//!
 //! Driver integration, in order: [`Switch::create`] before spawning any QEMU (QEMU aborts if
 //! `ctl` is not listening) and export `QEMU_VDE_SOCKET_<vlan>` = [`Switch::dir`]; route every
 //! event whose token owner is the switch's to [`Switch::handle_event`]; bound the poll timeout
 //! by [`Switch::next_deadline`] and call [`Switch::on_timer`] once it has passed; log what
-//! [`Switch::drain_events`] yields; call [`Switch::shutdown`] only after every QEMU attached
-//! to it has exited (QEMU never reconnects to a switch).
+//! [`Switch::drain_events`] yields and label each [`SwitchEvent::PortOpened`] endpoint by its
+//! `pid`; apply [`Switch::apply`], [`Switch::partition`], [`Switch::heal`] when the test asks;
+//! call [`Switch::shutdown`] only after every QEMU attached to it has exited (QEMU never
+//! reconnects to a switch).
 
+pub mod delay_queue;
 mod error;
+pub mod faults;
 pub mod fdb;
 mod forward;
 mod handshake;
+pub mod impair;
+mod impaired;
 pub mod pcap;
 mod recv_batch;
+mod rng;
 pub mod standalone;
 mod stats;
 pub mod wire;
 
 pub use error::VdeError;
-pub use stats::{CloseReason, Drops, PortCounters, PortInfo, SwitchEvent, SwitchStats};
+pub use impair::{ImpairError, Impairment, Label, Partition, Rule, Scope};
+pub use stats::{
+    CloseReason, Drops, FaultCounters, PortCounters, PortInfo, SwitchEvent, SwitchStats,
+};
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -53,6 +70,8 @@ use rustix::io::Errno;
 use smallvec::SmallVec;
 
 use crate::reactor;
+use delay_queue::DelayQueue;
+use faults::FaultEngine;
 use fdb::Fdb;
 use handshake::Pending;
 use pcap::PcapWriter;
@@ -114,6 +133,12 @@ pub struct SwitchConfig {
     pub send_buffer: Option<usize>,
     /// Learning mode: expiry of learned addresses.
     pub fdb_max_age: Duration,
+    /// The run's network-fault seed (`--net-seed`); each directed link draws from its own
+    /// stream derived from (seed, vlan, sender label, receiver label).
+    pub net_seed: u64,
+    /// Label every endpoint with its port number when it connects (the standalone switch,
+    /// where `--between 1,2` names ports); the driver leaves this off and labels by machine.
+    pub label_by_port: bool,
 }
 
 impl Default for SwitchConfig {
@@ -125,6 +150,8 @@ impl Default for SwitchConfig {
             request_timeout: REQUEST_TIMEOUT,
             send_buffer: Some(DEFAULT_SEND_BUFFER),
             fdb_max_age: fdb::DEFAULT_MAX_AGE,
+            net_seed: 0,
+            label_by_port: false,
         }
     }
 }
@@ -144,7 +171,19 @@ struct Endpoint {
     path: PathBuf,
     client_path: PathBuf,
     description: String,
+    /// Client process id (SO_PEERCRED, else the description's `pid=`).
+    pid: Option<u32>,
+    label: Option<Label>,
+    /// Copies held back by network faults for this endpoint.
+    queue: DelayQueue,
     counters: PortCounters,
+}
+
+/// Copies waiting in all delay queues of a switch.
+#[derive(Debug, Default, Clone, Copy)]
+struct QueueTotals {
+    frames: usize,
+    bytes: usize,
 }
 
 struct Capture {
@@ -174,6 +213,13 @@ pub struct Switch {
     rx: RecvBatch,
     fdb: Option<Fdb>,
     capture: Option<Capture>,
+    /// Network-fault rules and link states.
+    faults: FaultEngine,
+    label_by_port: bool,
+    queued: QueueTotals,
+    /// Delayed copies (endpoint id, queue sequence) to capture when released: the earliest
+    /// delivery of their frame.
+    capture_pending: HashSet<(u32, u64)>,
     closed_totals: PortCounters,
     requests_accepted: u64,
     requests_rejected: u64,
@@ -276,6 +322,10 @@ impl Switch {
             rx: RecvBatch::new(FRAMES_PER_WAKEUP, MAX_FRAME),
             fdb: (!cfg.hub).then(|| Fdb::new(fdb::DEFAULT_CAPACITY, cfg.fdb_max_age)),
             capture: None,
+            faults: FaultEngine::new(vlan, cfg.net_seed),
+            label_by_port: cfg.label_by_port,
+            queued: QueueTotals::default(),
+            capture_pending: HashSet::new(),
             closed_totals: PortCounters::default(),
             requests_accepted: 0,
             requests_rejected: 0,
@@ -325,20 +375,22 @@ impl Switch {
     }
 
     /// Earliest instant at which [`Switch::on_timer`] must run: request timeouts, capture
-    /// flushes, and sockets left unfinished by the per-wake-up cap (then the instant is already
-    /// past, meaning "poll with a zero timeout and call on_timer").
+    /// flushes, delayed frames due, and sockets left unfinished by the per-wake-up cap (then
+    /// the instant is already past, meaning "poll with a zero timeout and call on_timer").
     pub fn next_deadline(&self) -> Option<Instant> {
         let pending = self.pending.iter().flatten().map(|p| p.deadline).min();
         let flush = self.capture.as_ref().and_then(|c| c.flush_due);
-        [self.backlog_since, pending, flush]
+        let release = self.next_release();
+        [self.backlog_since, pending, flush, release]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Run timers due at `now`: disconnect clients whose request timed out, continue
-    /// sockets that hit the per-wake-up cap, flush the capture.
+    /// Run timers due at `now`: send delayed frames that are due, disconnect clients whose
+    /// request timed out, continue sockets that hit the per-wake-up cap, flush the capture.
     pub fn on_timer(&mut self, registry: &Registry, now: Instant) {
+        self.release_due(now);
         for index in 0..self.pending.len() {
             if let Some(p) = &self.pending[index] {
                 if p.deadline <= now {
@@ -379,6 +431,8 @@ impl Switch {
             frames_out: sum.frames_out,
             bytes_out: sum.bytes_out,
             drops: sum.drops,
+            faults: sum.faults,
+            queued_frames: self.queued.frames,
             requests_accepted: self.requests_accepted,
             requests_rejected: self.requests_rejected,
             ports_closed: self.ports_closed,
@@ -399,6 +453,9 @@ impl Switch {
                 description: ep.description.clone(),
                 data_path: ep.path.clone(),
                 client_path: ep.client_path.clone(),
+                pid: ep.pid,
+                label: ep.label,
+                queued_frames: ep.queue.len(),
                 counters: ep.counters,
             })
             .collect()
@@ -429,6 +486,7 @@ impl Switch {
     pub fn stop_capture(&mut self) {
         self.flush_capture();
         self.capture = None;
+        self.capture_pending.clear();
     }
 
     /// Deregister, close every socket, unlink `NNN.K` and `ctl`, remove the directory.

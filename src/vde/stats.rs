@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use super::impair::Label;
 use super::VdeError;
 
 /// Frames that were not delivered, by reason.
@@ -66,6 +67,80 @@ impl fmt::Display for Drops {
     }
 }
 
+/// Deliveries changed by network faults ([`super::faults`]), counted per delivery (one frame
+/// towards one receiving endpoint), on the receiving endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// Dropped by `loss`.
+    pub dropped_loss: u64,
+    /// Dropped because sender and receiver are in different partition groups.
+    pub dropped_partition: u64,
+    /// Dropped by the rate limiter (its backlog was full).
+    pub dropped_rate: u64,
+    /// Dropped because the receiver's delay queue was full (frames or bytes, see
+    /// [`super::delay_queue`]).
+    pub dropped_overflow: u64,
+    /// Copies scheduled for a later release (delay, jitter, rate, reorder hold).
+    pub delayed: u64,
+    /// Extra copies delivered by `duplicate`.
+    pub duplicated: u64,
+    /// Frames chosen by `reorder`.
+    pub reordered: u64,
+}
+
+impl FaultCounters {
+    /// Deliveries dropped on purpose, all causes.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_loss + self.dropped_partition + self.dropped_rate + self.dropped_overflow
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == FaultCounters::default()
+    }
+
+    pub(super) fn add(&mut self, o: &FaultCounters) {
+        self.dropped_loss += o.dropped_loss;
+        self.dropped_partition += o.dropped_partition;
+        self.dropped_rate += o.dropped_rate;
+        self.dropped_overflow += o.dropped_overflow;
+        self.delayed += o.delayed;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+    }
+
+    /// The cleanup line's wording: `dropped 12 by loss, 40 by partition, 0 by rate, 0 by queue
+    /// overflow; 88 delayed, 3 duplicated, 1 reordered`.
+    pub fn summary(&self) -> String {
+        format!(
+            "dropped {} by loss, {} by partition, {} by rate, {} by queue overflow; \
+             {} delayed, {} duplicated, {} reordered",
+            self.dropped_loss,
+            self.dropped_partition,
+            self.dropped_rate,
+            self.dropped_overflow,
+            self.delayed,
+            self.duplicated,
+            self.reordered
+        )
+    }
+}
+
+impl fmt::Display for FaultCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "loss={} partition={} rate={} overflow={} delayed={} duplicated={} reordered={}",
+            self.dropped_loss,
+            self.dropped_partition,
+            self.dropped_rate,
+            self.dropped_overflow,
+            self.delayed,
+            self.duplicated,
+            self.reordered
+        )
+    }
+}
+
 /// Traffic counters of one endpoint (in = from the client, out = to the client).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortCounters {
@@ -73,7 +148,10 @@ pub struct PortCounters {
     pub bytes_in: u64,
     pub frames_out: u64,
     pub bytes_out: u64,
+    /// Frames lost by accident (runts, full receivers, …).
     pub drops: Drops,
+    /// Deliveries to this endpoint changed on purpose by network faults.
+    pub faults: FaultCounters,
 }
 
 impl PortCounters {
@@ -83,6 +161,7 @@ impl PortCounters {
         self.frames_out += o.frames_out;
         self.bytes_out += o.bytes_out;
         self.drops.add(&o.drops);
+        self.faults.add(&o.faults);
     }
 }
 
@@ -98,6 +177,10 @@ pub struct SwitchStats {
     pub frames_out: u64,
     pub bytes_out: u64,
     pub drops: Drops,
+    /// Deliveries changed by network faults (loss, partition, rate, delay, …).
+    pub faults: FaultCounters,
+    /// Frames waiting in delay queues now.
+    pub queued_frames: usize,
     pub requests_accepted: u64,
     pub requests_rejected: u64,
     pub ports_closed: u64,
@@ -113,7 +196,7 @@ impl fmt::Display for SwitchStats {
         write!(
             f,
             "vlan={} ports={} frames_in={} bytes_in={} frames_out={} bytes_out={} batches={} \
-             accepted={} rejected={} closed={} captured={} drops: {}",
+             accepted={} rejected={} closed={} captured={} drops: {} faults: {} queued={}",
             self.vlan,
             self.ports,
             self.frames_in,
@@ -125,7 +208,9 @@ impl fmt::Display for SwitchStats {
             self.requests_rejected,
             self.ports_closed,
             self.captured_frames,
-            self.drops
+            self.drops,
+            self.faults,
+            self.queued_frames
         )
     }
 }
@@ -143,6 +228,14 @@ pub struct PortInfo {
     pub data_path: PathBuf,
     /// The client's data socket path (may already be unlinked by the client).
     pub client_path: PathBuf,
+    /// The client's process id: SO_PEERCRED of the control stream, else the `pid=`/`PID=` of
+    /// the description.
+    pub pid: Option<u32>,
+    /// The label given by [`super::Switch::label_endpoint`] (the port number in a switch
+    /// created with [`super::SwitchConfig::label_by_port`]).
+    pub label: Option<Label>,
+    /// Frames waiting in this endpoint's delay queue now.
+    pub queued_frames: usize,
     pub counters: PortCounters,
 }
 
@@ -175,6 +268,9 @@ pub enum SwitchEvent {
         port: u32,
         endpoint: u32,
         description: String,
+        /// The client's process id (see [`PortInfo::pid`]): the driver maps it to a machine
+        /// and calls [`super::Switch::label_endpoint`].
+        pid: Option<u32>,
     },
     PortClosed {
         vlan: u32,
@@ -193,8 +289,12 @@ pub enum SwitchEvent {
 impl fmt::Display for SwitchEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SwitchEvent::PortOpened { vlan, port, endpoint, description } => {
-                write!(f, "vde vlan {vlan}: port {port} opened (endpoint {endpoint}, \"{description}\")")
+            SwitchEvent::PortOpened { vlan, port, endpoint, description, pid } => {
+                write!(f, "vde vlan {vlan}: port {port} opened (endpoint {endpoint}, ")?;
+                if let Some(pid) = pid {
+                    write!(f, "pid {pid}, ")?;
+                }
+                write!(f, "\"{description}\")")
             }
             SwitchEvent::PortClosed { vlan, port, endpoint, description, reason, counters } => write!(
                 f,
@@ -205,7 +305,14 @@ impl fmt::Display for SwitchEvent {
                 counters.frames_out,
                 counters.bytes_out,
                 counters.drops.total()
-            ),
+            )
+            .and_then(|()| {
+                if counters.faults.is_zero() {
+                    Ok(())
+                } else {
+                    write!(f, "; network faults: {}", counters.faults.summary())
+                }
+            }),
             SwitchEvent::Rejected { vlan, reason } => write!(f, "vde vlan {vlan}: client refused: {reason}"),
             SwitchEvent::Error { vlan, error } => write!(f, "vde vlan {vlan}: {error}"),
         }
