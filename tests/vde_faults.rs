@@ -7,7 +7,6 @@
 #[path = "vdecommon/mod.rs"]
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::vdeclient::*;
