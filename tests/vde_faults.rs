@@ -235,8 +235,8 @@ fn delay_holds_frames_until_the_switch_deadline_then_delivers_in_order() {
     let b = connect(&mut h, "b");
     h.sw_mut()
         .apply(all(Impairment {
-            delay: Duration::from_millis(40),
-            jitter: Duration::from_millis(10),
+            delay: Duration::from_millis(250),
+            jitter: Duration::from_millis(50),
             ..Default::default()
         }))
         .unwrap();
@@ -250,10 +250,10 @@ fn delay_holds_frames_until_the_switch_deadline_then_delivers_in_order() {
 
     let deadline = h.sw().next_deadline().expect("a release is scheduled");
     let early = b.try_recv();
-    let got = b.collect(Duration::from_millis(300), &mut h.pump());
+    let got = b.collect(Duration::from_millis(800), &mut h.pump());
 
     assert!(early.is_none(), "nothing before the delay");
-    assert!(deadline >= sent_at + Duration::from_millis(30));
+    assert!(deadline >= sent_at + Duration::from_millis(200));
     assert_eq!(
         got, frames,
         "all, byte-exact, in order (jitter never reorders)"
@@ -380,7 +380,7 @@ fn rate_limit_paces_a_burst_and_drops_beyond_the_backlog() {
         }
     }
 
-    assert!((54..=56).contains(&got.len()), "{}", got.len());
+    assert!((54..=58).contains(&got.len()), "{}", got.len());
     assert_eq!(h.sw().stats().faults.dropped_rate, 80 - got.len() as u64);
     assert!(last - t0 >= Duration::from_millis(515), "{:?}", last - t0);
     let seqs: Vec<u32> = got.iter().map(|f| seq(f)).collect();
@@ -431,14 +431,16 @@ fn heal_keeps_already_delayed_frames_and_new_frames_pass_at_once() {
     let mut h = hub(&s, 0);
     let a = connect(&mut h, "a");
     let b = connect(&mut h, "b");
-    h.sw_mut().apply(all(delay(80))).unwrap();
+    h.sw_mut().apply(all(delay(500))).unwrap();
     a.send(&patterned(60, mac(1), 1)).unwrap();
     h.run_for(Duration::from_millis(10));
 
     h.sw_mut().heal();
+    let queued = h.sw().stats().queued_frames;
     a.send(&patterned(60, mac(1), 2)).unwrap();
-    let got = b.collect(Duration::from_millis(200), &mut h.pump());
+    let got = b.collect(Duration::from_millis(1000), &mut h.pump());
 
+    assert_eq!(queued, 1, "frame 1 still waits after heal");
     assert_eq!(got.iter().map(|f| seq(f)).collect::<Vec<_>>(), vec![2, 1]);
 }
 
