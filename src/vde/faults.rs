@@ -28,6 +28,11 @@
 //!    behind it overtake it.
 //! 7. **Duplicate**: a second copy with its own jitter, also rate-limited, queued right after
 //!    the original.
+//!
+//! Memory: at most [`MAX_LINKS`] link states (about 100 bytes each with their index entry,
+//! under 2 MiB), [`MAX_PAIR_RULES`] pair rules and [`super::impair::MAX_PARTITION_LABELS`]
+//! partition labels; link states are created on the first impaired delivery of a link and
+//! live as long as the switch. Nothing here holds frames.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
