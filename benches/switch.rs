@@ -15,7 +15,8 @@
 //! seconds per million frames. Writes target/bench-switch.json. Environment: NTD_BENCH_SECS
 //! (per run, default 2), NTD_BENCH_REPS (default 3), NTD_BENCH_WINDOW (frames in flight;
 //! default 128 for 64-byte and 64 for 1514-byte frames, below what vde_switch's 208 KiB
-//! per-receiver queue holds), NTD_BENCH_BASELINE (path of another ntd binary).
+//! per-receiver queue holds), NTD_BENCH_BASELINE (path of another ntd binary),
+//! NTD_BENCH_VARIANTS (comma-separated keys to run, e.g. `ntd,baseline`; plain ntd always runs).
 //!
 //! Frames carry a sequence number: a receiver has "seen" every frame up to the highest number
 //! it received (no switch reorders), so a frame dropped on purpose by `--loss` closes the window
@@ -757,5 +758,9 @@ fn variants() -> Vec<Variant> {
         program: Program::Ntd(ntd),
         args: &["--delay", "1ms", "--net-seed", "1"],
     });
+    if let Ok(keys) = std::env::var("NTD_BENCH_VARIANTS") {
+        let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
+        v.retain(|x| x.key == "ntd" || keys.contains(&x.key));
+    }
     v
 }
