@@ -1,6 +1,8 @@
 //! Switch bench: `ntd vde-switch` against `vde_switch --hub`, same run, same client code
 //! (`tests/vdecommon/vdeclient.rs`), each switch in its own process so that its CPU time can be
-//! read from /proc/<pid>/stat.
+//! read from /proc/<pid>/stat. Also in the same run: ntd with network faults on (`--loss 1%`,
+//! and `--delay 1ms`), and, if NTD_BENCH_BASELINE names another ntd binary (e.g. one built from
+//! main), that binary without faults, to show that faults off cost nothing.
 //!
 //! * Throughput: one sender floods frames of 64 and 1514 bytes into a 2- or 4-port hub and
 //!   every other port receives them; at most WINDOW frames are in flight (sent but not yet
@@ -8,11 +10,18 @@
 //!   batches with sendmmsg/recvmmsg so that it is cheaper than the switches it measures.
 //! * Latency: 64-byte ping-pong between two ports (the other ports receive the floods too).
 //!
-//! Runs are interleaved (ntd, vde_switch, ntd, …) and repeated; the median is reported, with
-//! the ratio ntd / vde_switch and CPU seconds per million frames. Writes
-//! target/bench-switch.json. Environment: NTD_BENCH_SECS (per run, default 2),
-//! NTD_BENCH_REPS (default 3), NTD_BENCH_WINDOW (frames in flight; default 128 for 64-byte
-//! and 64 for 1514-byte frames, below what vde_switch's 208 KiB per-receiver queue holds).
+//! Runs are interleaved (ntd, vde_switch, ntd with faults, …) and repeated; the median is
+//! reported, with the ratios ntd / vde_switch, ntd / baseline and faults on / off, and CPU
+//! seconds per million frames. Writes target/bench-switch.json. Environment: NTD_BENCH_SECS
+//! (per run, default 2), NTD_BENCH_REPS (default 3), NTD_BENCH_WINDOW (frames in flight;
+//! default 128 for 64-byte and 64 for 1514-byte frames, below what vde_switch's 208 KiB
+//! per-receiver queue holds), NTD_BENCH_BASELINE (path of another ntd binary),
+//! NTD_BENCH_VARIANTS (comma-separated keys to run, e.g. `ntd,baseline`; plain ntd always runs).
+//!
+//! Frames carry a sequence number: a receiver has "seen" every frame up to the highest number
+//! it received (no switch reorders), so a frame dropped on purpose by `--loss` closes the window
+//! like a delivered one, and frames/s counts frames the switch handled. With `--delay 1ms` the
+//! window caps throughput at about window / (1 ms + poll granularity): read its CPU per frame.
 //!
 //! Reading the numbers: "cpu s/Mframe" is the switch's own efficiency. "frames/s" is the
 //! throughput of the whole pipeline, which on a 2-CPU machine is often bounded by the one
@@ -37,24 +46,31 @@ use vdeclient::{patterned, ClientOptions, VdeClient};
 const BATCH: usize = 32;
 const STALL: Duration = Duration::from_millis(200);
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Ntd,
+/// One switch under test: a program and its arguments.
+#[derive(Clone, Debug)]
+struct Variant {
+    name: &'static str,
+    key: &'static str,
+    program: Program,
+    args: &'static [&'static str],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Program {
+    /// An `ntd` binary (`ntd vde-switch --sock DIR ARGS`).
+    Ntd(PathBuf),
+    /// `vde_switch --sock DIR --dirmode 0700 --hub`.
     VdeSwitch,
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Ntd => "ntd vde-switch",
-            Kind::VdeSwitch => "vde_switch --hub",
-        }
+impl Variant {
+    fn is_vde_switch(&self) -> bool {
+        self.program == Program::VdeSwitch
     }
-    fn key(self) -> &'static str {
-        match self {
-            Kind::Ntd => "ntd",
-            Kind::VdeSwitch => "vde_switch",
-        }
+
+    /// Whether network faults are on (no latency ping-pong then: pings may be lost).
+    fn impaired(&self) -> bool {
+        !self.args.is_empty()
     }
 }
 
@@ -83,15 +99,18 @@ fn pin(pid: i32, cpu: usize) {
 }
 
 impl SwitchProcess {
-    fn start(kind: Kind, dir: &Path, cpu: Option<usize>) -> SwitchProcess {
+    fn start(variant: &Variant, dir: &Path, cpu: Option<usize>) -> SwitchProcess {
         let _ = std::fs::remove_dir_all(dir);
-        let mut cmd = match kind {
-            Kind::Ntd => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_ntd"));
-                c.arg("vde-switch").arg("--sock").arg(dir);
+        let mut cmd = match &variant.program {
+            Program::Ntd(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("vde-switch")
+                    .arg("--sock")
+                    .arg(dir)
+                    .args(variant.args);
                 c
             }
-            Kind::VdeSwitch => {
+            Program::VdeSwitch => {
                 let mut c = Command::new("vde_switch");
                 c.arg("--sock")
                     .arg(dir)
@@ -104,7 +123,7 @@ impl SwitchProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", kind.name()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", variant.name));
         if let Some(cpu) = cpu {
             pin(child.id() as i32, cpu);
         }
@@ -118,7 +137,7 @@ impl SwitchProcess {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(dir.join("ctl")).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", kind.name());
+            assert!(Instant::now() < deadline, "{} did not start", variant.name);
             std::thread::sleep(Duration::from_millis(10));
         }
         // vde_switch must see the probe close before clients connect (see tests/vdecommon).
@@ -188,10 +207,18 @@ fn proc_cpu_seconds(stat_path: &str) -> f64 {
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
-/// Receive every queued datagram (up to BATCH per call) and return how many arrived.
-fn drain(client: &VdeClient, bufs: &mut [Vec<u8>], expect_len: usize) -> u64 {
+/// What one receiver has got so far.
+#[derive(Clone, Copy, Default)]
+struct Received {
+    /// Datagrams received.
+    count: u64,
+    /// One past the highest sequence number received: every frame below it was handled.
+    seen: u64,
+}
+
+/// Receive every queued datagram (up to BATCH per call) into `got`.
+fn drain(client: &VdeClient, bufs: &mut [Vec<u8>], expect_len: usize, got: &mut Received) {
     let fd = client.data().as_raw_fd();
-    let mut total = 0;
     loop {
         let mut iovs: Vec<libc::iovec> = bufs
             .iter_mut()
@@ -222,26 +249,39 @@ fn drain(client: &VdeClient, bufs: &mut [Vec<u8>], expect_len: usize) -> u64 {
             )
         };
         if n <= 0 {
-            return total;
+            return;
         }
-        for m in &msgs[..n as usize] {
+        for (m, buf) in msgs[..n as usize].iter().zip(bufs.iter()) {
             assert_eq!(
                 m.msg_len as usize, expect_len,
                 "frame changed size in the switch"
             );
+            got.seen = got.seen.max(u64::from(seq_of(buf)) + 1);
         }
-        total += n as u64;
+        got.count += n as u64;
     }
 }
 
-/// Send `n` copies of `frame`; returns how many the kernel took.
-fn send_batch(client: &VdeClient, frame: &[u8], n: usize) -> u64 {
-    let iov = [std::io::IoSlice::new(frame)];
+fn seq_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes([frame[14], frame[15], frame[16], frame[17]])
+}
+
+/// Send up to `n` frames numbered from `first`, stamping the numbers into `ring`; returns how
+/// many the kernel took.
+fn send_batch(client: &VdeClient, ring: &mut [Vec<u8>], first: u64, n: usize) -> u64 {
+    for (k, frame) in ring[..n].iter_mut().enumerate() {
+        frame[14..18].copy_from_slice(&((first + k as u64) as u32).to_be_bytes());
+    }
+    let iovs: Vec<[std::io::IoSlice<'_>; 1]> = ring[..n]
+        .iter()
+        .map(|f| [std::io::IoSlice::new(f)])
+        .collect();
     let mut controls: Vec<rustix::net::SendAncillaryBuffer<'_, '_, '_>> =
         (0..n).map(|_| Default::default()).collect();
-    let mut msgs: Vec<rustix::net::MMsgHdr<'_>> = controls
-        .iter_mut()
-        .map(|c| rustix::net::MMsgHdr::new(&iov, c))
+    let mut msgs: Vec<rustix::net::MMsgHdr<'_>> = iovs
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(iov, c)| rustix::net::MMsgHdr::new(iov, c))
         .collect();
     match rustix::net::sendmmsg(client.data(), &mut msgs, rustix::net::SendFlags::DONTWAIT) {
         Ok(k) => k as u64,
@@ -288,7 +328,7 @@ fn connect_all(dir: &Path, ports: usize) -> Vec<VdeClient> {
 }
 
 fn throughput(
-    kind: Kind,
+    variant: &Variant,
     dir: &Path,
     ports: usize,
     size: usize,
@@ -296,12 +336,14 @@ fn throughput(
     cpus: Cpus,
 ) -> Throughput {
     let window = cpus.window.unwrap_or(if size < 1000 { 128 } else { 64 });
-    let sw = SwitchProcess::start(kind, dir, cpus.switch);
+    let sw = SwitchProcess::start(variant, dir, cpus.switch);
     let clients = connect_all(dir, ports);
     let (sender, receivers) = clients.split_first().unwrap();
-    let frame = patterned(size, vdeclient::mac(1), 0);
+    let mut ring: Vec<Vec<u8>> = (0..BATCH)
+        .map(|_| patterned(size, vdeclient::mac(1), 0))
+        .collect();
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; 2048]).collect();
-    let mut received = vec![0u64; receivers.len()];
+    let mut received = vec![Received::default(); receivers.len()];
     let mut sent = 0u64;
     // Frames given up on so the window can reopen after a stall (they may still arrive).
     let mut written_off = 0u64;
@@ -310,28 +352,29 @@ fn throughput(
     let mut run = |until: Instant,
                    send: bool,
                    sent: &mut u64,
-                   received: &mut [u64],
+                   received: &mut [Received],
                    written_off: &mut u64| {
         while Instant::now() < until {
-            let delivered = *received.iter().min().unwrap() + *written_off;
-            let inflight = sent.saturating_sub(delivered);
+            let seen = received.iter().map(|r| r.seen).min().unwrap();
+            let inflight = sent.saturating_sub(seen.max(*written_off));
             let mut progress = false;
             if send && inflight < window {
-                let k = send_batch(sender, &frame, ((window - inflight) as usize).min(BATCH));
+                let n = ((window - inflight) as usize).min(BATCH);
+                let k = send_batch(sender, &mut ring, *sent, n);
                 *sent += k;
                 progress |= k > 0;
             }
-            for (r, count) in receivers.iter().zip(received.iter_mut()) {
-                let k = drain(r, &mut bufs, size);
-                *count += k;
-                progress |= k > 0;
+            for (r, got) in receivers.iter().zip(received.iter_mut()) {
+                let before = got.count;
+                drain(r, &mut bufs, size, got);
+                progress |= got.count > before;
             }
             if progress {
                 last_progress = Instant::now();
             } else if !send && last_progress.elapsed() > STALL {
                 return;
             } else if send && last_progress.elapsed() > STALL {
-                *written_off += sent.saturating_sub(delivered);
+                *written_off = *sent;
                 last_progress = Instant::now();
             } else {
                 let refs: Vec<&VdeClient> = receivers.iter().collect();
@@ -349,7 +392,7 @@ fn throughput(
     );
     let cpu0 = sw.cpu_seconds();
     let me0 = proc_cpu_seconds("/proc/self/stat");
-    let d0 = *received.iter().min().unwrap();
+    let d0 = received.iter().map(|r| r.seen).min().unwrap();
     let t0 = Instant::now();
     run(
         t0 + Duration::from_secs_f64(secs),
@@ -359,7 +402,7 @@ fn throughput(
         &mut written_off,
     );
     let elapsed = t0.elapsed().as_secs_f64();
-    let d1 = *received.iter().min().unwrap();
+    let d1 = received.iter().map(|r| r.seen).min().unwrap();
     let cpu = sw.cpu_seconds() - cpu0;
     let me = proc_cpu_seconds("/proc/self/stat") - me0;
     // Whatever is still in flight arrives now, or was really lost.
@@ -370,7 +413,7 @@ fn throughput(
         &mut received,
         &mut written_off,
     );
-    let lost = received.iter().map(|r| sent - r).sum();
+    let lost = received.iter().map(|r| sent - r.count).sum();
     let frames = (d1 - d0) as f64;
     drop(clients);
     let exit = sw.stop();
@@ -407,8 +450,8 @@ struct Latency {
     mean_us: f64,
 }
 
-fn latency(kind: Kind, dir: &Path, ports: usize, rounds: usize, cpus: Cpus) -> Latency {
-    let sw = SwitchProcess::start(kind, dir, cpus.switch);
+fn latency(variant: &Variant, dir: &Path, ports: usize, rounds: usize, cpus: Cpus) -> Latency {
+    let sw = SwitchProcess::start(variant, dir, cpus.switch);
     let clients = connect_all(dir, ports);
     let (a, rest) = clients.split_first().unwrap();
     let (b, others) = rest.split_first().unwrap();
@@ -434,7 +477,7 @@ fn latency(kind: Kind, dir: &Path, ports: usize, rounds: usize, cpus: Cpus) -> L
             samples.push(rtt.as_secs_f64() * 1e6);
         }
         for o in others {
-            drain(o, &mut sink, 64);
+            drain(o, &mut sink, 64, &mut Received::default());
         }
     }
     drop(clients);
@@ -501,7 +544,7 @@ fn main() {
         }
     };
     let dir = PathBuf::from(format!("/tmp/ntdb-{}", std::process::id()));
-    let kinds = [Kind::Ntd, Kind::VdeSwitch];
+    let variants = variants();
     let floor = kernel_floor_us();
     println!(
         "switch bench: {secs} s per run, {reps} interleaved runs (median), {ncpu} CPUs, load {}; \
@@ -513,12 +556,22 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    for v in &variants {
+        if let Program::Ntd(bin) = &v.program {
+            println!(
+                "  {:<17} {} vde-switch {}",
+                v.name,
+                bin.display(),
+                v.args.join(" ")
+            );
+        }
+    }
 
     let mut json = String::from("{\n  \"throughput\": [\n");
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "{:<17} {:>5} {:>5} {:>6} {:>11} {:>8} {:>13} {:>7} {:>7} {:>5} {:>8} {:>8}",
+        "{:<17} {:>5} {:>5} {:>6} {:>11} {:>8} {:>13} {:>7} {:>7} {:>6} {:>8} {:>8}",
         "switch",
         "ports",
         "bytes",
@@ -536,15 +589,15 @@ fn main() {
     let mut ratios = Vec::new();
     for ports in [2usize, 4] {
         for size in [64usize, 1514] {
-            let mut runs: Vec<Vec<Throughput>> = vec![Vec::new(), Vec::new()];
+            let mut runs: Vec<Vec<Throughput>> = variants.iter().map(|_| Vec::new()).collect();
             for _ in 0..reps {
-                for (i, kind) in kinds.iter().enumerate() {
-                    runs[i].push(throughput(*kind, &dir, ports, size, secs, cpus));
+                for (i, v) in variants.iter().enumerate() {
+                    runs[i].push(throughput(v, &dir, ports, size, secs, cpus));
                 }
             }
-            let mut fps_by_kind = [0.0; 2];
-            let mut cpu_by_kind = [0.0; 2];
-            for (i, kind) in kinds.iter().enumerate() {
+            let mut fps_by = vec![0.0; variants.len()];
+            let mut cpu_by = vec![0.0; variants.len()];
+            for (i, v) in variants.iter().enumerate() {
                 let r = &runs[i];
                 let fps = median(r.iter().map(|t| t.fps).collect());
                 let cpm = median(r.iter().map(|t| t.switch_cpu_per_mframe).collect());
@@ -562,12 +615,12 @@ fn main() {
                 } else {
                     Some(median(per_batch))
                 };
-                fps_by_kind[i] = fps;
-                cpu_by_kind[i] = cpm;
+                fps_by[i] = fps;
+                cpu_by[i] = cpm;
                 let _ = writeln!(
                     table,
-                    "{:<17} {:>5} {:>5} {:>6} {:>11.0} {:>8.1} {:>13.3} {:>6.0}% {:>6.0}% {:>5} {:>8} {:>8}",
-                    kind.name(),
+                    "{:<17} {:>5} {:>5} {:>6} {:>11.0} {:>8.1} {:>13.3} {:>6.0}% {:>6.0}% {:>6} {:>8} {:>8}",
+                    v.name,
                     ports,
                     size,
                     window,
@@ -582,26 +635,37 @@ fn main() {
                 );
                 let _ = write!(
                     json,
-                    "{}    {{\"switch\": \"{}\", \"ports\": {ports}, \"frame_bytes\": {size}, \"frames_per_s\": {fps:.0}, \
-                     \"switch_cpu_s_per_mframe\": {cpm:.4}, \"switch_cpu_share\": {sw_share:.3}, \
-                     \"client_cpu_share\": {cli_share:.3}, \"window\": {window}, \"lost\": {lost}, \
-                     \"switch_drops\": {}, \"frames_per_batch\": {}, \"runs_fps\": [{}]}}",
+                    "{}    {{\"switch\": \"{}\", \"args\": \"{}\", \"ports\": {ports}, \"frame_bytes\": {size}, \
+                     \"frames_per_s\": {fps:.0}, \"switch_cpu_s_per_mframe\": {cpm:.4}, \
+                     \"switch_cpu_share\": {sw_share:.3}, \"client_cpu_share\": {cli_share:.3}, \
+                     \"window\": {window}, \"lost\": {lost}, \"switch_drops\": {}, \
+                     \"frames_per_batch\": {}, \"runs_fps\": [{}]}}",
                     if first { "" } else { ",\n" },
-                    kind.key(),
+                    v.key,
+                    v.args.join(" "),
                     drops.map_or("null".to_string(), |d| d.to_string()),
                     per_batch.map_or("null".to_string(), |b| format!("{b:.1}")),
                     r.iter().map(|t| format!("{:.0}", t.fps)).collect::<Vec<_>>().join(", ")
                 );
                 first = false;
             }
-            let ratio = fps_by_kind[0] / fps_by_kind[1];
-            let cpu_ratio = cpu_by_kind[0] / cpu_by_kind[1];
-            ratios.push((ports, size, ratio, cpu_ratio));
-            let _ = writeln!(
-                table,
-                "{:<17} {:>5} {:>5} {:>12} ntd/vde_switch throughput x{ratio:.2}, CPU per frame x{cpu_ratio:.2}",
-                "", ports, size, ""
-            );
+            // Every ratio against plain ntd (variant 0), measured in this run.
+            for (i, v) in variants.iter().enumerate().skip(1) {
+                let (tp, cpu) = (fps_by[0] / fps_by[i], cpu_by[0] / cpu_by[i]);
+                let (label, tp, cpu) = if v.is_vde_switch() {
+                    ("ntd / vde_switch".to_string(), tp, cpu)
+                } else if v.impaired() {
+                    (format!("{} / ntd", v.key), 1.0 / tp, 1.0 / cpu)
+                } else {
+                    (format!("ntd / {}", v.key), tp, cpu)
+                };
+                let _ = writeln!(
+                    table,
+                    "{:<17} {:>5} {:>5} {:>6} {label}: throughput x{tp:.2}, CPU per frame x{cpu:.2}",
+                    "", ports, size, ""
+                );
+                ratios.push((label, ports, size, tp, cpu));
+            }
         }
     }
     json.push_str("\n  ],\n  \"latency\": [\n");
@@ -612,14 +676,15 @@ fn main() {
     );
     let mut first = true;
     let rounds = (secs * 5000.0) as usize;
+    let plain: Vec<&Variant> = variants.iter().filter(|v| !v.impaired()).collect();
     for ports in [2usize, 4] {
-        let mut runs: Vec<Vec<Latency>> = vec![Vec::new(), Vec::new()];
+        let mut runs: Vec<Vec<Latency>> = plain.iter().map(|_| Vec::new()).collect();
         for _ in 0..reps {
-            for (i, kind) in kinds.iter().enumerate() {
-                runs[i].push(latency(*kind, &dir, ports, rounds, cpus));
+            for (i, v) in plain.iter().enumerate() {
+                runs[i].push(latency(v, &dir, ports, rounds, cpus));
             }
         }
-        for (i, kind) in kinds.iter().enumerate() {
+        for (i, v) in plain.iter().enumerate() {
             let r = &runs[i];
             let p50 = median(r.iter().map(|l| l.p50_us).collect());
             let p99 = median(r.iter().map(|l| l.p99_us).collect());
@@ -627,18 +692,14 @@ fn main() {
             let _ = writeln!(
                 table,
                 "{:<17} {:>5} {:>10.1} {:>10.1} {:>10.1}",
-                kind.name(),
-                ports,
-                p50,
-                p99,
-                mean
+                v.name, ports, p50, p99, mean
             );
             let _ = write!(
                 json,
                 "{}    {{\"switch\": \"{}\", \"ports\": {ports}, \"frame_bytes\": 64, \"rtt_p50_us\": {p50:.2}, \
                  \"rtt_p99_us\": {p99:.2}, \"rtt_mean_us\": {mean:.2}}}",
                 if first { "" } else { ",\n" },
-                kind.key()
+                v.key
             );
             first = false;
         }
@@ -649,8 +710,9 @@ fn main() {
          \"kernel_floor_send_recv_us\": {floor:.4}\n}}\n",
         ratios
             .iter()
-            .map(|(p, s, r, c)| format!(
-                "{{\"ports\": {p}, \"frame_bytes\": {s}, \"throughput_ratio\": {r:.3}, \"cpu_per_frame_ratio\": {c:.3}}}"
+            .map(|(label, p, s, r, c)| format!(
+                "{{\"ratio\": \"{label}\", \"ports\": {p}, \"frame_bytes\": {s}, \"throughput_ratio\": {r:.3}, \
+                 \"cpu_per_frame_ratio\": {c:.3}}}"
             ))
             .collect::<Vec<_>>()
             .join(", ")
@@ -660,4 +722,48 @@ fn main() {
     std::fs::write(&out, json).expect("write bench json");
     println!("wrote {}", out.display());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What this run measures, plain ntd first (every ratio is against it).
+fn variants() -> Vec<Variant> {
+    let ntd = PathBuf::from(env!("CARGO_BIN_EXE_ntd"));
+    let mut v = vec![
+        Variant {
+            name: "ntd vde-switch",
+            key: "ntd",
+            program: Program::Ntd(ntd.clone()),
+            args: &[],
+        },
+        Variant {
+            name: "vde_switch --hub",
+            key: "vde_switch",
+            program: Program::VdeSwitch,
+            args: &[],
+        },
+    ];
+    if let Some(base) = std::env::var_os("NTD_BENCH_BASELINE") {
+        v.push(Variant {
+            name: "ntd baseline",
+            key: "baseline",
+            program: Program::Ntd(PathBuf::from(base)),
+            args: &[],
+        });
+    }
+    v.push(Variant {
+        name: "ntd --loss 10%",
+        key: "loss",
+        program: Program::Ntd(ntd.clone()),
+        args: &["--loss", "10%", "--net-seed", "1"],
+    });
+    v.push(Variant {
+        name: "ntd --delay 1ms",
+        key: "delay",
+        program: Program::Ntd(ntd),
+        args: &["--delay", "1ms", "--net-seed", "1"],
+    });
+    if let Ok(keys) = std::env::var("NTD_BENCH_VARIANTS") {
+        let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
+        v.retain(|x| x.key == "ntd" || keys.contains(&x.key));
+    }
+    v
 }

@@ -1,35 +1,35 @@
 //! The forwarding hot path allocates nothing: a counting global allocator watches every call
 //! into the switch (`handle_event`, `on_timer`) while frames of many sizes flow, in hub mode,
-//! in learning mode with many MACs, and with a pcap capture running.
+//! in learning mode with many MACs, with a pcap capture running, and (after the first round
+//! has created the link states) with loss and partition rules in force.
 
 #[path = "vdecommon/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::vdeclient::*;
 use common::Scratch;
 use mio::{Events, Poll};
 use ntd::reactor;
-use ntd::vde::{Switch, SwitchConfig};
+use ntd::vde::{Impairment, Rule, Scope, Switch, SwitchConfig};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
+    /// Per thread: the test harness runs tests on parallel threads, each counting its own.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
-// SAFETY: every call is forwarded unchanged to the system allocator; counting touches only an
-// atomic and a const-initialised thread-local Cell, neither of which allocates.
+// SAFETY: every call is forwarded unchanged to the system allocator; counting touches only
+// const-initialised thread-local Cells, which never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if WATCHING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
         }
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
@@ -40,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if WATCHING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
         }
         // SAFETY: same contract as our caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -66,11 +66,12 @@ fn turn(poll: &mut Poll, events: &mut Events, sw: &mut Switch) {
     WATCHING.with(|w| w.set(false));
 }
 
-fn forwarding_allocations(cfg: SwitchConfig, tag: &str) -> (u64, u64) {
+fn forwarding_allocations(cfg: SwitchConfig, setup: fn(&mut Switch), tag: &str) -> (u64, u64) {
     let s = Scratch::new(tag);
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(64);
     let mut sw = Switch::create(1, &s.join("sw"), OWNER, poll.registry(), cfg).unwrap();
+    setup(&mut sw);
     let dir = sw.dir().to_path_buf();
     let clients: Vec<VdeClient> = (0..3)
         .map(|i| {
@@ -90,10 +91,10 @@ fn forwarding_allocations(cfg: SwitchConfig, tag: &str) -> (u64, u64) {
         .collect();
     // Warm-up round (first use of every buffer), then the measured rounds.
     let mut measured = 0;
-    ALLOCATIONS.store(0, Ordering::Relaxed);
+    ALLOCATIONS.with(|a| a.set(0));
     for round in 0..6 {
         if round == 1 {
-            ALLOCATIONS.store(0, Ordering::Relaxed);
+            ALLOCATIONS.with(|a| a.set(0));
         }
         for (i, f) in frames.iter().enumerate() {
             let _ = clients[i % 2].send(f);
@@ -114,7 +115,7 @@ fn forwarding_allocations(cfg: SwitchConfig, tag: &str) -> (u64, u64) {
             measured += frames.len() as u64;
         }
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocations = ALLOCATIONS.with(Cell::get);
     assert!(
         sw.stats().frames_in >= measured,
         "frames really flowed: {:?}",
@@ -146,10 +147,47 @@ fn forwarding_allocates_nothing_in_hub_learning_and_capture_modes() {
         ),
     ];
     for (tag, cfg) in cases {
-        let (allocations, frames) = forwarding_allocations(cfg, tag);
+        let (allocations, frames) = forwarding_allocations(cfg, |_| {}, tag);
         assert_eq!(
             allocations, 0,
             "{tag}: {allocations} allocations while forwarding {frames} frames"
         );
     }
+}
+
+/// Loss on every delivery, a pair rule, and a partition: decisions, counters and sends use
+/// only link states created in the warm-up round and stack buffers.
+fn lossy_and_partitioned(sw: &mut Switch) {
+    sw.apply(Rule {
+        scope: Scope::All,
+        impairment: Impairment {
+            loss: 0.2,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    sw.apply(Rule {
+        scope: Scope::between(1, 2),
+        impairment: Impairment {
+            loss: 0.5,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    sw.partition(vec![vec![1, 2], vec![3]]).unwrap();
+}
+
+#[test]
+fn forwarding_with_loss_and_partition_allocates_nothing_after_warm_up() {
+    let cfg = SwitchConfig {
+        label_by_port: true,
+        ..SwitchConfig::default()
+    };
+
+    let (allocations, frames) = forwarding_allocations(cfg, lossy_and_partitioned, "allocloss");
+
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations while forwarding {frames} frames under loss"
+    );
 }

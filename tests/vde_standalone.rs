@@ -113,3 +113,212 @@ fn bad_arguments_fail_with_a_message() {
     let (code, _) = run(&["--bogus"]);
     assert_eq!(code, Some(2));
 }
+
+// ---- network faults on the command line and the console ----
+
+fn seq(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[14..18].try_into().unwrap())
+}
+
+/// Send `n` numbered frames from `tx` in small chunks, draining `rx` meanwhile; returns the
+/// sequence numbers `rx` received (from `tx`'s MAC only).
+fn exchange(tx: &VdeClient, rx: &VdeClient, n: u32) -> Vec<u32> {
+    let mut got = Vec::new();
+    let keep = |f: Vec<u8>, got: &mut Vec<u32>| {
+        if f[6..12] == mac(1) {
+            got.push(seq(&f));
+        }
+    };
+    for i in 0..n {
+        while tx.send(&patterned(100, mac(1), i)).is_err() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if i % 25 == 24 {
+            std::thread::sleep(Duration::from_millis(1));
+            while let Some(f) = rx.try_recv() {
+                keep(f, &mut got);
+            }
+        }
+    }
+    for f in rx.collect(Duration::from_millis(300), &mut sleepy()) {
+        keep(f, &mut got);
+    }
+    got
+}
+
+fn within_binomial_band(count: usize, n: usize, p: f64, sigmas: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (count as f64 - mean).abs() <= sigmas * sd
+}
+
+/// Survivors of 600 frames a→b through `ntd vde-switch ARGS`, and the switch's stderr.
+fn survivors(tag: &str, args: &[&str]) -> (Vec<u32>, Vec<String>) {
+    let s = Scratch::new(tag);
+    let dir = s.join("sw");
+    let sw = SwitchProc::start(SwitchKind::Ntd, &dir, args);
+    let a = VdeClient::connect(&dir, ClientOptions::described("a"), &mut sleepy()).unwrap();
+    let b = VdeClient::connect(&dir, ClientOptions::described("b"), &mut sleepy()).unwrap();
+
+    let got = exchange(&a, &b, 600);
+
+    drop((a, b));
+    let (status, _, err) = sw.stop();
+    assert!(status.success(), "{status:?} {err:?}");
+    (got, err)
+}
+
+#[test]
+fn loss_half_drops_about_half_and_logs_the_seed_and_rule() {
+    let (got, err) = survivors("sloss", &["--loss", "0.5", "--net-seed", "11"]);
+
+    assert!(
+        within_binomial_band(got.len(), 600, 0.5, 5.0),
+        "{}",
+        got.len()
+    );
+    assert!(
+        err.iter().any(|l| l.contains("net seed 11")),
+        "seed logged: {err:?}"
+    );
+    assert!(err.iter().any(|l| l.contains("vlan1: loss 50%")), "{err:?}");
+}
+
+#[test]
+fn same_net_seed_replays_the_same_drops_and_another_seed_differs() {
+    let (first, _) = survivors("srep1", &["--loss", "30%", "--net-seed", "5"]);
+    let (again, _) = survivors("srep2", &["--loss", "30%", "--net-seed", "5"]);
+    let (other, _) = survivors("srep3", &["--loss", "30%", "--net-seed", "6"]);
+
+    assert_eq!(first, again);
+    assert_ne!(first, other);
+}
+
+#[test]
+fn delay_shows_in_ping_pong_latency() {
+    let s = Scratch::new("sdelay");
+    let dir = s.join("sw");
+    let sw = SwitchProc::start(SwitchKind::Ntd, &dir, &["--delay", "30ms"]);
+    let a = VdeClient::connect(&dir, ClientOptions::described("a"), &mut sleepy()).unwrap();
+    let b = VdeClient::connect(&dir, ClientOptions::described("b"), &mut sleepy()).unwrap();
+
+    let mut rtts = Vec::new();
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        a.send(&patterned(64, mac(1), i)).unwrap();
+        assert!(b.recv(Duration::from_secs(2), &mut sleepy()).is_some());
+        b.send(&patterned(64, mac(2), i)).unwrap();
+        assert!(a.recv(Duration::from_secs(2), &mut sleepy()).is_some());
+        rtts.push(t.elapsed());
+    }
+
+    assert!(
+        rtts.iter().all(|r| *r >= Duration::from_millis(60)),
+        "every round trip carries 2 x 30 ms: {rtts:?}"
+    );
+    drop((a, b, sw));
+}
+
+#[test]
+fn between_ports_limits_the_impairment_to_that_pair() {
+    let s = Scratch::new("sbetw");
+    let dir = s.join("sw");
+    let sw = SwitchProc::start(SwitchKind::Ntd, &dir, &["--loss", "1", "--between", "1,2"]);
+    let connect =
+        |n: &str| VdeClient::connect(&dir, ClientOptions::described(n), &mut sleepy()).unwrap();
+    let (a, b, c) = (connect("a"), connect("b"), connect("c"));
+
+    a.send(&patterned(64, mac(1), 1)).unwrap();
+
+    assert_eq!(c.recv(T, &mut sleepy()).map(|f| seq(&f)), Some(1));
+    assert!(b
+        .collect(Duration::from_millis(150), &mut sleepy())
+        .is_empty());
+    drop((a, b, c));
+    let (_, out, _) = sw.stop();
+    assert!(
+        out.iter().any(|l| l.contains("faults 1<->2: loss=1 ")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn console_partition_and_heal_change_forwarding() {
+    let s = Scratch::new("scons");
+    let dir = s.join("sw");
+    let mut sw = SwitchProc::start(SwitchKind::Ntd, &dir, &[]);
+    let connect =
+        |n: &str| VdeClient::connect(&dir, ClientOptions::described(n), &mut sleepy()).unwrap();
+    let (a, b) = (connect("a"), connect("b"));
+
+    sw.command("partition 1 2");
+    assert!(wait_until(Duration::from_secs(5), || sw
+        .stdout
+        .try_iter()
+        .any(|l| l.contains("vlan1: partition port 1 | port 2"))));
+    a.send(&patterned(64, mac(1), 1)).unwrap();
+    let during = b.collect(Duration::from_millis(150), &mut sleepy());
+    sw.command("heal");
+    assert!(wait_until(Duration::from_secs(5), || sw
+        .stdout
+        .try_iter()
+        .any(|l| l.contains("vlan1: healed"))));
+    a.send(&patterned(64, mac(1), 2)).unwrap();
+    let after = b.recv(T, &mut sleepy());
+
+    assert!(during.is_empty(), "partitioned");
+    assert_eq!(after.map(|f| seq(&f)), Some(2));
+    sw.command("impair loss=2");
+    assert!(wait_until(Duration::from_secs(5), || sw
+        .stdout
+        .try_iter()
+        .any(|l| l.contains("error: loss must be a probability"))));
+    drop((a, b));
+}
+
+#[test]
+fn bad_impairment_values_exit_2_naming_the_argument() {
+    let s = Scratch::new("sbad");
+    let dir = s.join("sw");
+    let run = |args: &[&str]| {
+        let out = Command::new(ntd_bin())
+            .arg("vde-switch")
+            .arg("--sock")
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: [(&[&str], &str); 7] = [
+        (&["--loss", "1.5"], "loss must be a probability"),
+        (
+            &["--duplicate", "often"],
+            "duplicate \"often\" is not a probability",
+        ),
+        (&["--delay", "-5ms"], "delay must be a finite, non-negative"),
+        (
+            &["--delay", "10ms", "--jitter", "20ms"],
+            "jitter (20ms) must not exceed",
+        ),
+        (&["--rate", "fast"], "rate \"fast\" is not a bandwidth"),
+        (&["--rate", "10bit"], "rate of 10bit is out of range"),
+        (
+            &["--loss", "0.1", "--between", "3"],
+            "between \"3\" is not two port",
+        ),
+    ];
+
+    for (args, message) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    let (code, _) = run(&["--net-seed", "x"]);
+    assert_eq!(code, Some(2));
+    assert!(!dir.exists(), "nothing was created");
+}
