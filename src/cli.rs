@@ -38,6 +38,8 @@ pub struct Options {
     pub capture_dir: Option<PathBuf>,
     /// ntd extension: Chrome trace-event file.
     pub trace: Option<PathBuf>,
+    /// ntd extension: the seed of the network faults' random decisions (random if unset).
+    pub net_seed: Option<u64>,
     /// Which CLI generation was used (for the upstream log line about keeping state).
     pub legacy_state_flag: bool,
     /// How long a machine may take to open its backdoor shell (env `NTD_SHELL_TIMEOUT`;
@@ -70,7 +72,7 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
-                         [--capture-dir DIR] [--trace FILE] [testscript]
+                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [testscript]
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -88,6 +90,7 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --global-timeout SECONDS    kill everything after this long (env: globalTimeout)
   --capture-dir DIR           ntd: write one pcap file per vlan into DIR
   --trace FILE                ntd: write a Chrome trace-event timeline to FILE
+  --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -121,6 +124,7 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--dump-vsocks", None, Arity::One),
     ("--capture-dir", None, Arity::One),
     ("--trace", None, Arity::One),
+    ("--net-seed", None, Arity::One),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -290,6 +294,14 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
         debug_hook: raw.one("--debug-hook-attach"),
         capture_dir: raw.one("--capture-dir").map(PathBuf::from),
         trace: raw.one("--trace").map(PathBuf::from),
+        net_seed: match raw.one("--net-seed") {
+            None => None,
+            Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
+                CliError(format!(
+                    "argument --net-seed: '{s}' is not a seed (a number 0..2^64-1)"
+                ))
+            })?),
+        },
         legacy_state_flag: false,
         shell_timeout: match env.get("NTD_SHELL_TIMEOUT") {
             Some(t) => parse_seconds(&t, "NTD_SHELL_TIMEOUT")?,

@@ -34,7 +34,14 @@ fn alice_and_bob() -> [Node; 2] {
 fn hosts(nodes: &[Node]) -> String {
     nodes
         .iter()
-        .map(|n| format!("{}:192.168.{}.{}", n.name, n.vlans[0], n.index))
+        .filter_map(|n| {
+            Some(format!(
+                "{}:192.168.{}.{}",
+                n.name,
+                n.vlans.first()?,
+                n.index
+            ))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -199,5 +206,80 @@ fn real_vde_plug_exchanges_frames_with_a_guest() {
         "{}",
         r.log()
     );
+    dir.assert_clean();
+}
+
+/// Three nodes on vlan 1 and one (dave) on no vlan.
+fn trio_and_dave() -> [Node; 4] {
+    [
+        Node {
+            name: "alice",
+            vlans: &[1],
+            index: 1,
+        },
+        Node {
+            name: "bob",
+            vlans: &[1],
+            index: 2,
+        },
+        Node {
+            name: "carol",
+            vlans: &[1],
+            index: 3,
+        },
+        Node {
+            name: "dave",
+            vlans: &[],
+            index: 4,
+        },
+    ]
+}
+
+#[test]
+fn network_faults_loss_delay_partition_between() {
+    let nodes = trio_and_dave();
+    let script = test_script!("network/network_faults_loss_delay_partition_between.py");
+    let trace = "faults-trace.json";
+    let (dir, r) = network(
+        "netfaults",
+        &nodes,
+        script,
+        &["--net-seed", "12345", "--trace", trace],
+    );
+    r.assert_code(0);
+    for needle in [
+        "network faults use seed 12345 (replay with --net-seed 12345)",
+        "vlan1: loss 20%",
+        "vlan1: partition alice, bob | carol",
+        "vlan1: healed",
+        "alice<->bob",
+        "vlan 1 network faults: dropped",
+    ] {
+        assert!(r.stderr.contains(needle), "missing {needle:?}\n{}", r.log());
+    }
+    assert!(r.stdout.contains("network faults ok"), "{}", r.log());
+    let text = std::fs::read_to_string(dir.path.join(trace)).expect("trace written");
+    let v = ntd::json::Value::parse(text.as_bytes()).expect("trace is JSON");
+    let events = v
+        .get("traceEvents")
+        .and_then(|e| e.as_array())
+        .unwrap_or(&[]);
+    assert!(
+        events.iter().any(|e| e
+            .get("name")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| n.starts_with("vlan1: loss 20%"))),
+        "no span of the impairment on the vlan's track"
+    );
+    dir.assert_clean();
+}
+
+#[test]
+fn tcp_completes_under_loss_and_a_rate_limit() {
+    let nodes = alice_and_bob();
+    let script = test_script!("network/network_faults_tcp_under_loss_and_rate.py");
+    let (dir, r) = network("nettcp", &nodes, script, &[]);
+    r.assert_code(0);
+    assert!(r.stdout.contains("tcp under faults ok"), "{}", r.log());
     dir.assert_clean();
 }

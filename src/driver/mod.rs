@@ -94,6 +94,10 @@ pub struct Driver {
     trace: Option<Trace>,
     /// Fault injection for the tests (`NTD_TEST_PANIC=<op>`): panic when that op arrives.
     panic_on: Option<String>,
+    /// The seed of every vlan's network-fault decisions (`--net-seed`, else random).
+    net_seed: u64,
+    /// Network faults in force, for the trace timeline (closed when replaced or healed).
+    fault_spans: Vec<vlans::FaultSpan>,
 }
 
 impl Driver {
@@ -130,6 +134,8 @@ impl Driver {
             started: Instant::now(),
             trace,
             panic_on: std::env::var("NTD_TEST_PANIC").ok(),
+            net_seed: 0,
+            fault_spans: Vec::new(),
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -284,6 +290,9 @@ impl Driver {
                 &format!("event for {owner:?}, which does not exist, ignored"),
             ),
         }
+        if let Owner::Switch(i) = owner {
+            self.switch_events(i);
+        }
     }
 
     fn members(&self) -> impl Iterator<Item = &dyn LoopMember> {
@@ -314,6 +323,9 @@ impl Driver {
             if m.next_deadline().is_some_and(|d| now >= d) {
                 m.on_timer(&mut cx, now);
             }
+        }
+        for i in 0..self.switches.len() {
+            self.switch_events(i);
         }
     }
 

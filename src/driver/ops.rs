@@ -97,6 +97,13 @@ impl Driver {
                 allow_reboot,
             ))),
             Op::Capture { vlan, path } => Begun::Done(self.capture(vlan, path.as_deref())),
+            Op::Impair {
+                vlan,
+                faults,
+                between,
+            } => Begun::Done(self.op_impair(vlan, &faults, between.as_ref())),
+            Op::Partition { vlan, groups } => Begun::Done(self.op_partition(vlan, &groups)),
+            Op::Heal { vlan } => Begun::Done(self.op_heal(vlan)),
             Op::Start {
                 machines,
                 all,

@@ -1,14 +1,33 @@
 //! The run's vlans: one in-process switch per configured vlan, started before any machine
 //! (start scripts connect to it through `QEMU_VDE_SOCKET_<n>`), on the poll loop like every
 //! other member, and stopped after the last machine is gone, with its counters logged.
+//!
+//! Network faults (`vlanN.impair`, `partition`, `heal`) are applied here: machines are the
+//! switch's labels (a port is labelled with the machine whose QEMU opened it, found through
+//! the peer's process group), every change is logged and becomes a span on the vlan's track
+//! of the trace, and the counters are reported at cleanup.
 
+use super::ops::OpResult;
 use super::{Driver, DriverError};
+use crate::json::Value;
 use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
+use crate::rpc::ops::{FaultArgs, RateArg};
+use crate::rpc::{ErrorType, OpError};
+use crate::vde::impair::{self, Impairment, Label, Rule, Scope};
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::event::Event;
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// A network fault in force, shown as a span on the vlan's trace track once it ends.
+pub(super) struct FaultSpan {
+    vlan: u32,
+    /// What it replaces: `all`, `<label>-<label>` or `partition`.
+    key: String,
+    what: String,
+    since: Instant,
+}
 
 impl Driver {
     /// One in-process switch per vlan, listening before any machine can start.
@@ -20,7 +39,12 @@ impl Driver {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DriverError::Setup("cannot create the capture directory", e))?;
         }
+        self.net_seed = self.opts.net_seed.unwrap_or_else(random_seed);
         self.log.begin(None, "start all VLans");
+        self.log.info(&format!(
+            "network faults use seed {} (replay with --net-seed {})",
+            self.net_seed, self.net_seed
+        ));
         for (i, nr) in self.opts.vlans.clone().into_iter().enumerate() {
             self.log.log("start vlan");
             let name = PathBuf::from(format!("vde{nr}.ctl"));
@@ -31,7 +55,11 @@ impl Driver {
             let dir = base.join(name);
             let owner = Owner::Switch(i).id();
             let registry = self.poll.registry();
-            let mut sw = match Switch::create(nr, &dir, owner, registry, SwitchConfig::default()) {
+            let config = SwitchConfig {
+                net_seed: self.net_seed,
+                ..SwitchConfig::default()
+            };
+            let mut sw = match Switch::create(nr, &dir, owner, registry, config) {
                 Ok(sw) => sw,
                 Err(e) => {
                     self.log.end(false);
@@ -65,6 +93,10 @@ impl Driver {
     /// Stop every switch after the machines: log its counters, close its ports, remove its
     /// files.
     pub(super) fn stop_vlans(&mut self) {
+        let now = Instant::now();
+        for span in std::mem::take(&mut self.fault_spans) {
+            self.trace_fault(span, now);
+        }
         for sw in std::mem::take(&mut self.switches) {
             let st = sw.stats();
             self.log.log(&format!(
@@ -79,6 +111,13 @@ impl Driver {
                 st.drops.total(),
                 st.requests_accepted
             ));
+            if !st.faults.is_zero() {
+                self.log.info(&format!(
+                    "vlan {} network faults: {}",
+                    st.vlan,
+                    st.faults.summary()
+                ));
+            }
             for ev in sw.shutdown(self.poll.registry()) {
                 log_switch_event(&mut self.log, &ev);
             }
@@ -89,14 +128,229 @@ impl Driver {
     pub(super) fn switch_mut(&mut self, nr: u32) -> Option<&mut Switch> {
         self.switches.iter_mut().find(|s| s.vlan() == nr)
     }
+
+    /// What switch `i` reported: ports are labelled with their machine, the rest is logged.
+    pub(super) fn switch_events(&mut self, i: usize) {
+        let Some(sw) = self.switches.get_mut(i) else {
+            return;
+        };
+        let events: Vec<SwitchEvent> = sw.drain_events().collect();
+        for ev in events {
+            if let SwitchEvent::PortOpened {
+                endpoint,
+                pid: Some(pid),
+                ..
+            } = ev
+            {
+                if let Some(label) = self.machine_of_pid(pid) {
+                    if let Some(sw) = self.switches.get_mut(i) {
+                        let _ = sw.label_endpoint(endpoint, label);
+                    }
+                }
+            }
+            log_switch_event(&mut self.log, &ev);
+        }
+    }
+
+    /// The machine whose QEMU process group holds `pid` (its label is its index).
+    fn machine_of_pid(&self, pid: u32) -> Option<Label> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        let group = rustix::process::getpgid(Some(pid)).ok()?;
+        let group = group.as_raw_nonzero().get();
+        let index = self
+            .machines
+            .iter()
+            .position(|m| m.process_group() == Some(group))?;
+        Label::try_from(index).ok()
+    }
+
+    fn machine_name(&self, label: Label) -> String {
+        self.machines
+            .get(label as usize)
+            .map_or_else(|| format!("port {label}"), |m| m.name.clone())
+    }
+
+    /// A machine of the test by name, which must have a port on vlan `nr` now.
+    fn label_on_vlan(&self, nr: u32, name: &str, arg: &str) -> Result<Label, OpError> {
+        let value_error = |msg: String| OpError::new(ErrorType::Value, msg);
+        let index = self
+            .machines
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| value_error(format!("{arg}: no machine named '{name}'")))?;
+        let label =
+            Label::try_from(index).map_err(|_| value_error(format!("{arg}: too many machines")))?;
+        let on_vlan = self
+            .switches
+            .iter()
+            .find(|s| s.vlan() == nr)
+            .is_some_and(|s| s.ports().iter().any(|p| p.label == Some(label)));
+        if !on_vlan {
+            return Err(value_error(format!(
+                "{arg}: machine '{name}' has no port on vlan{nr} (is it started, and does \
+                 its start script connect it to vlan {nr}?)"
+            )));
+        }
+        Ok(label)
+    }
+
+    fn vlan_exists(&self, nr: u32) -> Result<(), OpError> {
+        if self.switches.iter().any(|s| s.vlan() == nr) {
+            Ok(())
+        } else {
+            Err(OpError::new(ErrorType::Value, format!("no vlan {nr}")))
+        }
+    }
+
+    /// `vlanN.impair(...)`: validate everything, then apply, log and trace.
+    pub(super) fn op_impair(
+        &mut self,
+        nr: u32,
+        args: &FaultArgs,
+        between: Option<&(String, String)>,
+    ) -> OpResult {
+        self.vlan_exists(nr)?;
+        let impairment = impairment(args).map_err(|e| self.impair_error(&e))?;
+        let scope = match between {
+            None => Scope::All,
+            Some((a, b)) => Scope::between(
+                self.label_on_vlan(nr, a, "between")?,
+                self.label_on_vlan(nr, b, "between")?,
+            ),
+        };
+        let rule = Rule { scope, impairment };
+        let names = |l: Label| self.machine_name(l);
+        let what = rule.describe(nr, &names);
+        let key = match rule.scope.normalised() {
+            Scope::All => "all".to_owned(),
+            Scope::Between(a, b) => format!("{a}-{b}"),
+        };
+        let applied = self
+            .switch_mut(nr)
+            .map(|sw| sw.apply(rule))
+            .unwrap_or(Ok(()));
+        applied.map_err(|e| self.impair_error(&e))?;
+        self.log.log(&what);
+        self.fault_changed(nr, key, (!impairment.is_none()).then_some(what));
+        Ok(Value::Null)
+    }
+
+    /// `vlanN.partition(groups…)`.
+    pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> OpResult {
+        self.vlan_exists(nr)?;
+        let labels = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|name| self.label_on_vlan(nr, name, "partition"))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let applied = self
+            .switch_mut(nr)
+            .map(|sw| sw.partition(labels))
+            .unwrap_or(Ok(()));
+        applied.map_err(|e| self.impair_error(&e))?;
+        let names = |l: Label| self.machine_name(l);
+        let what = self
+            .switches
+            .iter()
+            .find(|s| s.vlan() == nr)
+            .and_then(|s| s.current_partition().map(|p| p.describe(nr, &names)))
+            .unwrap_or_default();
+        self.log.log(&what);
+        self.fault_changed(nr, "partition".to_owned(), Some(what));
+        Ok(Value::Null)
+    }
+
+    /// `vlanN.heal()`: every impairment and partition of the vlan removed.
+    pub(super) fn op_heal(&mut self, nr: u32) -> OpResult {
+        self.vlan_exists(nr)?;
+        if let Some(sw) = self.switch_mut(nr) {
+            sw.heal();
+        }
+        self.log.log(&format!("vlan{nr}: healed"));
+        let now = Instant::now();
+        let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fault_spans)
+            .into_iter()
+            .partition(|s| s.vlan == nr);
+        self.fault_spans = kept;
+        for span in ended {
+            self.trace_fault(span, now);
+        }
+        Ok(Value::Null)
+    }
+
+    fn impair_error(&self, e: &impair::ImpairError) -> OpError {
+        let names = |l: Label| self.machine_name(l);
+        OpError::new(ErrorType::Value, e.describe(&names))
+    }
+
+    /// A fault of `key` on vlan `nr` was replaced by `what` (none: removed).
+    fn fault_changed(&mut self, nr: u32, key: String, what: Option<String>) {
+        let now = Instant::now();
+        if let Some(at) = self
+            .fault_spans
+            .iter()
+            .position(|s| s.vlan == nr && s.key == key)
+        {
+            let old = self.fault_spans.remove(at);
+            self.trace_fault(old, now);
+        }
+        if let Some(what) = what {
+            self.fault_spans.push(FaultSpan {
+                vlan: nr,
+                key,
+                what,
+                since: now,
+            });
+        }
+    }
+
+    fn trace_fault(&self, span: FaultSpan, end: Instant) {
+        if let Some(t) = &self.trace {
+            t.span(
+                &format!("vlan{}", span.vlan),
+                &span.what,
+                span.since,
+                end,
+                Vec::new(),
+            );
+        }
+    }
+}
+
+/// The script's numbers as an [`Impairment`], checked (errors name the argument).
+fn impairment(a: &FaultArgs) -> Result<Impairment, impair::ImpairError> {
+    let rate = match &a.rate {
+        None => None,
+        Some(RateArg::Text(s)) => Some(impair::parse_rate(s)?),
+        Some(RateArg::BitsPerSecond(b)) => Some(*b),
+    };
+    let imp = Impairment {
+        loss: a.loss,
+        delay: impair::seconds("delay", a.delay)?,
+        jitter: impair::seconds("jitter", a.jitter)?,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+        rate,
+    };
+    imp.validate()?;
+    Ok(imp)
+}
+
+/// A seed for a run that did not pass `--net-seed`.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u64::from_le_bytes(b)
 }
 
 impl LoopMember for Switch {
+    /// The driver drains the switch's events after each call ([`Driver::switch_events`]):
+    /// labelling a new port needs the machines.
     fn on_event(&mut self, cx: &mut Ctx<'_>, slot: usize, ev: &Event) {
         self.handle_event(cx.registry, slot, ev);
-        for e in self.drain_events() {
-            log_switch_event(cx.log, &e);
-        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -105,9 +359,6 @@ impl LoopMember for Switch {
 
     fn on_timer(&mut self, cx: &mut Ctx<'_>, now: Instant) {
         Switch::on_timer(self, cx.registry, now);
-        for e in self.drain_events() {
-            log_switch_event(cx.log, &e);
-        }
     }
 }
 

@@ -254,6 +254,11 @@ impl Machine {
             .map(|p| p.child.raw_pid())
     }
 
+    /// The process group of the machine's QEMU (its start script leads it), while it has one.
+    pub fn process_group(&self) -> Option<i32> {
+        self.process.as_ref().map(|p| p.child.raw_pid())
+    }
+
     pub fn exit_info(&self) -> Option<ExitInfo> {
         self.exit
     }

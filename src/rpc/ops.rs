@@ -88,6 +88,23 @@ pub enum Op {
         vlan: u32,
         path: Option<PathBuf>,
     },
+    /// `vlanN.impair(...)`: numbers as given (seconds for delay and jitter); the switch
+    /// validates ranges.
+    Impair {
+        vlan: u32,
+        faults: FaultArgs,
+        /// Limit to frames between these two machines (both directions).
+        between: Option<(String, String)>,
+    },
+    /// `vlanN.partition([a, b], [c])`.
+    Partition {
+        vlan: u32,
+        groups: Vec<Vec<String>>,
+    },
+    /// `vlanN.heal()`.
+    Heal {
+        vlan: u32,
+    },
     // -- machines --
     Start {
         machines: Vec<String>,
@@ -162,6 +179,9 @@ impl Op {
             Op::CreateMachine { .. } => "create_machine",
             Op::QemuCommand { .. } => "qemu_command",
             Op::Capture { .. } => "capture",
+            Op::Impair { .. } => "impair",
+            Op::Partition { .. } => "partition",
+            Op::Heal { .. } => "heal",
             Op::Start { .. } => "start",
             Op::Connect { .. } => "connect",
             Op::Execute { .. } => "execute",
@@ -185,6 +205,24 @@ impl Op {
             Op::MarkDisconnected { .. } => "mark_disconnected",
         }
     }
+}
+
+/// The impairment of an `Impair` op as the script gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultArgs {
+    pub loss: f64,
+    pub delay: f64,
+    pub jitter: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub rate: Option<RateArg>,
+}
+
+/// A bandwidth: a `tc`-style string (`"1mbit"`) or bits per second.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateArg {
+    Text(String),
+    BitsPerSecond(u64),
 }
 
 /// How a `Shutdown` op ends the machine.
@@ -287,6 +325,50 @@ fn decode_op(a: &Args<'_>) -> Result<Op, OpError> {
         "capture" => Op::Capture {
             vlan: a.u32("vlan")?,
             path: a.opt_string("path")?.map(PathBuf::from),
+        },
+        "impair" => Op::Impair {
+            vlan: a.u32("vlan")?,
+            faults: FaultArgs {
+                loss: a.number_or("loss", 0.0)?,
+                delay: a.number_or("delay", 0.0)?,
+                jitter: a.number_or("jitter", 0.0)?,
+                duplicate: a.number_or("duplicate", 0.0)?,
+                reorder: a.number_or("reorder", 0.0)?,
+                rate: match a.get("rate") {
+                    None => None,
+                    Some(Value::Str(s)) => Some(RateArg::Text(s.clone())),
+                    Some(v) => Some(RateArg::BitsPerSecond(
+                        v.as_i64()
+                            .and_then(|n| u64::try_from(n).ok())
+                            .ok_or_else(|| {
+                                a.error(
+                                    "rate",
+                                    "must be a bandwidth such as \"1mbit\" or bits per second",
+                                )
+                            })?,
+                    )),
+                },
+            },
+            between: match a.get("between") {
+                None => None,
+                Some(v) => match a.names(v, "between")?.as_slice() {
+                    [x, y] => Some((x.clone(), y.clone())),
+                    _ => return Err(a.error("between", "must be a pair of machines")),
+                },
+            },
+        },
+        "partition" => Op::Partition {
+            vlan: a.u32("vlan")?,
+            groups: match a.get("groups") {
+                Some(Value::Array(groups)) => groups
+                    .iter()
+                    .map(|g| a.names(g, "groups"))
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(a.error("groups", "must be lists of machines")),
+            },
+        },
+        "heal" => Op::Heal {
+            vlan: a.u32("vlan")?,
         },
         "start" => Op::Start {
             machines: match a.body.get("machines") {
@@ -462,6 +544,28 @@ impl<'a> Args<'a> {
             .ok_or_else(|| self.error(key, "must be a non-negative integer"))
     }
 
+    /// A number (probabilities, seconds) with a default when absent.
+    fn number_or(&self, key: &str, default: f64) -> Result<f64, OpError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.error(key, format!("must be a number, not {}", v.to_json()))),
+        }
+    }
+
+    /// A list of machine names.
+    fn names(&self, v: &Value, key: &str) -> Result<Vec<String>, OpError> {
+        v.as_array()
+            .and_then(|items| {
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| self.error(key, "must be a list of machines"))
+    }
+
     /// A TCP port: an integer 0..=65535 or a service name (what `nc` and bash accept).
     fn port(&self, key: &str) -> Result<String, OpError> {
         match self.get(key) {
@@ -634,6 +738,45 @@ mod tests {
             .error
             .msg
             .contains("'machines'"));
+    }
+
+    #[test]
+    fn impair_and_partition_decode_names_and_numbers() {
+        let r = ok(
+            r#"{"id":1,"op":"impair","vlan":1,"loss":0.1,"delay":0.05,"rate":"1mbit","between":["a","b"]}"#,
+        );
+        assert_eq!(
+            r.op,
+            Op::Impair {
+                vlan: 1,
+                faults: FaultArgs {
+                    loss: 0.1,
+                    delay: 0.05,
+                    jitter: 0.0,
+                    duplicate: 0.0,
+                    reorder: 0.0,
+                    rate: Some(RateArg::Text("1mbit".into()))
+                },
+                between: Some(("a".into(), "b".into()))
+            }
+        );
+        let r = ok(r#"{"id":1,"op":"partition","vlan":2,"groups":[["a","b"],["c"]]}"#);
+        assert!(matches!(r.op, Op::Partition { vlan: 2, ref groups } if groups.len() == 2));
+        for bad in [
+            r#""loss":"lots""#,
+            r#""rate":-5"#,
+            r#""between":["a"]"#,
+            r#""between":"a""#,
+        ] {
+            let e = err(&format!(r#"{{"id":1,"op":"impair","vlan":1,{bad}}}"#));
+            assert_eq!(e.error.kind, ErrorType::Value, "{bad}");
+        }
+        assert!(
+            err(r#"{"id":1,"op":"partition","vlan":1,"groups":[["a"],[1]]}"#)
+                .error
+                .msg
+                .contains("'groups'")
+        );
     }
 
     #[test]
