@@ -15,6 +15,9 @@
 //! Usage: `cargo bench --bench latency -- [--quick] [--commands N] [--nodes 1,2,4,8]
 //! [--peer CMD]`.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -31,6 +31,9 @@
 //! bounds how much any user-space switch can gain. The machine may be shared: compare ratios
 //! within one run, not absolutes.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/vdecommon/vdeclient.rs"]
 mod vdeclient;
 
@@ -227,10 +230,10 @@ fn drain(client: &VdeClient, bufs: &mut [Vec<u8>], expect_len: usize, got: &mut 
                 iov_len: b.len(),
             })
             .collect();
-        // SAFETY: mmsghdr is plain data; zeroed means no name and no control buffer.
         let mut msgs: Vec<libc::mmsghdr> = iovs
             .iter_mut()
             .map(|iov| {
+                // SAFETY: mmsghdr is plain data; zeroed means no name and no control buffer.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 m.msg_hdr.msg_iov = iov;
                 m.msg_hdr.msg_iovlen = 1;

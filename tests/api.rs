@@ -6,6 +6,9 @@
 //! The guests are the tiny guest with a framebuffer console (`screen_guest`), so screenshots
 //! and OCR see tty1.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

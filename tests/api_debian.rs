@@ -4,6 +4,9 @@
 //! `stop_job`, `wait_for_open_unix_socket`, `wait_for_job`, `wait_for_unit_active_state`,
 //! `dump_tty_contents`.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

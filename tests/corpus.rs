@@ -9,6 +9,9 @@
 //! described by `<file>.nodes.toml`, run through ci/run-test; default: tiny guests with a
 //! framebuffer console), `# expect: fail` plus `# expect-line: <text>` lines.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! End-to-end tests of guest networks through ntd's in-process switch: real tiny guests on
 //! vlans, `block()`/`unblock()`, pcap capture, and Debian's real `vde_plug` talking to a guest.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

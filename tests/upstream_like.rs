@@ -3,6 +3,9 @@
 //! (tests/scripts/bench) on tiny guests the way the bench runs a peer, so that the comparison
 //! cannot rot. Its vlans are Debian's `vde_switch --hub`, as upstream's.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,9 @@
 //! in learning mode with many MACs, with a pcap capture running, and (after the first round
 //! has created the link states) with loss and partition rules in force.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

@@ -7,6 +7,9 @@
 //!
 //! Skips with a message only when `vde_switch` is missing.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

@@ -4,6 +4,9 @@
 //! bounds, labels and peer pids, capture of what was delivered. Time bounds here are lower
 //! bounds ("never early") with generous upper bounds; performance lives in the bench.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

@@ -5,6 +5,9 @@
 //! machine is `-M none` (not `-S`: a stopped VM holds QEMU's net queues). Skips with a message
 //! only when a program is missing (NTD_REQUIRE_INTEROP=1 turns that into a failure).
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

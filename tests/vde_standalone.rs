@@ -2,6 +2,9 @@
 //! writes pcap, SIGTERM and stdin EOF both end it cleanly (directories removed, counters
 //! printed), and bad arguments fail with a message and a distinct exit status.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

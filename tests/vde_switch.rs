@@ -2,6 +2,9 @@
 //! libvdeplug client of `common::vdeclient`: handshake, files and modes, every rejection path,
 //! forwarding rules, drops, disconnects, learning mode, capture, fairness, shutdown.
 
+// Tests may unwrap and panic: a failing assertion is their report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "vdecommon/mod.rs"]
 mod common;
 

@@ -418,10 +418,7 @@ impl Driver {
     /// become the current op.
     fn begin(&mut self, req: Request) {
         if self.panic_on.as_deref() == Some(req.op.name()) {
-            panic!(
-                "NTD_TEST_PANIC: a panic injected while handling '{}'",
-                req.op.name()
-            );
+            injected_panic(req.op.name());
         }
         match (req.id, self.start_op(req.op)) {
             (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
@@ -528,6 +525,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// The one deliberate panic: fault injection for the tests of the panic path
+/// (`NTD_TEST_PANIC=<op>`).
+#[allow(clippy::panic)]
+fn injected_panic(op: &str) -> ! {
+    panic!("NTD_TEST_PANIC: a panic injected while handling '{op}'")
 }
 
 /// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
