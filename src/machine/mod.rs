@@ -16,6 +16,7 @@ pub mod console;
 pub mod guest;
 pub mod qemu;
 pub mod qmp;
+mod report;
 pub mod session;
 pub mod shell;
 pub mod waits;
@@ -32,6 +33,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use qemu::{MachinePaths, QemuProcess};
 use qmp::QmpClient;
+pub use report::ShellDown;
 use rustix::process::Signal;
 use session::{SessionError, ShellSession};
 use shell::NonceSource;
@@ -55,9 +57,9 @@ pub(crate) const SETUP_PATIENCE: Duration = Duration::from_secs(20);
 /// lines say far more than "the shell closed".
 pub(crate) const SHELL_LOSS_GRACE: Duration = Duration::from_secs(3);
 /// How far back the report looks for a kernel panic's headline.
-const PANIC_SEARCH_LINES: usize = 200;
+pub(crate) const PANIC_SEARCH_LINES: usize = 200;
 /// Console lines quoted when a machine stopped unexpectedly.
-const EXIT_REPORT_LINES: usize = 10;
+pub(crate) const EXIT_REPORT_LINES: usize = 10;
 /// Read buffer for every stream.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -166,17 +168,6 @@ pub struct Machine {
     shell_settle_at: Option<Instant>,
 }
 
-/// Whether the guest shell can still answer, as [`Machine::shell_state`] tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShellDown {
-    /// Connected, or may still connect.
-    No,
-    /// The connection just ended; QEMU may be about to exit (ask again by this instant).
-    Settling(Instant),
-    /// Gone for good; the message says how and quotes the console.
-    Yes(String),
-}
-
 impl Machine {
     /// Machine number `index` of the run, its state below `tmp_dir` and its sockets below
     /// `socket_base`.
@@ -279,82 +270,6 @@ impl Machine {
     pub fn output_tail(&self) -> String {
         let v: Vec<u8> = self.early_output.iter().copied().collect();
         String::from_utf8_lossy(&v).trim_end().to_owned()
-    }
-
-    /// Why the guest shell cannot be used (its setup failed, or it stopped answering), with
-    /// the console's last lines.
-    pub fn shell_error(&self) -> Option<String> {
-        let reason = self.session.unusable()?;
-        let mut s = format!("machine '{}': {reason}", self.name);
-        s.push_str(&self.console_tail_text());
-        Some(s)
-    }
-
-    /// Whether the shell is gone, waiting [`SHELL_LOSS_GRACE`] for QEMU's exit after the
-    /// connection ended so that the report can say how QEMU ended.
-    pub fn shell_down(&self, now: Instant) -> ShellDown {
-        if !self.booted() {
-            return ShellDown::Yes(self.exit_report());
-        }
-        match self.shell_lost_at.filter(|_| self.session.lost()) {
-            None => ShellDown::No,
-            Some(at) if now < at + SHELL_LOSS_GRACE => ShellDown::Settling(at + SHELL_LOSS_GRACE),
-            Some(_) => ShellDown::Yes(format!(
-                "machine '{}': the guest closed its root shell (QEMU still runs){}",
-                self.name,
-                self.console_tail_text()
-            )),
-        }
-    }
-
-    /// Give up on the request in flight: the guest did not answer in time.
-    pub fn abandon_shell(&mut self, reason: String) {
-        self.session.abandon(reason);
-    }
-
-    /// `; its last console lines:` and the lines (empty if the console said nothing).
-    pub fn console_tail_text(&self) -> String {
-        let mut s = String::new();
-        // A kernel panic's headline is followed by a long register dump: name it first.
-        let window: Vec<&str> = self.console.tail(PANIC_SEARCH_LINES).collect();
-        let recent = window.len().saturating_sub(EXIT_REPORT_LINES);
-        if let Some(headline) = window[..recent]
-            .iter()
-            .rev()
-            .find(|l| l.contains("Kernel panic - not syncing"))
-        {
-            s.push_str("; the guest kernel panicked: ");
-            s.push_str(headline.trim());
-        }
-        let tail: Vec<&str> = self.console.tail(EXIT_REPORT_LINES).collect();
-        if !tail.is_empty() {
-            s.push_str("; its last console lines:");
-            for l in tail {
-                s.push_str("\n    ");
-                s.push_str(l);
-            }
-        }
-        s
-    }
-
-    /// `machine '<name>'` and the console's last lines, for errors about a guest that does
-    /// not answer.
-    pub fn console_report(&self) -> String {
-        let mut s = format!("machine '{}'", self.name);
-        s.push_str(&self.console_tail_text());
-        s
-    }
-
-    /// Why the machine is not running, for errors: how QEMU ended and what the console
-    /// showed last.
-    pub fn exit_report(&self) -> String {
-        let how = match self.exit {
-            Some(info) => format!("QEMU exited ({info})"),
-            None => "QEMU is not running".to_owned(),
-        };
-        let mut s = format!("machine '{}': {how}", self.name);
-        s.push_str(&self.console_tail_text());
-        s
     }
 
     /// Which socket QEMU had not connected yet (upstream's error names it).

@@ -1,0 +1,204 @@
+//! Unit tests of [`super`], byte by byte (kept beside the module to keep it short).
+
+use super::*;
+use std::collections::HashMap;
+
+struct MapEnv(HashMap<&'static str, &'static str>);
+impl Env for MapEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|s| s.to_string())
+    }
+}
+
+fn args(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+fn no_env() -> MapEnv {
+    MapEnv(HashMap::new())
+}
+
+fn write_config(body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ntd-cli-test-{}-{}",
+        std::process::id(),
+        body.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("c.json");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn newest_form_reads_config_and_overrides_script() {
+    let p = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"vlans":[1,2,1],"global_timeout":60,"test_script":"/t"}"#,
+    );
+    let o = parse(
+        &args(&["-c", p.to_str().unwrap(), "--test-script", "/u", "-K"]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.vms[0].name, "a");
+    assert_eq!(o.vlans, vec![1, 2]);
+    assert_eq!(o.global_timeout, Duration::from_secs(60));
+    assert_eq!(o.test_script, Some(PathBuf::from("/u")));
+    assert!(o.keep_machine_state);
+}
+
+#[test]
+fn prefix_abbreviation_and_equals_forms_resolve() {
+    let p = write_config(r#"{"vms":{},"test_script":"/t"}"#);
+    let o = parse(
+        &args(&[
+            &format!("--config={}", p.display()),
+            "--debug-hook=attach-cmd",
+            "--log-level=debug",
+        ]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.debug_hook.as_deref(), Some("attach-cmd"));
+    assert_eq!(o.log_level, Level::Debug);
+}
+
+#[test]
+fn non_ascii_short_options_are_unknown_not_a_crash() {
+    for a in ["-é", "-éx", "-\u{1F600}", "-ü=1"] {
+        let e = parse(&args(&[a]), &no_env()).unwrap_err();
+        assert!(e.0.contains("unrecognized arguments"), "{a}: {}", e.0);
+    }
+}
+
+#[test]
+fn start_scripts_without_names_derive_names_from_the_scripts() {
+    let o = parse(
+        &args(&["t.py", "--vm-start-scripts", "/s/run-web-vm", "/s/other"]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    let names: Vec<_> = o.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["web", "machine"]);
+    assert!(parse(&args(&["t.py", "--vm-names", "a"]), &no_env()).is_err());
+}
+
+#[test]
+fn huge_or_negative_global_timeouts_are_errors_not_overflows() {
+    for t in ["1e300", "-5", "inf", "nan"] {
+        let e = parse(
+            &args(&[
+                "t.py",
+                "--start-scripts",
+                "/s/run-a-vm",
+                "--global-timeout",
+                t,
+            ]),
+            &no_env(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("--global-timeout"), "{t}: {}", e.0);
+    }
+    let p = write_config(r#"{"vms":{},"test_script":"/t","global_timeout":1e300}"#);
+    let e = parse(&args(&["-c", p.to_str().unwrap()]), &no_env()).unwrap_err();
+    assert!(e.0.contains("out of range"), "{}", e.0);
+}
+
+#[test]
+fn ambiguous_prefix_is_an_error() {
+    let e = parse(&args(&["--vm", "x"]), &no_env()).unwrap_err();
+    assert!(e.0.contains("ambiguous"), "{}", e.0);
+}
+
+#[test]
+fn mid_form_pairs_names_and_scripts_with_positional_script() {
+    let o = parse(
+        &args(&[
+            "--vm-names",
+            "a",
+            "b",
+            "--vm-start-scripts",
+            "/s/a",
+            "/s/b",
+            "--vlans",
+            "1",
+            "--global-timeout",
+            "30",
+            "--",
+            "/script.py",
+        ]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.vms.len(), 2);
+    assert_eq!(o.vms[1].start_script, "/s/b");
+    assert_eq!(o.test_script, Some(PathBuf::from("/script.py")));
+}
+
+#[test]
+fn legacy_env_vars_supply_defaults() {
+    let env = MapEnv(HashMap::from([
+        (
+            "startScripts",
+            "/nix/store/a/bin/run-server-vm /nix/store/b/bin/run-client-vm",
+        ),
+        ("vlans", "1 2"),
+        ("globalTimeout", "120"),
+        ("testScript", "/t.py"),
+    ]));
+    let o = parse(&[], &env).unwrap().unwrap();
+    assert_eq!(o.vms[0].name, "server");
+    assert_eq!(o.vms[1].name, "client");
+    assert_eq!(o.vlans, vec![1, 2]);
+    assert_eq!(o.global_timeout, Duration::from_secs(120));
+    assert!(o.legacy_state_flag);
+}
+
+#[test]
+fn missing_required_configuration_is_reported() {
+    let e = parse(&args(&["script.py"]), &no_env()).unwrap_err();
+    assert!(e.0.contains("required"), "{}", e.0);
+}
+
+#[test]
+fn bad_output_directory_is_rejected() {
+    let e = parse(&args(&["-o", "/nonexistent/dir", "--vm-names"]), &no_env()).unwrap_err();
+    assert!(e.0.contains("not a writeable directory"), "{}", e.0);
+}
+
+#[test]
+fn containers_are_refused_clearly() {
+    let e = parse(
+        &args(&["--container-names", "c", "--container-start-scripts", "x"]),
+        &no_env(),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("nspawn"));
+}
+
+#[test]
+fn iso_durations_parse() {
+    assert_eq!(parse_iso_or_seconds("PT3600S"), Some(3600.0));
+    assert_eq!(parse_iso_or_seconds("P1DT1H"), Some(90000.0));
+    assert_eq!(parse_iso_or_seconds("12.5"), Some(12.5));
+    assert_eq!(parse_iso_or_seconds("PTx"), None);
+}
+
+#[test]
+fn interactive_last_flag_wins() {
+    let p = write_config(r#"{"vms":{}}"#);
+    let c = p.to_str().unwrap();
+    let o = parse(&args(&["-c", c, "-I"]), &no_env()).unwrap().unwrap();
+    assert!(o.interactive);
+    let o = parse(
+        &args(&["-c", c, "-I", "--no-interactive", "--test-script", "/t"]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!o.interactive);
+}

@@ -1,0 +1,337 @@
+//! Unit tests of [`super`], byte by byte (kept beside the module to keep it short).
+
+use super::*;
+
+const SEED: u64 = 0x5eed;
+
+/// A session and a twin nonce source that predicts its nonces.
+fn session() -> (ShellSession, NonceSource) {
+    (
+        ShellSession::new(NonceSource::from_seed(SEED)),
+        NonceSource::from_seed(SEED),
+    )
+}
+
+fn marker(kind: char, nonce: &[u8; NONCE_LEN], n: i64) -> Vec<u8> {
+    format!("\x01{kind}{} {n}\x01", std::str::from_utf8(nonce).unwrap()).into_bytes()
+}
+
+fn frame(body: &[u8], nonce: &[u8; NONCE_LEN], status: i32) -> Vec<u8> {
+    let mut v = body.to_vec();
+    v.extend_from_slice(&marker('E', nonce, status.into()));
+    v
+}
+
+/// Boot to Ready: sentinel, setup, check frame.
+fn ready() -> (ShellSession, NonceSource) {
+    let (mut s, mut twin) = session();
+    let mut notes = Vec::new();
+    s.feed(b"booting...\nSpawning backdoor root shell...\n", &mut notes);
+    let setup = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(setup.starts_with(guest::setup_text(SetupPart::Base)));
+    let check = twin.next_nonce();
+    s.feed(&frame(b"", &check, 0), &mut notes);
+    assert_eq!(
+        notes,
+        vec![
+            SessionNote::Greeting(b"booting...\nSpawning backdoor root shell...\n".to_vec()),
+            SessionNote::Sentinel,
+            SessionNote::Ready
+        ]
+    );
+    assert!(s.ready() && s.connected());
+    (s, twin)
+}
+
+fn run(cmd: &str) -> ShellRequest {
+    ShellRequest::Run {
+        command: cmd.into(),
+        timeout: None,
+    }
+}
+
+#[test]
+fn submit_before_sentinel_is_not_connected() {
+    let (mut s, _) = session();
+    assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+    assert!(s.take_outbox().is_empty());
+}
+
+#[test]
+fn setup_check_failure_is_reported_and_not_ready() {
+    let (mut s, mut twin) = session();
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    s.feed(&frame(b"oops", &twin.next_nonce(), 1), &mut notes);
+    assert!(
+        matches!(notes.last(), Some(SessionNote::SetupFailed { reason }) if reason.contains("status 1") && reason.contains("oops")),
+        "{notes:?}"
+    );
+    assert!(!s.connected());
+    assert!(s.unusable().is_some());
+    assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+}
+
+#[test]
+fn setup_that_never_answers_fails_when_the_machine_gives_up() {
+    let (mut s, _) = session();
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    assert!(s.in_setup());
+    s.fail_setup("no answer".into(), &mut notes);
+    assert_eq!(s.unusable(), Some("no answer"));
+    assert!(!s.in_setup() && !s.connected());
+    s.restart();
+    assert_eq!(s.unusable(), None);
+}
+
+#[test]
+fn abandoned_request_makes_the_shell_unusable_until_its_frame_ends() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("hang")).unwrap();
+    s.take_outbox();
+    let n = twin.next_nonce();
+    s.abandon("no answer".into());
+    assert_eq!(s.unusable(), Some("no answer"));
+    assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+    let mut notes = Vec::new();
+    s.feed(&frame(b"late", &n, 0), &mut notes);
+    assert!(s.ready() && s.unusable().is_none());
+    assert!(
+        s.take_result().is_none(),
+        "nobody waits for the abandoned result"
+    );
+}
+
+#[test]
+fn guest_without_spool_skips_the_output_check() {
+    let (mut s, mut twin) = session();
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    s.feed(&frame(b"", &twin.next_nonce(), 3), &mut notes);
+    assert!(notes.contains(&SessionNote::NoSpool) && s.ready());
+    s.submit(&run("big")).unwrap();
+    s.take_outbox();
+    let body = vec![b'q'; 2 * VERIFY_MIN_BYTES as usize];
+    s.feed(&frame(&body, &twin.next_nonce(), 0), &mut notes);
+    assert!(
+        s.take_outbox().is_empty(),
+        "no count request without a spool"
+    );
+    assert_eq!(s.take_result().unwrap().output, body);
+}
+
+#[test]
+fn run_request_is_one_line_and_its_frame_is_the_result() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("echo hi")).unwrap();
+    let n = twin.next_nonce();
+    assert_eq!(
+        s.take_outbox(),
+        guest::encode_run(&n, "echo hi", None).unwrap().into_bytes()
+    );
+    assert_eq!(s.submit(&run("true")), Err(SessionError::Busy));
+    let mut notes = Vec::new();
+    s.feed(&frame(b"hi\n", &n, 0), &mut notes);
+    assert!(notes.is_empty());
+    let r = s.take_result().unwrap();
+    assert_eq!(
+        (r.status, r.output.as_slice(), r.lost),
+        (0, &b"hi\n"[..], 0)
+    );
+    assert!(s.ready());
+}
+
+#[test]
+fn first_timed_run_and_first_wait_carry_their_setup_once() {
+    let (mut s, mut twin) = ready();
+    let timed = ShellRequest::Run {
+        command: "true".into(),
+        timeout: Some(900.0),
+    };
+    s.submit(&timed).unwrap();
+    let out = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(out.starts_with(guest::setup_text(SetupPart::Timeouts)));
+    let mut notes = Vec::new();
+    s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
+    s.take_result().unwrap();
+    s.submit(&timed).unwrap();
+    let out = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(!out.contains(guest::setup_text(SetupPart::Timeouts)));
+    s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
+    s.take_result().unwrap();
+    let wait = ShellRequest::Wait {
+        command: "test -e /x".into(),
+        spec: WaitSpec {
+            until_success: true,
+            budget_secs: 1.0,
+            min_interval_us: 20_000,
+            fatal_status: 0,
+        },
+    };
+    s.submit(&wait).unwrap();
+    let out = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(out.starts_with(guest::setup_text(SetupPart::Waits)));
+    let n = twin.next_nonce();
+    let mut data = marker('A', &n, 1);
+    data.extend(marker('A', &n, 1));
+    data.extend(marker('D', &n, 0));
+    data.extend(marker('E', &n, 0));
+    s.feed(&data, &mut notes);
+    let r = s.take_result().unwrap();
+    assert_eq!((r.status, r.attempts, r.looped), (0, 2, true));
+}
+
+#[test]
+fn large_frame_with_nothing_dropped_is_delivered_after_the_count() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("big")).unwrap();
+    s.take_outbox();
+    let n = twin.next_nonce();
+    let body = vec![b'x'; VERIFY_MIN_BYTES as usize];
+    let data = frame(&body, &n, 0);
+    let mut notes = Vec::new();
+    s.feed(&data, &mut notes);
+    assert!(s.take_result().is_none(), "not before the count");
+    let c = twin.next_nonce();
+    assert_eq!(s.take_outbox(), guest::encode_count(&c).into_bytes());
+    // The guest spooled the setup check frame, then this frame.
+    let check_frame = frame(b"", &[b'0'; NONCE_LEN], 0).len() as i64;
+    s.feed(
+        &marker('C', &c, check_frame + data.len() as i64),
+        &mut notes,
+    );
+    let r = s.take_result().unwrap();
+    assert_eq!((r.output.len(), r.lost), (body.len(), 0));
+    assert!(notes.is_empty());
+}
+
+#[test]
+fn dropped_output_is_fetched_again_in_pieces_and_recovered_byte_exact() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("big")).unwrap();
+    s.take_outbox();
+    let n = twin.next_nonce();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let full = frame(&body, &n, 3);
+    // The console dropped 70,000 bytes in the middle.
+    let mut arrived = full[..50_000].to_vec();
+    arrived.extend_from_slice(&full[120_000..]);
+    let mut notes = Vec::new();
+    s.feed(&arrived, &mut notes);
+    let c = twin.next_nonce();
+    assert_eq!(s.take_outbox(), guest::encode_count(&c).into_bytes());
+    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    s.feed(
+        &marker('C', &c, (check_len + full.len()) as i64),
+        &mut notes,
+    );
+    assert_eq!(notes, vec![SessionNote::Dropped { bytes: 70_000 }]);
+    // The guest answers each fetch with the next piece of its spool, from the frame start.
+    let mut offset = 0;
+    let mut first = true;
+    loop {
+        let f = twin.next_nonce();
+        let start = first.then_some(check_len as u64);
+        first = false;
+        assert_eq!(
+            s.take_outbox(),
+            guest::encode_fetch(&f, start, guest::FETCH_PIECE).into_bytes()
+        );
+        let end = (offset + guest::FETCH_PIECE).min(full.len());
+        s.feed(&frame(&full[offset..end], &f, 0), &mut notes);
+        offset = end;
+        if let Some(r) = s.take_result() {
+            assert_eq!(r.status, 3, "the status of the frame that arrived");
+            assert_eq!(r.output, body);
+            assert_eq!(r.lost, 0);
+            break;
+        }
+        assert!(offset < full.len() + guest::FETCH_PIECE, "runaway fetch");
+    }
+    assert_eq!(s.take_outbox(), guest::FETCH_DONE.as_bytes());
+    assert_eq!(
+        notes.last(),
+        Some(&SessionNote::Recovered { bytes: body.len() })
+    );
+    assert!(s.ready());
+}
+
+#[test]
+fn dropped_output_of_a_wait_is_reported_as_lost() {
+    let (mut s, mut twin) = ready();
+    let wait = ShellRequest::Wait {
+        command: "noisy".into(),
+        spec: WaitSpec {
+            until_success: true,
+            budget_secs: 1.0,
+            min_interval_us: 20_000,
+            fatal_status: 0,
+        },
+    };
+    s.submit(&wait).unwrap();
+    s.take_outbox();
+    let n = twin.next_nonce();
+    let mut data = vec![b'y'; 100_000];
+    data.extend(marker('D', &n, 0));
+    data.extend(marker('E', &n, 0));
+    let mut notes = Vec::new();
+    s.feed(&data, &mut notes);
+    let c = twin.next_nonce();
+    s.take_outbox();
+    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    s.feed(
+        &marker('C', &c, (check_len + data.len() + 500) as i64),
+        &mut notes,
+    );
+    let r = s.take_result().unwrap();
+    assert_eq!(r.lost, 500);
+}
+
+#[test]
+fn spool_is_truncated_in_front_of_a_command_once_over_the_limit() {
+    let (mut s, mut twin) = ready();
+    let mut notes = Vec::new();
+    let body = vec![b'z'; (SPOOL_LIMIT / 4) as usize];
+    for _ in 0..5 {
+        s.submit(&run("chunk")).unwrap();
+        let line = String::from_utf8(s.take_outbox()).unwrap();
+        assert!(!line.starts_with(guest::TRUNCATE_SPOOL));
+        let data = frame(&body, &twin.next_nonce(), 0);
+        s.feed(&data, &mut notes);
+        let c = twin.next_nonce();
+        s.take_outbox();
+        s.feed(&marker('C', &c, -1), &mut notes);
+        s.take_result().unwrap();
+        if s.framing.consumed() > SPOOL_LIMIT {
+            break;
+        }
+    }
+    s.submit(&run("next")).unwrap();
+    let line = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(line.starts_with(guest::TRUNCATE_SPOOL), "{line:.40}");
+}
+
+#[test]
+fn late_output_is_stray_and_eof_loses_the_connection() {
+    let (mut s, _) = ready();
+    let mut notes = Vec::new();
+    s.feed(b"TWO\n", &mut notes);
+    assert_eq!(notes, vec![SessionNote::Stray(b"TWO\n".to_vec())]);
+    s.connection_lost();
+    assert!(s.lost() && !s.connected());
+    s.restart();
+    assert!(!s.lost() && !s.connected());
+}
+
+#[test]
+fn await_sentinel_needs_a_new_setup_before_requests() {
+    let (mut s, mut twin) = ready();
+    s.await_sentinel();
+    assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    assert!(!s.take_outbox().is_empty());
+    s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
+    assert!(s.ready());
+}
