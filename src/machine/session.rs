@@ -12,6 +12,7 @@
 
 use super::guest::{self, SetupPart, WaitSpec};
 use super::shell::{self, NonceSource, ShellEvent, ShellFraming, NONCE_LEN};
+use super::waits::GuestCheck;
 use std::fmt;
 
 /// Frames at least this large are checked for bytes the virtio console dropped (below the
@@ -28,14 +29,19 @@ pub enum ShellRequest {
         command: String,
         timeout: Option<f64>,
     },
-    /// Run `command` repeatedly inside the guest until the condition of `spec` holds.
-    Wait { command: String, spec: WaitSpec },
+    /// Run `check` repeatedly inside the guest until it holds, paced as `spec` says.
+    /// (Boxed: a check holds several strings, and requests wait inside every pending op.)
+    Wait {
+        check: Box<GuestCheck>,
+        spec: WaitSpec,
+    },
 }
 
 impl ShellRequest {
     pub fn command(&self) -> &str {
         match self {
-            ShellRequest::Run { command, .. } | ShellRequest::Wait { command, .. } => command,
+            ShellRequest::Run { command, .. } => command,
+            ShellRequest::Wait { check, .. } => check.describe(),
         }
     }
 
@@ -305,7 +311,7 @@ impl ShellSession {
         let nonce = self.nonces.next_nonce();
         let mut line = match req {
             ShellRequest::Run { command, timeout } => guest::encode_run(&nonce, command, *timeout),
-            ShellRequest::Wait { command, spec } => guest::encode_wait(&nonce, command, *spec),
+            ShellRequest::Wait { check, spec } => guest::encode_wait(&nonce, check, *spec),
         }
         .map_err(SessionError::Encode)?;
         if req.is_wait() && !self.sent_waits {
@@ -566,6 +572,23 @@ mod tests {
         }
     }
 
+    fn wait_request(command: &str) -> ShellRequest {
+        use super::super::waits::{Pacing, Schedule};
+        ShellRequest::Wait {
+            check: Box::new(GuestCheck {
+                guard: String::new(),
+                command: command.into(),
+                until_success: true,
+                fatal_status: 0,
+                watch: None,
+            }),
+            spec: WaitSpec {
+                budget_secs: 1.0,
+                pacing: Pacing::new(Schedule::Budget, std::time::Duration::ZERO),
+            },
+        }
+    }
+
     #[test]
     fn submit_before_sentinel_is_not_connected() {
         let (mut s, _) = session();
@@ -676,15 +699,7 @@ mod tests {
         assert!(!out.contains(guest::setup_text(SetupPart::Timeouts)));
         s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
         s.take_result().unwrap();
-        let wait = ShellRequest::Wait {
-            command: "test -e /x".into(),
-            spec: WaitSpec {
-                until_success: true,
-                budget_secs: 1.0,
-                min_interval_us: 20_000,
-                fatal_status: 0,
-            },
-        };
+        let wait = wait_request("test -e /x");
         s.submit(&wait).unwrap();
         let out = String::from_utf8(s.take_outbox()).unwrap();
         assert!(out.starts_with(guest::setup_text(SetupPart::Waits)));
@@ -776,15 +791,7 @@ mod tests {
     #[test]
     fn dropped_output_of_a_wait_is_reported_as_lost() {
         let (mut s, mut twin) = ready();
-        let wait = ShellRequest::Wait {
-            command: "noisy".into(),
-            spec: WaitSpec {
-                until_success: true,
-                budget_secs: 1.0,
-                min_interval_us: 20_000,
-                fatal_status: 0,
-            },
-        };
+        let wait = wait_request("noisy");
         s.submit(&wait).unwrap();
         s.take_outbox();
         let n = twin.next_nonce();
