@@ -9,10 +9,11 @@
 //!   builder pays) and guest side (`/proc/stat`); and the detection latency of a condition
 //!   that turns true 0.3 s into the wait (tiny guest: file, port, command; Debian guest:
 //!   unit). Script: tests/scripts/bench/waits_cpu.py.
-//! - **neighbour**: two tiny guests pinned to one host CPU; one starts a service (a boot-like
-//!   job of fork+execs, then a listener) while the other waits for its port
-//!   (`wait_for_open_port` remote, or `wait_until_succeeds("nc -z …")`): the job's slowdown
-//!   against the job alone, ntd's schedule over the reference. Script: waits_neighbour.py.
+//! - **neighbour**: two Debian guests pinned to one host CPU; `server` boots (fresh overlay)
+//!   to nginx active while `client` waits for its port 80 (`wait_for_open_port`, or
+//!   `wait_until_succeeds("curl …")`, the issue's two seed scenarios): the boot's slowdown
+//!   against the same boot while the client idles, ntd's schedule over the reference.
+//!   Script: waits_neighbour.py on bench/waits-neighbour.
 //! - **parallel**: N = 1, 2, 4 small tiny-guest tests (waits_test.py) started at once, each
 //!   its own `ntd`: tests completed per minute, ntd's schedule over the reference.
 //!
@@ -44,8 +45,6 @@ const TINY_KINDS: &[&str] = &[
     "command",
 ];
 const DEBIAN_KINDS: &[&str] = &["port_local", "unit", "unit_command"];
-/// fork+execs of the neighbour's boot-like job (a few seconds under TCG on one host CPU).
-const NEIGHBOUR_WORK: u32 = 300;
 /// fork+execs before the small test's service listens.
 const TEST_WORK: u32 = 100;
 
@@ -205,13 +204,16 @@ fn collect_cpu(bench: &Value, figures: &mut Vec<(String, CpuFigures)>) {
             .and_then(Value::as_f64)
             .unwrap_or(f64::NAN)
     };
-    let kinds: Vec<String> = cpu
-        .and_then(Value::as_object)
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, _)| k.clone())
-        .filter(|k| k != "idle")
-        .collect();
+    // Kinds with a CPU window, then detection-only ones (a unit that starts later).
+    let detection = bench.get("detection");
+    let mut kinds: Vec<String> = Vec::new();
+    for source in [cpu, detection] {
+        for (k, _) in source.and_then(Value::as_object).unwrap_or_default() {
+            if k != "idle" && !kinds.contains(k) {
+                kinds.push(k.clone());
+            }
+        }
+    }
     for kind in kinds {
         let slot = match figures.iter().position(|(k, _)| *k == kind) {
             Some(i) => i,
@@ -221,9 +223,12 @@ fn collect_cpu(bench: &Value, figures: &mut Vec<(String, CpuFigures)>) {
             }
         };
         let f = &mut figures[slot].1;
-        f.host.push(share(&kind, "host") - share("idle", "host"));
-        f.guest.push(share(&kind, "guest") - share("idle", "guest"));
-        let det = bench.get("detection").and_then(|d| d.get(&kind));
+        let host = share(&kind, "host") - share("idle", "host");
+        if !host.is_nan() {
+            f.host.push(host);
+            f.guest.push(share(&kind, "guest") - share("idle", "guest"));
+        }
+        let det = detection.and_then(|d| d.get(&kind));
         f.detection_ms
             .extend(numbers(det).into_iter().map(|s| s * 1e3));
     }
@@ -237,13 +242,16 @@ fn cpu_script(kinds: &[&str], secs: u32, detect: u32) -> String {
         .replace("@DETECT@", &detect.to_string())
 }
 
-/// Run the cpu script on the Debian guest through ci/run-test.
-fn run_debian(dir: &TestDir, script: &str, sched: &str) -> RunResult {
-    let test = dir.path.join("debian");
+/// Run `script` as the test.py of a copy of the Debian test directory `nodes` (a directory
+/// of tests/scripts/bench with a nodes.toml) through ci/run-test.
+fn run_debian(dir: &TestDir, nodes: &str, script: &str, sched: &str) -> RunResult {
+    let test = dir.path.join(nodes);
     std::fs::create_dir_all(&test).unwrap();
     let root = common::repo();
     std::fs::copy(
-        root.join("tests/scripts/bench/waits-debian/nodes.toml"),
+        root.join("tests/scripts/bench")
+            .join(nodes)
+            .join("nodes.toml"),
         test.join("nodes.toml"),
     )
     .unwrap();
@@ -267,7 +275,12 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
     for (guest, kinds) in guests {
         let load0 = load();
         let dir = TestDir::new("bwcpu");
-        let machines = tiny_machines(&dir, &["waiter", "peer"]);
+        // The Debian guest's start scripts are ci/run-test's.
+        let machines = if guest == "tiny" {
+            tiny_machines(&dir, &["waiter", "peer"])
+        } else {
+            Vec::new()
+        };
         let script = cpu_script(&kinds, a.secs, a.detect);
         let mut per: [Vec<(String, CpuFigures)>; 2] = [Vec::new(), Vec::new()];
         for rep in 0..a.reps {
@@ -275,7 +288,7 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
                 let r = if guest == "tiny" {
                     run_with_limit(ntd_command(&dir, &machines, &script, sched), LIMIT)
                 } else {
-                    run_debian(&dir, &script, sched)
+                    run_debian(&dir, "waits-debian", &script, sched)
                 };
                 let slot = usize::from(label != "ntd");
                 collect_cpu(
@@ -288,7 +301,8 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
         let _ = writeln!(
             table,
             "\ncpu per second of waiting after the first second, above idle ({guest} guest, {} s waits, \
-             {} reps, load {load0:.2}..{:.2}); detection: condition true 0.3 s into the wait",
+             {} reps, load {load0:.2}..{:.2}); detection: condition true 0.3 s into the wait \
+             (unit_2s: 2 s)",
             a.secs,
             a.reps,
             load()
@@ -310,12 +324,20 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
                 continue;
             };
             let reps = |v: &[f64]| {
+                if v.is_empty() {
+                    return "-".to_owned();
+                }
                 v.iter()
                     .map(|x| format!("{x:.1}"))
                     .collect::<Vec<_>>()
                     .join("/")
             };
             let (hn, hr) = (median(n.host.clone()), median(r.host.clone()));
+            let ratio = if hn.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", hn.max(0.05) / hr.max(0.05))
+            };
             let det = if n.detection_ms.is_empty() {
                 "-".to_owned()
             } else {
@@ -327,10 +349,9 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
             };
             let _ = writeln!(
                 table,
-                "  {kind:13} {:>16} {:>16} {:>7.2} {:>16} {:>16} {det:>18}",
+                "  {kind:13} {:>16} {:>16} {ratio:>7} {:>16} {:>16} {det:>18}",
                 reps(&n.host),
                 reps(&r.host),
-                hn.max(0.05) / hr.max(0.05),
                 reps(&n.guest),
                 reps(&r.guest),
             );
@@ -375,16 +396,14 @@ type NeighbourTrials = (String, Vec<f64>, Vec<f64>);
 fn section_neighbour(a: &Args, table: &mut String) -> Value {
     let load0 = load();
     let dir = TestDir::new("bwnb");
-    let machines = tiny_machines(&dir, &["waiter", "neighbour"]);
     let script = test_script!("bench/waits_neighbour.py")
         .replace("@KINDS@", "\"port\", \"command\"")
-        .replace("@TRIALS@", &a.trials.to_string())
-        .replace("@WORK@", &NEIGHBOUR_WORK.to_string());
+        .replace("@TRIALS@", &a.trials.to_string());
     // Per schedule: kind -> (job seconds, noticed seconds) of every trial.
     let mut per: [Vec<NeighbourTrials>; 2] = [Vec::new(), Vec::new()];
     for rep in 0..a.reps {
         for (label, sched) in schedules(rep) {
-            let r = run_with_limit(ntd_command(&dir, &machines, &script, sched), LIMIT);
+            let r = run_debian(&dir, "waits-neighbour", &script, sched);
             let bench = bench_line(&format!("neighbour {label}"), &r);
             let slot = usize::from(label != "ntd");
             for (kind, v) in bench.as_object().unwrap_or_default() {
@@ -410,9 +429,9 @@ fn section_neighbour(a: &Args, table: &mut String) -> Value {
     };
     let _ = writeln!(
         table,
-        "\nneighbour: both guests pinned to one host CPU; the neighbour's job ({NEIGHBOUR_WORK} \
-         fork+execs, then a listener) while the other waits for its port ({} reps x {} trials, \
-         load {load0:.2}..{:.2})",
+        "\nneighbour: two Debian guests pinned to one host CPU; the server's boot to nginx \
+         active while the client waits for port 80 ({} reps x {} trials, load \
+         {load0:.2}..{:.2})",
         a.reps,
         a.trials,
         load()
@@ -543,14 +562,20 @@ fn main() {
     let machine = format!("{cores} cores, {cpu}; guests under TCG");
     let mut table = format!("ntd waits bench ({machine}; ratios are ntd / reference)\n");
     let mut json = vec![("machine".to_owned(), Value::from(machine.as_str()))];
-    if wanted("cpu") {
-        json.push(("cpu".to_owned(), section_cpu(&args, &mut table)));
-    }
-    if wanted("neighbour") {
-        json.push(("neighbour".to_owned(), section_neighbour(&args, &mut table)));
-    }
-    if wanted("parallel") {
-        json.push(("parallel".to_owned(), section_parallel(&args, &mut table)));
+    type Section = fn(&Args, &mut String) -> Value;
+    let sections: [(&str, Section); 3] = [
+        ("cpu", section_cpu),
+        ("neighbour", section_neighbour),
+        ("parallel", section_parallel),
+    ];
+    for (name, section) in sections {
+        if wanted(name) {
+            // Each section's table as soon as it is done (a long run shows progress).
+            let mut part = String::new();
+            json.push((name.to_owned(), section(&args, &mut part)));
+            eprint!("{part}");
+            table.push_str(&part);
+        }
     }
     print!("{table}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-waits.json");

@@ -40,7 +40,7 @@ fn passes(dir: &TestDir, r: &RunResult) {
 fn port_waits_remote_local_and_late_match_nc() {
     let (dir, r) = server_and_client(
         "wport",
-        test_script!("waits/ports_remote_local_and_late_match_nc.py"),
+        test_script!("waits/port_waits_remote_local_and_late_match_nc.py"),
     );
     passes(&dir, &r);
     for line in [
@@ -95,11 +95,13 @@ fn reference_schedule_runs_the_same_waits() {
 fn unit_waits_follow_failures_restarts_aliases_and_poll_without_events() {
     let dir = TestDir::new("wunit");
     let mut cmd = Command::new(repo().join("ci/run-test"));
-    cmd.arg(repo().join("tests/scripts/waits/units"))
-        .env("NTD", NTD)
-        .env("TMPDIR", &dir.path)
-        .env("NTD_COLOR", "never")
-        .stdin(Stdio::null());
+    cmd.arg(repo().join(
+        "tests/scripts/waits/unit_waits_follow_failures_restarts_aliases_and_poll_without_events",
+    ))
+    .env("NTD", NTD)
+    .env("TMPDIR", &dir.path)
+    .env("NTD_COLOR", "never")
+    .stdin(Stdio::null());
     let r = run_with_limit(cmd, Duration::from_secs(420));
     eprintln!(
         "units: exit {:?} in {:.1} s",

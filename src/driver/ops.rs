@@ -127,10 +127,10 @@ impl Driver {
                 let schedule = Schedule::from_env();
                 let req = ShellRequest::Wait {
                     check: Box::new(condition.guest_check(schedule)),
-                    spec: WaitSpec {
+                    spec: Box::new(WaitSpec {
                         budget_secs: budget.as_secs_f64(),
                         pacing: Pacing::new(schedule, age),
-                    },
+                    }),
                 };
                 self.shell_op(&machine, req, Some(condition), true)
             }

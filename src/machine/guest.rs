@@ -122,13 +122,12 @@ __ntd_rt() {
 /// - An attempt evaluates its *guard* in the loop's own shell (bash builtins only, no fork:
 ///   `[ -e ]`, a `/dev/tcp` connect through `__ntd_port`) and, if that passed, runs its
 ///   *command* in a subshell. Only an attempt that forked reports itself (`A` marker: its
-///   output is not the wait's) and has a CPU cost: the guest's busy time (`/proc/stat`, 10 ms
-///   ticks) since the previous reading, so that nothing is lost to rounding and everything
-///   the attempt made others do counts (PID 1 answering `systemctl`, the console copier);
-///   wall time where `/proc` is missing.
+///   output is not the wait's) and has a CPU cost (see [`super::waits::Pacing`]), read from
+///   `/proc` in 10 ms ticks as the difference to the previous reading, so that nothing is
+///   lost to rounding; wall time where `/proc` is missing.
 /// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule, from the pacing
-///   argument (`age min max_age divisor young_us k_young k_old k_watched`, microseconds;
-///   `k = 0`: no cost term, the reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the
+///   argument (`age min max_age divisor young_us k_young k_old k_watched own%`,
+///   microseconds; `k = 0`: no cost term, the reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the
 ///   watchdog's, which only ever carries `fired`: then the wait is over anyway) or on fd 4,
 ///   a unit watcher, so pausing costs no fork.
 /// - A unit wait starts, after its first failed check, a watcher: `busctl monitor` of the
@@ -153,54 +152,62 @@ __ntd_port() {
   fi
 }
 __ntd_cpu() {
-  local -a __ntd_a
-  read -r -a __ntd_a </proc/stat || return
-  __ntd_u=$(( __ntd_a[1] + __ntd_a[2] + __ntd_a[3] + __ntd_a[6] + __ntd_a[7] + __ntd_a[8] ))
+  local -a __ntd_a __ntd_b __ntd_i
+  read -r -a __ntd_a </proc/stat && read -r -a __ntd_b </proc/$BASHPID/stat && read -r -a __ntd_i </proc/1/stat || return
+  (( __ntd_u = __ntd_a[1] + __ntd_a[2] + __ntd_a[3] + __ntd_a[6] + __ntd_a[7] + __ntd_a[8],
+     __ntd_y = __ntd_b[13] + __ntd_b[14] + __ntd_b[15] + __ntd_b[16] + __ntd_i[13] + __ntd_i[14] ))
 }
 __ntd_unitsrc() {
-  local __ntd_p
-  __ntd_p=$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager LoadUnit s "$1" 2>/dev/null) || exit
+  local __ntd_p __ntd_m="type='signal',sender='org.freedesktop.systemd1'"
+  __ntd_p=$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+    org.freedesktop.systemd1.Manager LoadUnit s "$1" 2>/dev/null) || exit
   __ntd_p=${__ntd_p#*\"}
-  exec busctl --json=short monitor --match "type='signal',sender='org.freedesktop.systemd1',path='${__ntd_p%\"}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',arg0='org.freedesktop.systemd1.Unit'" --match "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='StartupFinished'" 2>&1
+  exec busctl --json=short monitor 2>&1 \
+    --match "$__ntd_m,path='${__ntd_p%\"}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',arg0='org.freedesktop.systemd1.Unit'" \
+    --match "$__ntd_m,interface='org.freedesktop.systemd1.Manager',member='StartupFinished'"
 }
 __ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_k __ntd_x __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_e=7 __ntd_wp=
+  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_k __ntd_x __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp=
   local -a __ntd_q=($8)
   __ntd_t1=${EPOCHREALTIME/./}
-  __ntd_d=$(( __ntd_t1 + $4 ))
-  __ntd_t0=$(( __ntd_t1 - __ntd_q[0] ))
+  (( __ntd_d = __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
   __ntd_cpu
   while :; do
-    __ntd_r=0 __ntd_s=0 __ntd_ts=${EPOCHREALTIME/./}
+    __ntd_r=0 __ntd_s=0
     if [[ $__ntd_g ]]; then { eval "$__ntd_g"; } 2>/dev/null; __ntd_s=$?; fi
-    if (( __ntd_s == 0 )) && [[ $__ntd_c ]]; then
+    if [[ $__ntd_c ]] && (( !__ntd_s )); then
+      __ntd_ts=${EPOCHREALTIME/./}
       ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4<&- 5<&- 7<&-
       __ntd_s=$? __ntd_r=1
     fi
-    if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
-    (( $7 > 0 && __ntd_s >= $7 )) && break
+    (( (__ntd_w ? __ntd_s : !__ntd_s) || ($7 && __ntd_s >= $7) )) && break
     __ntd_t1=${EPOCHREALTIME/./}
     (( __ntd_t1 >= __ntd_d )) && break
-    (( __ntd_r )) && printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-    __ntd_p=$(( (__ntd_t1 - __ntd_t0) / __ntd_q[3] ))
-    (( __ntd_p < __ntd_q[1] )) && __ntd_p=${__ntd_q[1]}
-    (( __ntd_p > __ntd_q[2] )) && __ntd_p=${__ntd_q[2]}
-    if (( __ntd_t1 - __ntd_t0 < __ntd_q[4] )); then __ntd_k=${__ntd_q[5]}; elif (( __ntd_e == 4 )); then __ntd_k=${__ntd_q[7]}; else __ntd_k=${__ntd_q[6]}; fi
-    if (( __ntd_r && __ntd_k )); then
-      __ntd_o=$__ntd_u
-      if __ntd_cpu; then __ntd_x=$(( (__ntd_u - __ntd_o) * 10000 )); else __ntd_x=$(( __ntd_t1 - __ntd_ts )); fi
-      (( __ntd_x * __ntd_k > __ntd_p )) && __ntd_p=$(( __ntd_x * __ntd_k ))
+    (( __ntd_p = (__ntd_t1 - __ntd_t0) / __ntd_q[3],
+       __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p ))
+    if (( __ntd_r )); then
+      printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+      (( __ntd_k = __ntd_t1 - __ntd_t0 < __ntd_q[4] ? __ntd_q[5] : __ntd_e == 4 ? __ntd_q[7] : __ntd_q[6] ))
+      __ntd_o=$__ntd_u __ntd_z=$__ntd_y
+      if __ntd_cpu; then
+        (( __ntd_x = __ntd_u - __ntd_o, __ntd_z = (__ntd_y - __ntd_z) * __ntd_q[8] / 100,
+           __ntd_x = (__ntd_x < __ntd_z ? __ntd_x : __ntd_z) * 10000 ))
+      else
+        (( __ntd_x = __ntd_t1 - __ntd_ts ))
+      fi
+      (( __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
     fi
     if [[ $9 && ! $__ntd_wp ]]; then
       exec 4< <(exec 3>&- 7<&-; __ntd_unitsrc "$9" | grep --line-buffered -o -e '^Monitoring' -e StartupFinished -e '"ActiveState":{"type":"s","data":"[a-z-]*"}' 2>/dev/null)
       __ntd_wp=$! __ntd_e=4
     fi
-    (( __ntd_t1 + __ntd_p > __ntd_d )) && __ntd_p=$(( __ntd_d - __ntd_t1 ))
-    __ntd_x=$(( __ntd_t1 + __ntd_p ))
+    (( __ntd_p = __ntd_t1 + __ntd_p > __ntd_d ? __ntd_d - __ntd_t1 : __ntd_p, __ntd_x = __ntd_t1 + __ntd_p ))
     while (( __ntd_p > 0 )); do
       printf -v __ntd_f '%d.%06d' $(( __ntd_p / 1000000 )) $(( __ntd_p % 1000000 ))
-      if (( __ntd_e == 4 )); then
-        if read -t "$__ntd_f" -u 4 __ntd_v; then
+      read -t "$__ntd_f" -u $__ntd_e __ntd_v 2>/dev/null
+      case $?,$__ntd_e in
+        0,7) exit 124 ;;
+        0,4)
           [[ $__ntd_v == [MS]* ]] && break
           __ntd_v=${__ntd_v%\"*}
           __ntd_v=${__ntd_v##*\"}
@@ -208,19 +215,12 @@ __ntd_loop() {
             [[ $__ntd_v == "${__ntd_m#s}" ]] && { __ntd_s=0; break 2; }
           else
             case $__ntd_v in active) __ntd_s=0; break 2 ;; failed) __ntd_s=$7; break 2 ;; inactive) break ;; esac
-          fi
-        elif (( $? > 128 )); then
-          break
-        else
-          exec 4<&-
-          __ntd_e=7
-        fi
-      else
-        read -t "$__ntd_f" -u 7 __ntd_v
-        case $? in 0) exit 124 ;; 1) sleep "$__ntd_f" ;; esac
-        break
-      fi
-      __ntd_p=$(( __ntd_x - ${EPOCHREALTIME/./} ))
+          fi ;;
+        1,4) exec 4<&-; __ntd_e=7 ;;
+        1,7) sleep "$__ntd_f"; break ;;
+        *) break ;;
+      esac
+      (( __ntd_p = __ntd_x - ${EPOCHREALTIME/./} ))
     done
   done
   [[ $__ntd_wp ]] && { exec 4<&-; __ntd_kill "$__ntd_wp"; }
@@ -426,7 +426,7 @@ pub fn encode_wait(
     shell_quote(&check.command, &mut line);
     let _ = write!(
         line,
-        " {} '{} {} {} {} {} {} {} {}' ",
+        " {} '{} {} {} {} {} {} {} {} {}' ",
         check.fatal_status,
         p.age_us,
         p.min_us.max(1000),
@@ -435,7 +435,8 @@ pub fn encode_wait(
         p.young_us,
         p.young_factor,
         p.old_factor,
-        p.watched_factor
+        p.watched_factor,
+        p.own_cost_percent
     );
     shell_quote(unit, &mut line);
     line.push(' ');
@@ -481,7 +482,7 @@ mod tests {
         assert_eq!(
             line,
             "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
-             '250000 20000 1000000 20 1000000 3 19 79' '' 'u'\n"
+             '250000 20000 1000000 20 1000000 3 24 99 250' '' 'u'\n"
         );
         let unit = GuestCheck {
             guard: String::new(),
@@ -500,7 +501,7 @@ mod tests {
         let line = encode_wait(N, &unit, spec).unwrap();
         assert!(
             line.ends_with(
-                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0' 'a.service' 'sfailed'\n"
+                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250' 'a.service' 'sfailed'\n"
             ),
             "{line}"
         );

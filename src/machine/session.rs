@@ -30,10 +30,10 @@ pub enum ShellRequest {
         timeout: Option<f64>,
     },
     /// Run `check` repeatedly inside the guest until it holds, paced as `spec` says.
-    /// (Boxed: a check holds several strings, and requests wait inside every pending op.)
+    /// (Boxed: both are large, and requests wait inside every pending op.)
     Wait {
         check: Box<GuestCheck>,
-        spec: WaitSpec,
+        spec: Box<WaitSpec>,
     },
 }
 
@@ -67,7 +67,8 @@ pub struct ShellResult {
     pub output: Vec<u8>,
     /// Output bytes dropped beyond [`shell::MAX_OUTPUT`].
     pub truncated: usize,
-    /// Failed attempts of a guest-side wait loop.
+    /// Failed attempts of a guest-side wait loop that forked (builtin-only attempts, such as
+    /// a `/dev/tcp` connect, are not reported one by one).
     pub attempts: u32,
     /// False when a wait's `timeout` wrapper had to stop a hanging attempt.
     pub looped: bool,
@@ -311,7 +312,7 @@ impl ShellSession {
         let nonce = self.nonces.next_nonce();
         let mut line = match req {
             ShellRequest::Run { command, timeout } => guest::encode_run(&nonce, command, *timeout),
-            ShellRequest::Wait { check, spec } => guest::encode_wait(&nonce, check, *spec),
+            ShellRequest::Wait { check, spec } => guest::encode_wait(&nonce, check, **spec),
         }
         .map_err(SessionError::Encode)?;
         if req.is_wait() && !self.sent_waits {
@@ -582,10 +583,10 @@ mod tests {
                 fatal_status: 0,
                 watch: None,
             }),
-            spec: WaitSpec {
+            spec: Box::new(WaitSpec {
                 budget_secs: 1.0,
                 pacing: Pacing::new(Schedule::Budget, std::time::Duration::ZERO),
-            },
+            }),
         }
     }
 

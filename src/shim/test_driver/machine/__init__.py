@@ -69,15 +69,15 @@ def _fmt_seconds(secs: float) -> str:
 
 
 #: `retry` counts a callable's wall-clock time as its cost (it cannot tell guest work from
-#: host work such as OCR), so a slow callable would pause for 19 times as long; this bounds
-#: that pause. Callables that take longer than this / 19 (0.26 s) use more than 5 %.
+#: host work such as OCR), so a slow callable would pause for 24 times as long; this bounds
+#: that pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
 RETRY_MAX_COST_PAUSE_SECONDS = 5.0
 
 
 def _retry_pause(age: float, cost: float) -> float:
     """The wait schedule (`machine::waits::Pacing`): a pause that grows with the wait's age
     (at most a twentieth of it, 20 ms .. 1 s) and with the attempt's cost (3 x cost while the
-    wait is younger than a second, 25 % of a CPU; then 19 x cost, 5 %)."""
+    wait is younger than a second, 25 % of a CPU; then 24 x cost, 4 %)."""
     if os.environ.get("NTD_WAIT_SCHEDULE") == "reference":
         return WAIT_REFERENCE_INTERVAL_SECONDS
     floor = min(max(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE_SECONDS), WAIT_MAX_AGE_PAUSE_SECONDS)
