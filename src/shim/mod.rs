@@ -118,6 +118,8 @@ WAIT_YOUNG_PHASE_SECONDS = {}
 WAIT_YOUNG_SHARE_PERCENT = {}
 WAIT_OLD_SHARE_PERCENT = {}
 WAIT_REFERENCE_INTERVAL_SECONDS = {}
+#: The environment variable that selects the reference schedule (a bench knob).
+WAIT_SCHEDULE_ENV = "{}"
 "#,
         secs(ops::DEFAULT_TIMEOUT),
         secs(ops::DEFAULT_QMP_EVENT_TIMEOUT),
@@ -131,6 +133,7 @@ WAIT_REFERENCE_INTERVAL_SECONDS = {}
         waits::YOUNG_SHARE_PERCENT,
         waits::OLD_SHARE_PERCENT,
         secs(waits::REFERENCE_INTERVAL),
+        waits::SCHEDULE_ENV,
     )
 }
 

@@ -32,6 +32,7 @@ from test_driver._constants import (
     WAIT_MIN_PAUSE_SECONDS,
     WAIT_OLD_SHARE_PERCENT,
     WAIT_REFERENCE_INTERVAL_SECONDS,
+    WAIT_SCHEDULE_ENV,
     WAIT_YOUNG_PHASE_SECONDS,
     WAIT_YOUNG_SHARE_PERCENT,
 )
@@ -78,7 +79,7 @@ def _retry_pause(age: float, cost: float) -> float:
     """The wait schedule (`machine::waits::Pacing`): a pause that grows with the wait's age
     (at most a twentieth of it, 20 ms .. 1 s) and with the attempt's cost (3 x cost while the
     wait is younger than a second, 25 % of a CPU; then 24 x cost, 4 %)."""
-    if os.environ.get("NTD_WAIT_SCHEDULE") == "reference":
+    if os.environ.get(WAIT_SCHEDULE_ENV) == "reference":
         return WAIT_REFERENCE_INTERVAL_SECONDS
     floor = min(max(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE_SECONDS), WAIT_MAX_AGE_PAUSE_SECONDS)
     share = WAIT_YOUNG_SHARE_PERCENT if age < WAIT_YOUNG_PHASE_SECONDS else WAIT_OLD_SHARE_PERCENT
