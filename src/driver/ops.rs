@@ -8,10 +8,10 @@ use crate::json::{obj, Value};
 use crate::machine::guest::{format_seconds, WaitSpec};
 use crate::machine::qemu;
 use crate::machine::session::ShellRequest;
-use crate::machine::waits::WaitCondition;
+use crate::machine::waits::{Pacing, Schedule, WaitCondition};
 use crate::machine::{self, Machine, Phase};
 use crate::reactor::Ctx;
-use crate::rpc::ops::{Op, ShutdownKind, WAIT_MIN_INTERVAL};
+use crate::rpc::ops::{Op, ShutdownKind};
 use crate::rpc::{ErrorType, OpError};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -129,16 +129,15 @@ impl Driver {
                 machine,
                 condition,
                 budget,
+                age,
             } => {
-                let check = condition.guest_check();
+                let schedule = Schedule::from_env();
                 let req = ShellRequest::Wait {
-                    command: check.command,
-                    spec: WaitSpec {
-                        until_success: check.until_success,
+                    check: Box::new(condition.guest_check(schedule)),
+                    spec: Box::new(WaitSpec {
                         budget_secs: budget.as_secs_f64(),
-                        min_interval_us: WAIT_MIN_INTERVAL.as_micros() as u64,
-                        fatal_status: check.fatal_status,
-                    },
+                        pacing: Pacing::new(schedule, age),
+                    }),
                 };
                 self.shell_op(&machine, req, Some(condition), true)
             }

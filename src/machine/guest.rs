@@ -8,6 +8,7 @@
 //! cut into results by [`super::shell::ShellFraming`].
 
 use super::shell::NONCE_LEN;
+use super::waits::{GuestCheck, Pacing};
 use std::fmt::Write as _;
 
 /// The setup block sent once per shell (again after a reboot), before the first command.
@@ -116,38 +117,123 @@ __ntd_rt() {
 "#;
 
 /// Sent in front of the first wait (after [`SETUP_TIMEOUTS`]): `__ntd_loop` is the guest-side
-/// wait loop (pauses 3x an attempt's duration, at least the given interval, at most 0.5 s). It
-/// pauses with `read -t` on fd 7, which only ever carries the watchdog's `fired` (then the wait
-/// is over anyway), so pausing costs no fork.
-pub const SETUP_WAITS: &str = r#"__ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$2 __ntd_c=$4 __ntd_s __ntd_t0 __ntd_t1 __ntd_d __ntd_g __ntd_p __ntd_f
-  __ntd_d=$(( ${EPOCHREALTIME/./} + $3 ))
+/// wait loop (see [`super::waits`] for what an attempt is and the schedule it follows).
+///
+/// - An attempt evaluates its *guard* in the loop's own shell (bash builtins only, no fork:
+///   `[ -e ]`, a `/dev/tcp` connect through `__ntd_port`) and, if that passed, runs its
+///   *command* in a subshell. Only an attempt that forked reports itself (`A` marker: its
+///   output is not the wait's) and has a CPU cost (see [`super::waits::Pacing`]), read from
+///   `/proc` in 10 ms ticks as the difference to the previous reading, so that nothing is
+///   lost to rounding; wall time where `/proc` is missing.
+/// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule, from the pacing
+///   argument (`age min max_age divisor young_us k_young k_old k_watched own%`,
+///   microseconds; `k = 0`: no cost term, the reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the
+///   watchdog's, which only ever carries `fired`: then the wait is over anyway) or on fd 4,
+///   a unit watcher, so pausing costs no fork.
+/// - A unit wait starts, after its first failed check, a watcher: `busctl monitor` of the
+///   unit's `PropertiesChanged` signals (object path from `LoadUnit`, so aliases work), cut
+///   by `grep` to `Monitoring…` (subscribed: check now, closing the race with the first
+///   check), `StartupFinished` (the boot's jobs are done: check now, an inactive unit may
+///   have no jobs left) and `"ActiveState":…` lines. An event ends the wait (`active`, or
+///   the awaited state), fails it (`failed`: the fatal status) or triggers the full check
+///   (`inactive`: are jobs pending?). Polling continues underneath at a quarter of the old
+///   share (`k_watched`), since silence may also mean that no one subscribed to systemd's
+///   signals (logind does on every ordinary system). A watcher that cannot start (no
+///   busctl, no bus) ends its output: the loop polls at the full share.
+/// - bash without `/dev/tcp` (probed once, `__ntd_tcp`): `__ntd_port` runs `nc -z` instead.
+pub const SETUP_WAITS: &str = r#"__ntd_tcp=0
+[[ $( { : </dev/tcp/127.0.0.1/0; } 2>&1 ) == *connect:* ]] && __ntd_tcp=1
+__ntd_port() {
+  if (( __ntd_tcp )); then
+    : </dev/tcp/"$1"/"$2"
+  else
+    __ntd_r=1
+    nc -z "$1" "$2" <&5 >/dev/null
+  fi
+}
+__ntd_cpu() {
+  local -a __ntd_a __ntd_b __ntd_i
+  read -r -a __ntd_a </proc/stat && read -r -a __ntd_b </proc/$BASHPID/stat && read -r -a __ntd_i </proc/1/stat || return
+  (( __ntd_u = __ntd_a[1] + __ntd_a[2] + __ntd_a[3] + __ntd_a[6] + __ntd_a[7] + __ntd_a[8],
+     __ntd_y = __ntd_b[13] + __ntd_b[14] + __ntd_b[15] + __ntd_b[16] + __ntd_i[13] + __ntd_i[14] ))
+}
+__ntd_unitsrc() {
+  local __ntd_p __ntd_m="type='signal',sender='org.freedesktop.systemd1'"
+  __ntd_p=$(busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+    org.freedesktop.systemd1.Manager LoadUnit s "$1" 2>/dev/null) || exit
+  __ntd_p=${__ntd_p#*\"}
+  exec busctl --json=short monitor 2>&1 \
+    --match "$__ntd_m,path='${__ntd_p%\"}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',arg0='org.freedesktop.systemd1.Unit'" \
+    --match "$__ntd_m,interface='org.freedesktop.systemd1.Manager',member='StartupFinished'"
+}
+__ntd_loop() {
+  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_k __ntd_x __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp=
+  local -a __ntd_q=($8)
+  __ntd_t1=${EPOCHREALTIME/./}
+  (( __ntd_d = __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
+  __ntd_cpu
   while :; do
-    __ntd_t0=${EPOCHREALTIME/./}
-    ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 7<&-
-    __ntd_s=$?
-    if (( __ntd_w ? __ntd_s != 0 : __ntd_s == 0 )); then break; fi
-    (( $6 > 0 && __ntd_s >= $6 )) && break
+    __ntd_r=0 __ntd_s=0
+    if [[ $__ntd_g ]]; then { eval "$__ntd_g"; } 2>/dev/null; __ntd_s=$?; fi
+    if [[ $__ntd_c ]] && (( !__ntd_s )); then
+      __ntd_ts=${EPOCHREALTIME/./}
+      ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4<&- 5<&- 7<&-
+      __ntd_s=$? __ntd_r=1
+    fi
+    (( (__ntd_w ? __ntd_s : !__ntd_s) || ($7 && __ntd_s >= $7) )) && break
     __ntd_t1=${EPOCHREALTIME/./}
     (( __ntd_t1 >= __ntd_d )) && break
-    printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-    __ntd_g=$(( (__ntd_t1 - __ntd_t0) * 3 ))
-    (( __ntd_g < $5 )) && __ntd_g=$5
-    (( __ntd_g > 500000 )) && __ntd_g=500000
-    (( __ntd_t1 + __ntd_g > __ntd_d )) && __ntd_g=$(( __ntd_d - __ntd_t1 ))
-    printf -v __ntd_p '%d.%06d' $(( __ntd_g / 1000000 )) $(( __ntd_g % 1000000 ))
-    read -t "$__ntd_p" -u 7 __ntd_f 2>/dev/null
-    case $? in 0) exit 124 ;; 1) sleep "$__ntd_p" ;; esac
+    (( __ntd_p = (__ntd_t1 - __ntd_t0) / __ntd_q[3],
+       __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p ))
+    if (( __ntd_r )); then
+      printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+      (( __ntd_k = __ntd_t1 - __ntd_t0 < __ntd_q[4] ? __ntd_q[5] : __ntd_e == 4 ? __ntd_q[7] : __ntd_q[6] ))
+      __ntd_o=$__ntd_u __ntd_z=$__ntd_y
+      if __ntd_cpu; then
+        (( __ntd_x = __ntd_u - __ntd_o, __ntd_z = (__ntd_y - __ntd_z) * __ntd_q[8] / 100,
+           __ntd_x = (__ntd_x < __ntd_z ? __ntd_x : __ntd_z) * 10000 ))
+      else
+        (( __ntd_x = __ntd_t1 - __ntd_ts ))
+      fi
+      (( __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
+    fi
+    if [[ $9 && ! $__ntd_wp ]]; then
+      exec 4< <(exec 3>&- 7<&-; __ntd_unitsrc "$9" | grep --line-buffered -o -e '^Monitoring' -e StartupFinished -e '"ActiveState":{"type":"s","data":"[a-z-]*"}' 2>/dev/null)
+      __ntd_wp=$! __ntd_e=4
+    fi
+    (( __ntd_p = __ntd_t1 + __ntd_p > __ntd_d ? __ntd_d - __ntd_t1 : __ntd_p, __ntd_x = __ntd_t1 + __ntd_p ))
+    while (( __ntd_p > 0 )); do
+      printf -v __ntd_f '%d.%06d' $(( __ntd_p / 1000000 )) $(( __ntd_p % 1000000 ))
+      read -t "$__ntd_f" -u $__ntd_e __ntd_v 2>/dev/null
+      case $?,$__ntd_e in
+        0,7) exit 124 ;;
+        0,4)
+          [[ $__ntd_v == [MS]* ]] && break
+          __ntd_v=${__ntd_v%\"*}
+          __ntd_v=${__ntd_v##*\"}
+          if [[ $__ntd_m == s* ]]; then
+            [[ $__ntd_v == "${__ntd_m#s}" ]] && { __ntd_s=0; break 2; }
+          else
+            case $__ntd_v in active) __ntd_s=0; break 2 ;; failed) __ntd_s=$7; break 2 ;; inactive) break ;; esac
+          fi ;;
+        1,4) exec 4<&-; __ntd_e=7 ;;
+        1,7) sleep "$__ntd_f"; break ;;
+        *) break ;;
+      esac
+      (( __ntd_p = __ntd_x - ${EPOCHREALTIME/./} ))
+    done
   done
+  [[ $__ntd_wp ]] && { exec 4<&-; __ntd_kill "$__ntd_wp"; }
   printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
 __ntd_wait() {
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$7" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
+    ( printf '%s %s\n' "$BASHPID" "$2" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
     __ntd_s=$?
     __ntd_disarm
   else
-    timeout "$7" bash -c "$(declare -f __ntd_loop)"'
+    timeout "$2" bash -c "$(declare -f __ntd_loop __ntd_port __ntd_cpu __ntd_unitsrc __ntd_kill)
+__ntd_tcp=$__ntd_tcp"'
 __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
     __ntd_s=$?
   fi
@@ -293,46 +379,69 @@ pub const WAIT_GRACE_SECS: f64 = 0.5;
 /// Parameters of a guest-side wait loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WaitSpec {
-    /// Loop until the command succeeds (true) or fails (false).
-    pub until_success: bool,
     /// How long the loop may run before it stops by itself.
     pub budget_secs: f64,
-    /// Shortest pause between attempts; the loop pauses 3x an attempt's duration when longer.
-    pub min_interval_us: u64,
-    /// An attempt exiting with this status or higher ends the loop at once (a condition that
-    /// can no longer become true, e.g. a unit that failed); 0 disables it.
-    pub fatal_status: u8,
+    /// The pause rule between attempts.
+    pub pacing: Pacing,
 }
 
-/// The line that runs `command` repeatedly in the guest until it succeeds/fails or the budget
+/// The line that runs `check` repeatedly in the guest until it succeeds/fails or the budget
 /// is spent. The loop runs under the watchdog (budget + grace) so a hanging attempt cannot
-/// outlive the wait.
+/// outlive the wait:
+/// `_Nwait NONCE WRAPPER UNTIL BUDGET_US 'GUARD' 'COMMAND' FATAL 'PACING' 'UNIT' 'MODE'`.
 pub fn encode_wait(
     nonce: &[u8; NONCE_LEN],
-    command: &str,
+    check: &GuestCheck,
     spec: WaitSpec,
 ) -> Result<String, EncodeError> {
-    if command.contains('\0') {
+    let (unit, mode) = match &check.watch {
+        None => ("", "u".to_owned()),
+        Some(w) => (
+            w.unit.as_str(),
+            w.state
+                .as_ref()
+                .map_or_else(|| "u".to_owned(), |s| format!("s{s}")),
+        ),
+    };
+    if [check.guard.as_str(), &check.command, unit, &mode]
+        .iter()
+        .any(|s| s.contains('\0'))
+    {
         return Err(EncodeError::NulByte);
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let budget_us = (spec.budget_secs.max(0.0) * 1e6) as u64;
     // The watchdog fires only if an attempt hangs past the loop's own deadline.
     let wrapper = spec.budget_secs.max(0.0) + WAIT_GRACE_SECS;
-    let mut line = String::with_capacity(command.len() + 64);
+    let p = spec.pacing;
+    let mut line = String::with_capacity(check.command.len() + check.guard.len() + 96);
     let _ = write!(
         line,
-        "_Nwait {nonce} {} {budget_us} ",
-        if spec.until_success { 0 } else { 1 }
+        "_Nwait {nonce} {} {} {budget_us} ",
+        format_seconds((wrapper * 1000.0).round() / 1000.0),
+        if check.until_success { 0 } else { 1 }
     );
-    shell_quote(command, &mut line);
-    let _ = writeln!(
+    shell_quote(&check.guard, &mut line);
+    line.push(' ');
+    shell_quote(&check.command, &mut line);
+    let _ = write!(
         line,
-        " {} {} {}",
-        spec.min_interval_us.max(1000),
-        spec.fatal_status,
-        format_seconds((wrapper * 1000.0).round() / 1000.0)
+        " {} '{} {} {} {} {} {} {} {} {}' ",
+        check.fatal_status,
+        p.age_us,
+        p.min_us.max(1000),
+        p.max_age_us.max(p.min_us).max(1000),
+        p.age_divisor.max(1),
+        p.young_us,
+        p.young_factor,
+        p.old_factor,
+        p.watched_factor,
+        p.own_cost_percent
     );
+    shell_quote(unit, &mut line);
+    line.push(' ');
+    shell_quote(&mode, &mut line);
+    line.push('\n');
     Ok(line)
 }
 
@@ -355,18 +464,52 @@ mod tests {
     }
 
     #[test]
-    fn encode_wait_carries_budget_interval_and_wrapper() {
-        let spec = WaitSpec {
+    fn encode_wait_carries_the_check_the_budget_and_the_pacing() {
+        use super::super::waits::{Schedule, UnitWatch};
+        use std::time::Duration;
+        let check = GuestCheck {
+            guard: "[ -e '/x' ]".into(),
+            command: String::new(),
             until_success: false,
-            budget_secs: 1.5,
-            min_interval_us: 20_000,
             fatal_status: 0,
+            watch: None,
         };
-        let line = encode_wait(N, "test -e /x", spec).unwrap();
+        let spec = WaitSpec {
+            budget_secs: 1.5,
+            pacing: Pacing::new(Schedule::Budget, Duration::from_millis(250)),
+        };
+        let line = encode_wait(N, &check, spec).unwrap();
         assert_eq!(
             line,
-            "_Nwait 0123456789abcdef 1 1500000 'test -e /x' 20000 0 2.0\n"
+            "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
+             '250000 20000 1000000 20 1000000 3 24 99 250' '' 'u'\n"
         );
+        let unit = GuestCheck {
+            guard: String::new(),
+            command: "c".into(),
+            until_success: true,
+            fatal_status: 201,
+            watch: Some(UnitWatch {
+                unit: "a.service".into(),
+                state: Some("failed".into()),
+            }),
+        };
+        let spec = WaitSpec {
+            budget_secs: 900.0,
+            pacing: Pacing::new(Schedule::Reference, Duration::ZERO),
+        };
+        let line = encode_wait(N, &unit, spec).unwrap();
+        assert!(
+            line.ends_with(
+                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250' 'a.service' 'sfailed'\n"
+            ),
+            "{line}"
+        );
+        let nul = GuestCheck {
+            command: "a\0b".into(),
+            ..unit
+        };
+        assert_eq!(encode_wait(N, &nul, spec), Err(EncodeError::NulByte));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use super::guest::{self, SetupPart, WaitSpec};
 use super::shell::{self, NonceSource, ShellEvent, ShellFraming, NONCE_LEN};
+use super::waits::GuestCheck;
 use std::fmt;
 
 /// Frames at least this large are checked for bytes the virtio console dropped (below the
@@ -28,14 +29,19 @@ pub enum ShellRequest {
         command: String,
         timeout: Option<f64>,
     },
-    /// Run `command` repeatedly inside the guest until the condition of `spec` holds.
-    Wait { command: String, spec: WaitSpec },
+    /// Run `check` repeatedly inside the guest until it holds, paced as `spec` says.
+    /// (Boxed: both are large, and requests wait inside every pending op.)
+    Wait {
+        check: Box<GuestCheck>,
+        spec: Box<WaitSpec>,
+    },
 }
 
 impl ShellRequest {
     pub fn command(&self) -> &str {
         match self {
-            ShellRequest::Run { command, .. } | ShellRequest::Wait { command, .. } => command,
+            ShellRequest::Run { command, .. } => command,
+            ShellRequest::Wait { check, .. } => check.describe(),
         }
     }
 
@@ -61,7 +67,8 @@ pub struct ShellResult {
     pub output: Vec<u8>,
     /// Output bytes dropped beyond [`shell::MAX_OUTPUT`].
     pub truncated: usize,
-    /// Failed attempts of a guest-side wait loop.
+    /// Failed attempts of a guest-side wait loop that forked (builtin-only attempts, such as
+    /// a `/dev/tcp` connect, are not reported one by one).
     pub attempts: u32,
     /// False when a wait's `timeout` wrapper had to stop a hanging attempt.
     pub looped: bool,
@@ -305,7 +312,7 @@ impl ShellSession {
         let nonce = self.nonces.next_nonce();
         let mut line = match req {
             ShellRequest::Run { command, timeout } => guest::encode_run(&nonce, command, *timeout),
-            ShellRequest::Wait { command, spec } => guest::encode_wait(&nonce, command, *spec),
+            ShellRequest::Wait { check, spec } => guest::encode_wait(&nonce, check, **spec),
         }
         .map_err(SessionError::Encode)?;
         if req.is_wait() && !self.sent_waits {

@@ -50,6 +50,23 @@ fn run(cmd: &str) -> ShellRequest {
     }
 }
 
+fn wait_request(command: &str) -> ShellRequest {
+    use super::super::waits::{Pacing, Schedule};
+    ShellRequest::Wait {
+        check: Box::new(GuestCheck {
+            guard: String::new(),
+            command: command.into(),
+            until_success: true,
+            fatal_status: 0,
+            watch: None,
+        }),
+        spec: Box::new(WaitSpec {
+            budget_secs: 1.0,
+            pacing: Pacing::new(Schedule::Budget, std::time::Duration::ZERO),
+        }),
+    }
+}
+
 #[test]
 fn submit_before_sentinel_is_not_connected() {
     let (mut s, _) = session();
@@ -160,15 +177,7 @@ fn first_timed_run_and_first_wait_carry_their_setup_once() {
     assert!(!out.contains(guest::setup_text(SetupPart::Timeouts)));
     s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
     s.take_result().unwrap();
-    let wait = ShellRequest::Wait {
-        command: "test -e /x".into(),
-        spec: WaitSpec {
-            until_success: true,
-            budget_secs: 1.0,
-            min_interval_us: 20_000,
-            fatal_status: 0,
-        },
-    };
+    let wait = wait_request("test -e /x");
     s.submit(&wait).unwrap();
     let out = String::from_utf8(s.take_outbox()).unwrap();
     assert!(out.starts_with(guest::setup_text(SetupPart::Waits)));
@@ -260,15 +269,7 @@ fn dropped_output_is_fetched_again_in_pieces_and_recovered_byte_exact() {
 #[test]
 fn dropped_output_of_a_wait_is_reported_as_lost() {
     let (mut s, mut twin) = ready();
-    let wait = ShellRequest::Wait {
-        command: "noisy".into(),
-        spec: WaitSpec {
-            until_success: true,
-            budget_secs: 1.0,
-            min_interval_us: 20_000,
-            fatal_status: 0,
-        },
-    };
+    let wait = wait_request("noisy");
     s.submit(&wait).unwrap();
     s.take_outbox();
     let n = twin.next_nonce();

@@ -27,9 +27,10 @@
 //! console port), so after a large frame the machine asks how large the guest's spool of it is
 //! (`__ntd_count`, answered by `\x01C<nonce> <bytes>\x01`) and compares with what arrived;
 //! a loss is repaired from the spool or reported, never silently returned.
-//! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt with an
-//! `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`; a watchdog coprocess
-//! enforces timeouts, so neither a timed command nor a wait execs anything but the command.
+//! Waits loop inside the guest (`__ntd_wait`), reporting every failed attempt that forked
+//! with an `\x01A<nonce> <status>\x01` marker and the final one with `\x01D…`; a watchdog
+//! coprocess enforces timeouts, so neither a timed command nor a wait execs anything but the
+//! command (and, for a unit, its D-Bus watcher).
 //!
 //! This module is pure: it never touches a socket and never panics on what the guest sends.
 

@@ -1,13 +1,21 @@
-//! What each wait of the test API waits for, and how the guest checks it.
+//! What each wait of the test API waits for, how the guest checks it, and how often.
 //!
 //! A [`WaitCondition`] is what the test asked for (a file, a port, a unit, a command); its
-//! [`GuestCheck`] is the shell command one attempt of the guest-side wait loop runs, whether the
-//! loop waits for success or failure, and which exit statuses end the wait at once because the
-//! condition can no longer become true (a unit that failed). [`verdict`] turns the loop's final
-//! status into met / not yet / an error message with upstream's wording. This module is pure
-//! text; the loop itself is [`super::guest::SETUP_WAITS`].
+//! [`GuestCheck`] is what one attempt of the guest-side wait loop ([`super::guest::SETUP_WAITS`])
+//! runs: a *guard* evaluated in the loop's own shell (bash builtins only: `[ -e ]`, a
+//! `/dev/tcp` connect — no fork), then, if the guard passed, a *command* in a subshell
+//! (upstream's `set -euo pipefail` semantics), and for systemd units a D-Bus watcher whose
+//! state-change signals end the wait or trigger the next check. [`Pacing`] is the schedule
+//! between attempts: a CPU budget whose pause grows with the attempt's cost and the wait's
+//! age ([`Schedule::Budget`]), or upstream's one attempt a second for comparisons
+//! ([`Schedule::Reference`], selected by the bench knob [`SCHEDULE_ENV`]). [`verdict`]
+//! turns the loop's final status into met / not yet / an error message with upstream's
+//! wording. This module is pure text and arithmetic: it never touches the guest.
+//!
+//! [`verdict`]: WaitCondition::verdict
 
 use super::guest::shell_quote;
+use std::time::Duration;
 
 /// What a wait waits for.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,20 +47,189 @@ pub enum WaitCondition {
     X11,
 }
 
-/// One attempt of a wait, as the guest runs it.
+/// One attempt of a wait, as the guest runs it: `guard` in the loop's shell, then (if the
+/// guard succeeded) `command` in a subshell; the attempt's status is the first non-zero one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestCheck {
+    /// Evaluated in the wait loop's own shell: bash builtins and redirections only, so an
+    /// attempt costs no fork. Empty: none. It sets `_Nr=1` when it had to exec after all
+    /// (a bash without `/dev/tcp`), which puts the attempt under the CPU budget.
+    pub guard: String,
+    /// Run in a subshell with `set -euo pipefail`, stdout the wait's output. Empty: none.
     pub command: String,
-    /// Loop until the command succeeds (true) or fails (false).
+    /// Loop until the attempt succeeds (true) or fails (false).
     pub until_success: bool,
     /// An attempt exiting with this status or higher ends the loop at once; 0: never.
     pub fatal_status: u8,
+    /// Watch the unit's state changes on D-Bus between attempts.
+    pub watch: Option<UnitWatch>,
+}
+
+/// A systemd unit whose `PropertiesChanged` signals the wait loop follows (`busctl monitor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitWatch {
+    /// The unit's full name (`nginx` → `nginx.service`, as `systemctl` mangles it).
+    pub unit: String,
+    /// The `ActiveState` that ends the wait; `None`: `wait_for_unit`'s rules (`active` ends
+    /// it, `failed` is fatal, `inactive` triggers the full check).
+    pub state: Option<String>,
+}
+
+impl GuestCheck {
+    /// What the attempt runs, for logs and error messages.
+    pub fn describe(&self) -> &str {
+        if self.command.is_empty() {
+            &self.guard
+        } else {
+            &self.command
+        }
+    }
 }
 
 /// `wait_for_unit`'s attempt statuses beyond "not yet" (1).
 const UNIT_FAILED: i32 = 201;
 const UNIT_INACTIVE_IDLE: i32 = 202;
 const UNIT_QUERY_FAILED: i32 = 203;
+
+/// The environment variable that selects the wait schedule: `reference` makes every wait
+/// run upstream's command once a second ([`Schedule::Reference`]). A bench knob: it exists so
+/// that `benches/waits.rs` can compare both schedules through the same driver and guest.
+pub const SCHEDULE_ENV: &str = "NTD_WAIT_SCHEDULE";
+
+/// How long a wait counts as young: it may use [`YOUNG_SHARE_PERCENT`] of a vCPU.
+pub const YOUNG_PHASE: Duration = Duration::from_secs(1);
+/// The shortest pause between attempts: a young wait notices a condition within ~20 ms.
+pub const MIN_PAUSE: Duration = Duration::from_millis(20);
+/// The pause is at least the wait's age divided by this: noticing late costs at most 1/20 of
+/// the time already waited, and the number of attempts grows only with the logarithm of the
+/// wait's length. Under TCG one wakeup of the loop (timer interrupt, `read -t`, a builtin
+/// guard) costs the host 1–2 ms of CPU, a `/dev/tcp` connect ~2 ms (measured), so a
+/// guard-only wait stays below 4 % of a vCPU from its first second on and below 1 % after
+/// five.
+pub const AGE_DIVISOR: u32 = 20;
+/// The age-driven pause grows to this and no further: upstream's interval.
+pub const MAX_AGE_PAUSE: Duration = Duration::from_secs(1);
+/// The largest share of one guest vCPU a young wait's attempts may use (the pause is at least
+/// cost × (100/share − 1) = 3 × cost): fast enough to notice a command that turns true
+/// within the first second in ~50 ms.
+pub const YOUNG_SHARE_PERCENT: u32 = 25;
+/// The largest share of one guest vCPU a wait's attempts may use after [`YOUNG_PHASE`] (pause
+/// ≥ 24 × cost). The promise is 5 %; the guest's own accounting misses a little (the console
+/// copier's wakeups, emulation overhead on the host), hence the margin.
+pub const OLD_SHARE_PERCENT: u32 = 4;
+/// While a unit wait's D-Bus watcher runs, its polling (only a safety net for a bus where no
+/// one subscribed to systemd's signals: events carry the state) uses [`OLD_SHARE_PERCENT`]
+/// divided by this (1 %, pause ≥ 99 × cost).
+pub const WATCHED_SHARE_DIVISOR: u32 = 4;
+/// An attempt's cost is at most this share of the CPU its own processes and PID 1 used. On an
+/// otherwise idle guest the guest's busy time during an attempt that execs is up to ~2.3
+/// times what its processes are charged (interrupts, the console copier, exec and exit work
+/// charged to no process; measured with benches/waits.rs: at 150 % a `grep` wait used 6 %
+/// instead of 4 %), so on an idle guest the busy time decides; on a busy one (booting) this
+/// bound does.
+pub const OWN_COST_PERCENT: u32 = 250;
+/// Upstream's `retry`: one attempt, then a one-second sleep.
+pub const REFERENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Upstream's `execute` timeout, which every attempt of its waits carries (`timeout 900.0`).
+const REFERENCE_ATTEMPT_TIMEOUT: &str = "900.0";
+
+/// Which schedule waits follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// The CPU budget (the default): builtin guards, unit events, pauses that grow with the
+    /// attempt's cost and the wait's age.
+    Budget,
+    /// Upstream's per-attempt guest work (`timeout 900.0 bash -c '…' | (base64 -w 0; echo)`,
+    /// plus a `base64 -d` so that the output still comes back) once a second, no guards, no
+    /// events. A bench knob: it exists so that both schedules run through the same driver
+    /// and guest in one run.
+    Reference,
+}
+
+impl Schedule {
+    /// The schedule [`SCHEDULE_ENV`] selects (read once per run).
+    pub fn from_env() -> Schedule {
+        use std::sync::OnceLock;
+        static SCHEDULE: OnceLock<Schedule> = OnceLock::new();
+        *SCHEDULE.get_or_init(|| match std::env::var(SCHEDULE_ENV).as_deref() {
+            Ok("reference") => Schedule::Reference,
+            _ => Schedule::Budget,
+        })
+    }
+}
+
+/// The pause rule the guest loop applies after a failed attempt (times in microseconds):
+///
+/// ```text
+/// pause = max( clamp(age / age_divisor, min_us, max_age_us),  factor(age) × cost )
+/// factor(age) = young_factor while age < young_us,
+///               else watched_factor while a unit watcher runs, else old_factor
+/// ```
+///
+/// where cost is the CPU time the attempt used: the guest's busy time while it ran (all
+/// vCPUs, `/proc/stat`: the attempt's own work and what it made others do — PID 1 answering
+/// `systemctl`, the console copier, the kernel), but at most `own_cost_percent` of what the
+/// attempt's processes and PID 1 used (`/proc/<pid>/stat`), so that a guest busy with other
+/// work (booting) does not make its waits poll less. Only attempts that forked are measured;
+/// builtin-only attempts pause the age-driven minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// How long the wait has run already (earlier slices of the same wait).
+    pub age_us: u64,
+    pub min_us: u64,
+    pub max_age_us: u64,
+    pub age_divisor: u32,
+    pub young_us: u64,
+    pub young_factor: u32,
+    pub old_factor: u32,
+    pub watched_factor: u32,
+    pub own_cost_percent: u32,
+}
+
+impl Pacing {
+    /// The pacing of `schedule` for a wait that began `age` ago.
+    pub fn new(schedule: Schedule, age: Duration) -> Pacing {
+        let us = |d: Duration| d.as_micros() as u64;
+        let factor = |share: u32| 100 / share - 1;
+        match schedule {
+            Schedule::Budget => Pacing {
+                age_us: us(age),
+                min_us: us(MIN_PAUSE),
+                max_age_us: us(MAX_AGE_PAUSE),
+                age_divisor: AGE_DIVISOR,
+                young_us: us(YOUNG_PHASE),
+                young_factor: factor(YOUNG_SHARE_PERCENT),
+                old_factor: factor(OLD_SHARE_PERCENT),
+                watched_factor: 100 * WATCHED_SHARE_DIVISOR / OLD_SHARE_PERCENT - 1,
+                own_cost_percent: OWN_COST_PERCENT,
+            },
+            Schedule::Reference => Pacing {
+                age_us: us(age),
+                min_us: us(REFERENCE_INTERVAL),
+                max_age_us: us(REFERENCE_INTERVAL),
+                age_divisor: 1,
+                young_us: 0,
+                young_factor: 0,
+                old_factor: 0,
+                watched_factor: 0,
+                own_cost_percent: OWN_COST_PERCENT,
+            },
+        }
+    }
+
+    /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait: the rule
+    /// the guest loop applies, stated once more for the tests.
+    #[cfg(test)]
+    pub fn pause_us(&self, age_us: u64, cost_us: u64) -> u64 {
+        let floor = (age_us / u64::from(self.age_divisor)).clamp(self.min_us, self.max_age_us);
+        let factor = if age_us < self.young_us {
+            self.young_factor
+        } else {
+            self.old_factor
+        };
+        floor.max(cost_us * u64::from(factor))
+    }
+}
 
 /// How the final status of a wait loop reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,71 +264,173 @@ fn quoted(s: &str) -> String {
     q
 }
 
+/// A path that means the same quoted or not: no expansion, globbing or word splitting.
+fn is_plain_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('~')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b))
+}
+
+/// An address bash's `/dev/tcp/ADDR/PORT` takes as is (a host name or an IP literal).
+fn is_plain_address(addr: &str) -> bool {
+    !addr.is_empty()
+        && addr
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// Unit types `systemctl` recognises as a name's suffix.
+const UNIT_SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+];
+
+/// The unit's full name as `systemctl` mangles it (`nginx` → `nginx.service`), or `None`
+/// when it is not a plain unit name (a path, a glob): such waits poll without a watcher.
+pub fn full_unit_name(unit: &str) -> Option<String> {
+    let valid = !unit.is_empty()
+        && unit.len() <= 255
+        && unit
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
+    if !valid {
+        return None;
+    }
+    let typed = unit
+        .rsplit_once('.')
+        .is_some_and(|(stem, suffix)| !stem.is_empty() && UNIT_SUFFIXES.contains(&suffix));
+    Some(if typed {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    })
+}
+
 impl WaitCondition {
-    /// The guest-side check of this condition.
-    pub fn guest_check(&self) -> GuestCheck {
-        let until = |command: String, until_success: bool| GuestCheck {
-            command,
-            until_success,
-            fatal_status: 0,
-        };
+    /// Upstream's command for one attempt (what `retry` runs once a second upstream).
+    fn upstream_command(&self) -> String {
         match self {
-            WaitCondition::Command {
-                command,
-                until_success,
-            } => until(command.clone(), *until_success),
-            WaitCondition::File { path } => until(format!("test -e {path}"), true),
-            WaitCondition::Port { addr, port, open } => {
-                until(format!("nc -z {} {port}", quoted(addr)), *open)
-            }
+            WaitCondition::Command { command, .. } => command.clone(),
+            WaitCondition::File { path } => format!("test -e {path}"),
+            WaitCondition::Port { addr, port, .. } => format!("nc -z {} {port}", quoted(addr)),
             WaitCondition::UnixSocket { path, datagram } => {
                 let flags = if *datagram { "-uU" } else { "-U" };
-                until(format!("nc -z {flags} {}", quoted(path)), true)
+                format!("nc -z {flags} {}", quoted(path))
             }
             WaitCondition::Unit { unit, user } => {
                 let sc = systemctl(user.as_deref());
                 let q = quoted(unit);
-                GuestCheck {
-                    command: format!(
-                        "s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
-                         case \"$s\" in active) exit 0;; failed) exit {UNIT_FAILED};; inactive) \
-                         if {sc} list-jobs --full 2>&1 | grep -q 'No jobs'; then \
-                         s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
-                         [ \"$s\" = inactive ] && exit {UNIT_INACTIVE_IDLE}; fi; exit 1;; *) exit 1;; esac"
-                    ),
-                    until_success: true,
-                    fatal_status: UNIT_FAILED as u8,
-                }
-            }
-            WaitCondition::UnitState { unit, state, user } => until(
                 format!(
-                    "[ \"$({} --no-pager show {} --property=ActiveState --value)\" = {} ]",
-                    systemctl(user.as_deref()),
-                    quoted(unit),
-                    quoted(state)
-                ),
-                true,
+                    "s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                     case \"$s\" in active) exit 0;; failed) exit {UNIT_FAILED};; inactive) \
+                     if {sc} list-jobs --full 2>&1 | grep -q 'No jobs'; then \
+                     s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                     [ \"$s\" = inactive ] && exit {UNIT_INACTIVE_IDLE}; fi; exit 1;; *) exit 1;; esac"
+                )
+            }
+            WaitCondition::UnitState { unit, state, user } => format!(
+                "[ \"$({} --no-pager show {} --property=ActiveState --value)\" = {} ]",
+                systemctl(user.as_deref()),
+                quoted(unit),
+                quoted(state)
             ),
-            WaitCondition::X11 => until(
-                "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q \"Reached target Current graphical\" \
+            WaitCondition::X11 => "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q \"Reached target Current graphical\" \
                  && [ -e /tmp/.X11-unix/X0 ]"
-                    .into(),
-                true,
-            ),
+                .into(),
         }
+    }
+
+    fn until_success(&self) -> bool {
+        match self {
+            WaitCondition::Command { until_success, .. } => *until_success,
+            WaitCondition::Port { open, .. } => *open,
+            _ => true,
+        }
+    }
+
+    fn fatal_status(&self) -> u8 {
+        match self {
+            WaitCondition::Unit { .. } => UNIT_FAILED as u8,
+            _ => 0,
+        }
+    }
+
+    /// The guest-side check of this condition under `schedule`.
+    pub fn guest_check(&self, schedule: Schedule) -> GuestCheck {
+        let mut check = GuestCheck {
+            guard: String::new(),
+            command: self.upstream_command(),
+            until_success: self.until_success(),
+            fatal_status: self.fatal_status(),
+            watch: None,
+        };
+        if schedule == Schedule::Reference {
+            let mut inner = String::from("set -euo pipefail; ");
+            inner.push_str(&check.command);
+            check.command = format!(
+                "timeout {REFERENCE_ATTEMPT_TIMEOUT} bash -c {} | (base64 -w 0; echo) | base64 -d",
+                quoted(&inner)
+            );
+            return check;
+        }
+        match self {
+            WaitCondition::File { path } if is_plain_path(path) => {
+                check.guard = format!("[ -e {} ]", quoted(path));
+                check.command.clear();
+            }
+            WaitCondition::Port { addr, port, .. }
+                if is_plain_address(addr) && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                // `_Nport` connects with bash's /dev/tcp (exactly `nc -z`: success ⇔ a TCP
+                // connect to one of the addresses succeeds), or runs `nc -z` where bash
+                // has no /dev/tcp.
+                check.guard = format!("_Nport {addr} {port}");
+                check.command.clear();
+            }
+            WaitCondition::UnixSocket { path, .. } => {
+                // bash cannot connect a unix socket; it can see that there is none yet.
+                check.guard = format!("[ -S {} ]", quoted(path));
+            }
+            WaitCondition::Unit { unit, user: None } => {
+                check.watch = full_unit_name(unit).map(|unit| UnitWatch { unit, state: None });
+            }
+            WaitCondition::UnitState {
+                unit,
+                state,
+                user: None,
+            } => {
+                check.watch = full_unit_name(unit).map(|unit| UnitWatch {
+                    unit,
+                    state: Some(state.clone()),
+                });
+            }
+            _ => {}
+        }
+        check
     }
 
     /// Read the final status of a wait loop. `looped` is false when the watchdog had to stop
     /// a hanging attempt (then the status is the watchdog's 124).
     pub fn verdict(&self, status: i32, looped: bool) -> Verdict {
-        let check = self.guest_check();
         if !looped {
             return Verdict::NotYet;
         }
-        if (status == 0) == check.until_success {
+        if (status == 0) == self.until_success() {
             return Verdict::Met;
         }
-        if check.fatal_status == 0 || status < i32::from(check.fatal_status) {
+        let fatal = self.fatal_status();
+        if fatal == 0 || status < i32::from(fatal) {
             return Verdict::NotYet;
         }
         let WaitCondition::Unit { unit, user } = self else {
@@ -179,31 +458,179 @@ impl WaitCondition {
 mod tests {
     use super::*;
 
+    fn budget(c: &WaitCondition) -> GuestCheck {
+        c.guest_check(Schedule::Budget)
+    }
+
     #[test]
-    fn port_wait_quotes_the_address_and_keeps_nc_semantics() {
+    fn reference_port_wait_quotes_the_address_and_keeps_nc_semantics() {
         let c = WaitCondition::Port {
             addr: "a b".into(),
             port: "80".into(),
             open: false,
         }
-        .guest_check();
-        assert_eq!(c.command, "nc -z 'a b' 80");
+        .guest_check(Schedule::Reference);
+        assert!(c.guard.is_empty());
+        assert!(
+            c.command
+                .contains("'set -euo pipefail; nc -z '\\''a b'\\'' 80'"),
+            "{}",
+            c.command
+        );
         assert!(!c.until_success);
     }
 
     #[test]
-    fn user_unit_wait_goes_through_su_with_a_quoted_user() {
-        let c = WaitCondition::Unit {
+    fn port_wait_with_a_plain_address_connects_in_the_loop_shell() {
+        for addr in ["localhost", "127.0.0.1", "::1", "server-1.example"] {
+            let c = budget(&WaitCondition::Port {
+                addr: addr.into(),
+                port: "8080".into(),
+                open: true,
+            });
+            assert_eq!(c.guard, format!("_Nport {addr} 8080"));
+            assert!(c.command.is_empty() && c.until_success && c.watch.is_none());
+        }
+    }
+
+    #[test]
+    fn port_wait_with_an_unusual_address_or_port_keeps_nc() {
+        for (addr, port) in [
+            ("a b", "80"),
+            ("[::1]", "80"),
+            ("h/x", "80"),
+            ("h", "http"),
+            ("h", "80-90"),
+        ] {
+            let c = budget(&WaitCondition::Port {
+                addr: addr.into(),
+                port: port.into(),
+                open: true,
+            });
+            assert!(c.guard.is_empty(), "{addr} {port}: {c:?}");
+            assert!(c.command.starts_with("nc -z "), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn file_wait_tests_plain_paths_inline_and_others_as_upstream() {
+        let c = budget(&WaitCondition::File {
+            path: "/run/a-b/c.d".into(),
+        });
+        assert_eq!(
+            (c.guard.as_str(), c.command.as_str()),
+            ("[ -e '/run/a-b/c.d' ]", "")
+        );
+        for path in ["$HOME/x", "/tmp/*.x", "~/y", "a b", "/x;y", ""] {
+            let c = budget(&WaitCondition::File { path: path.into() });
+            assert!(c.guard.is_empty(), "{path}: {c:?}");
+            assert_eq!(c.command, format!("test -e {path}"));
+        }
+    }
+
+    #[test]
+    fn unix_socket_wait_runs_nc_only_once_the_socket_exists() {
+        let c = budget(&WaitCondition::UnixSocket {
+            path: "/run/x y.sock".into(),
+            datagram: true,
+        });
+        assert_eq!(c.guard, "[ -S '/run/x y.sock' ]");
+        assert_eq!(c.command, "nc -z -uU '/run/x y.sock'");
+    }
+
+    #[test]
+    fn user_unit_wait_goes_through_su_with_a_quoted_user_and_no_watcher() {
+        let c = budget(&WaitCondition::Unit {
             unit: "x.service".into(),
             user: Some("al'ice".into()),
-        }
-        .guest_check();
+        });
         assert!(
             c.command.contains("su -l 'al'\\''ice' --shell"),
             "{}",
             c.command
         );
         assert_eq!(c.fatal_status, 201);
+        assert_eq!(c.watch, None);
+    }
+
+    #[test]
+    fn system_unit_waits_watch_the_mangled_unit_name() {
+        let c = budget(&WaitCondition::Unit {
+            unit: "nginx".into(),
+            user: None,
+        });
+        assert_eq!(
+            c.watch,
+            Some(UnitWatch {
+                unit: "nginx.service".into(),
+                state: None
+            })
+        );
+        assert!(c.command.contains("systemctl --no-pager show 'nginx'"));
+        let c = budget(&WaitCondition::UnitState {
+            unit: "user@1000.service".into(),
+            state: "failed".into(),
+            user: None,
+        });
+        assert_eq!(
+            c.watch,
+            Some(UnitWatch {
+                unit: "user@1000.service".into(),
+                state: Some("failed".into())
+            })
+        );
+        let reference = WaitCondition::Unit {
+            unit: "nginx".into(),
+            user: None,
+        }
+        .guest_check(Schedule::Reference);
+        assert_eq!(reference.watch, None);
+    }
+
+    #[test]
+    fn full_unit_name_mangles_like_systemctl_and_refuses_globs_and_paths() {
+        assert_eq!(full_unit_name("a.socket").as_deref(), Some("a.socket"));
+        assert_eq!(full_unit_name("a.b").as_deref(), Some("a.b.service"));
+        assert_eq!(
+            full_unit_name("getty@tty1").as_deref(),
+            Some("getty@tty1.service")
+        );
+        assert_eq!(
+            full_unit_name(".service").as_deref(),
+            Some(".service.service")
+        );
+        for bad in ["", "a*", "/dev/sda", "a b", "x'y"] {
+            assert_eq!(full_unit_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn budget_pacing_pauses_grow_with_cost_and_age() {
+        let p = Pacing::new(Schedule::Budget, Duration::ZERO);
+        // Young: at least 20 ms, 3 × cost (25 % of a vCPU).
+        assert_eq!(p.pause_us(0, 0), 20_000);
+        assert_eq!(p.pause_us(500_000, 10_000), 30_000);
+        // Old: at least a twentieth of the age (at most 1 s), 24 × cost (4 % of a vCPU).
+        assert_eq!(p.pause_us(1_000_000, 0), 50_000);
+        assert_eq!(p.pause_us(10_000_000, 0), 500_000);
+        assert_eq!(p.pause_us(600_000_000, 0), 1_000_000);
+        assert_eq!(p.pause_us(5_000_000, 100_000), 2_400_000);
+        let r = Pacing::new(Schedule::Reference, Duration::from_secs(3));
+        assert_eq!(
+            (r.pause_us(0, 0), r.pause_us(9_000_000, 500_000)),
+            (1_000_000, 1_000_000)
+        );
+        assert_eq!(r.age_us, 3_000_000);
+    }
+
+    #[test]
+    fn reference_attempts_cost_what_upstreams_execute_costs_the_guest() {
+        let c = WaitCondition::File { path: "/x".into() }.guest_check(Schedule::Reference);
+        assert_eq!(
+            c.command,
+            "timeout 900.0 bash -c 'set -euo pipefail; test -e /x' | (base64 -w 0; echo) | base64 -d"
+        );
+        assert!(c.guard.is_empty() && c.watch.is_none());
     }
 
     #[test]
@@ -235,5 +662,11 @@ mod tests {
         };
         assert_eq!(w.verdict(1, true), Verdict::Met);
         assert_eq!(w.verdict(0, true), Verdict::NotYet);
+        let closed = WaitCondition::Port {
+            addr: "h".into(),
+            port: "1".into(),
+            open: false,
+        };
+        assert_eq!(closed.verdict(1, true), Verdict::Met);
     }
 }

@@ -22,8 +22,6 @@ pub const DEFAULT_QMP_EVENT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest duration accepted anywhere (about 31 years): enough for "forever", small enough
 /// that adding it to a clock reading never overflows. `None` says "no limit" explicitly.
 pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
-/// Shortest pause the guest makes between two attempts of a wait.
-pub const WAIT_MIN_INTERVAL: Duration = Duration::from_millis(20);
 /// While polling conditions are active, waits are cut into slices no shorter than this, so
 /// the conditions are checked between slices.
 pub const POLLING_SLICE_MIN: Duration = Duration::from_millis(50);
@@ -126,6 +124,8 @@ pub enum Op {
         /// How long this call may wait (the shim cuts long waits into slices while polling
         /// conditions are active).
         budget: Duration,
+        /// How long the wait has run already (its earlier slices): the schedule's age.
+        age: Duration,
     },
     ConsoleWait {
         machine: String,
@@ -401,6 +401,7 @@ fn decode_op(a: &Args<'_>) -> Result<Op, OpError> {
             machine: a.machine()?,
             condition: decode_condition(a)?,
             budget: a.duration("budget")?.unwrap_or(MAX_DURATION),
+            age: a.duration("age")?.unwrap_or(Duration::ZERO),
         },
         "console_wait" => Op::ConsoleWait {
             machine: a.machine()?,

@@ -87,12 +87,16 @@ fn wait_conditions_decode_and_ports_are_checked() {
                 port: "80".into(),
                 open: true
             },
-            budget: Duration::from_secs(5)
+            budget: Duration::from_secs(5),
+            age: Duration::ZERO,
         }
     );
     let r =
         ok(r#"{"id":1,"op":"wait","machine":"m","until":"closed_port","addr":"h","port":"http"}"#);
     assert!(matches!(r.op, Op::Wait { budget, .. } if budget == MAX_DURATION));
+    let r =
+        ok(r#"{"id":1,"op":"wait","machine":"m","until":"file","path":"/x","budget":2,"age":1.5}"#);
+    assert!(matches!(r.op, Op::Wait { age, .. } if age == Duration::from_millis(1500)));
     for bad in ["70000", "-1", "\"80; rm\"", "1.5"] {
         let e = err(&format!(
             r#"{{"id":1,"op":"wait","machine":"m","until":"open_port","addr":"h","port":{bad}}}"#

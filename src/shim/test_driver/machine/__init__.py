@@ -24,7 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from test_driver import _rpc
-from test_driver._constants import DEFAULT_QMP_EVENT_TIMEOUT, DEFAULT_TIMEOUT
+from test_driver._constants import (
+    DEFAULT_QMP_EVENT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    WAIT_AGE_DIVISOR,
+    WAIT_MAX_AGE_PAUSE_SECONDS,
+    WAIT_MIN_PAUSE_SECONDS,
+    WAIT_OLD_SHARE_PERCENT,
+    WAIT_REFERENCE_INTERVAL_SECONDS,
+    WAIT_SCHEDULE_ENV,
+    WAIT_YOUNG_PHASE_SECONDS,
+    WAIT_YOUNG_SHARE_PERCENT,
+)
 from test_driver.duration import Duration, finite_or_none, to_limit, to_seconds
 from test_driver.efi import EfiVariable
 from test_driver.errors import MachineError, RequestedAssertionFailed
@@ -58,6 +69,23 @@ def _fmt_seconds(secs: float) -> str:
     return repr(float(secs))
 
 
+#: `retry` counts a callable's wall-clock time as its cost (it cannot tell guest work from
+#: host work such as OCR), so a slow callable would pause for 24 times as long; this bounds
+#: that pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
+RETRY_MAX_COST_PAUSE_SECONDS = 5.0
+
+
+def _retry_pause(age: float, cost: float) -> float:
+    """The wait schedule (`machine::waits::Pacing`): a pause that grows with the wait's age
+    (at most a twentieth of it, 20 ms .. 1 s) and with the attempt's cost (3 x cost while the
+    wait is younger than a second, 25 % of a CPU; then 24 x cost, 4 %)."""
+    if os.environ.get(WAIT_SCHEDULE_ENV) == "reference":
+        return WAIT_REFERENCE_INTERVAL_SECONDS
+    floor = min(max(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE_SECONDS), WAIT_MAX_AGE_PAUSE_SECONDS)
+    share = WAIT_YOUNG_SHARE_PERCENT if age < WAIT_YOUNG_PHASE_SECONDS else WAIT_OLD_SHARE_PERCENT
+    return max(floor, min((100 / share - 1) * cost, RETRY_MAX_COST_PAUSE_SECONDS))
+
+
 def retry(
     fn: Callable[..., Any],
     timeout_seconds: Duration | None = None,
@@ -68,8 +96,9 @@ def retry(
 
     Accepts all three upstream signatures: ``retry(fn, 30)``, ``retry(fn, timeout_seconds=30)``
     and ``retry(fn, timeout=30)``, with numbers or timedeltas. Unlike upstream it does not sleep
-    a fixed second between attempts: it pauses twice as long as the last attempt took
-    (20 ms .. 1 s), so a condition is noticed soon after it holds.
+    a fixed second between attempts: it follows the wait schedule (`_retry_pause`), so a
+    condition is noticed soon after it holds while a slow callable keeps its share of the CPU
+    small.
     """
     if timeout_seconds is not None and timeout is not None:
         raise TypeError("retry() takes timeout_seconds or timeout, not both")
@@ -79,9 +108,9 @@ def retry(
         t0 = time.monotonic()
         if fn(False):
             return
-        took = time.monotonic() - t0
-        left = total - (time.monotonic() - start)
-        time.sleep(max(0.0, min(max(0.02, 2 * took), 1.0, left)))
+        now = time.monotonic()
+        left = total - (now - start)
+        time.sleep(max(0.0, min(_retry_pause(now - start, now - t0), left)))
     if not fn(True):
         elapsed = time.monotonic() - start
         raise RequestedAssertionFailed(
@@ -374,7 +403,12 @@ class BaseMachine:
             if slice_ is not None:
                 budget = min(budget, slice_)
             reply: dict[str, Any] = _rpc.channel().call(
-                "wait", machine=self.name, until=until, budget=finite_or_none(budget), **condition
+                "wait",
+                machine=self.name,
+                until=until,
+                budget=finite_or_none(budget),
+                age=time.monotonic() - start,
+                **condition,
             )
             if reply["met"]:
                 return reply
