@@ -183,20 +183,7 @@ fn main() {
     // The summary written to target/bench-latency.json: one object, keys in this order.
     let mut json: Vec<(String, Value)> = Vec::new();
     let mut table = String::new();
-    let machine_info = {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-            })
-            .unwrap_or_default();
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0);
-        format!("{cores} cores, {cpu}; guests under TCG")
-    };
+    let machine_info = common::machine_description();
     let _ = writeln!(table, "ntd latency bench ({machine_info})");
     json.push(("machine".to_owned(), Value::from(machine_info.as_str())));
     let drivers: Vec<(&str, Option<&str>)> = std::iter::once(("ntd", None))

@@ -550,18 +550,7 @@ fn section_parallel(a: &Args, table: &mut String) -> Value {
 fn main() {
     let args = parse_args();
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let machine = format!("{cores} cores, {cpu}; guests under TCG");
+    let machine = common::machine_description();
     let mut table = format!("ntd waits bench ({machine}; ratios are ntd / reference)\n");
     let mut json = vec![("machine".to_owned(), Value::from(machine.as_str()))];
     type Section = fn(&Args, &mut String) -> Value;

@@ -32,6 +32,19 @@ fn server_and_client(tag: &str, script: &str) -> (TestDir, RunResult) {
     (dir, r)
 }
 
+/// One tiny guest and the file/socket/command wait script: the test directory and its config.
+fn file_socket_and_command_waits(tag: &str) -> (TestDir, std::path::PathBuf) {
+    let dir = TestDir::new(tag);
+    let vm = dir.tiny_vm("machine", &[]);
+    let cfg = dir.config(
+        &[("machine", &vm)],
+        &[],
+        240,
+        test_script!("waits/files_sockets_and_commands_keep_upstream_semantics.py"),
+    );
+    (dir, cfg)
+}
+
 fn passes(dir: &TestDir, r: &RunResult) {
     r.assert_code(0);
     assert!(r.stderr.contains("test script finished in"), "{}", r.log());
@@ -57,14 +70,7 @@ fn port_waits_remote_local_and_late_match_nc() {
 
 #[test]
 fn files_sockets_and_commands_keep_upstream_semantics() {
-    let dir = TestDir::new("wfile");
-    let vm = dir.tiny_vm("machine", &[]);
-    let cfg = dir.config(
-        &[("machine", &vm)],
-        &[],
-        240,
-        test_script!("waits/files_sockets_and_commands_keep_upstream_semantics.py"),
-    );
+    let (dir, cfg) = file_socket_and_command_waits("wfile");
     let r = dir.run(&["-c", cfg.to_str().unwrap()], LIMIT);
     passes(&dir, &r);
     for line in [
@@ -78,14 +84,7 @@ fn files_sockets_and_commands_keep_upstream_semantics() {
 #[test]
 fn reference_schedule_runs_the_same_waits() {
     // The bench knob: upstream's per-attempt pipeline once a second must keep every verdict.
-    let dir = TestDir::new("wref");
-    let vm = dir.tiny_vm("machine", &[]);
-    let cfg = dir.config(
-        &[("machine", &vm)],
-        &[],
-        240,
-        test_script!("waits/files_sockets_and_commands_keep_upstream_semantics.py"),
-    );
+    let (dir, cfg) = file_socket_and_command_waits("wref");
     let mut cmd = dir.ntd();
     cmd.args(["-c", cfg.to_str().unwrap()])
         .env("NTD_WAIT_SCHEDULE", "reference");

@@ -104,6 +104,22 @@ macro_rules! test_script {
 #[allow(unused_imports)]
 pub(crate) use test_script;
 
+/// The host as the benches print it: cores, CPU model, and that guests run under TCG.
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}; guests under TCG")
+}
+
 /// `text` without its leading header lines (see [`SCRIPT_HEADER_KEYS`]).
 pub fn strip_script_header(text: &str) -> &str {
     let mut rest = text;
