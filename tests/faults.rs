@@ -33,6 +33,13 @@ fn run(dir: &TestDir, cfg: &Path, env: &[(&str, &str)]) -> RunResult {
     common::run_with_limit(cmd, LIMIT)
 }
 
+/// [`setup`] and [`run`] with no extra VM arguments and no extra environment.
+fn run_script(tag: &str, script: &str, global_timeout: u32) -> (TestDir, RunResult) {
+    let (dir, cfg) = setup(tag, script, global_timeout, &[]);
+    let r = run(&dir, &cfg, &[]);
+    (dir, r)
+}
+
 /// Every socket file below `root` (the run's runtime directory lives there).
 fn sockets_below(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -76,26 +83,22 @@ fn expect(r: &RunResult, code: i32, needles: &[&str]) {
 
 #[test]
 fn qemu_killed_between_commands_fails_loudly_and_start_boots_again() {
-    let (dir, cfg) = setup(
+    let (dir, r) = run_script(
         "f-kill",
         test_script!("faults/killed_between_commands.py"),
         300,
-        &[],
     );
-    let r = run(&dir, &cfg, &[]);
     expect(&r, 0, &["RAISED MachineError"]);
     assert_nothing_left(&dir);
 }
 
 #[test]
 fn qemu_killed_mid_command_raises_with_how_it_ended() {
-    let (dir, cfg) = setup(
+    let (dir, r) = run_script(
         "f-killmid",
         test_script!("faults/killed_mid_command.py"),
         300,
-        &[],
     );
-    let r = run(&dir, &cfg, &[]);
     expect(
         &r,
         1,
@@ -110,24 +113,21 @@ fn qemu_killed_mid_command_raises_with_how_it_ended() {
 
 #[test]
 fn guest_powering_off_by_itself_fails_the_next_command() {
-    let (dir, cfg) = setup("f-off", test_script!("faults/powers_off.py"), 300, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-off", test_script!("faults/powers_off.py"), 300);
     expect(&r, 0, &["RAISED after poweroff"]);
     assert_nothing_left(&dir);
 }
 
 #[test]
 fn guest_kernel_panic_fails_the_command_and_quotes_the_console() {
-    let (dir, cfg) = setup("f-panic", test_script!("faults/kernel_panic.py"), 300, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-panic", test_script!("faults/kernel_panic.py"), 300);
     expect(&r, 0, &["RAISED on panic"]);
     assert_nothing_left(&dir);
 }
 
 #[test]
 fn shell_exiting_mid_command_is_reported_instead_of_hanging() {
-    let (dir, cfg) = setup("f-shexit", test_script!("faults/shell_exits.py"), 300, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-shexit", test_script!("faults/shell_exits.py"), 300);
     expect(&r, 1, &["did not answer `kill -9 $$`", "stuck"]);
     assert!(r.elapsed < Duration::from_secs(90), "{:?}", r.elapsed);
     assert_nothing_left(&dir);
@@ -146,8 +146,7 @@ fn late_output_of_background_processes_is_returned_or_logged() {
 
 #[test]
 fn command_that_never_returns_ends_with_its_timeout() {
-    let (dir, cfg) = setup("f-never", test_script!("faults/never_returns.py"), 300, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-never", test_script!("faults/never_returns.py"), 300);
     expect(&r, 1, &["command `sleep infinity` failed (exit code 124)"]);
     assert_nothing_left(&dir);
 }
@@ -195,26 +194,22 @@ fn shell_that_never_answers_its_setup_fails_within_seconds() {
 
 #[test]
 fn global_timeout_while_booting_exits_143() {
-    let (dir, cfg) = setup(
+    let (dir, r) = run_script(
         "f-gt-boot",
         test_script!("faults/global_timeout_booting.py"),
         1,
-        &[],
     );
-    let r = run(&dir, &cfg, &[]);
     expect(&r, 143, &["timeout reached; test terminating..."]);
     assert_nothing_left(&dir);
 }
 
 #[test]
 fn global_timeout_while_a_command_runs_exits_143() {
-    let (dir, cfg) = setup(
+    let (dir, r) = run_script(
         "f-gt-cmd",
         test_script!("faults/global_timeout_command.py"),
         20,
-        &[],
     );
-    let r = run(&dir, &cfg, &[]);
     expect(&r, 143, &["timeout reached; test terminating..."]);
     assert!(r.elapsed < Duration::from_secs(60), "{:?}", r.elapsed);
     assert_nothing_left(&dir);
@@ -222,13 +217,11 @@ fn global_timeout_while_a_command_runs_exits_143() {
 
 #[test]
 fn global_timeout_while_python_sleeps_exits_143() {
-    let (dir, cfg) = setup(
+    let (dir, r) = run_script(
         "f-gt-py",
         test_script!("faults/global_timeout_python.py"),
         20,
-        &[],
     );
-    let r = run(&dir, &cfg, &[]);
     expect(&r, 143, &["timeout reached; test terminating..."]);
     assert!(r.elapsed < Duration::from_secs(60), "{:?}", r.elapsed);
     assert_nothing_left(&dir);
@@ -355,8 +348,7 @@ fn script_errors_exit_1_and_clean_up() {
             "Polling condition failed: broken",
         ),
     ] {
-        let (dir, cfg) = setup(tag, script, 300, &[]);
-        let r = run(&dir, &cfg, &[]);
+        let (dir, r) = run_script(tag, script, 300);
         expect(&r, 1, &[needle]);
         assert_nothing_left(&dir);
     }
@@ -400,8 +392,7 @@ fn broken_start_scripts_are_machine_errors() {
 
 #[test]
 fn out_of_range_timeouts_and_malformed_requests_get_clear_errors() {
-    let (dir, cfg) = setup("f-timeouts", test_script!("faults/timeouts.py"), 600, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-timeouts", test_script!("faults/timeouts.py"), 600);
     expect(
         &r,
         0,
@@ -470,8 +461,7 @@ fn huge_output_nul_bytes_and_long_console_lines_are_handled() {
 
 #[test]
 fn concurrent_calls_from_threads_each_get_their_reply() {
-    let (dir, cfg) = setup("f-threads", test_script!("faults/threads.py"), 300, &[]);
-    let r = run(&dir, &cfg, &[]);
+    let (dir, r) = run_script("f-threads", test_script!("faults/threads.py"), 300);
     expect(&r, 0, &["threads ok"]);
     assert_nothing_left(&dir);
 }

@@ -18,20 +18,13 @@ struct Node {
     index: u32,
 }
 
+const fn node(name: &'static str, vlans: &'static [u32], index: u32) -> Node {
+    Node { name, vlans, index }
+}
+
 /// Two nodes on vlan 1.
 fn alice_and_bob() -> [Node; 2] {
-    [
-        Node {
-            name: "alice",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "bob",
-            vlans: &[1],
-            index: 2,
-        },
-    ]
+    [node("alice", &[1], 1), node("bob", &[1], 2)]
 }
 
 fn hosts(nodes: &[Node]) -> String {
@@ -106,21 +99,9 @@ fn guests_see_only_their_own_vlans_peers() {
     // b is on both vlans; a only on 1, c only on 2. c also gets an address in vlan 1's subnet
     // on its vlan-2 NIC: a must still not reach it (the switches are separate).
     let nodes = [
-        Node {
-            name: "a",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "b",
-            vlans: &[1, 2],
-            index: 2,
-        },
-        Node {
-            name: "c",
-            vlans: &[2],
-            index: 3,
-        },
+        node("a", &[1], 1),
+        node("b", &[1, 2], 2),
+        node("c", &[2], 3),
     ];
     let script = test_script!("network/guests_see_only_their_own_vlans_peers.py");
     let (dir, r) = network("vlans", &nodes, script, &[]);
@@ -196,11 +177,7 @@ fn real_vde_plug_exchanges_frames_with_a_guest() {
     {
         panic!("vde_plug (Debian package vde2) is required; ci/test installs it");
     }
-    let nodes = [Node {
-        name: "guest",
-        vlans: &[1],
-        index: 1,
-    }];
+    let nodes = [node("guest", &[1], 1)];
     let script = test_script!("network/real_vde_plug_exchanges_frames_with_a_guest.py");
     let (dir, r) = network("plug", &nodes, script, &[]);
     r.assert_code(0);
@@ -215,26 +192,10 @@ fn real_vde_plug_exchanges_frames_with_a_guest() {
 /// Three nodes on vlan 1 and one (dave) on no vlan.
 fn trio_and_dave() -> [Node; 4] {
     [
-        Node {
-            name: "alice",
-            vlans: &[1],
-            index: 1,
-        },
-        Node {
-            name: "bob",
-            vlans: &[1],
-            index: 2,
-        },
-        Node {
-            name: "carol",
-            vlans: &[1],
-            index: 3,
-        },
-        Node {
-            name: "dave",
-            vlans: &[],
-            index: 4,
-        },
+        node("alice", &[1], 1),
+        node("bob", &[1], 2),
+        node("carol", &[1], 3),
+        node("dave", &[], 4),
     ]
 }
 

@@ -8,6 +8,7 @@
 #[path = "vdecommon/mod.rs"]
 mod common;
 
+use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -90,21 +91,25 @@ fn stdin_dev_null_means_eof_and_exits_at_once() {
     assert!(!dir.exists());
 }
 
+/// Run `ntd vde-switch FIRST… ARGS…` with stdin at EOF: its exit code and stderr.
+fn vde_switch_once(first: &[&OsStr], args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(ntd_bin())
+        .arg("vde-switch")
+        .args(first)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_arguments_fail_with_a_message() {
     let s = Scratch::new("args");
-    let run = |args: &[&str]| {
-        let out = Command::new(ntd_bin())
-            .arg("vde-switch")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| vde_switch_once(&[], args);
     let long = s.path.join("x".repeat(100));
 
     let (code, err) = run(&[]);
@@ -283,20 +288,7 @@ fn console_partition_and_heal_change_forwarding() {
 fn bad_impairment_values_exit_2_naming_the_argument() {
     let s = Scratch::new("sbad");
     let dir = s.join("sw");
-    let run = |args: &[&str]| {
-        let out = Command::new(ntd_bin())
-            .arg("vde-switch")
-            .arg("--sock")
-            .arg(&dir)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| vde_switch_once(&[OsStr::new("--sock"), dir.as_os_str()], args);
     let cases: [(&[&str], &str); 7] = [
         (&["--loss", "1.5"], "loss must be a probability"),
         (
