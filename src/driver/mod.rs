@@ -4,7 +4,7 @@
 //! global timeout and the one request the shim is waiting on. Each loop iteration polls,
 //! routes readiness to the member that owns the token (machines drain their channels whether
 //! or not anybody waits), runs the members' timers, and then advances the current op
-//! ([`ops`]), which replies once its condition holds. Nothing here blocks: a wait is an op
+//! (`ops`), which replies once its condition holds. Nothing here blocks: a wait is an op
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 

@@ -347,7 +347,7 @@ fn random_seed() -> u64 {
 }
 
 impl LoopMember for Switch {
-    /// The driver drains the switch's events after each call ([`Driver::switch_events`]):
+    /// The driver drains the switch's events after each call (`Driver::switch_events`):
     /// labelling a new port needs the machines.
     fn on_event(&mut self, cx: &mut Ctx<'_>, slot: usize, ev: &Event) {
         self.handle_event(cx.registry, slot, ev);
