@@ -9,6 +9,7 @@
 
 use super::shell::NONCE_LEN;
 use super::waits::{GuestCheck, Pacing};
+use super::words::shell_quote;
 use std::fmt::Write as _;
 
 /// The setup block sent once per shell (again after a reboot), before the first command.
@@ -296,18 +297,6 @@ impl std::fmt::Display for EncodeError {
 }
 
 impl std::error::Error for EncodeError {}
-
-/// Quote `s` as one single-quoted bash word.
-pub fn shell_quote(s: &str, out: &mut String) {
-    out.push('\'');
-    for (i, part) in s.split('\'').enumerate() {
-        if i > 0 {
-            out.push_str("'\\''");
-        }
-        out.push_str(part);
-    }
-    out.push('\'');
-}
 
 /// Format seconds the way upstream's newest driver does for `timeout` (`900.0`, `0.5`).
 pub fn format_seconds(secs: f64) -> String {

@@ -20,6 +20,7 @@ mod report;
 pub mod session;
 pub mod shell;
 pub mod waits;
+pub mod words;
 
 use crate::child::ExitInfo;
 use crate::log::Logger;

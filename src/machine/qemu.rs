@@ -203,7 +203,7 @@ pub fn spawn(
         let mut line = command.to_owned();
         for a in args {
             line.push(' ');
-            super::guest::shell_quote(a, &mut line);
+            super::words::shell_quote(a, &mut line);
         }
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(line);

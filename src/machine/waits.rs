@@ -14,7 +14,7 @@
 //!
 //! [`verdict`]: WaitCondition::verdict
 
-use super::guest::shell_quote;
+use super::words::{quoted, systemctl};
 use std::time::Duration;
 
 /// What a wait waits for.
@@ -240,28 +240,6 @@ pub enum Verdict {
     NotYet,
     /// The condition can never hold; the message says why (upstream's wording).
     Impossible(String),
-}
-
-/// `systemctl`, or for a user manager the `su` wrapper upstream's `systemctl(q, user)` uses,
-/// taking the arguments that follow as `"$@"` (the word after `--` is the inner shell's `$0`).
-fn systemctl(user: Option<&str>) -> String {
-    match user {
-        None => "systemctl".into(),
-        Some(u) => {
-            let mut s = String::from("su -l ");
-            shell_quote(u, &mut s);
-            s.push_str(
-                " --shell /bin/sh -c 'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' -- systemctl",
-            );
-            s
-        }
-    }
-}
-
-fn quoted(s: &str) -> String {
-    let mut q = String::new();
-    shell_quote(s, &mut q);
-    q
 }
 
 /// A path that means the same quoted or not: no expansion, globbing or word splitting.
