@@ -16,12 +16,12 @@ mod vlans;
 
 use crate::cli::Options;
 use crate::log::{LineKind, Logger};
-use crate::machine::Machine;
+use crate::machine::{Machine, MachineError};
 use crate::reactor::{self, Ctx, LoopMember, Owner};
 use crate::rpc::ops::Request;
 use crate::signals;
 use crate::trace::Trace;
-use crate::vde::Switch;
+use crate::vde::{Switch, VdeError};
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
@@ -50,22 +50,37 @@ const CLEANUP_TICK: Duration = Duration::from_millis(50);
 /// Why the driver could not even start.
 #[derive(Debug)]
 pub enum DriverError {
+    /// A resource of the loop itself (the poller, signals, a directory); the text says which.
     Setup(&'static str, std::io::Error),
-    Machine(String),
-    Shim(String),
+    /// The switch of vlan `nr` could not start.
+    Vlan { nr: u32, source: VdeError },
+    /// A configured machine could not be prepared.
+    Machine(MachineError),
+    /// The Python shim could not start.
+    Shim(crate::shim::ShimError),
 }
 
 impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DriverError::Setup(what, e) => write!(f, "{what}: {e}"),
+            DriverError::Vlan { nr, source } => write!(f, "cannot start vlan {nr}: {source}"),
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
         }
     }
 }
 
-impl std::error::Error for DriverError {}
+impl std::error::Error for DriverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DriverError::Setup(_, e) => Some(e),
+            DriverError::Vlan { source, .. } => Some(source),
+            DriverError::Machine(e) => Some(e),
+            DriverError::Shim(e) => Some(e),
+        }
+    }
+}
 
 /// Why the run is ending early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +178,7 @@ impl Driver {
         name: &str,
         start_command: &str,
         keep: bool,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, MachineError> {
         let index = self.machines.len();
         let monitor = PathBuf::from(format!("vm-state-{name}")).join("monitor");
         let socket_base = self
@@ -173,11 +188,13 @@ impl Driver {
                 crate::machine::qemu::MAX_SOCKET_PATH,
                 &mut self.log,
             )
-            .map_err(|e| format!("cannot create a directory for the sockets of {name}: {e}"))?;
+            .map_err(|source| MachineError::SocketDir {
+                name: name.to_owned(),
+                source,
+            })?;
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
-        m.reset_state_dir(&mut self.log)
-            .map_err(|e| e.to_string())?;
+        m.reset_state_dir(&mut self.log)?;
         self.machines.push(m);
         Ok(index)
     }
@@ -375,7 +392,7 @@ impl Driver {
         if let Some(t) = &self.trace {
             for m in &mut self.machines {
                 for &(at, what) in m.boot.untraced() {
-                    t.instant(&m.name, what, at);
+                    t.instant(&m.name, what.name(), at);
                 }
             }
         }

@@ -338,7 +338,7 @@ impl Driver {
         }
         let i = self
             .add_machine(&name, command, keep)
-            .map_err(|e| OpError::new(ErrorType::Machine, e))?;
+            .map_err(|e| OpError::new(ErrorType::Machine, e.to_string()))?;
         Ok(machine_info(&self.machines[i]))
     }
 
@@ -408,9 +408,10 @@ fn machine_state(m: &Machine) -> Value {
         (Some(a), Some(b)) if b >= a => Value::from((b - a).as_secs_f64()),
         _ => Value::Null,
     };
-    let spawned = m.boot.at(machine::boot::SPAWNED);
-    let sentinel = m.boot.at(machine::boot::SENTINEL);
-    let ready = m.boot.at(machine::boot::SHELL_READY);
+    use machine::boot::Milestone;
+    let spawned = m.boot.at(Milestone::Spawned);
+    let sentinel = m.boot.at(Milestone::Sentinel);
+    let ready = m.boot.at(Milestone::ShellReady);
     obj([
         ("booted", Value::from(m.booted())),
         ("connected", Value::from(m.connected())),

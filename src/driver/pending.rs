@@ -168,7 +168,7 @@ impl Driver {
                 Some(match r {
                     Ok(v) if *hmp => Ok(Value::from(v.as_str().unwrap_or_default().to_owned())),
                     Ok(v) => Ok(v),
-                    Err(e) => Err(OpError::new(ErrorType::Qmp, e)),
+                    Err(e) => Err(OpError::qmp(e)),
                 })
             }
             Pending::WaitExit {

@@ -12,7 +12,7 @@ use crate::json::Value;
 use crate::reactor::{Ctx, LoopMember, Owner};
 use crate::rpc::ops::{DecodeError, Request};
 use crate::rpc::{self, Channel, OpError};
-use crate::shim;
+use crate::shim::{self, ShimError};
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
@@ -71,11 +71,16 @@ impl ShimLink {
                     Err(e)
                 }
             })
-            .map_err(|e| DriverError::Shim(format!("cannot create {}: {e}", dir.display())))?;
-        shim::write_package(&dir).map_err(|e| DriverError::Shim(e.to_string()))?;
+            .map_err(|e| {
+                DriverError::Shim(ShimError::PackageDir {
+                    dir: dir.clone(),
+                    source: e.into(),
+                })
+            })?;
+        shim::write_package(&dir).map_err(|e| DriverError::Shim(ShimError::Package(e)))?;
         let spawned = shim::spawn(&dir, env).map_err(|e| {
             let _ = std::fs::remove_dir_all(&dir);
-            DriverError::Shim(e.to_string())
+            DriverError::Shim(ShimError::Spawn(e))
         })?;
         let owner = Owner::Shim;
         let chan = Channel::new(

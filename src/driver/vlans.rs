@@ -23,10 +23,29 @@ use std::time::Instant;
 /// A network fault in force, shown as a span on the vlan's trace track once it ends.
 pub(super) struct FaultSpan {
     vlan: u32,
-    /// What it replaces: `all`, `<label>-<label>` or `partition`.
-    key: String,
+    key: FaultKey,
     what: String,
     since: Instant,
+}
+
+/// Which fault of a vlan a span shows: a later fault with the same key replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKey {
+    /// The impairment of every delivery on the vlan.
+    All,
+    /// The impairment between two machines (smaller label first).
+    Pair(Label, Label),
+    /// The partition.
+    Partition,
+}
+
+impl From<Scope> for FaultKey {
+    fn from(scope: Scope) -> Self {
+        match scope.normalised() {
+            Scope::All => FaultKey::All,
+            Scope::Between(a, b) => FaultKey::Pair(a, b),
+        }
+    }
 }
 
 impl Driver {
@@ -63,7 +82,7 @@ impl Driver {
                 Ok(sw) => sw,
                 Err(e) => {
                     self.log.end(false);
-                    return Err(DriverError::Machine(format!("cannot start vlan {nr}: {e}")));
+                    return Err(DriverError::Vlan { nr, source: e });
                 }
             };
             if let Some(cdir) = &self.opts.capture_dir {
@@ -221,10 +240,7 @@ impl Driver {
         let rule = Rule { scope, impairment };
         let names = |l: Label| self.machine_name(l);
         let what = rule.describe(nr, &names);
-        let key = match rule.scope.normalised() {
-            Scope::All => "all".to_owned(),
-            Scope::Between(a, b) => format!("{a}-{b}"),
-        };
+        let key = FaultKey::from(rule.scope);
         let applied = self
             .switch_mut(nr)
             .map(|sw| sw.apply(rule))
@@ -259,7 +275,7 @@ impl Driver {
             .and_then(|s| s.current_partition().map(|p| p.describe(nr, &names)))
             .unwrap_or_default();
         self.log.log(&what);
-        self.fault_changed(nr, "partition".to_owned(), Some(what));
+        self.fault_changed(nr, FaultKey::Partition, Some(what));
         Ok(Value::Null)
     }
 
@@ -287,7 +303,7 @@ impl Driver {
     }
 
     /// A fault of `key` on vlan `nr` was replaced by `what` (none: removed).
-    fn fault_changed(&mut self, nr: u32, key: String, what: Option<String>) {
+    fn fault_changed(&mut self, nr: u32, key: FaultKey, what: Option<String>) {
         let now = Instant::now();
         if let Some(at) = self
             .fault_spans

@@ -3,8 +3,8 @@
 //! [`super::console`]); what those say is logged or timed; what they want to send goes into
 //! the channel's write buffer. Requests from the driver's ops enter here too.
 
-use super::boot::{FIRST_SERIAL_LINE, QMP_READY, SENTINEL, SHELL_READY};
-use super::qmp::QmpNote;
+use super::boot::Milestone;
+use super::qmp::{QmpFailure, QmpNote};
 use super::session::{SessionNote, ShellRequest, ShellResult};
 use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL, SETUP_PATIENCE, SHELL_LOSS_GRACE};
 use crate::json::Value;
@@ -60,11 +60,11 @@ impl Machine {
                 log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
             }
             SessionNote::Sentinel => {
-                self.boot.mark(SENTINEL);
+                self.boot.mark(Milestone::Sentinel);
                 self.setup_deadline = Some(Instant::now() + SETUP_PATIENCE);
             }
             SessionNote::Ready => {
-                self.boot.mark(SHELL_READY);
+                self.boot.mark(Milestone::ShellReady);
                 self.setup_deadline = None;
             }
             SessionNote::SetupFailed { reason } => {
@@ -176,7 +176,7 @@ impl Machine {
         match note {
             QmpNote::Ready { kvm } => {
                 self.phase = Phase::Running;
-                self.boot.mark(QMP_READY);
+                self.boot.mark(Milestone::QmpReady);
                 if let Some(pid) = self.pid() {
                     log.machine(&self.name, &format!("QEMU running (pid {pid})"));
                 }
@@ -219,7 +219,7 @@ impl Machine {
         Ok(id)
     }
 
-    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, String>> {
+    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, QmpFailure>> {
         self.qmp_client.take_result(id)
     }
 
@@ -256,7 +256,7 @@ impl Machine {
             self.stdout_open = false;
         }
         if !lines.is_empty() {
-            self.boot.mark_once(FIRST_SERIAL_LINE);
+            self.boot.mark_once(Milestone::FirstSerialLine);
         }
         for l in lines {
             cx.log.serial(&self.name, &l);

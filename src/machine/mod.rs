@@ -27,7 +27,7 @@ use crate::log::Logger;
 use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
 pub use boot::BootTimes;
-use boot::{EXITED, SPAWNED};
+use boot::Milestone;
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -98,9 +98,15 @@ impl TryFrom<usize> for Slot {
 /// Why a machine operation failed (shown to the test author as `MachineError`).
 #[derive(Debug)]
 pub enum MachineError {
+    /// Preparing or spawning QEMU failed.
     Qemu(qemu::QemuError),
+    /// A socket or poll operation failed; the text says which.
     Io(&'static str, io::Error),
+    /// No directory for the machine's sockets could be made.
+    SocketDir { name: String, source: io::Error },
+    /// The guest shell cannot take the request.
     Session(SessionError),
+    /// QMP is not ready yet.
     QmpNotReady,
 }
 
@@ -109,13 +115,26 @@ impl fmt::Display for MachineError {
         match self {
             MachineError::Qemu(e) => write!(f, "{e}"),
             MachineError::Io(what, e) => write!(f, "{what}: {e}"),
+            MachineError::SocketDir { name, source } => write!(
+                f,
+                "cannot create a directory for the sockets of {name}: {source}"
+            ),
             MachineError::Session(e) => write!(f, "{e}"),
             MachineError::QmpNotReady => write!(f, "{}", qmp::NotReady),
         }
     }
 }
 
-impl std::error::Error for MachineError {}
+impl std::error::Error for MachineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MachineError::Qemu(e) => Some(e),
+            MachineError::Io(_, e) | MachineError::SocketDir { source: e, .. } => Some(e),
+            MachineError::Session(e) => Some(e),
+            MachineError::QmpNotReady => None,
+        }
+    }
+}
 
 impl From<qemu::QemuError> for MachineError {
     fn from(e: qemu::QemuError) -> Self {
@@ -347,7 +366,7 @@ impl Machine {
         self.session.restart();
         self.qmp_client = QmpClient::new();
         self.boot.reset();
-        self.boot.mark(SPAWNED);
+        self.boot.mark(Milestone::Spawned);
         self.kill_deadline = None;
         self.killed = false;
         self.setup_deadline = None;
@@ -439,7 +458,7 @@ impl Machine {
             .registry
             .deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
         self.exit = Some(info);
-        self.boot.mark(EXITED);
+        self.boot.mark(Milestone::Exited);
         let was_running = self.phase == Phase::Running;
         self.phase = Phase::Exited;
         if !self.killed {

@@ -122,7 +122,14 @@ impl fmt::Display for SessionError {
     }
 }
 
-impl std::error::Error for SessionError {}
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Encode(e) => Some(e),
+            SessionError::NotConnected | SessionError::Busy => None,
+        }
+    }
+}
 
 /// Where the session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 pub mod ops;
 
 use crate::json::{self, Value};
+use crate::machine::qmp::QmpFailure;
 use crate::nbio::{read_available, FdReader, Registration, WriteBuffer};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -52,6 +53,9 @@ impl ErrorType {
 pub struct OpError {
     pub kind: ErrorType,
     pub msg: String,
+    /// For [`ErrorType::Qmp`]: QEMU's error, sent as its `class` and `desc` (the shim's
+    /// `QMPAPIError` carries both).
+    pub qmp: Option<QmpFailure>,
 }
 
 impl OpError {
@@ -59,6 +63,16 @@ impl OpError {
         OpError {
             kind,
             msg: msg.into(),
+            qmp: None,
+        }
+    }
+
+    /// QEMU refused a command (or closed the connection before answering).
+    pub fn qmp(failure: QmpFailure) -> Self {
+        OpError {
+            kind: ErrorType::Qmp,
+            msg: failure.to_string(),
+            qmp: Some(failure),
         }
     }
 }
@@ -78,6 +92,13 @@ pub fn encode_err(id: i64, e: &OpError) -> String {
         e.kind.name()
     );
     json::write_string(&e.msg, &mut s);
+    if let Some(q) = &e.qmp {
+        s.push_str(",\"qmp\":{\"class\":");
+        json::write_string(q.class(), &mut s);
+        s.push_str(",\"desc\":");
+        json::write_string(q.desc(), &mut s);
+        s.push('}');
+    }
     s.push_str("}}\n");
     s
 }
@@ -242,6 +263,21 @@ mod tests {
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert!(base64_decode("a$b").is_none());
+    }
+
+    #[test]
+    fn encode_err_of_a_qmp_error_carries_class_and_desc() {
+        let e = OpError::qmp(QmpFailure::Error {
+            class: "CommandNotFound".into(),
+            desc: "no \"x\"".into(),
+        });
+        assert_eq!(
+            encode_err(5, &e),
+            "{\"id\":5,\"err\":{\"type\":\"QMPAPIError\",\"msg\":\"CommandNotFound: no \\\"x\\\"\",\
+             \"qmp\":{\"class\":\"CommandNotFound\",\"desc\":\"no \\\"x\\\"\"}}}\n"
+        );
+        let closed = OpError::qmp(QmpFailure::Closed);
+        assert!(encode_err(6, &closed).contains("\"qmp\":{\"class\":\"GenericError\",\"desc\":\"QEMU closed"));
     }
 
     #[test]

@@ -8,8 +8,39 @@
 use crate::child::{self, Child, SpawnOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Why the shim could not start.
+#[derive(Debug)]
+pub enum ShimError {
+    /// The private directory for the package could not be made.
+    PackageDir { dir: PathBuf, source: io::Error },
+    /// The package could not be written.
+    Package(io::Error),
+    /// The interpreter could not be started.
+    Spawn(io::Error),
+}
+
+impl std::fmt::Display for ShimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShimError::PackageDir { dir, source } => {
+                write!(f, "cannot create {}: {source}", dir.display())
+            }
+            ShimError::Package(e) | ShimError::Spawn(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShimError::PackageDir { source, .. } => Some(source),
+            ShimError::Package(e) | ShimError::Spawn(e) => Some(e),
+        }
+    }
+}
 
 /// (path inside the package directory, contents)
 pub const FILES: &[(&str, &str)] = &[

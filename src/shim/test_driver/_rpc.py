@@ -86,6 +86,8 @@ class Channel:
                     break
         if "err" in reply:
             err = reply["err"]
+            if "qmp" in err:
+                raise QMPAPIError({"error": err["qmp"]})
             exc = _ERRORS.get(err.get("type", ""), RuntimeError)
             raise exc(err.get("msg", ""))
         return reply.get("ok")
