@@ -295,7 +295,7 @@ fn fuzz_shell_replies() {
             s.feed(p, &mut notes);
             let _ = s.submit(&ShellRequest::Run {
                 command: "true".into(),
-                timeout: Some(1.0),
+                timeout: Some(std::time::Duration::from_secs(1)),
             });
             let _ = s.take_result();
             let _ = s.take_outbox();

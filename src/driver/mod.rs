@@ -353,7 +353,7 @@ impl Driver {
             self.log.begin(None, "timeout reached; test terminating...");
             self.log.test_error(&format!(
                 "the global timeout of {} seconds ran out",
-                crate::machine::guest::format_seconds(self.opts.global_timeout.as_secs_f64())
+                crate::machine::guest::format_seconds(self.opts.global_timeout)
             ));
             for m in &mut self.machines {
                 m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);

@@ -71,7 +71,7 @@ impl Driver {
             Op::ArmTimeout => {
                 self.log.log(&format!(
                     "Test will time out and terminate in {} seconds",
-                    format_seconds(self.opts.global_timeout.as_secs_f64())
+                    format_seconds(self.opts.global_timeout)
                 ));
                 self.global_deadline = Instant::now().checked_add(self.opts.global_timeout);
                 done(Value::Null)
@@ -119,10 +119,7 @@ impl Driver {
                 timeout,
                 check_output,
             } => {
-                let req = ShellRequest::Run {
-                    command,
-                    timeout: timeout.map(|t| t.as_secs_f64()),
-                };
+                let req = ShellRequest::Run { command, timeout };
                 self.shell_op(&machine, req, None, check_output)
             }
             Op::Wait {
@@ -135,7 +132,7 @@ impl Driver {
                 let req = ShellRequest::Wait {
                     check: Box::new(condition.guest_check(schedule)),
                     spec: Box::new(WaitSpec {
-                        budget_secs: budget.as_secs_f64(),
+                        budget,
                         pacing: Pacing::new(schedule, age),
                     }),
                 };

@@ -8,7 +8,7 @@
 use super::ops::OpResult;
 use super::Driver;
 use crate::json::{obj, Value};
-use crate::machine::guest::WAIT_GRACE_SECS;
+use crate::machine::guest::WAIT_GRACE;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::waits::{Verdict, WaitCondition};
 use crate::machine::{Machine, Phase, ShellDown};
@@ -22,7 +22,8 @@ const CONNECT_REMINDER: Duration = Duration::from_secs(30);
 /// How long the host waits for a command's answer beyond the command's own timeout (which the
 /// guest enforces) before it declares the guest stuck: a base plus a share of the timeout.
 const ANSWER_GRACE: Duration = Duration::from_secs(15);
-const ANSWER_GRACE_SHARE: f64 = 0.05;
+/// The share of the timeout added to [`ANSWER_GRACE`]: 1/20 (5 %).
+const ANSWER_GRACE_DIVISOR: u32 = 20;
 /// How long a wait for shutdown keeps reading QEMU's output after the process exited.
 const STDOUT_DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
@@ -445,11 +446,10 @@ impl Driver {
 fn answer_deadline(req: &ShellRequest) -> Option<Instant> {
     let own = match req {
         ShellRequest::Run { timeout, .. } => (*timeout)?,
-        ShellRequest::Wait { spec, .. } => spec.budget_secs + WAIT_GRACE_SECS,
+        ShellRequest::Wait { spec, .. } => spec.budget.saturating_add(WAIT_GRACE),
     };
-    let grace = ANSWER_GRACE.as_secs_f64() + own * ANSWER_GRACE_SHARE;
-    let total = Duration::try_from_secs_f64(own + grace).ok()?;
-    Instant::now().checked_add(total)
+    let grace = ANSWER_GRACE.saturating_add(own / ANSWER_GRACE_DIVISOR);
+    Instant::now().checked_add(own.saturating_add(grace))
 }
 
 /// A finished shell request as the shim sees it: lost output is an error; a wait says

@@ -99,7 +99,10 @@ mod tests {
         b.mark_once(Milestone::FirstSerialLine);
         b.mark(Milestone::Sentinel);
         let phases = b.phases().unwrap();
-        assert!(phases.starts_with("boot phases: first serial line +"), "{phases}");
+        assert!(
+            phases.starts_with("boot phases: first serial line +"),
+            "{phases}"
+        );
         assert!(phases.contains(", backdoor sentinel +"), "{phases}");
         assert_eq!(b.untraced().len(), 3);
         assert!(b.untraced().is_empty());

@@ -13,6 +13,12 @@
 //! wording. This module is pure text and arithmetic: it never touches the guest.
 //!
 //! [`verdict`]: WaitCondition::verdict
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 
 use super::words::{quoted, systemctl};
 use std::time::Duration;
@@ -87,9 +93,9 @@ impl GuestCheck {
 }
 
 /// `wait_for_unit`'s attempt statuses beyond "not yet" (1).
-const UNIT_FAILED: i32 = 201;
-const UNIT_INACTIVE_IDLE: i32 = 202;
-const UNIT_QUERY_FAILED: i32 = 203;
+const UNIT_FAILED: u8 = 201;
+const UNIT_INACTIVE_IDLE: u8 = 202;
+const UNIT_QUERY_FAILED: u8 = 203;
 
 /// The environment variable that selects the wait schedule: `reference` makes every wait
 /// run upstream's command once a second ([`Schedule::Reference`]). A bench knob: it exists so
@@ -189,7 +195,7 @@ pub struct Pacing {
 impl Pacing {
     /// The pacing of `schedule` for a wait that began `age` ago.
     pub fn new(schedule: Schedule, age: Duration) -> Pacing {
-        let us = |d: Duration| d.as_micros() as u64;
+        let us = micros;
         let factor = |share: u32| 100 / share - 1;
         match schedule {
             Schedule::Budget => Pacing {
@@ -229,6 +235,12 @@ impl Pacing {
         };
         floor.max(cost_us * u64::from(factor))
     }
+}
+
+/// Whole microseconds of `d`, the unit of the guest loop's arithmetic (saturating: a wait
+/// longer than half a million years waits that long).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How the final status of a wait loop reads.
@@ -339,7 +351,7 @@ impl WaitCondition {
 
     fn fatal_status(&self) -> u8 {
         match self {
-            WaitCondition::Unit { .. } => UNIT_FAILED as u8,
+            WaitCondition::Unit { .. } => UNIT_FAILED,
             _ => 0,
         }
     }
@@ -414,9 +426,9 @@ impl WaitCondition {
         let WaitCondition::Unit { unit, user } = self else {
             return Verdict::Impossible(format!("the wait ended with status {status}"));
         };
-        Verdict::Impossible(match status {
-            UNIT_FAILED => format!("unit \"{unit}\" reached state \"failed\""),
-            UNIT_INACTIVE_IDLE => {
+        Verdict::Impossible(match u8::try_from(status) {
+            Ok(UNIT_FAILED) => format!("unit \"{unit}\" reached state \"failed\""),
+            Ok(UNIT_INACTIVE_IDLE) => {
                 format!("unit \"{unit}\" is inactive and there are no pending jobs")
             }
             _ => {

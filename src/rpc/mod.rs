@@ -277,7 +277,8 @@ mod tests {
              \"qmp\":{\"class\":\"CommandNotFound\",\"desc\":\"no \\\"x\\\"\"}}}\n"
         );
         let closed = OpError::qmp(QmpFailure::Closed);
-        assert!(encode_err(6, &closed).contains("\"qmp\":{\"class\":\"GenericError\",\"desc\":\"QEMU closed"));
+        assert!(encode_err(6, &closed)
+            .contains("\"qmp\":{\"class\":\"GenericError\",\"desc\":\"QEMU closed"));
     }
 
     #[test]
