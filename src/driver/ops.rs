@@ -99,9 +99,9 @@ impl Driver {
             Op::Capture { vlan, path } => Begun::Done(self.capture(vlan, path.as_deref())),
             Op::Impair {
                 vlan,
-                faults,
+                impairment,
                 between,
-            } => Begun::Done(self.op_impair(vlan, &faults, between.as_ref())),
+            } => Begun::Done(self.op_impair(vlan, impairment, between.as_ref())),
             Op::Partition { vlan, groups } => Begun::Done(self.op_partition(vlan, &groups)),
             Op::Heal { vlan } => Begun::Done(self.op_heal(vlan)),
             Op::Start {

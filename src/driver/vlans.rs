@@ -12,7 +12,6 @@ use super::{Driver, DriverError};
 use crate::json::Value;
 use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
-use crate::rpc::ops::{FaultArgs, RateArg};
 use crate::rpc::{ErrorType, OpError};
 use crate::vde::impair::{self, Impairment, Label, Rule, Scope};
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
@@ -225,11 +224,10 @@ impl Driver {
     pub(super) fn op_impair(
         &mut self,
         nr: u32,
-        args: &FaultArgs,
+        impairment: Impairment,
         between: Option<&(String, String)>,
     ) -> OpResult {
         self.vlan_exists(nr)?;
-        let impairment = impairment(args).map_err(|e| self.impair_error(&e))?;
         let scope = match between {
             None => Scope::All,
             Some((a, b)) => Scope::between(
@@ -334,25 +332,6 @@ impl Driver {
             );
         }
     }
-}
-
-/// The script's numbers as an [`Impairment`], checked (errors name the argument).
-fn impairment(a: &FaultArgs) -> Result<Impairment, impair::ImpairError> {
-    let rate = match &a.rate {
-        None => None,
-        Some(RateArg::Text(s)) => Some(impair::parse_rate(s)?),
-        Some(RateArg::BitsPerSecond(b)) => Some(*b),
-    };
-    let imp = Impairment {
-        loss: a.loss,
-        delay: impair::seconds("delay", a.delay)?,
-        jitter: impair::seconds("jitter", a.jitter)?,
-        duplicate: a.duplicate,
-        reorder: a.reorder,
-        rate,
-    };
-    imp.validate()?;
-    Ok(imp)
 }
 
 /// A seed for a run that did not pass `--net-seed`.

@@ -7,11 +7,18 @@
 //! `null` means "no limit" (the shim maps Python's `inf` to `null`). This module does no I/O
 //! and holds no state; the defaults both languages share are the constants below, which the
 //! shim receives as a generated module (see [`crate::shim`]).
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 
 use crate::json::Value;
 use crate::log::{Level, LineKind};
 use crate::machine::waits::WaitCondition;
 use crate::rpc::{ErrorType, OpError};
+use crate::vde::impair::{self, Impairment};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,11 +93,10 @@ pub enum Op {
         vlan: u32,
         path: Option<PathBuf>,
     },
-    /// `vlanN.impair(...)`: numbers as given (seconds for delay and jitter); the switch
-    /// validates ranges.
+    /// `vlanN.impair(...)`, checked by the switch's own validator.
     Impair {
         vlan: u32,
-        faults: FaultArgs,
+        impairment: Impairment,
         /// Limit to frames between these two machines (both directions).
         between: Option<(String, String)>,
     },
@@ -207,24 +213,6 @@ impl Op {
     }
 }
 
-/// The impairment of an `Impair` op as the script gave it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaultArgs {
-    pub loss: f64,
-    pub delay: f64,
-    pub jitter: f64,
-    pub duplicate: f64,
-    pub reorder: f64,
-    pub rate: Option<RateArg>,
-}
-
-/// A bandwidth: a `tc`-style string (`"1mbit"`) or bits per second.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RateArg {
-    Text(String),
-    BitsPerSecond(u64),
-}
-
 /// How a `Shutdown` op ends the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownKind {
@@ -328,27 +316,7 @@ fn decode_op(a: &Args<'_>) -> Result<Op, OpError> {
         },
         "impair" => Op::Impair {
             vlan: a.u32("vlan")?,
-            faults: FaultArgs {
-                loss: a.number_or("loss", 0.0)?,
-                delay: a.number_or("delay", 0.0)?,
-                jitter: a.number_or("jitter", 0.0)?,
-                duplicate: a.number_or("duplicate", 0.0)?,
-                reorder: a.number_or("reorder", 0.0)?,
-                rate: match a.get("rate") {
-                    None => None,
-                    Some(Value::Str(s)) => Some(RateArg::Text(s.clone())),
-                    Some(v) => Some(RateArg::BitsPerSecond(
-                        v.as_i64()
-                            .and_then(|n| u64::try_from(n).ok())
-                            .ok_or_else(|| {
-                                a.error(
-                                    "rate",
-                                    "must be a bandwidth such as \"1mbit\" or bits per second",
-                                )
-                            })?,
-                    )),
-                },
-            },
+            impairment: decode_impairment(a)?,
             between: match a.get("between") {
                 None => None,
                 Some(v) => match a.names(v, "between")?.as_slice() {
@@ -449,6 +417,39 @@ fn decode_op(a: &Args<'_>) -> Result<Op, OpError> {
             ))
         }
     })
+}
+
+/// The arguments of `impair` as the switch's [`Impairment`], checked by its one validator
+/// ([`impair::seconds`], [`Impairment::validate`]); its messages name the argument.
+fn decode_impairment(a: &Args<'_>) -> Result<Impairment, OpError> {
+    let refused = |e: impair::ImpairError| OpError::new(ErrorType::Value, e.to_string());
+    let seconds = |key: &'static str| -> Result<Duration, OpError> {
+        impair::seconds(key, a.number_or(key, 0.0)?).map_err(refused)
+    };
+    let rate = match a.get("rate") {
+        None => None,
+        Some(Value::Str(s)) => Some(impair::parse_rate(s).map_err(refused)?),
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    a.error(
+                        "rate",
+                        "must be a bandwidth such as \"1mbit\" or bits per second",
+                    )
+                })?,
+        ),
+    };
+    let impairment = Impairment {
+        loss: a.number_or("loss", 0.0)?,
+        delay: seconds("delay")?,
+        jitter: seconds("jitter")?,
+        duplicate: a.number_or("duplicate", 0.0)?,
+        reorder: a.number_or("reorder", 0.0)?,
+        rate,
+    };
+    impairment.validate().map_err(refused)?;
+    Ok(impairment)
 }
 
 fn decode_condition(a: &Args<'_>) -> Result<WaitCondition, OpError> {

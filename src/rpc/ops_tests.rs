@@ -134,13 +134,11 @@ fn impair_and_partition_decode_names_and_numbers() {
         r.op,
         Op::Impair {
             vlan: 1,
-            faults: FaultArgs {
+            impairment: Impairment {
                 loss: 0.1,
-                delay: 0.05,
-                jitter: 0.0,
-                duplicate: 0.0,
-                reorder: 0.0,
-                rate: Some(RateArg::Text("1mbit".into()))
+                delay: Duration::from_millis(50),
+                rate: Some(1_000_000),
+                ..Impairment::default()
             },
             between: Some(("a".into(), "b".into()))
         }
@@ -155,6 +153,25 @@ fn impair_and_partition_decode_names_and_numbers() {
     ] {
         let e = err(&format!(r#"{{"id":1,"op":"impair","vlan":1,{bad}}}"#));
         assert_eq!(e.error.kind, ErrorType::Value, "{bad}");
+    }
+    // The switch's own validator, with its messages naming the argument.
+    for (bad, needle) in [
+        (r#""loss":1.5"#, "loss must be a probability"),
+        (
+            r#""delay":-1"#,
+            "delay must be a finite, non-negative number of seconds",
+        ),
+        (
+            r#""delay":0.01,"jitter":0.02"#,
+            "jitter (20ms) must not exceed delay (10ms)",
+        ),
+        (r#""delay":61"#, "delay of 61s is too long"),
+        (r#""rate":"fast""#, "rate \"fast\" is not a bandwidth"),
+        (r#""rate":10"#, "rate of 10bit is out of range"),
+    ] {
+        let e = err(&format!(r#"{{"id":1,"op":"impair","vlan":1,{bad}}}"#));
+        assert_eq!(e.error.kind, ErrorType::Value, "{bad}");
+        assert!(e.error.msg.starts_with(needle), "{bad}: {}", e.error.msg);
     }
     assert!(
         err(r#"{"id":1,"op":"partition","vlan":1,"groups":[["a"],[1]]}"#)
