@@ -14,6 +14,7 @@ pub mod boot;
 mod channels;
 pub mod console;
 pub mod guest;
+mod link;
 pub mod qemu;
 pub mod qmp;
 mod report;
@@ -32,6 +33,7 @@ use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
+use link::Link;
 use qemu::{MachinePaths, QemuProcess};
 use qmp::QmpClient;
 pub use report::ShellDown;
@@ -164,11 +166,9 @@ pub struct Machine {
     monitor_listener: Option<UnixListener>,
     shell_listener: Option<UnixListener>,
     monitor: Option<UnixStream>,
-    shell: Option<UnixStream>,
-    shell_out: WriteBuffer,
+    shell: Link,
     session: ShellSession,
-    qmp: Option<UnixStream>,
-    qmp_out: WriteBuffer,
+    qmp: Link,
     qmp_client: QmpClient,
     qmp_retry_at: Option<Instant>,
     qmp_give_up_at: Option<Instant>,
@@ -214,17 +214,9 @@ impl Machine {
             monitor_listener: None,
             shell_listener: None,
             monitor: None,
-            shell: None,
-            shell_out: WriteBuffer::new(
-                owner.token(Slot::Shell as usize),
-                Registration::ReadableStream,
-            ),
+            shell: Link::new(owner.token(Slot::Shell as usize)),
             session: ShellSession::new(NonceSource::new()),
-            qmp: None,
-            qmp_out: WriteBuffer::new(
-                owner.token(Slot::Qmp as usize),
-                Registration::ReadableStream,
-            ),
+            qmp: Link::new(owner.token(Slot::Qmp as usize)),
             qmp_client: QmpClient::new(),
             qmp_retry_at: None,
             qmp_give_up_at: None,
@@ -296,7 +288,7 @@ impl Machine {
     pub fn missing_connection(&self) -> &'static str {
         if self.monitor.is_none() {
             "monitor"
-        } else if self.shell.is_none() {
+        } else if !self.shell.connected() {
             "shell"
         } else {
             "qmp"
@@ -396,10 +388,7 @@ impl Machine {
         let token = self.owner.token(stream_slot as usize);
         match accept_once(listener, cx.registry, token) {
             Ok(Some(s)) if stream_slot == Slot::Monitor => self.monitor = Some(s),
-            Ok(Some(s)) => {
-                self.shell = Some(s);
-                self.shell_out.clear();
-            }
+            Ok(Some(s)) => self.shell.attach(s),
             Ok(None) => return,
             Err(e) => cx
                 .log
@@ -411,7 +400,7 @@ impl Machine {
     /// QEMU has created its QMP listener before it connects the chardevs, so once both are
     /// connected the QMP connect succeeds (retried briefly for reordered start scripts).
     fn maybe_connect_qmp(&mut self, cx: &mut Ctx<'_>) {
-        if self.monitor.is_none() || self.shell.is_none() || self.qmp.is_some() {
+        if self.monitor.is_none() || !self.shell.connected() || self.qmp.connected() {
             return;
         }
         let now = Instant::now();
@@ -427,8 +416,7 @@ impl Machine {
                 {
                     // QEMU made this socket with its own umask; nobody else may talk QMP.
                     set_mode(&self.paths.qmp, 0o600);
-                    self.qmp = Some(s);
-                    self.qmp_out.clear();
+                    self.qmp.attach(s);
                     self.qmp_client = QmpClient::new();
                     self.qmp_retry_at = None;
                     self.qmp_give_up_at = None;
@@ -511,11 +499,11 @@ impl Machine {
                 let _ = registry.deregister(&mut l);
             }
         }
-        for s in [&mut self.monitor, &mut self.shell, &mut self.qmp] {
-            if let Some(mut s) = s.take() {
-                let _ = registry.deregister(&mut s);
-            }
+        if let Some(mut s) = self.monitor.take() {
+            let _ = registry.deregister(&mut s);
         }
+        self.shell.close(registry);
+        self.qmp.close(registry);
         if let Some(p) = self.process.take() {
             for fd in [&p.stdout, p.child.pidfd()] {
                 let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
@@ -524,8 +512,6 @@ impl Machine {
                 let _ = registry.deregister(&mut SourceFd(&p.stdin.as_raw_fd()));
             }
         }
-        self.shell_out.clear();
-        self.qmp_out.clear();
         self.stdin_out.clear();
         self.qmp_client.closed();
         self.stdout_open = false;
@@ -567,9 +553,7 @@ impl LoopMember for Machine {
             Slot::Monitor => self.drain_monitor(cx.registry),
             Slot::Shell => {
                 if ev.is_writable() {
-                    if let Some(s) = self.shell.as_ref() {
-                        self.shell_out.flush(s, cx.registry);
-                    }
+                    self.shell.flush(cx.registry);
                 }
                 if readable {
                     self.read_shell(cx);
@@ -577,9 +561,7 @@ impl LoopMember for Machine {
             }
             Slot::Qmp => {
                 if ev.is_writable() {
-                    if let Some(s) = self.qmp.as_ref() {
-                        self.qmp_out.flush(s, cx.registry);
-                    }
+                    self.qmp.flush(cx.registry);
                 }
                 if readable {
                     self.read_qmp(cx);
