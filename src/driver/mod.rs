@@ -8,9 +8,11 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod control;
+mod deadline;
 mod dirs;
-mod ops;
 mod pending;
+mod serve;
 mod shim;
 mod vlans;
 
@@ -18,13 +20,17 @@ use crate::cli::Options;
 use crate::log::{LineKind, Logger};
 use crate::machine::{Machine, MachineError};
 use crate::reactor::{self, Ctx, LoopMember, Owner};
-use crate::rpc::ops::Request;
+use crate::rpc::ops::{dispatch, Request};
+use crate::rpc::wire::Answer;
 use crate::signals;
 use crate::trace::Trace;
 use crate::vde::{Switch, VdeError};
+use control::Env;
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use pending::{Pending, Polled};
+use serve::Served;
 use shim::ShimLink;
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -102,7 +108,7 @@ pub struct Driver {
     shim: Option<ShimLink>,
     sigfd: OwnedFd,
     /// The request being served (the shim waits for one reply at a time).
-    current: Option<pending::Current>,
+    current: Option<Pending>,
     global_deadline: Option<Instant>,
     termination: Option<Termination>,
     started: Instant,
@@ -320,7 +326,7 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let op = self.current.as_ref().and_then(pending::Current::deadline);
+        let op = self.current.as_ref().and_then(Pending::wake_at);
         self.members()
             .filter_map(LoopMember::next_deadline)
             .chain(op)
@@ -401,11 +407,22 @@ impl Driver {
     /// Progress the current op; start queued requests while none is running.
     fn advance(&mut self) {
         loop {
-            if let Some(mut cur) = self.current.take() {
-                match self.poll_op(&mut cur) {
-                    Some(result) => self.reply(cur.id, result),
-                    None => {
-                        self.current = Some(cur);
+            if let Some(op) = self.current.take() {
+                let mut env = Env {
+                    machines: &mut self.machines,
+                    cx: Ctx {
+                        registry: self.poll.registry(),
+                        log: &mut self.log,
+                    },
+                    now: Instant::now(),
+                    extra_env: &self.extra_env,
+                    shell_timeout: self.opts.shell_timeout,
+                    trace: self.trace.as_ref(),
+                };
+                match op.poll(&mut env) {
+                    Polled::Done(answer) => self.answer(answer),
+                    Polled::Waiting(op) => {
+                        self.current = Some(op);
                         return;
                     }
                 }
@@ -416,7 +433,7 @@ impl Driver {
             match next {
                 Ok(req) => self.begin(req),
                 Err(e) => match e.id {
-                    Some(id) => self.reply(id, Err(e.error)),
+                    Some(id) => self.answer(Answer::Line(crate::rpc::encode_err(id, &e.error))),
                     None => self
                         .log
                         .warning(None, &format!("bad request from the shim: {}", e.error.msg)),
@@ -425,9 +442,16 @@ impl Driver {
         }
     }
 
-    fn reply(&mut self, id: i64, result: ops::OpResult) {
-        if let Some(s) = self.shim.as_mut() {
-            s.reply(self.poll.registry(), id, result);
+    /// Send what answering a request gave (a notification's error goes to the log).
+    fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Line(line) => {
+                if let Some(s) = self.shim.as_mut() {
+                    s.send(self.poll.registry(), &line);
+                }
+            }
+            Answer::Unanswered(e) => self.log.warning(None, &e.msg),
+            Answer::Silent => {}
         }
     }
 
@@ -437,14 +461,10 @@ impl Driver {
         if self.panic_on.as_deref() == Some(req.op.name()) {
             injected_panic(req.op.name());
         }
-        match (req.id, self.start_op(req.op)) {
-            (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
-            (Some(id), ops::Begun::Pending(p)) => {
-                self.current = Some(pending::Current { id, op: p })
-            }
-            (None, ops::Begun::Done(Err(e))) => self.log.warning(None, &e.msg),
-            (None, ops::Begun::Done(Ok(_))) => {}
-            (None, ops::Begun::Pending(_)) => self.log.warning(
+        match dispatch(self, req) {
+            Served::Now(answer) => self.answer(answer),
+            Served::Later(op) if op.id().is_some() => self.current = Some(op),
+            Served::Later(_) => self.log.warning(
                 None,
                 "a request that takes time was sent as a notification (no id); dropped",
             ),

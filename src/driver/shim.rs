@@ -8,10 +8,9 @@
 
 use super::DriverError;
 use crate::child::{Child, ExitInfo};
-use crate::json::Value;
 use crate::reactor::{Ctx, LoopMember, Owner};
 use crate::rpc::ops::{DecodeError, Request};
-use crate::rpc::{self, Channel, OpError};
+use crate::rpc::Channel;
 use crate::shim::{self, ShimError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -134,12 +133,9 @@ impl ShimLink {
         self.incoming.pop_front()
     }
 
-    pub fn reply(&mut self, registry: &Registry, id: i64, result: Result<Value, OpError>) {
-        let line = match result {
-            Ok(v) => rpc::encode_ok(id, v),
-            Err(e) => rpc::encode_err(id, &e),
-        };
-        self.chan.send(registry, &line);
+    /// Send a reply line.
+    pub fn send(&mut self, registry: &Registry, line: &str) {
+        self.chan.send(registry, line);
     }
 
     /// SIGKILL the shim (the run is being cut short); its pidfd reports the exit.

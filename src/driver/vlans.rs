@@ -7,16 +7,14 @@
 //! the peer's process group), every change is logged and becomes a span on the vlan's track
 //! of the trace, and the counters are reported at cleanup.
 
-use super::ops::OpResult;
 use super::{Driver, DriverError};
-use crate::json::Value;
 use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
 use crate::rpc::{ErrorType, OpError};
 use crate::vde::impair::{self, Impairment, Label, Rule, Scope};
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::event::Event;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// A network fault in force, shown as a span on the vlan's trace track once it ends.
@@ -226,7 +224,7 @@ impl Driver {
         nr: u32,
         impairment: Impairment,
         between: Option<&(String, String)>,
-    ) -> OpResult {
+    ) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
         let scope = match between {
             None => Scope::All,
@@ -246,11 +244,25 @@ impl Driver {
         applied.map_err(|e| self.impair_error(&e))?;
         self.log.log(&what);
         self.fault_changed(nr, key, (!impairment.is_none()).then_some(what));
-        Ok(Value::Null)
+        Ok(())
+    }
+
+    /// `vlanN.start_capture(path)`, or stop it (`None`).
+    pub(super) fn op_capture(&mut self, vlan: u32, path: Option<&Path>) -> Result<(), OpError> {
+        let sw = self
+            .switch_mut(vlan)
+            .ok_or_else(|| OpError::new(ErrorType::Value, format!("no vlan {vlan}")))?;
+        match path {
+            Some(p) => sw
+                .start_capture(p)
+                .map_err(|e| OpError::new(ErrorType::Runtime, e.to_string()))?,
+            None => sw.stop_capture(),
+        }
+        Ok(())
     }
 
     /// `vlanN.partition(groups…)`.
-    pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> OpResult {
+    pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
         let labels = groups
             .iter()
@@ -274,11 +286,11 @@ impl Driver {
             .unwrap_or_default();
         self.log.log(&what);
         self.fault_changed(nr, FaultKey::Partition, Some(what));
-        Ok(Value::Null)
+        Ok(())
     }
 
     /// `vlanN.heal()`: every impairment and partition of the vlan removed.
-    pub(super) fn op_heal(&mut self, nr: u32) -> OpResult {
+    pub(super) fn op_heal(&mut self, nr: u32) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
         if let Some(sw) = self.switch_mut(nr) {
             sw.heal();
@@ -292,7 +304,7 @@ impl Driver {
         for span in ended {
             self.trace_fault(span, now);
         }
-        Ok(Value::Null)
+        Ok(())
     }
 
     fn impair_error(&self, e: &impair::ImpairError) -> OpError {

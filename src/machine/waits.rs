@@ -224,17 +224,35 @@ impl Pacing {
     }
 
     /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait: the rule
-    /// the guest loop applies, stated once more for the tests.
-    #[cfg(test)]
+    /// the guest loop applies in bash ([`super::guest::SETUP_WAITS`], from this struct's
+    /// fields), and `retry()` through [`retry_pause`].
     pub fn pause_us(&self, age_us: u64, cost_us: u64) -> u64 {
-        let floor = (age_us / u64::from(self.age_divisor)).clamp(self.min_us, self.max_age_us);
+        let floor = (age_us / u64::from(self.age_divisor.max(1)))
+            .clamp(self.min_us, self.max_age_us.max(self.min_us));
         let factor = if age_us < self.young_us {
             self.young_factor
         } else {
             self.old_factor
         };
-        floor.max(cost_us * u64::from(factor))
+        floor.max(cost_us.saturating_mul(u64::from(factor)))
     }
+}
+
+/// `retry()`'s cost is the callable's wall-clock time (it cannot tell guest work from host
+/// work such as OCR), so a slow callable would pause for 24 times as long; this bounds that
+/// pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
+pub const RETRY_MAX_COST_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause of the shim's `retry()` after an attempt that took `cost`, `age` into the
+/// retry: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
+/// [`RETRY_MAX_COST_PAUSE`]; upstream's fixed second under [`Schedule::Reference`].
+pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration) -> Duration {
+    let p = Pacing::new(schedule, Duration::ZERO);
+    let floor = p.pause_us(micros(age), 0);
+    let cost_term = p
+        .pause_us(micros(age), micros(cost))
+        .min(micros(RETRY_MAX_COST_PAUSE));
+    Duration::from_micros(floor.max(cost_term))
 }
 
 /// Whole microseconds of `d`, the unit of the guest loop's arithmetic (saturating: a wait
@@ -319,20 +337,24 @@ impl WaitCondition {
                 format!("nc -z {flags} {}", quoted(path))
             }
             WaitCondition::Unit { unit, user } => {
-                let sc = systemctl(user.as_deref());
+                let sc = |args: &str| systemctl(args, user.as_deref());
                 let q = quoted(unit);
+                let show = sc(&format!("--no-pager show {q} --property=ActiveState --value"));
+                let jobs = sc("list-jobs --full");
                 format!(
-                    "s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                    "s=$({show}) || exit {UNIT_QUERY_FAILED}; \
                      case \"$s\" in active) exit 0;; failed) exit {UNIT_FAILED};; inactive) \
-                     if {sc} list-jobs --full 2>&1 | grep -q 'No jobs'; then \
-                     s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                     if {jobs} 2>&1 | grep -q 'No jobs'; then \
+                     s=$({show}) || exit {UNIT_QUERY_FAILED}; \
                      [ \"$s\" = inactive ] && exit {UNIT_INACTIVE_IDLE}; fi; exit 1;; *) exit 1;; esac"
                 )
             }
             WaitCondition::UnitState { unit, state, user } => format!(
-                "[ \"$({} --no-pager show {} --property=ActiveState --value)\" = {} ]",
-                systemctl(user.as_deref()),
-                quoted(unit),
+                "[ \"$({})\" = {} ]",
+                systemctl(
+                    &format!("--no-pager show {} --property=ActiveState --value", quoted(unit)),
+                    user.as_deref()
+                ),
                 quoted(state)
             ),
             WaitCondition::X11 => "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q \"Reached target Current graphical\" \

@@ -5,6 +5,8 @@
 //! reports); this module only writes its files and starts the interpreter with the two pipes
 //! of the line protocol. It never interprets a request.
 
+pub mod protocol;
+
 use crate::child::{self, Child, SpawnOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -117,9 +119,9 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
 ];
 
 /// The module `test_driver/_constants.py`: the defaults the shim shares with the driver,
-/// generated from the driver's constants so the two languages cannot disagree.
+/// generated from the driver's constants so the two languages cannot disagree. (The wait
+/// schedule is not here: `retry()` asks the driver for each pause.)
 pub fn constants_module() -> String {
-    use crate::machine::waits;
     use crate::rpc::ops;
     let secs = |d: std::time::Duration| d.as_secs_f64();
     format!(
@@ -138,33 +140,12 @@ MAX_DURATION_SECONDS = {:.1}
 POLLING_SLICE_MIN_SECONDS = {}
 #: Upstream's default interval of a polling condition (seconds).
 POLLING_INTERVAL_SECONDS = {}
-#: The wait schedule (`machine::waits`), which `retry` follows too: the pause is
-#: max(clamp(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE, WAIT_MAX_AGE_PAUSE), k × cost) with
-#: k = 100 / share - 1, share WAIT_YOUNG_SHARE_PERCENT during WAIT_YOUNG_PHASE, then
-#: WAIT_OLD_SHARE_PERCENT; WAIT_REFERENCE_INTERVAL under NTD_WAIT_SCHEDULE=reference.
-WAIT_MIN_PAUSE_SECONDS = {}
-WAIT_MAX_AGE_PAUSE_SECONDS = {}
-WAIT_AGE_DIVISOR = {}
-WAIT_YOUNG_PHASE_SECONDS = {}
-WAIT_YOUNG_SHARE_PERCENT = {}
-WAIT_OLD_SHARE_PERCENT = {}
-WAIT_REFERENCE_INTERVAL_SECONDS = {}
-#: The environment variable that selects the reference schedule (a bench knob).
-WAIT_SCHEDULE_ENV = "{}"
 "#,
         secs(ops::DEFAULT_TIMEOUT),
         secs(ops::DEFAULT_QMP_EVENT_TIMEOUT),
         secs(ops::MAX_DURATION),
         secs(ops::POLLING_SLICE_MIN),
         secs(ops::POLLING_INTERVAL),
-        secs(waits::MIN_PAUSE),
-        secs(waits::MAX_AGE_PAUSE),
-        waits::AGE_DIVISOR,
-        secs(waits::YOUNG_PHASE),
-        waits::YOUNG_SHARE_PERCENT,
-        waits::OLD_SHARE_PERCENT,
-        secs(waits::REFERENCE_INTERVAL),
-        waits::SCHEDULE_ENV,
     )
 }
 
@@ -172,7 +153,11 @@ WAIT_SCHEDULE_ENV = "{}"
 pub fn write_package(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let constants = constants_module();
-    let generated = [("test_driver/_constants.py", constants.as_str())];
+    let protocol = protocol::module();
+    let generated = [
+        ("test_driver/_constants.py", constants.as_str()),
+        ("test_driver/_protocol.py", protocol.as_str()),
+    ];
     for (rel, text) in FILES.iter().chain(generated.iter()) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
