@@ -220,3 +220,39 @@ pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<Spawned
         to_shim: to_shim_w,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seam is the generated module: the shim's own files reach the driver only through
+    /// it, so they name no op and handle no untyped reply.
+    #[test]
+    fn shim_files_reach_the_driver_only_through_the_generated_module() {
+        for (path, text) in FILES {
+            if path.ends_with("_rpc.py") {
+                assert!(!text.contains("Any"), "{path}: the transport has no Any");
+                continue;
+            }
+            for needle in ["_rpc.channel()", ".call(", ".notify(", ".request("] {
+                assert!(!text.contains(needle), "{path} uses {needle}");
+            }
+        }
+        let protocol = protocol::module();
+        assert!(protocol.contains("from test_driver import _rpc"));
+    }
+
+    #[test]
+    fn package_has_every_file_and_both_generated_modules() {
+        let dir = std::env::temp_dir().join(format!("ntd-shim-test-{}", std::process::id()));
+        write_package(&dir).unwrap();
+        for rel in FILES
+            .iter()
+            .map(|(rel, _)| *rel)
+            .chain(["test_driver/_constants.py", "test_driver/_protocol.py"])
+        {
+            assert!(dir.join(rel).is_file(), "{rel}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
