@@ -13,6 +13,7 @@ mod deadline;
 mod dirs;
 mod pending;
 mod serve;
+mod shell_op;
 mod shim;
 mod vlans;
 

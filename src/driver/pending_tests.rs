@@ -2,12 +2,17 @@
 //! implements [`Controlled`], time is whatever instant the test passes as the loop's `now`.
 
 use super::*;
+use crate::json::Value;
 use crate::log::{Level, LogEvent, Logger, Sink};
 use crate::machine::guest::WaitSpec;
 use crate::machine::qmp::QmpFailure;
+use crate::machine::session::{ShellRequest, ShellResult};
+use crate::machine::waits::WaitCondition;
 use crate::machine::waits::{Pacing, Schedule};
 use crate::machine::MachineError;
+use crate::machine::ShellDown;
 use crate::reactor::Ctx;
+use crate::rpc::requests::WaitLimits;
 use mio::{Poll, Registry};
 use std::cell::RefCell;
 use std::collections::VecDeque;

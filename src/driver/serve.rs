@@ -4,7 +4,8 @@
 //! the reply type its op declares. Network faults are served in [`super::vlans`].
 
 use super::deadline::Deadline;
-use super::pending::{Pending, ShellOp, WaitOp};
+use super::pending::Pending;
+use super::shell_op::{ShellOp, WaitOp};
 use super::Driver;
 use crate::json::Value;
 use crate::machine::guest::{format_seconds, WaitSpec};
