@@ -34,6 +34,7 @@ pub const CONNECT_REMINDER: Duration = Duration::from_secs(30);
 pub const ANSWER_GRACE: Duration = Duration::from_secs(15);
 /// The share of the timeout added to [`ANSWER_GRACE`]: 1/20 (5 %).
 const ANSWER_GRACE_DIVISOR: u32 = 20;
+
 /// Progress of a "wait for the guest shell" step (upstream `connect()`).
 #[derive(Debug)]
 pub struct Connecting {
