@@ -6,6 +6,7 @@ symbols around them and runs the script with upstream's failure handling.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -25,7 +26,14 @@ from test_driver._constants import (
     POLLING_SLICE_MIN_SECONDS,
 )
 from test_driver.debug import Debug, DebugAbstract, DebugNop
-from test_driver.duration import Duration, to_seconds
+from test_driver._retry import RemainingTime, run_retry
+from test_driver.duration import (
+    Duration,
+    to_limit,
+    to_seconds,
+    warn_deprecated_argument,
+    warn_if_numeric,
+)
 from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine import (
@@ -83,15 +91,27 @@ class Poll:
 
     def wait(
         self,
-        timeout: Duration | None = None,
+        timeout: Duration | None = DEFAULT_TIMEOUT,
         timeout_seconds: Duration | None = None,
     ) -> None:
-        """Wait until the condition holds (default 15 minutes)."""
-        total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
+        """Wait until the condition holds (default 15 minutes; ``timeout=None``: no limit).
+        ``timeout_seconds`` is upstream's deprecated name of ``timeout``."""
+        if timeout_seconds is not None:
+            if timeout is not DEFAULT_TIMEOUT:
+                raise TypeError(
+                    "wait() got both 'timeout' and 'timeout_seconds' arguments. "
+                    "Pass only 'timeout'"
+                )
+            warn_deprecated_argument("timeout_seconds", "timeout")
+            warn_if_numeric(timeout_seconds, "wait")
+            total = to_limit(timeout_seconds, DEFAULT_TIMEOUT)
+        else:
+            warn_if_numeric(timeout, "wait")
+            total = math.inf if timeout is None else to_limit(timeout, DEFAULT_TIMEOUT)
         logger = self._driver.logger
         description = self.condition.description
 
-        def condition(last: bool) -> bool:
+        def condition(last: RemainingTime | None) -> bool:
             if last:
                 logger.info(f"Last chance for {description}")
             ret = self.condition.check(force=True)
@@ -100,7 +120,7 @@ class Poll:
             return ret
 
         with logger.nested(f"waiting for {description}"):
-            retry(condition, timeout_seconds=total if total is not None else DEFAULT_TIMEOUT)
+            run_retry(condition, total)
 
 
 class Driver:
