@@ -45,6 +45,9 @@ pub struct Options {
     /// How long a machine may take to open its backdoor shell (env `NTD_SHELL_TIMEOUT`;
     /// upstream gives up after ten 30-second reminders).
     pub shell_timeout: Duration,
+    /// Upstream's `qemu.forceAccel`: a machine that QEMU runs under TCG fails at start
+    /// instead of running slowly (configuration key `force_accel`, or `--force-accel`).
+    pub force_accel: bool,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -72,7 +75,8 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
-                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [testscript]
+                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [--force-accel]
+                         [testscript]
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -91,6 +95,8 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --capture-dir DIR           ntd: write one pcap file per vlan into DIR
   --trace FILE                ntd: write a Chrome trace-event timeline to FILE
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
+  --force-accel               fail a machine that runs under TCG instead of KVM (upstream's
+                              qemu.forceAccel; config key \"force_accel\")
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -125,6 +131,7 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--capture-dir", None, Arity::One),
     ("--trace", None, Arity::One),
     ("--net-seed", None, Arity::One),
+    ("--force-accel", None, Arity::Flag),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -307,6 +314,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             Some(t) => parse_seconds(&t, "NTD_SHELL_TIMEOUT")?,
             None => DEFAULT_SHELL_TIMEOUT,
         },
+        force_accel: raw.flag("--force-accel"),
     };
 
     if let Some(config) = raw.one("--config") {
@@ -514,6 +522,11 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
     }
     if let Some(s) = v.get("test_script").and_then(Value::as_str) {
         o.test_script = Some(PathBuf::from(s));
+    }
+    if let Some(f) = v.get("force_accel") {
+        o.force_accel |= f
+            .as_bool()
+            .ok_or_else(|| bad("\"force_accel\" must be true or false"))?;
     }
     if v.get("enable_ssh_backdoor").and_then(Value::as_bool) == Some(true) {
         // Accepted so existing configurations load; the vsock SSH backdoor is not offered.

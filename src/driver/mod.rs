@@ -176,6 +176,7 @@ impl Driver {
             .map_err(|e| format!("cannot create a directory for the sockets of {name}: {e}"))?;
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
+        m.force_accel = self.opts.force_accel;
         m.reset_state_dir(&mut self.log)
             .map_err(|e| e.to_string())?;
         self.machines.push(m);
