@@ -48,6 +48,14 @@ pub struct Options {
     /// Upstream's `qemu.forceAccel`: a machine that QEMU runs under TCG fails at start
     /// instead of running slowly (configuration key `force_accel`, or `--force-accel`).
     pub force_accel: bool,
+    /// The SSH backdoor of the mid generation (`--dump-vsocks OFFSET`): the machines' start
+    /// scripts give them native vsock CIDs OFFSET+1, OFFSET+2, …; the driver prints how to
+    /// reach them.
+    pub dump_vsocks: Option<u32>,
+    /// The SSH backdoor of the newest generation (configuration `enable_ssh_backdoor`): each
+    /// machine gets a vhost-user vsock device served by `vhost-device-vsock`, reachable
+    /// through a hybrid-vsock socket on the host.
+    pub enable_ssh_backdoor: bool,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -75,8 +83,8 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
-                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [--force-accel]
-                         [testscript]
+                         [--dump-vsocks OFFSET] [--capture-dir DIR] [--trace FILE]
+                         [--net-seed N] [--force-accel] [testscript]
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -92,6 +100,9 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --start-scripts SCRIPT ...  legacy form; names from run-<name>-vm (env: startScripts)
   --vlans VLAN ...            vlan numbers (env: vlans)
   --global-timeout SECONDS    kill everything after this long (env: globalTimeout)
+  --dump-vsocks OFFSET        SSH backdoor (mid generation): print how to reach the machines
+                              at vsock CIDs OFFSET+1, OFFSET+2, ... (config key
+                              enable_ssh_backdoor: the newest generation's vsock-mux backdoor)
   --capture-dir DIR           ntd: write one pcap file per vlan into DIR
   --trace FILE                ntd: write a Chrome trace-event timeline to FILE
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
@@ -315,6 +326,15 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             None => DEFAULT_SHELL_TIMEOUT,
         },
         force_accel: raw.flag("--force-accel"),
+        dump_vsocks: match raw.one("--dump-vsocks") {
+            None => None,
+            Some(s) => Some(s.trim().parse::<u32>().map_err(|_| {
+                CliError(format!(
+                    "argument --dump-vsocks: invalid int value: '{s}' (a vsock CID offset)"
+                ))
+            })?),
+        },
+        enable_ssh_backdoor: false,
     };
 
     if let Some(config) = raw.one("--config") {
@@ -528,9 +548,10 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
             .as_bool()
             .ok_or_else(|| bad("\"force_accel\" must be true or false"))?;
     }
-    if v.get("enable_ssh_backdoor").and_then(Value::as_bool) == Some(true) {
-        // Accepted so existing configurations load; the vsock SSH backdoor is not offered.
-        eprintln!("ntd: enable_ssh_backdoor is not supported and is ignored");
+    if let Some(b) = v.get("enable_ssh_backdoor") {
+        o.enable_ssh_backdoor = b
+            .as_bool()
+            .ok_or_else(|| bad("\"enable_ssh_backdoor\" must be true or false"))?;
     }
     Ok(())
 }

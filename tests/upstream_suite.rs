@@ -42,6 +42,7 @@ fn one_machine(tag: &str, script: &str, args: &[&str]) -> (TestDir, RunResult) {
 fn debian_test(name: &str, extra: &[&str]) -> (TestDir, RunResult) {
     let dir = TestDir::new(name);
     let mut cmd = Command::new(repo().join("ci/run-test"));
+    cmd.env(ntd::driver::vsock::PROGRAM_ENV, vhost_device_vsock());
     cmd.arg(repo().join("tests/upstream-suite").join(name));
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
@@ -235,5 +236,203 @@ fn ocr_timeout_error_shows_the_last_recognised_text() {
         "{}",
         r.log()
     );
+    dir.assert_clean();
+}
+
+#[test]
+fn force_accel_fails_a_machine_that_runs_under_tcg() {
+    let (dir, r) = one_machine(
+        "u-accel",
+        test_script!("upstream_suite/force_accel_fails_a_machine_under_tcg.py"),
+        &["--force-accel"],
+    );
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains("START ERROR: ") && r.stdout.contains("forceAccel is enabled but "),
+        "{}",
+        r.log()
+    );
+    assert!(
+        r.stdout.contains("QEMU runs machine 'machine' under TCG")
+            || r.stdout.contains("/dev/kvm is not accessible"),
+        "{}",
+        r.log()
+    );
+    dir.assert_clean();
+}
+
+#[test]
+fn qemu_that_cannot_open_kvm_fails_with_upstreams_force_accel_message() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("u-nokvm");
+    // What QEMU prints with `-machine accel=kvm` when /dev/kvm cannot be opened (nixpkgs PR
+    // #509553 quotes it), then it exits.
+    let vm = dir.write(
+        "run-machine-vm",
+        "#!/bin/sh\n\
+         echo 'qemu-system-x86_64: Could not access KVM kernel module: Permission denied' >&2\n\
+         echo 'qemu-system-x86_64: failed to initialize kvm: Permission denied' >&2\n\
+         exit 1\n",
+    );
+    std::fs::set_permissions(&vm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.config(
+        &[("machine", &vm)],
+        &[],
+        120,
+        test_script!("upstream_suite/kvm_that_cannot_be_opened_is_upstreams_message.py"),
+    );
+    let r = dir.run(&["-c", cfg.to_str().unwrap()], LIMIT);
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains(
+            "forceAccel is enabled but /dev/kvm is not accessible (permission denied).\n\
+             Check that your user is in the 'kvm' group or that /dev/kvm has the correct \
+             permissions."
+        ),
+        "{}",
+        r.log()
+    );
+    assert!(
+        r.stdout
+            .contains("qemu-system-x86_64: failed to initialize kvm: Permission denied"),
+        "QEMU's own output is kept\n{}",
+        r.log()
+    );
+    dir.assert_clean();
+}
+
+#[test]
+fn junit_schema_checker_judges_its_witnesses() {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/common/junit_schema.py"))
+        .arg("--self-test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn junit_nix_writes_upstreams_report_valid_by_the_junit_schema() {
+    let out = TestDir::new("u-junit-out");
+    let out_dir = out.path.to_str().unwrap().to_owned();
+    // upstream's extraDriverArgs: `--junit=junit.xml` (an argparse prefix of --junit-xml).
+    let (dir, r) = debian_test("junit", &["-o", &out_dir, "--junit=junit.xml"]);
+    r.assert_code(0);
+    let junit = out.path.join("junit.xml");
+    assert_junit_valid(&junit);
+    let text = std::fs::read_to_string(&junit).unwrap();
+    // The subtests are the test cases (no "main"), both passed; every log line is the
+    // suite's system-out.
+    let names: Vec<&str> = text
+        .split("<testcase name=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["systemd-networkd is started", "/etc is populated correctly"],
+        "{text}"
+    );
+    assert!(!text.contains("<failure"), "{text}");
+    assert_eq!(text.matches("<system-out>").count(), 1, "{text}");
+    for line in [
+        "machine: waiting for unit multi-user.target",
+        "machine: must succeed: cat /etc/something",
+        "subtest: /etc is populated correctly",
+    ] {
+        assert!(text.contains(line), "missing {line:?}\n{text}");
+    }
+    dir.assert_clean();
+}
+
+#[test]
+fn efivars_nix_edits_the_variable_store_of_an_ovmf_guest() {
+    let (dir, r) = debian_test("efivars", &[]);
+    r.assert_code(0);
+    for line in [
+        "/sys/firmware/efi/efivars/Demo-a19f72f8-b554-4bd7-a0c2-2762bd854691: 0x2a -> 0x2b",
+        "Congrats!",
+    ] {
+        assert!(r.stdout.contains(line), "missing {line:?}\n{}", r.log());
+    }
+    dir.assert_clean();
+}
+
+#[test]
+fn efi_vars_outside_a_running_machine_are_refused_or_written() {
+    let (dir, r) = one_machine(
+        "u-efi",
+        test_script!("upstream_suite/efi_vars_store_rules.py"),
+        &[],
+    );
+    r.assert_code(0);
+    assert!(r.stdout.contains("efi store rules hold"), "{}", r.log());
+    dir.assert_clean();
+}
+
+#[test]
+fn ssh_backdoor_nix_reaches_the_guest_through_ntds_vsock_mux_socket() {
+    let (dir, r) = debian_test("ssh-backdoor", &[]);
+    r.assert_code(0);
+    assert!(
+        r.stdout
+            .contains("vsock-mux: echoed b'hello over vsock\\n'"),
+        "{}",
+        r.log()
+    );
+    // Printed at start and by dump_machine_ssh(), in upstream's words.
+    assert_eq!(
+        r.stdout
+            .matches("SSH backdoor enabled, the machines can be accessed like this:")
+            .count(),
+        2,
+        "{}",
+        r.log()
+    );
+    assert!(
+        r.stdout.contains(
+            "\x1b[1mNote:\x1b[0m this requires \x1b[1msystemd-ssh-proxy(1)\x1b[0m to be \
+             enabled (default on NixOS 25.05 and newer)."
+        ),
+        "{}",
+        r.log()
+    );
+    assert!(
+        r.stdout
+            .contains("    machine:  \x1b[1mssh -o User=root vsock-mux/")
+            && r.stdout.contains("/machine_host.socket\x1b[0m"),
+        "{}",
+        r.log()
+    );
+    assert!(r.stderr.contains("start vhost-device-vsock"), "{}", r.log());
+    dir.assert_clean();
+}
+
+#[test]
+fn dump_vsocks_prints_the_mid_generations_instructions() {
+    let (dir, r) = one_machine(
+        "u-vsocks",
+        test_script!("upstream_suite/dump_vsocks.py"),
+        &["--dump-vsocks", "2"],
+    );
+    r.assert_code(0);
+    assert!(
+        r.stdout
+            .contains("SSH backdoor enabled, the machines can be accessed like this:"),
+        "{}",
+        r.log()
+    );
+    assert!(
+        r.stdout
+            .contains("    machine:  \x1b[1mssh -o User=root vsock/3\x1b[0m"),
+        "{}",
+        r.log()
+    );
+    assert!(r.stdout.contains("dump_vsocks checked"), "{}", r.log());
     dir.assert_clean();
 }

@@ -13,6 +13,7 @@ mod ops;
 mod pending;
 mod shim;
 mod vlans;
+pub mod vsock;
 
 use crate::cli::Options;
 use crate::log::{LineKind, Logger};
@@ -98,6 +99,8 @@ pub struct Driver {
     net_seed: u64,
     /// Network faults in force, for the trace timeline (closed when replaced or healed).
     fault_spans: Vec<vlans::FaultSpan>,
+    /// The SSH backdoor's vhost-user vsock backend (`enable_ssh_backdoor`).
+    vsock: Option<vsock::VsockBackend>,
 }
 
 impl Driver {
@@ -136,6 +139,7 @@ impl Driver {
             panic_on: std::env::var("NTD_TEST_PANIC").ok(),
             net_seed: 0,
             fault_spans: Vec::new(),
+            vsock: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -148,12 +152,33 @@ impl Driver {
             ));
         }
         d.start_vlans()?;
+        if d.opts.enable_ssh_backdoor && !d.opts.vms.is_empty() {
+            d.start_vsock().map_err(DriverError::Machine)?;
+        }
         for spec in d.opts.vms.clone() {
             let keep = d.opts.keep_machine_state;
             d.add_machine(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
         Ok(d)
+    }
+
+    /// Upstream's nested `start vhost-device-vsock`: the SSH backdoor's backend, serving a
+    /// vsock device per configured machine (before any QEMU starts: QEMU connects to it).
+    fn start_vsock(&mut self) -> Result<(), String> {
+        self.log.begin(None, "start vhost-device-vsock");
+        let names: Vec<String> = self.opts.vms.iter().map(|v| v.name.clone()).collect();
+        let longest = names.iter().map(String::len).max().unwrap_or(0);
+        let dir_name = format!("vhost-vsock-{}", std::process::id());
+        let probe = PathBuf::from(&dir_name).join(format!("{}_guest.socket", "x".repeat(longest)));
+        let base = self
+            .sockets
+            .base_for(&probe, crate::machine::qemu::MAX_SOCKET_PATH, &mut self.log)
+            .map_err(|e| format!("cannot create a directory for the vsock sockets: {e}"))?;
+        let started = vsock::VsockBackend::start(base.join(dir_name), &names);
+        self.log.end(started.is_ok());
+        self.vsock = Some(started?);
+        Ok(())
     }
 
     /// A machine of the run (configured, or from `create_machine`), its old state removed
@@ -176,6 +201,9 @@ impl Driver {
             .map_err(|e| format!("cannot create a directory for the sockets of {name}: {e}"))?;
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
+        if let Some(pair) = self.vsock.as_ref().and_then(|v| v.pair(name)) {
+            m.extra_args = vsock::qemu_args(&pair.guest);
+        }
         m.force_accel = self.opts.force_accel;
         m.reset_state_dir(&mut self.log)
             .map_err(|e| e.to_string())?;
@@ -465,6 +493,9 @@ impl Driver {
             self.member_timers(Instant::now());
         }
         self.stop_vlans();
+        if let Some(v) = self.vsock.as_mut() {
+            v.stop();
+        }
         for m in &mut self.machines {
             if !m.gone() {
                 self.log.warning(

@@ -381,7 +381,38 @@ impl Driver {
                     .unwrap_or(Value::Null),
             ),
             ("legacy", Value::from(self.opts.legacy_state_flag)),
+            ("ssh_backdoor", self.ssh_backdoor_info()),
         ])
+    }
+
+    /// What `dump_machine_ssh` prints and `driver.vhost_vsock` offers: the newest
+    /// generation's vsock-mux sockets, or the mid generation's CID offset, or null.
+    fn ssh_backdoor_info(&self) -> Value {
+        let sockets = self.vsock.as_ref().map(|v| {
+            Value::Object(
+                v.sockets
+                    .iter()
+                    .map(|(name, p)| {
+                        let pair = obj([
+                            ("guest", Value::from(p.guest.display().to_string())),
+                            ("host", Value::from(p.host.display().to_string())),
+                            ("cid", Value::Int(p.cid.into())),
+                        ]);
+                        (name.clone(), pair)
+                    })
+                    .collect(),
+            )
+        });
+        match (sockets, self.opts.dump_vsocks) {
+            (None, None) if !self.opts.enable_ssh_backdoor => Value::Null,
+            (sockets, offset) => obj([
+                ("sockets", sockets.unwrap_or(Value::Null)),
+                (
+                    "vsock_offset",
+                    offset.map(|o| Value::Int(o.into())).unwrap_or(Value::Null),
+                ),
+            ]),
+        }
     }
 }
 

@@ -139,6 +139,8 @@ pub struct Machine {
     pub allow_reboot: bool,
     /// Upstream's `qemu.forceAccel`: running under TCG is a start failure.
     pub force_accel: bool,
+    /// QEMU arguments appended after upstream's own (the SSH backdoor's vsock device).
+    pub extra_args: Vec<String>,
     /// Set when QEMU ran the guest under TCG although an accelerator was demanded (QEMU is
     /// being stopped; the start fails with this message).
     accel_refused: Option<String>,
@@ -193,6 +195,7 @@ impl Machine {
             keep_state: false,
             allow_reboot: false,
             force_accel: false,
+            extra_args: Vec::new(),
             accel_refused: None,
             phase: Phase::Stopped,
             process: None,
@@ -341,11 +344,12 @@ impl Machine {
         self.monitor_listener = Some(self.listen(cx.registry, Slot::MonitorListen)?);
         self.shell_listener = Some(self.listen(cx.registry, Slot::ShellListen)?);
 
-        let args = qemu::appended_args(
+        let mut args = qemu::appended_args(
             &self.paths.sockets(),
             self.allow_reboot,
             qemu::wants_nographic(),
         );
+        args.extend(self.extra_args.iter().cloned());
         let mut env = extra_env.to_vec();
         env.extend(qemu::start_env(&self.paths));
         let proc = qemu::spawn(&self.start_command, &args, &env, &self.paths.state_dir)?;

@@ -71,6 +71,8 @@ def main() -> None:
         _report_syntax_error(e)
         sys.exit(1)
     driver = Driver(hello, tests, code)
+    # Upstream prints how to reach the machines over the SSH backdoor before anything runs.
+    driver.dump_machine_ssh()
     if hello.get("interactive"):
         driver.interactive()
         return

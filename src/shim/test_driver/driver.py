@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import CodeType
@@ -123,6 +124,23 @@ class Poll:
             run_retry(condition, total)
 
 
+@dataclass
+class VsockPair:
+    """A machine's SSH-backdoor sockets (upstream's `VsockPair`): QEMU's vhost-user socket
+    (``guest``), the hybrid-vsock socket the host connects to (``host``), the guest CID."""
+
+    guest: Path
+    host: Path
+    cid: int
+
+
+class VHostDeviceVsock:
+    """Upstream's handle of the vhost-device-vsock backend (ntd runs the process)."""
+
+    def __init__(self, sockets: dict[str, VsockPair]) -> None:
+        self.sockets = sockets
+
+
 class Driver:
     tests: str
     vlans: list[VLan]
@@ -165,6 +183,21 @@ class Driver:
             for m in hello["machines"]
         ]
         self.machines_nspawn: list[BaseMachine] = []
+        backdoor = hello.get("ssh_backdoor")
+        self.enable_ssh_backdoor = backdoor is not None
+        self.vsock_offset: int | None = backdoor["vsock_offset"] if backdoor else None
+        self.vhost_vsock: VHostDeviceVsock | None = None
+        if backdoor and backdoor["sockets"] is not None:
+            self.vhost_vsock = VHostDeviceVsock(
+                {
+                    name: VsockPair(Path(p["guest"]), Path(p["host"]), int(p["cid"]))
+                    for name, p in backdoor["sockets"].items()
+                }
+            )
+        for machine in self.machines_qemu:
+            pair = self.vhost_vsock.sockets.get(machine.name) if self.vhost_vsock else None
+            if pair is not None:
+                machine.vsock_host, machine.vsock_guest = pair.host, pair.guest
         set_polling_slice(self._polling_slice)
 
     @property
@@ -323,8 +356,32 @@ class Driver:
     def serial_stdout_off(self) -> None:
         self.logger.print_serial_logs(False)
 
-    def dump_machine_ssh(self, offset: int = 0) -> None:
-        """The vsock SSH backdoor is not offered by ntd; use `shell_interact()`."""
+    def dump_machine_ssh(self, offset: int | None = None) -> None:
+        """Print how to reach each machine over the SSH backdoor (upstream's words): through
+        its vsock-mux socket (`enable_ssh_backdoor`), or at vsock CID ``offset`` + 1, + 2, …
+        (the mid generation's ``--dump-vsocks OFFSET``). Nothing without a backdoor."""
+        if offset is None:
+            offset = self.vsock_offset
+        if not self.enable_ssh_backdoor and offset is None:
+            return
+        if not self.machines:
+            print("SSH backdoor enabled, but no machines defined")
+            return
+        bright, reset = "\x1b[1m", "\x1b[0m"
+        print("SSH backdoor enabled, the machines can be accessed like this:")
+        print(
+            f"{bright}Note:{reset} this requires {bright}systemd-ssh-proxy(1){reset} to be "
+            "enabled (default on NixOS 25.05 and newer)."
+        )
+        longest = max(len(m.name) for m in self.machines)
+        for number, machine in enumerate(self.machines, start=(offset or 0) + 1):
+            spaces = " " * (longest - len(machine.name) + 2)
+            command = (
+                machine.ssh_backdoor_command()
+                if self.vhost_vsock is not None
+                else machine.ssh_backdoor_command(number)
+            )
+            print(f"    {machine.name}:{spaces}{bright}{command}{reset}")
 
     # -- polling conditions --------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from test_driver.duration import (
     warn_deprecated_argument,
     warn_if_numeric,
 )
-from test_driver.efi import EfiVariable
+from test_driver.efi import EfiVariable, EfiVars
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine.qmp import QMPSession
@@ -142,6 +142,9 @@ class BaseMachine:
         self.callbacks = list(callbacks or [])
         self.logger = logger
         self.qmp_client = QMPSession(name)
+        # The SSH backdoor's sockets, when the test enables it (set by the driver).
+        self.vsock_host: Path | None = None
+        self.vsock_guest: Path | None = None
         # Upstream attributes that have no meaning here but that scripts may read.
         self.process: subprocess.Popen[bytes] | None = None
         self.monitor: Any = None
@@ -944,30 +947,46 @@ class BaseMachine:
             return
 
 
-    def ssh_backdoor_command(self) -> str:
-        """Upstream's vsock SSH backdoor; ntd does not offer it (use `shell_interact`)."""
-        raise MachineError(
-            "the vsock SSH backdoor is not supported by ntd; use shell_interact() instead"
-        )
+    def ssh_backdoor_command(self, index: int | None = None) -> str:
+        """How to reach the machine over the SSH backdoor: ``vsock-mux/<host socket>``
+        (`enable_ssh_backdoor`), or ``vsock/<index>`` (the mid generation's native CID)."""
+        if index is not None:
+            return f"ssh -o User=root vsock/{index}"
+        if self.vsock_host is None:
+            raise MachineError(
+                f"{self.name} has no SSH backdoor: the test does not enable it "
+                "(sshBackdoor.enable / enable_ssh_backdoor)"
+            )
+        return f"ssh -o User=root vsock-mux/{self.vsock_host}"
 
     # -- EFI variables -------------------------------------------------------------------
 
-    def _efi_unsupported(self) -> MachineError:
-        return MachineError(
-            "editing the OVMF variable store (efi vars) is not supported by ntd"
-        )
+    @property
+    def efi_vars_path(self) -> Path:
+        """The machine's UEFI variable store (``NIX_EFI_VARS`` of its start script)."""
+        return self.state_dir / f"{self.name}-efi-vars.fd"
+
+    @property
+    def efi_vars(self) -> EfiVars:
+        return EfiVars(self.efi_vars_path, lambda: self.booted)
 
     def create_efi_vars(self) -> None:
-        raise self._efi_unsupported()
+        """Create an empty OVMF variable store (the machine must be down and have none)."""
+        self.efi_vars.create_empty()
 
     def read_efi_vars(self) -> list[EfiVariable]:
-        raise self._efi_unsupported()
+        """The variables of the store (none if it does not exist); the machine must be down."""
+        return self.efi_vars.read() or []
 
     def write_efi_vars(self, add: list[EfiVariable]) -> None:
-        raise self._efi_unsupported()
+        """Add or replace variables in the store (created if missing); the machine must be
+        down."""
+        self.efi_vars.write(add)
 
     def dump_efi_vars(self) -> None:
-        raise self._efi_unsupported()
+        """Print every variable of the store."""
+        for var in self.read_efi_vars():
+            var.print()
 
 
 class QemuMachine(BaseMachine):
