@@ -252,6 +252,28 @@ def write_node_tar(node, image, path):
             tar.addfile(info)
 
 
+def efi_kernel(image):
+    """The image's kernel as a bzImage with its EFI stub, for nodes booted through OVMF (the
+    image's `kernel` is the uncompressed ELF QEMU boots through PVH, which firmware cannot
+    start): /boot/vmlinuz-* read out of root.img with debugfs once, kept beside the image."""
+    path = os.path.join(image, "vmlinuz.efi")
+    if os.path.isfile(path):
+        return path
+    root = os.path.join(image, "root.img")
+    listing = subprocess.run(["debugfs", "-R", "ls /boot", root], check=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    names = sorted(n for n in listing.split() if n.startswith("vmlinuz-"))
+    if len(names) != 1:
+        raise NodesError(f"{root}: expected one /boot/vmlinuz-* for EFI boot, found {names}")
+    tmp = f"{path}.tmp{os.getpid()}"
+    subprocess.run(["debugfs", "-R", f"dump /boot/{names[0]} {tmp}", root], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not os.path.getsize(tmp):
+        raise NodesError(f"{root}: could not read /boot/{names[0]}")
+    os.replace(tmp, path)
+    return path
+
+
 def write_start_scripts(nodes, image, work_dir):
     """Write work_dir/<name>/bin/run-<name>-vm for every node; returns {name: script}."""
     with open(os.path.join(image, "kernel-params")) as f:
@@ -264,7 +286,7 @@ def write_start_scripts(nodes, image, work_dir):
         tar = os.path.join(node_dir, "node.tar")
         write_node_tar(node, image, tar)
         cmd = [os.path.join(CI_DIR, "mkvm"), "--name", node.name, "--out", node_dir,
-               "--kernel", os.path.join(image, "kernel"),
+               "--kernel", efi_kernel(image) if node.efi else os.path.join(image, "kernel"),
                "--initrd", os.path.join(image, "initrd"),
                "--disk", os.path.join(image, "root.img"),
                "--index", str(node.index), "--memory", str(node.memory),

@@ -1,3 +1,4 @@
+# typecheck: allow var-annotated, has-type, func-returns-value (nixpkgs' retry.nix, unchanged: it idles `[].append(x) or True` and an unannotated list; nixpkgs runs it without machines)
 # nixpkgs nixos/tests/nixos-test-driver/retry.nix (nodes = { }): its testScript unchanged.
 import datetime as dt
 import time

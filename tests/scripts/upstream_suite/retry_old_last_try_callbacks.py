@@ -55,6 +55,13 @@ except TypeError as e:
 
 # timeout=None: no limit, the callback gets None (falsy: never "the last try").
 got: list[object] = []
-retry(lambda last_try: got.append(last_try) or len(got) == 2, timeout=None)
+
+
+def second_time(last_try: bool) -> bool:
+    got.append(last_try)
+    return len(got) == 2
+
+
+retry(second_time, timeout=None)
 assert got == [None, None], got
 print("old and new retry callbacks behave")
