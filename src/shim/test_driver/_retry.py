@@ -8,12 +8,13 @@ makes none); an attempt that overruns the deadline and then succeeds is a succes
 Callbacks written for the older contract, ``fn(last_try: bool)``, keep working: the float
 they receive is a `RemainingTime`, whose truth value is true only on the attempt that
 `retry` expects to be the last one that fits before the deadline (predicted from the last
-attempt's duration and the pause that would follow it). If that attempt fails, `retry` gives
-up at once, so an old callback's last-chance diagnostics run exactly once, on the attempt
-whose failure ends the wait; an attempt that takes longer than predicted shortens the pause
-after it so that a flagged attempt still starts before the deadline. Only an attempt that
-itself runs past the deadline ends the wait without a flagged one. Every other attempt's
-value is false; ``None`` (no limit) is false too.
+attempt's duration and the pause that would follow it, with a small margin). If that attempt
+fails, `retry` gives up at once, so an old callback's last-chance diagnostics run at most
+once, on the attempt whose failure ends the wait. The pause before it ends that margin
+before the deadline, so it starts in time even when a loaded host oversleeps a little; an
+attempt (or a pause) that runs past the deadline ends the wait without a flagged one, since
+no attempt starts after the deadline. Every other attempt's value is false; ``None`` (no
+limit) is false too.
 
 The pause between attempts follows ntd's wait schedule (`_retry_pause`), not a fixed
 second: a condition is noticed soon after it holds while a slow callable keeps its share of
@@ -97,6 +98,12 @@ def timed_out(elapsed: float, total: float) -> RequestedAssertionFailed:
     )
 
 
+#: How long before the deadline the attempt flagged last should start at the latest: the
+#: pause before it ends this early, so that a pause that oversleeps (a loaded host) still
+#: leaves it room. A fourth of the timeout at most, so short waits do not give up early.
+LAST_ATTEMPT_MARGIN_SECONDS = 0.05
+
+
 def run_retry(fn: Callable[[RemainingTime | None], Any], total: float) -> None:
     """The loop behind `retry`, for callers inside the shim (no argument checks, no
     warnings): ``total`` seconds (``math.inf``: no limit)."""
@@ -115,10 +122,10 @@ def run_retry(fn: Callable[[RemainingTime | None], Any], total: float) -> None:
         left = deadline - now
         if left <= 0:
             raise timed_out(now - start, total)
+        margin = min(max(LAST_ATTEMPT_MARGIN_SECONDS, cost), total / 4)
         # The attempt is the last that fits if, after it and the pause that would follow,
-        # the next one could not start before the deadline.
-        predicted_end = now + cost + _retry_pause(now - start + cost, cost)
-        last = predicted_end >= deadline
+        # the next one could not start before the deadline (less the margin).
+        last = now + cost + _retry_pause(now - start + cost, cost) + margin >= deadline
         t0 = now
         if fn(RemainingTime(left, last)):
             return
@@ -126,13 +133,9 @@ def run_retry(fn: Callable[[RemainingTime | None], Any], total: float) -> None:
         cost = now - t0
         if last or now >= deadline:
             raise timed_out(now - start, total)
-        pause = _retry_pause(now - start, cost)
-        if now + pause >= deadline:
-            # This attempt took longer than predicted: the schedule's pause would end past
-            # the deadline, but an attempt still fits. Wait half the time left, so that the
-            # next attempt starts before the deadline (and is, most likely, flagged last).
-            pause = (deadline - now) / 2
-        time.sleep(pause)
+        # The pause ends `margin` before the deadline at the latest: the next attempt, the
+        # last one if nothing else fits, starts in time even if the pause oversleeps a little.
+        time.sleep(max(0.0, min(_retry_pause(now - start, cost), deadline - margin - now)))
 
 
 def retry(

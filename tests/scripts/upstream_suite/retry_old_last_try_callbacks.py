@@ -13,8 +13,6 @@ remaining_seen: list[float] = []
 def never(last_try: bool) -> bool:
     flags.append(bool(last_try))
     remaining_seen.append(float(last_try))
-    if last_try:
-        print("last chance diagnostics ran")
     time.sleep(0.01)
     return False
 
@@ -23,8 +21,12 @@ with t.assertRaises(RequestedAssertionFailed) as raised:
     retry(never, timeout=dt.timedelta(seconds=1.5))
 assert "action timed out after" in str(raised.exception), raised.exception
 assert len(flags) >= 3, flags
-assert flags[-1] is True and not any(flags[:-1]), flags
-assert flags.count(True) == 1, flags
+# Only the final attempt may be told it is the last; on a host loaded enough to oversleep a
+# pause past the deadline there is none (the schedule itself is tested on a fake clock:
+# tests/shim_unit/test_retry.py).
+assert not any(flags[:-1]), flags
+if flags[-1]:
+    print("last chance diagnostics ran")
 assert all(0 < r <= 1.5 for r in remaining_seen), remaining_seen
 assert remaining_seen == sorted(remaining_seen, reverse=True), remaining_seen
 
