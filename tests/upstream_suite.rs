@@ -437,24 +437,18 @@ fn dump_vsocks_prints_the_mid_generations_instructions() {
 
 #[test]
 fn retry_schedule_on_a_fake_clock() {
-    // The shim's retry loop, exactly: remaining time, no attempt after the deadline, and the
-    // `last_try` truth on the final attempt only, also when pauses oversleep.
-    let dir = TestDir::new("u-retry-unit");
-    let status = Command::new(NTD)
-        .args(["shim-export"])
-        .arg(&dir.path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = Command::new("python3")
-        .arg(repo().join("tests/shim_unit/test_retry.py"))
-        .env("PYTHONPATH", &dir.path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // The shim's retry loop on a fake clock, every step asked from this driver: remaining
+    // time, no attempt after the deadline, the wait schedule's pauses, and the `last_try`
+    // truth on the final attempt only, also when pauses oversleep.
+    let (dir, r) = no_machines(
+        "u-retry-unit",
+        test_script!("upstream_suite/retry_schedule_fake_clock.py"),
     );
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains("retry schedule: 8 tests passed"),
+        "{}",
+        r.log()
+    );
+    dir.assert_clean();
 }

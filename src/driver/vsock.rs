@@ -11,7 +11,9 @@
 //! runs (its sockets must exist before any QEMU starts), SIGKILLed and reaped at cleanup. It
 //! touches no fd of the loop.
 
-use crate::child::{self, Child, SpawnOptions};
+use crate::child::{self, Child, ExitInfo, SpawnOptions};
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -80,6 +82,57 @@ pub fn qemu_args(guest: &Path) -> Vec<String> {
     ]
 }
 
+/// Why the backend could not start (the run cannot: its machines would have no device).
+#[derive(Debug)]
+pub enum VsockError {
+    /// The directory of the sockets could not be made.
+    Dir { path: PathBuf, source: io::Error },
+    /// The program could not be started.
+    Spawn { program: String, source: io::Error },
+    /// It exited before creating its sockets.
+    Exited { exit: ExitInfo, dir: PathBuf },
+    /// It created no socket within ten seconds.
+    NotReady { dir: PathBuf },
+}
+
+impl fmt::Display for VsockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VsockError::Dir { path, source } => write!(
+                f,
+                "cannot create a directory for the SSH backdoor's vsock sockets ({}): {source}",
+                path.display()
+            ),
+            VsockError::Spawn { program, source } => write!(
+                f,
+                "the SSH backdoor (enable_ssh_backdoor) needs {program} (rust-vmm's \
+                 vhost-device-vsock; nixpkgs: vhost-device-vsock), which could not be started: \
+                 {source}"
+            ),
+            VsockError::Exited { exit, dir } => write!(
+                f,
+                "vhost-device-vsock exited ({exit}) before creating its sockets in {}",
+                dir.display()
+            ),
+            VsockError::NotReady { dir } => write!(
+                f,
+                "vhost-device-vsock created no socket in {} within {} s",
+                dir.display(),
+                READY_PATIENCE.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for VsockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VsockError::Dir { source, .. } | VsockError::Spawn { source, .. } => Some(source),
+            VsockError::Exited { .. } | VsockError::NotReady { .. } => None,
+        }
+    }
+}
+
 /// The running backend.
 #[derive(Debug)]
 pub struct VsockBackend {
@@ -91,12 +144,11 @@ pub struct VsockBackend {
 impl VsockBackend {
     /// Start the backend for `names` with its sockets in a new 0700 directory `dir`, and
     /// wait until it listens on every guest socket.
-    pub fn start(dir: PathBuf, names: &[String]) -> Result<VsockBackend, String> {
+    pub fn start(dir: PathBuf, names: &[String]) -> Result<VsockBackend, VsockError> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if let Err(source) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            return Err(VsockError::Dir { path: dir, source });
+        }
         let sockets = plan(&dir, names);
         let program = std::env::var(PROGRAM_ENV).unwrap_or_else(|_| PROGRAM.to_owned());
         let mut cmd = Command::new(&program);
@@ -108,41 +160,41 @@ impl VsockBackend {
                 nice: None,
             },
         )
-        .map_err(|e| {
+        .map_err(|source| {
             let _ = std::fs::remove_dir_all(&dir);
-            format!(
-                "the SSH backdoor (enable_ssh_backdoor) needs {program} (rust-vmm's \
-                 vhost-device-vsock; nixpkgs: vhost-device-vsock), which could not be started: \
-                 {e}"
-            )
+            VsockError::Spawn { program, source }
         })?;
         let backend = VsockBackend {
             dir,
             sockets,
             child,
         };
-        backend.wait_ready()?;
-        Ok(backend)
+        match backend.wait_ready() {
+            Ok(()) => Ok(backend),
+            Err(e) => {
+                let mut backend = backend;
+                backend.stop();
+                Err(e)
+            }
+        }
     }
 
-    fn wait_ready(&self) -> Result<(), String> {
+    fn wait_ready(&self) -> Result<(), VsockError> {
         let give_up = Instant::now() + READY_PATIENCE;
         loop {
             if self.sockets.iter().all(|(_, p)| p.guest.exists()) {
                 return Ok(());
             }
-            if let Some(info) = self.child.try_reap() {
-                return Err(format!(
-                    "vhost-device-vsock exited ({info}) before creating its sockets in {}",
-                    self.dir.display()
-                ));
+            if let Some(exit) = self.child.try_reap() {
+                return Err(VsockError::Exited {
+                    exit,
+                    dir: self.dir.clone(),
+                });
             }
             if Instant::now() >= give_up {
-                return Err(format!(
-                    "vhost-device-vsock created no socket in {} within {} s",
-                    self.dir.display(),
-                    READY_PATIENCE.as_secs()
-                ));
+                return Err(VsockError::NotReady {
+                    dir: self.dir.clone(),
+                });
             }
             std::thread::sleep(READY_POLL);
         }
@@ -190,7 +242,9 @@ mod tests {
     fn a_missing_program_is_an_error_that_names_it() {
         let dir = std::env::temp_dir().join(format!("ntd-vsock-test-{}", std::process::id()));
         std::env::set_var(PROGRAM_ENV, "/nonexistent/vhost-device-vsock");
-        let e = VsockBackend::start(dir.clone(), &["m".to_owned()]).unwrap_err();
+        let e = VsockBackend::start(dir.clone(), &["m".to_owned()])
+            .unwrap_err()
+            .to_string();
         std::env::remove_var(PROGRAM_ENV);
         assert!(e.contains("needs /nonexistent/vhost-device-vsock"), "{e}");
         assert!(!dir.exists());

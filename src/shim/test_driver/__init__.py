@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TextIO
 
-from test_driver import _rpc
+from test_driver import _protocol, _rpc
 from test_driver.logger import rootlog
 
 
@@ -27,7 +27,7 @@ def _report_syntax_error(e: SyntaxError) -> None:
 def _sync_with_driver() -> None:
     """One round trip: the driver has handled every earlier notification when it answers."""
     try:
-        _rpc.channel().call("hello")
+        _protocol.hello()
     except _rpc.DriverGone:
         pass
 
@@ -58,10 +58,10 @@ def _install_warning_format(script: str) -> None:
 def main() -> None:
     if isinstance(sys.stdout, __import__("io").TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    hello = _rpc.channel().call("hello")
+    hello = _protocol.hello()
     from test_driver.driver import Driver
 
-    script = hello.get("test_script")
+    script = hello["test_script"]
     tests = Path(script).read_text() if script else ""
     _install_warning_format(tests)
     try:
@@ -73,7 +73,7 @@ def main() -> None:
     driver = Driver(hello, tests, code)
     # Upstream prints how to reach the machines over the SSH backdoor before anything runs.
     driver.dump_machine_ssh()
-    if hello.get("interactive"):
+    if hello["interactive"]:
         driver.interactive()
         return
     tic = time.time()

@@ -16,37 +16,23 @@ attempt (or a pause) that runs past the deadline ends the wait without a flagged
 no attempt starts after the deadline. Every other attempt's value is false; ``None`` (no
 limit) is false too.
 
-The pause between attempts follows ntd's wait schedule (`_retry_pause`), not a fixed
-second: a condition is noticed soon after it holds while a slow callable keeps its share of
-the CPU small.
+The schedule lives in the driver, once (``machine::waits::retry_step``, asked through
+`_protocol.retry_step` before each attempt): the pause follows ntd's wait schedule, not a
+fixed second, so a condition is noticed soon after it holds while a slow callable keeps its
+share of the CPU small; the same rule says which attempt is the last that fits.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
-from typing import Any
 
-from test_driver._constants import (
-    DEFAULT_TIMEOUT,
-    WAIT_AGE_DIVISOR,
-    WAIT_MAX_AGE_PAUSE_SECONDS,
-    WAIT_MIN_PAUSE_SECONDS,
-    WAIT_OLD_SHARE_PERCENT,
-    WAIT_REFERENCE_INTERVAL_SECONDS,
-    WAIT_SCHEDULE_ENV,
-    WAIT_YOUNG_PHASE_SECONDS,
-    WAIT_YOUNG_SHARE_PERCENT,
-)
+from test_driver import _protocol
+from test_driver._constants import DEFAULT_TIMEOUT
+from test_driver._protocol import NextAttempt, timed_out_message
 from test_driver.duration import Duration, to_limit, warn_deprecated_argument, warn_if_numeric
 from test_driver.errors import RequestedAssertionFailed
-
-#: `retry` counts a callable's wall-clock time as its cost (it cannot tell guest work from
-#: host work such as OCR), so a slow callable would pause for 24 times as long; this bounds
-#: that pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
-RETRY_MAX_COST_PAUSE_SECONDS = 5.0
 
 
 class RemainingTime(float):
@@ -76,70 +62,38 @@ class RemainingTime(float):
         return f"RemainingTime({float(self)!r}, last={self._last})"
 
 
-def _retry_pause(age: float, cost: float) -> float:
-    """The wait schedule (`machine::waits::Pacing`): a pause that grows with the wait's age
-    (at most a twentieth of it, 20 ms .. 1 s) and with the attempt's cost (3 x cost while the
-    wait is younger than a second, 25 % of a CPU; then 24 x cost, 4 %)."""
-    if os.environ.get(WAIT_SCHEDULE_ENV) == "reference":
-        return WAIT_REFERENCE_INTERVAL_SECONDS
-    floor = min(max(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE_SECONDS), WAIT_MAX_AGE_PAUSE_SECONDS)
-    share = WAIT_YOUNG_SHARE_PERCENT if age < WAIT_YOUNG_PHASE_SECONDS else WAIT_OLD_SHARE_PERCENT
-    return max(floor, min((100 / share - 1) * cost, RETRY_MAX_COST_PAUSE_SECONDS))
-
-
-def _fmt_seconds(secs: float) -> str:
-    return repr(float(secs))
-
-
 def timed_out(elapsed: float, total: float) -> RequestedAssertionFailed:
     """The error of a wait whose time is up (upstream's words)."""
-    return RequestedAssertionFailed(
-        f"action timed out after {elapsed:.2f} seconds (timeout={_fmt_seconds(total)})"
-    )
+    return RequestedAssertionFailed(timed_out_message(elapsed, total))
 
 
-#: How long before the deadline the attempt flagged last should start at the latest: the
-#: pause before it ends this early, so that a pause that oversleeps (a loaded host) still
-#: leaves it room. A fourth of the timeout at most, so short waits do not give up early.
-LAST_ATTEMPT_MARGIN_SECONDS = 0.05
-
-
-def run_retry(fn: Callable[[RemainingTime | None], Any], total: float) -> None:
+def run_retry(fn: Callable[[RemainingTime | None], object], total: float) -> None:
     """The loop behind `retry`, for callers inside the shim (no argument checks, no
     warnings): ``total`` seconds (``math.inf``: no limit)."""
     start = time.monotonic()
-    if math.isinf(total):
-        while True:
-            t0 = time.monotonic()
-            if fn(None):
-                return
-            now = time.monotonic()
-            time.sleep(_retry_pause(now - start, now - t0))
-    deadline = start + total
-    cost = 0.0
+    limit = None if math.isinf(total) else total
+    step: NextAttempt | None = None
     while True:
         now = time.monotonic()
-        left = deadline - now
-        if left <= 0:
-            raise timed_out(now - start, total)
-        margin = min(max(LAST_ATTEMPT_MARGIN_SECONDS, cost), total / 4)
-        # The attempt is the last that fits if, after it and the pause that would follow,
-        # the next one could not start before the deadline (less the margin).
-        last = now + cost + _retry_pause(now - start + cost, cost) + margin >= deadline
-        t0 = now
-        if fn(RemainingTime(left, last)):
+        remaining: RemainingTime | None = None
+        if limit is not None:
+            left = start + limit - now
+            if left <= 0:
+                raise timed_out(now - start, total)
+            if step is None:
+                step = _protocol.retry_step(timeout=limit, first=True)
+            remaining = RemainingTime(left, step["last"])
+        if fn(remaining):
             return
-        now = time.monotonic()
-        cost = now - t0
-        if last or now >= deadline:
-            raise timed_out(now - start, total)
-        # The pause ends `margin` before the deadline at the latest: the next attempt, the
-        # last one if nothing else fits, starts in time even if the pause oversleeps a little.
-        time.sleep(max(0.0, min(_retry_pause(now - start, cost), deadline - margin - now)))
+        end = time.monotonic()
+        if step is not None and (step["last"] or end >= start + total):
+            raise timed_out(end - start, total)
+        step = _protocol.retry_step(age=end - start, cost=end - now, timeout=limit)
+        time.sleep(step["pause"])
 
 
 def retry(
-    fn: Callable[..., Any],
+    fn: Callable[..., object],
     timeout_seconds: Duration | None = None,
     timeout: Duration | None = DEFAULT_TIMEOUT,
 ) -> None:

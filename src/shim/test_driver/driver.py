@@ -20,12 +20,13 @@ from types import CodeType
 from typing import Any, overload
 from unittest import TestCase
 
-from test_driver import _rpc
+from test_driver import _protocol
 from test_driver._constants import (
     DEFAULT_TIMEOUT,
     POLLING_INTERVAL_SECONDS,
     POLLING_SLICE_MIN_SECONDS,
 )
+from test_driver._protocol import HelloReply
 from test_driver.debug import Debug, DebugAbstract, DebugNop
 from test_driver._retry import RemainingTime, run_retry
 from test_driver.duration import (
@@ -67,10 +68,10 @@ class _RaceTimer:
     """Stands in for upstream's `threading.Timer`; the global timeout runs in ntd."""
 
     def cancel(self) -> None:
-        _rpc.channel().call("disarm_timeout")
+        _protocol.disarm_timeout()
 
     def start(self) -> None:
-        _rpc.channel().call("arm_timeout")
+        _protocol.arm_timeout()
 
 
 class Poll:
@@ -151,7 +152,7 @@ class Driver:
     debug: DebugAbstract
     out_dir: Path
 
-    def __init__(self, hello: dict[str, Any], tests: str, code: CodeType | None) -> None:
+    def __init__(self, hello: HelloReply, tests: str, code: CodeType | None) -> None:
         self.tests = tests
         self._code = code
         self.out_dir = Path(hello["out_dir"])
@@ -159,7 +160,7 @@ class Driver:
         self.global_timeout = float(hello["global_timeout"])
         self.race_timer = _RaceTimer()
         self.logger = rootlog
-        hook = hello.get("debug_hook")
+        hook = hello["debug_hook"]
         self.debug = Debug(self.logger, hook) if hook else DebugNop()
         self.polling_conditions = []
         self.vlans = []
@@ -183,17 +184,20 @@ class Driver:
             for m in hello["machines"]
         ]
         self.machines_nspawn: list[BaseMachine] = []
-        backdoor = hello.get("ssh_backdoor")
+        backdoor = hello["ssh_backdoor"]
         self.enable_ssh_backdoor = backdoor is not None
-        self.vsock_offset: int | None = backdoor["vsock_offset"] if backdoor else None
+        self.vsock_offset: int | None = None
         self.vhost_vsock: VHostDeviceVsock | None = None
-        if backdoor and backdoor["sockets"] is not None:
-            self.vhost_vsock = VHostDeviceVsock(
-                {
-                    name: VsockPair(Path(p["guest"]), Path(p["host"]), int(p["cid"]))
-                    for name, p in backdoor["sockets"].items()
-                }
-            )
+        if backdoor is not None:
+            self.vsock_offset = backdoor["vsock_offset"]
+            sockets = backdoor["sockets"]
+            if sockets is not None:
+                self.vhost_vsock = VHostDeviceVsock(
+                    {
+                        s["machine"]: VsockPair(Path(s["guest"]), Path(s["host"]), s["cid"])
+                        for s in sockets
+                    }
+                )
         for machine in self.machines_qemu:
             pair = self.vhost_vsock.sockets.get(machine.name) if self.vhost_vsock else None
             if pair is not None:
@@ -310,7 +314,7 @@ class Driver:
         with self.logger.nested("start all VMs"):
             names = [m.name for m in self.machines]
             if names:
-                _rpc.channel().call("start", machines=names, all=True)
+                _protocol.start(machines=names, all=True)
 
     def join_all(self) -> None:
         """Wait for every machine to shut down."""
@@ -336,8 +340,8 @@ class Driver:
                 "pass a start command string"
             )
         keep = keep_machine_state if keep_vm_state is None else keep_vm_state
-        info: dict[str, Any] = _rpc.channel().call(
-            "create_machine", start_command=start_command, name=name, keep_machine_state=keep
+        info = _protocol.create_machine(
+            start_command=start_command, name=name, keep_machine_state=keep
         )
         return QemuMachine(
             name=info["name"],

@@ -110,7 +110,7 @@ with subtest("retry, all three signatures"):
     except RequestedAssertionFailed as e:
         assert "action timed out after" in str(e), e
     # At most one attempt is told it is the last, and only the final one (which one is
-    # exactly tested on a fake clock: tests/shim_unit/test_retry.py).
+    # exactly tested on a fake clock: tests/scripts/upstream_suite/retry_schedule_fake_clock.py).
     flags = [bool(c) for c in calls]
     assert not any(flags[:-1]), calls
 

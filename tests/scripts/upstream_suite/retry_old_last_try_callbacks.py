@@ -23,7 +23,7 @@ assert "action timed out after" in str(raised.exception), raised.exception
 assert len(flags) >= 3, flags
 # Only the final attempt may be told it is the last; on a host loaded enough to oversleep a
 # pause past the deadline there is none (the schedule itself is tested on a fake clock:
-# tests/shim_unit/test_retry.py).
+# tests/scripts/upstream_suite/retry_schedule_fake_clock.py).
 assert not any(flags[:-1]), flags
 if flags[-1]:
     print("last chance diagnostics ran")

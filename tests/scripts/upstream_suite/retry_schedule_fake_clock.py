@@ -1,10 +1,8 @@
-"""Unit tests of the shim's `retry` loop (test_driver._retry) on a fake clock, so that the
-schedule is checked exactly, whatever the host's load: the remaining-time contract of
-upstream's retry.nix, and the `last_try` truth of `RemainingTime` for old callbacks.
-
-Run by tests/upstream_suite.rs with the exported shim on PYTHONPATH.
-"""
-
+# A testScript without machines: the shim's retry loop (test_driver._retry) on a fake clock,
+# with every step asked from the running driver (the schedule's one home,
+# machine::waits::retry_step), so the schedule is checked exactly whatever the host's load:
+# the remaining-time contract of upstream's retry.nix and the `last_try` truth of
+# `RemainingTime` for old callbacks. Run by tests/upstream_suite.rs.
 import math
 import unittest
 
@@ -54,7 +52,7 @@ class RetryScheduleTests(unittest.TestCase):
         _retry.time = self.clock  # type: ignore[assignment]
 
     def tearDown(self) -> None:
-        _retry.time = self.saved  # type: ignore[assignment]
+        _retry.time = self.saved
 
     def flags(self, attempts: Attempts) -> list[bool]:
         return [bool(r) for r in attempts.seen]
@@ -110,6 +108,15 @@ class RetryScheduleTests(unittest.TestCase):
         run_retry(a, math.inf)
         self.assertEqual(a.seen, [None] * 5)
 
+    def test_the_pauses_are_the_wait_schedules(self) -> None:
+        # 3 x the attempt's cost while the retry is younger than a second (25 % of a CPU),
+        # then 24 x (4 %), the cost term capped at 5 s: the driver's rule, not a fixed second.
+        a = Attempts(self.clock, 0.5, succeed_at=5)
+        run_retry(a, math.inf)
+        self.assertEqual(len(self.clock.sleeps), 4)
+        for got, want in zip(self.clock.sleeps, [1.5, 5.0, 5.0, 5.0]):
+            self.assertAlmostEqual(got, want, places=5)
+
     def test_success_returns_at_once(self) -> None:
         a = Attempts(self.clock, 0.01, succeed_at=3)
         run_retry(a, 60.0)
@@ -125,5 +132,9 @@ class RetryScheduleTests(unittest.TestCase):
         self.assertEqual(RemainingTime(0.1, True).last_try, True)
 
 
-if __name__ == "__main__":
-    unittest.main(verbosity=2)
+result = unittest.TextTestRunner(verbosity=2).run(
+    unittest.defaultTestLoader.loadTestsFromTestCase(RetryScheduleTests)
+)
+if not result.wasSuccessful():
+    raise Exception(f"retry schedule: {len(result.failures) + len(result.errors)} test(s) failed")
+print(f"retry schedule: {result.testsRun} tests passed")
