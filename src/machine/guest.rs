@@ -33,11 +33,15 @@ use std::time::Duration;
 /// A command's stdout is fd 3 itself, so the common case costs one fork and no exec. A
 /// command may leave processes behind that still hold its stdout (`(echo ONE; sleep 15; echo
 /// TWO) &`): upstream's driver returns only when stdout is closed (nixpkgs #144875, PR
-/// #471141), and so does ntd. `__ntd_held` finds them without exec: the last PID the kernel
-/// handed out (`/proc/loadavg`) before and after the command bounds the processes the
-/// command created; those still alive are checked for an fd that is the same pipe as fd 3
-/// (`-ef`, a bash builtin). Usually none survives and the check is two small reads and a
-/// `stat` per process the command started. If some hold it, the shell polls (pauses of a
+/// #471141), and so does ntd, finding them without exec. The shell keeps the last PID the
+/// kernel handed out (`/proc/loadavg`, `__ntd_pl`), read at setup, after every command and
+/// after every wait: the PIDs since then bound what the command created. One new PID is the
+/// command's own subshell, which has exited: done, one small read per command (under TCG
+/// about 3 % of a `succeed("true")`; a second read before the command would double that).
+/// Otherwise `__ntd_new` looks for one of them that is still alive (a `stat` each) and only
+/// then `__ntd_held` checks the live ones for an fd that is the same pipe as fd 3 (`-ef`, a
+/// bash builtin; processes that are not the command's never are). If some hold it, the shell
+/// polls (pauses of a
 /// twentieth of the time waited, 20 ms .. 1 s; processes they start are added), returns when
 /// none is left, reports them once after 10 s (`\x01H<nonce> <bytes>\x01` followed by that
 /// many bytes of `<pid> <command line>` lines) and, for a timed command, SIGTERMs them at the
@@ -66,13 +70,26 @@ else
 fi
 __ntd_cp=$!
 exec 5</dev/null 9>&-
+read -r __ntd_pl __ntd_pl __ntd_pl __ntd_pl __ntd_pl </proc/loadavg || __ntd_pl=
 __ntd_r() {
-  local __ntd_q
-  read -r __ntd_q __ntd_q __ntd_q __ntd_q __ntd_q </proc/loadavg || __ntd_q=
   ( eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
   __ntd_s=$?
-  [[ $__ntd_q ]] && __ntd_held "$__ntd_q"
+  if read -r __ntd_q __ntd_q __ntd_q __ntd_q __ntd_q </proc/loadavg; then
+    (( __ntd_q - __ntd_pl == 1 )) || __ntd_new
+    __ntd_pl=$__ntd_q
+  fi
   printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
+}
+__ntd_new() {
+  local __ntd_i=$__ntd_pl
+  (( __ntd_q == __ntd_i )) && return 0
+  if (( __ntd_q > __ntd_i && __ntd_q - __ntd_i < 4096 )); then
+    while (( __ntd_i < __ntd_q )); do
+      [[ -e /proc/$(( ++__ntd_i )) ]] && break
+    done
+    [[ -e /proc/$__ntd_i ]] || return 0
+  fi
+  __ntd_held "$__ntd_pl" "$@"
 }
 __ntd_held() {
   local __ntd_lo=$1 __ntd_hi __ntd_p __ntd_g __ntd_w=0 __ntd_e=${EPOCHREALTIME/./} __ntd_u __ntd_z __ntd_d= __ntd_x
@@ -188,8 +205,7 @@ __ntd_disarm() {
   if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
 }
 __ntd_rt() {
-  local __ntd_q __ntd_t1=${EPOCHREALTIME/./}
-  read -r __ntd_q __ntd_q __ntd_q __ntd_q __ntd_q </proc/loadavg || __ntd_q=
+  local __ntd_t1=${EPOCHREALTIME/./}
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
     ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
     __ntd_s=$?
@@ -198,7 +214,10 @@ __ntd_rt() {
     ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
     __ntd_s=$?
   fi
-  if [[ $__ntd_q ]]; then __ntd_held "$__ntd_q" "$__ntd_t1" "$__ntd_t" || __ntd_s=124; fi
+  if read -r __ntd_q __ntd_q __ntd_q __ntd_q __ntd_q </proc/loadavg; then
+    (( __ntd_q - __ntd_pl == 1 )) || __ntd_new "$__ntd_t1" "$__ntd_t" || __ntd_s=124
+    __ntd_pl=$__ntd_q
+  fi
   printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
 "#;
@@ -324,6 +343,7 @@ __ntd_tcp=$__ntd_tcp"'
 __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
     __ntd_s=$?
   fi
+  read -r __ntd_pl __ntd_pl __ntd_pl __ntd_pl __ntd_pl </proc/loadavg || __ntd_pl=
   printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
 }
 "#;

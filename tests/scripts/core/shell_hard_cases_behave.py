@@ -21,6 +21,10 @@ assert machine.succeed("read -r x || echo eof") == "eof\n"
 machine.wait_until_succeeds("(sleep 0.3; echo late-bytes) & true")
 time.sleep(1)
 assert machine.succeed("echo next") == "next\n"
+# Right after a wait (whose attempts forked), behind a PID that already exited, a process
+# that keeps stdout open is still found and waited for.
+machine.wait_until_succeeds("ls / >/dev/null")
+assert machine.succeed("ls / >/dev/null; (sleep 1; echo behind) &") == "behind\n"
 # stdout is a pipe, never the tty.
 assert machine.succeed("test -p /dev/stdout && echo pipe") == "pipe\n"
 # Each command runs in its own shell: no state leaks, exit does not kill the backdoor.
