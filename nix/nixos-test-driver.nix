@@ -14,6 +14,7 @@
   socat,
   util-linux,
   vde2,
+  vhost-device-vsock,
   imagemagick_light,
   tesseract4,
 
@@ -56,6 +57,8 @@ let
       socat
       util-linux
       vde2
+      # The SSH backdoor's vsock backend (enable_ssh_backdoor), as upstream's driver has it.
+      vhost-device-vsock
     ]
     ++ lib.optionals enableOCR [
       imagemagick_light

@@ -45,6 +45,17 @@ pub struct Options {
     /// How long a machine may take to open its backdoor shell (env `NTD_SHELL_TIMEOUT`;
     /// upstream gives up after ten 30-second reminders).
     pub shell_timeout: Duration,
+    /// Upstream's `qemu.forceAccel`: a machine that QEMU runs under TCG fails at start
+    /// instead of running slowly (configuration key `force_accel`, or `--force-accel`).
+    pub force_accel: bool,
+    /// The SSH backdoor of the mid generation (`--dump-vsocks OFFSET`): the machines' start
+    /// scripts give them native vsock CIDs OFFSET+1, OFFSET+2, …; the driver prints how to
+    /// reach them.
+    pub dump_vsocks: Option<u32>,
+    /// The SSH backdoor of the newest generation (configuration `enable_ssh_backdoor`): each
+    /// machine gets a vhost-user vsock device served by `vhost-device-vsock`, reachable
+    /// through a hybrid-vsock socket on the host.
+    pub enable_ssh_backdoor: bool,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -72,7 +83,8 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
-                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [testscript]
+                         [--dump-vsocks OFFSET] [--capture-dir DIR] [--trace FILE]
+                         [--net-seed N] [--force-accel] [testscript]
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -88,9 +100,14 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --start-scripts SCRIPT ...  legacy form; names from run-<name>-vm (env: startScripts)
   --vlans VLAN ...            vlan numbers (env: vlans)
   --global-timeout SECONDS    kill everything after this long (env: globalTimeout)
+  --dump-vsocks OFFSET        SSH backdoor (mid generation): print how to reach the machines
+                              at vsock CIDs OFFSET+1, OFFSET+2, ... (config key
+                              enable_ssh_backdoor: the newest generation's vsock-mux backdoor)
   --capture-dir DIR           ntd: write one pcap file per vlan into DIR
   --trace FILE                ntd: write a Chrome trace-event timeline to FILE
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
+  --force-accel               fail a machine that runs under TCG instead of KVM (upstream's
+                              qemu.forceAccel; config key \"force_accel\")
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -125,6 +142,7 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--capture-dir", None, Arity::One),
     ("--trace", None, Arity::One),
     ("--net-seed", None, Arity::One),
+    ("--force-accel", None, Arity::Flag),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -307,6 +325,16 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             Some(t) => parse_seconds(&t, "NTD_SHELL_TIMEOUT")?,
             None => DEFAULT_SHELL_TIMEOUT,
         },
+        force_accel: raw.flag("--force-accel"),
+        dump_vsocks: match raw.one("--dump-vsocks") {
+            None => None,
+            Some(s) => Some(s.trim().parse::<u32>().map_err(|_| {
+                CliError(format!(
+                    "argument --dump-vsocks: invalid int value: '{s}' (a vsock CID offset)"
+                ))
+            })?),
+        },
+        enable_ssh_backdoor: false,
     };
 
     if let Some(config) = raw.one("--config") {
@@ -515,9 +543,15 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
     if let Some(s) = v.get("test_script").and_then(Value::as_str) {
         o.test_script = Some(PathBuf::from(s));
     }
-    if v.get("enable_ssh_backdoor").and_then(Value::as_bool) == Some(true) {
-        // Accepted so existing configurations load; the vsock SSH backdoor is not offered.
-        eprintln!("ntd: enable_ssh_backdoor is not supported and is ignored");
+    if let Some(f) = v.get("force_accel") {
+        o.force_accel |= f
+            .as_bool()
+            .ok_or_else(|| bad("\"force_accel\" must be true or false"))?;
+    }
+    if let Some(b) = v.get("enable_ssh_backdoor") {
+        o.enable_ssh_backdoor = b
+            .as_bool()
+            .ok_or_else(|| bad("\"enable_ssh_backdoor\" must be true or false"))?;
     }
     Ok(())
 }

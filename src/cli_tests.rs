@@ -202,3 +202,43 @@ fn interactive_last_flag_wins() {
     .unwrap();
     assert!(!o.interactive);
 }
+
+#[test]
+fn ssh_backdoor_flags_and_keys_are_read() {
+    let p = write_config(
+        r#"{"vms":{},"test_script":"/t","enable_ssh_backdoor":true,"force_accel":true}                              "#,
+    );
+    let o = parse(
+        &args(&[
+            "-c",
+            p.to_str().unwrap(),
+            "--dump-vsocks=2",
+            "--debug-hook=/x/attach",
+        ]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.dump_vsocks, Some(2));
+    assert!(o.enable_ssh_backdoor && o.force_accel);
+    assert_eq!(o.debug_hook.as_deref(), Some("/x/attach"));
+    let o = parse(
+        &args(&["-c", p.to_str().unwrap(), "--dump-vsocks", "7"]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.dump_vsocks, Some(7));
+    let e = parse(
+        &args(&["-c", p.to_str().unwrap(), "--dump-vsocks", "x"]),
+        &no_env(),
+    );
+    assert!(
+        matches!(&e, Err(CliError(m)) if m.contains("--dump-vsocks")),
+        "{e:?}"
+    );
+    let bad = write_config(
+        r#"{"vms":{},"test_script":"/t","enable_ssh_backdoor":"yes"}                                   "#,
+    );
+    assert!(parse(&args(&["-c", bad.to_str().unwrap()]), &no_env()).is_err());
+}

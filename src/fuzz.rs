@@ -271,12 +271,14 @@ fn fuzz_shell_replies() {
         format!("noise\nSpawning backdoor root shell...\n\x01E{n0} 0\x01out\x01E{n1} 0\x01").into_bytes(),
         format!("Spawning backdoor root shell...\n\x01E{n0} 3\x01\x01A{n1} 1\x01x\x01D{n1} 0\x01\x01E{n1} 0\x01late").into_bytes(),
         format!("Spawning backdoor root shell...\n\x01E{n0} 0\x01\x01E{n0} 0\x01\x01C{n1} -1\x01").into_bytes(),
+        format!("Spawning backdoor root shell...\n\x01E{n0} 0\x01ONE\n\x01H{n1} 9\x0177 sleep\nTWO\x01E{n1} 0\x01").into_bytes(),
     ];
     let dict: &[&[u8]] = &[
         b"\x01E",
         b"\x01A",
         b"\x01D",
         b"\x01C",
+        b"\x01H",
         b"\x01",
         n0.as_bytes(),
         n1.as_bytes(),

@@ -15,6 +15,10 @@ nodes.toml keys per node (all optional):
   kernel_params = ""       extra kernel command line
   memory = 1024            MiB
   cores = 1
+  efi = false              boot through OVMF with a per-machine variable store
+                           (NixOS' virtualisation.useEFIBoot; ci/mkvm --efi)
+  ssh_backdoor = false     NixOS' sshBackdoor.enable: guest RAM shared (a vhost-user
+                           vsock device needs it) and enable_ssh_backdoor in the config
   [NODE.files]             "/abs/path" = "content"
                            or { content = "...", mode = "0755" }
                            or { source = "file/in/test/dir", mode = "0644" }
@@ -38,7 +42,8 @@ CI_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(CI_DIR)
 sys.path.insert(0, CI_DIR)
 import cilib  # noqa: E402 (ci/cilib.py: the cache directory, python-packages.txt)
-NODE_KEYS = {"vlans", "units", "kernel_params", "memory", "cores", "files"}
+NODE_KEYS = {"vlans", "units", "kernel_params", "memory", "cores", "files", "efi",
+             "ssh_backdoor"}
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 FW_CFG_NAME = "opt/ntd/node.tar"
@@ -57,6 +62,8 @@ class Node:
     kernel_params: str = ""
     memory: int = 1024
     cores: int = 1
+    efi: bool = False
+    ssh_backdoor: bool = False
     files: dict = field(default_factory=dict)  # guest path -> (bytes, mode)
 
     @property
@@ -140,6 +147,11 @@ def load(test_dir):
             value = spec.get(key, getattr(node, key))
             if not isinstance(value, int) or value < 1:
                 raise NodesError(f"{path}: node {name!r}: {key} must be a positive number")
+            setattr(node, key, value)
+        for key in ("efi", "ssh_backdoor"):
+            value = spec.get(key, False)
+            if not isinstance(value, bool):
+                raise NodesError(f"{path}: node {name!r}: {key} must be true or false")
             setattr(node, key, value)
         files = spec.get("files", {})
         if not isinstance(files, dict):
@@ -240,6 +252,28 @@ def write_node_tar(node, image, path):
             tar.addfile(info)
 
 
+def efi_kernel(image):
+    """The image's kernel as a bzImage with its EFI stub, for nodes booted through OVMF (the
+    image's `kernel` is the uncompressed ELF QEMU boots through PVH, which firmware cannot
+    start): /boot/vmlinuz-* read out of root.img with debugfs once, kept beside the image."""
+    path = os.path.join(image, "vmlinuz.efi")
+    if os.path.isfile(path):
+        return path
+    root = os.path.join(image, "root.img")
+    listing = subprocess.run(["debugfs", "-R", "ls /boot", root], check=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    names = sorted(n for n in listing.split() if n.startswith("vmlinuz-"))
+    if len(names) != 1:
+        raise NodesError(f"{root}: expected one /boot/vmlinuz-* for EFI boot, found {names}")
+    tmp = f"{path}.tmp{os.getpid()}"
+    subprocess.run(["debugfs", "-R", f"dump /boot/{names[0]} {tmp}", root], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not os.path.getsize(tmp):
+        raise NodesError(f"{root}: could not read /boot/{names[0]}")
+    os.replace(tmp, path)
+    return path
+
+
 def write_start_scripts(nodes, image, work_dir):
     """Write work_dir/<name>/bin/run-<name>-vm for every node; returns {name: script}."""
     with open(os.path.join(image, "kernel-params")) as f:
@@ -252,7 +286,7 @@ def write_start_scripts(nodes, image, work_dir):
         tar = os.path.join(node_dir, "node.tar")
         write_node_tar(node, image, tar)
         cmd = [os.path.join(CI_DIR, "mkvm"), "--name", node.name, "--out", node_dir,
-               "--kernel", os.path.join(image, "kernel"),
+               "--kernel", efi_kernel(image) if node.efi else os.path.join(image, "kernel"),
                "--initrd", os.path.join(image, "initrd"),
                "--disk", os.path.join(image, "root.img"),
                "--index", str(node.index), "--memory", str(node.memory),
@@ -261,6 +295,10 @@ def write_start_scripts(nodes, image, work_dir):
                "--fw-cfg", f"name={FW_CFG_NAME},file={tar}"]
         if hosts:
             cmd += ["--hosts", hosts]
+        if node.efi:
+            cmd.append("--efi")
+        if node.ssh_backdoor:
+            cmd.append("--shared-memory")
         for vlan in node.vlans:
             cmd += ["--vlan", str(vlan)]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.split()
@@ -277,7 +315,7 @@ def write_driver_config(nodes, scripts, test_script, path, global_timeout=3600):
         "containers": {},
         "vlans": sorted({v for n in nodes for v in n.vlans}),
         "global_timeout": global_timeout,
-        "enable_ssh_backdoor": False,
+        "enable_ssh_backdoor": any(n.ssh_backdoor for n in nodes),
         "test_script": os.path.abspath(test_script),
     }
     with open(path, "w") as f:

@@ -67,6 +67,46 @@
     '';
   };
 
+  # sshBackdoor.enable: the framework passes `--dump-vsocks <vsockOffset>`; the driver must
+  # take it and print how to reach each machine (CID offset + 1 for the first).
+  ssh-backdoor = {
+    name = "ssh-backdoor";
+    nodes.server = { };
+    sshBackdoor.enable = true;
+    testScript = ''
+      import contextlib
+      import io
+
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+          dump_machine_ssh()
+      text = out.getvalue()
+      assert "SSH backdoor enabled, the machines can be accessed like this:" in text, text
+      assert "ssh -o User=root vsock/3" in text, text
+      print("ntd-check: ssh-backdoor script ran")
+    '';
+  };
+
+  # enableDebugHook: the run passes `--debug-hook=<attach>` (an argparse prefix of
+  # --debug-hook-attach) and turns the SSH backdoor on; the breakpoint must be armed.
+  debug-hook = {
+    name = "debug-hook";
+    nodes.server = { };
+    enableDebugHook = true;
+    testScript = ''
+      import contextlib
+      import io
+
+      attach = getattr(debug, "attach", "")
+      assert attach.endswith("/bin/attach"), f"debug hook not armed: {debug!r} {attach!r}"
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+          dump_machine_ssh()
+      assert "ssh -o User=root vsock/3" in out.getvalue(), out.getvalue()
+      print("ntd-check: debug-hook script ran")
+    '';
+  };
+
   # Must not evaluate: ntd has no systemd-nspawn containers.
   containers = {
     name = "containers";

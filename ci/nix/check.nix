@@ -60,6 +60,8 @@ in
     two-vlans = tests.two-vlans.test;
     extra-python = tests.extra-python.test;
     ocr = tests.ocr.test;
+    ssh-backdoor = tests.ssh-backdoor.test;
+    debug-hook = tests.debug-hook.test;
     # driverInteractive: the wrapper's --interactive opens the REPL of the driver's Python
     # environment (ptpython, the stand-in of stubs.nix) on standard input.
     interactive = runDriver "interactive" {

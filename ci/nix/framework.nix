@@ -18,8 +18,11 @@
 #
 # A test here is a plain attribute set: name, nodes.<name>.virtualisation.vlans (default [1],
 # as NixOS' default), containers, testScript, extraPythonPackages, enableOCR, globalTimeout,
-# logLevel, extraDriverArgs, skipTypeCheck, skipLint. No node is ever booted: each start
-# script fails loudly if something starts it.
+# logLevel, extraDriverArgs, skipTypeCheck, skipLint, sshBackdoor.{enable,vsockOffset} and
+# enableDebugHook (the SSH backdoor passes `--dump-vsocks=<vsockOffset>` (default 2) to the
+# driver and defaults to enableDebugHook; the debug hook makes the run pass
+# `--debug-hook=<breakpointHook's attach>`). No node is ever booted: each start script fails
+# loudly if something starts it.
 {
   hostPkgs,
   prepend ? ./test-script-prepend.py,
@@ -33,7 +36,16 @@ let
   nodes = test.nodes or { };
   containers = test.containers or { };
   logLevel = test.logLevel or "info";
-  extraDriverArgs = test.extraDriverArgs or [ ];
+  enableDebugHook = test.enableDebugHook or false;
+  sshBackdoor = {
+    enable = enableDebugHook;
+    vsockOffset = 2;
+  }
+  // (test.sshBackdoor or { });
+  extraDriverArgs =
+    (test.extraDriverArgs or [ ])
+    ++ lib.optional sshBackdoor.enable "--dump-vsocks=${toString sshBackdoor.vsockOffset}";
+  debugHookArgs = lib.optionalString enableDebugHook "--debug-hook=${hostPkgs.breakpointHook}/bin/attach";
   testScript = test.testScript;
 
   # Python identifiers for machine names: a leading character that cannot start one and every
@@ -146,6 +158,6 @@ in
   test = hostPkgs.runCommand "vm-test-run-${name}" { } ''
     mkdir -p $out
     export LOGFILE=/dev/null
-    ${driver}/bin/nixos-test-driver -o $out
+    ${driver}/bin/nixos-test-driver -o $out ${debugHookArgs}
   '';
 }

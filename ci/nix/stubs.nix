@@ -312,6 +312,8 @@ let
       vde2 = tool "vde2" [ ] 0;
       imagemagick_light = tool "imagemagick" [ "magick" ] 0;
       tesseract4 = tool "tesseract" [ "tesseract" ] 0;
+      breakpointHook = tool "breakpoint-hook" [ "attach" ] 0;
+      vhost-device-vsock = tool "vhost-device-vsock" [ "vhost-device-vsock" ] 1;
     }
     // lib.optionalAttrs withTestDriver {
       # The Python driver: a test that ends up here did not get ntd.

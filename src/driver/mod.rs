@@ -16,6 +16,7 @@ mod serve;
 mod shell_op;
 mod shim;
 mod vlans;
+pub mod vsock;
 
 use crate::cli::Options;
 use crate::log::{LineKind, Logger};
@@ -65,6 +66,8 @@ pub enum DriverError {
     Machine(MachineError),
     /// The Python shim could not start.
     Shim(crate::shim::ShimError),
+    /// The SSH backdoor's vhost-device-vsock could not start.
+    Vsock(vsock::VsockError),
 }
 
 impl fmt::Display for DriverError {
@@ -74,6 +77,7 @@ impl fmt::Display for DriverError {
             DriverError::Vlan { nr, source } => write!(f, "cannot start vlan {nr}: {source}"),
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
+            DriverError::Vsock(e) => write!(f, "{e}"),
         }
     }
 }
@@ -85,6 +89,7 @@ impl std::error::Error for DriverError {
             DriverError::Vlan { source, .. } => Some(source),
             DriverError::Machine(e) => Some(e),
             DriverError::Shim(e) => Some(e),
+            DriverError::Vsock(e) => Some(e),
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct Driver {
     net_seed: u64,
     /// Network faults in force, for the trace timeline (closed when replaced or healed).
     fault_spans: Vec<vlans::FaultSpan>,
+    /// The SSH backdoor's vhost-user vsock backend (`enable_ssh_backdoor`).
+    vsock: Option<vsock::VsockBackend>,
 }
 
 impl Driver {
@@ -158,6 +165,7 @@ impl Driver {
             panic_on: std::env::var("NTD_TEST_PANIC").ok(),
             net_seed: 0,
             fault_spans: Vec::new(),
+            vsock: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -170,12 +178,39 @@ impl Driver {
             ));
         }
         d.start_vlans()?;
+        if d.opts.enable_ssh_backdoor && !d.opts.vms.is_empty() {
+            d.start_vsock()?;
+        }
         for spec in d.opts.vms.clone() {
             let keep = d.opts.keep_machine_state;
             d.add_machine(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
         Ok(d)
+    }
+
+    /// Upstream's nested `start vhost-device-vsock`: the SSH backdoor's backend, serving a
+    /// vsock device per configured machine (before any QEMU starts: QEMU connects to it).
+    fn start_vsock(&mut self) -> Result<(), DriverError> {
+        self.log.begin(None, "start vhost-device-vsock");
+        let names: Vec<String> = self.opts.vms.iter().map(|v| v.name.clone()).collect();
+        let longest = names.iter().map(String::len).max().unwrap_or(0);
+        let dir_name = format!("vhost-vsock-{}", std::process::id());
+        let probe = PathBuf::from(&dir_name).join(format!("{}_guest.socket", "x".repeat(longest)));
+        let base = self
+            .sockets
+            .base_for(&probe, crate::machine::qemu::MAX_SOCKET_PATH, &mut self.log)
+            .map_err(|source| {
+                self.log.end(false);
+                DriverError::Vsock(vsock::VsockError::Dir {
+                    path: PathBuf::from(&dir_name),
+                    source,
+                })
+            })?;
+        let started = vsock::VsockBackend::start(base.join(dir_name), &names);
+        self.log.end(started.is_ok());
+        self.vsock = Some(started.map_err(DriverError::Vsock)?);
+        Ok(())
     }
 
     /// A machine of the run (configured, or from `create_machine`), its old state removed
@@ -201,6 +236,10 @@ impl Driver {
             })?;
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
+        if let Some(pair) = self.vsock.as_ref().and_then(|v| v.pair(name)) {
+            m.extra_args = vsock::qemu_args(&pair.guest);
+        }
+        m.force_accel = self.opts.force_accel;
         m.reset_state_dir(&mut self.log)?;
         self.machines.push(m);
         Ok(index)
@@ -502,6 +541,9 @@ impl Driver {
             self.member_timers(Instant::now());
         }
         self.stop_vlans();
+        if let Some(v) = self.vsock.as_mut() {
+            v.stop();
+        }
         for m in &mut self.machines {
             if !m.gone() {
                 self.log.warning(

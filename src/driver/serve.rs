@@ -10,11 +10,14 @@ use super::Driver;
 use crate::json::Value;
 use crate::machine::guest::{format_seconds, WaitSpec};
 use crate::machine::session::ShellRequest;
-use crate::machine::waits::{retry_pause, Pacing, Schedule};
+use crate::machine::waits::{retry_step, Pacing, Schedule};
 use crate::machine::{self, qemu, words, Machine, Phase};
 use crate::reactor::Ctx;
 use crate::rpc::ops::Serve;
-use crate::rpc::replies::{HelloReply, MachineInfo, MachineState, RunReply, VlanInfo, WaitReply};
+use crate::rpc::replies::{
+    HelloReply, MachineInfo, MachineState, NextAttempt, RunReply, SshBackdoor, VlanInfo,
+    VsockSockets, WaitReply,
+};
 use crate::rpc::requests::*;
 use crate::rpc::wire::{Answer, Responder, Seconds};
 use crate::rpc::{ErrorType, OpError};
@@ -193,7 +196,31 @@ impl Driver {
             global_timeout: Seconds(self.opts.global_timeout),
             debug_hook: self.opts.debug_hook.clone(),
             legacy: self.opts.legacy_state_flag,
+            ssh_backdoor: self.ssh_backdoor(),
         }
+    }
+
+    /// The newest generation's vsock-mux sockets, or the mid generation's CID offset, or
+    /// nothing when the test has no SSH backdoor.
+    fn ssh_backdoor(&self) -> Option<SshBackdoor> {
+        if !self.opts.enable_ssh_backdoor && self.opts.dump_vsocks.is_none() {
+            return None;
+        }
+        let sockets = self.vsock.as_ref().map(|v| {
+            v.sockets
+                .iter()
+                .map(|(name, p)| VsockSockets {
+                    machine: name.clone(),
+                    guest: p.guest.clone(),
+                    host: p.host.clone(),
+                    cid: p.cid,
+                })
+                .collect()
+        });
+        Some(SshBackdoor {
+            sockets,
+            vsock_offset: self.opts.dump_vsocks,
+        })
     }
 }
 
@@ -359,9 +386,18 @@ impl Serve for Driver {
         self.wait(req, out)
     }
 
-    fn retry_pause(&mut self, req: RetryPause, out: Responder<Seconds>) -> Served {
-        let pause = retry_pause(Schedule::from_env(), req.age, req.cost);
-        Served::Now(out.ok(Seconds(pause)))
+    fn retry_step(&mut self, req: RetryStep, out: Responder<NextAttempt>) -> Served {
+        let step = retry_step(
+            Schedule::from_env(),
+            req.first,
+            req.age,
+            req.cost,
+            req.timeout,
+        );
+        Served::Now(out.ok(NextAttempt {
+            pause: Seconds(step.pause),
+            last: step.last,
+        }))
     }
 
     fn console_wait(

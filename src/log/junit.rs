@@ -1,9 +1,13 @@
-//! JUnit XML (`--junit-xml`): one test case per subtest (`with subtest(...)`), plus `main` for
-//! what happens outside subtests; a test case fails when an error is logged inside it.
+//! JUnit XML (`--junit-xml`) as upstream writes it since nixpkgs PR #556413: the subtests
+//! (`with subtest(...)`) are the test cases; a single `main` case only when there are none; all
+//! log lines in the suite's `system-out`. A test case fails when an error is logged inside it
+//! (its error lines are the failure's text); its time excludes nested subtests.
 //!
-//! Each test case collects its log lines as `system-out` and its error lines as `system-err`;
-//! its time excludes nested subtests. The file is written once at the end of the run
-//! ([`Sink::finish`], on every exit path), so it is complete and well-formed whenever it exists.
+//! One deliberate difference: a failure outside every subtest when no subtest failed would
+//! leave the report green, so then a `main` case carries it. The XML follows the JUnit
+//! schema CI reporters read (checked by `tests/common/junit_schema.py`). The file is written
+//! once at the end of the run ([`Sink::finish`], on every exit path), so it is complete and
+//! well-formed whenever it exists.
 
 use super::xml::escape_into;
 use super::{LineKind, LogEvent, Sink};
@@ -15,7 +19,6 @@ const SUBTEST_PREFIX: &str = "subtest: ";
 #[derive(Default)]
 struct Case {
     name: String,
-    out: String,
     err: String,
     failed: bool,
     secs: f64,
@@ -23,7 +26,10 @@ struct Case {
 
 pub struct Junit {
     path: PathBuf,
+    /// `main` (what happens outside subtests) first, then the subtests by first appearance.
     cases: Vec<Case>,
+    /// Every log line of the run, for the suite's `system-out`.
+    out: String,
     /// Indices into `cases` of the open subtests, innermost last, with their start times and
     /// the time spent in nested subtests.
     stack: Vec<(usize, Instant, f64)>,
@@ -41,6 +47,7 @@ impl Junit {
                 name: "main".into(),
                 ..Case::default()
             }],
+            out: String::new(),
             stack: Vec::new(),
             started: Instant::now(),
             nest_kinds: Vec::new(),
@@ -67,35 +74,44 @@ impl Junit {
         }
     }
 
+    /// The test cases upstream reports: the subtests, or `main` when there are none (and
+    /// `main` too when it alone failed; see the module documentation).
+    fn reported(&self) -> Vec<&Case> {
+        let subtests = &self.cases[1..];
+        let main = &self.cases[0];
+        if subtests.is_empty() || (main.failed && !subtests.iter().any(|c| c.failed)) {
+            std::iter::once(main).chain(subtests).collect()
+        } else {
+            subtests.iter().collect()
+        }
+    }
+
     fn render(&self) -> String {
-        let failures = self.cases.iter().filter(|c| c.failed).count();
-        let total: f64 = self.cases.iter().map(|c| c.secs).sum();
+        let cases = self.reported();
+        let failures = cases.iter().filter(|c| c.failed).count();
+        let total = self.started.elapsed().as_secs_f64();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
         s.push_str(&format!(
-            "<testsuites tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{total:.3}\">\n\
+            "<testsuites tests=\"{n}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\">\n\
              \t<testsuite name=\"NixOS integration test\" tests=\"{n}\" errors=\"0\" failures=\"{failures}\" skipped=\"0\" time=\"{total:.3}\">\n",
-            n = self.cases.len()
+            n = cases.len()
         ));
-        for c in &self.cases {
+        for c in cases {
             s.push_str("\t\t<testcase name=\"");
             escape_into(&c.name, &mut s);
             s.push_str(&format!("\" time=\"{:.3}\"", c.secs));
-            if !c.failed && c.out.is_empty() && c.err.is_empty() {
+            if !c.failed {
                 s.push_str("/>\n");
                 continue;
             }
-            s.push_str(">\n");
-            if c.failed {
-                s.push_str("\t\t\t<failure message=\"test case failed\"/>\n");
-            }
-            for (tag, text) in [("system-out", &c.out), ("system-err", &c.err)] {
-                if !text.is_empty() {
-                    s.push_str(&format!("\t\t\t<{tag}>"));
-                    escape_into(text, &mut s);
-                    s.push_str(&format!("</{tag}>\n"));
-                }
-            }
-            s.push_str("\t\t</testcase>\n");
+            s.push_str(">\n\t\t\t<failure message=\"test case failed\">");
+            escape_into(&c.err, &mut s);
+            s.push_str("</failure>\n\t\t</testcase>\n");
+        }
+        if !self.out.is_empty() {
+            s.push_str("\t\t<system-out>");
+            escape_into(&self.out, &mut s);
+            s.push_str("</system-out>\n");
         }
         s.push_str("\t</testsuite>\n</testsuites>\n");
         s
@@ -110,30 +126,27 @@ impl Sink for Junit {
                     Some(m) => format!("{m}: {msg}\n"),
                     None => format!("{msg}\n"),
                 };
-                let case = self.current();
-                match kind {
-                    LineKind::Error | LineKind::TestError => {
-                        case.err.push_str(&line);
-                        case.failed = true;
-                    }
-                    _ => case.out.push_str(&line),
+                self.out.push_str(&line);
+                if matches!(kind, LineKind::Error | LineKind::TestError) {
+                    let case = self.current();
+                    case.err.push_str(&line);
+                    case.failed = true;
                 }
             }
             LogEvent::Serial { machine, line } => {
-                let text = format!("{machine} # {line}\n");
-                self.current().out.push_str(&text);
+                self.out.push_str(&format!("{machine} # {line}\n"));
             }
             LogEvent::NestBegin { machine, msg } => {
                 if let Some(name) = msg.strip_prefix(SUBTEST_PREFIX) {
+                    self.out.push_str(&format!("{msg}\n"));
                     let i = self.case_for(name);
                     self.stack.push((i, Instant::now(), 0.0));
                     self.nest_kinds.push(true);
                 } else {
-                    let line = match machine {
-                        Some(m) => format!("{m}: {msg}\n"),
-                        None => format!("{msg}\n"),
-                    };
-                    self.current().out.push_str(&line);
+                    match machine {
+                        Some(m) => self.out.push_str(&format!("{m}: {msg}\n")),
+                        None => self.out.push_str(&format!("{msg}\n")),
+                    }
                     self.nest_kinds.push(false);
                 }
             }
@@ -183,30 +196,88 @@ mod tests {
     use super::*;
     use crate::log::{Level, Logger};
 
-    #[test]
-    fn subtests_become_test_cases_and_errors_fail_them() {
-        let path = std::env::temp_dir().join(format!("ntd-junit-{}.xml", std::process::id()));
+    fn render(events: impl FnOnce(&mut Logger)) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "ntd-junit-{}-{:?}.xml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let mut l = Logger::new(Level::Info, vec![Box::new(Junit::new(path.clone()))]);
-        l.log("outside");
-        l.begin(None, "subtest: my subtest");
-        l.machine("m", "Subtest log");
-        l.end(true);
-        l.begin(None, "subtest: failing subtest");
-        l.serial("m", "boot");
-        l.test_error("Error occurred");
-        l.end(false);
+        events(&mut l);
         l.finish();
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
+        text
+    }
+
+    #[test]
+    fn subtests_are_the_test_cases_and_every_log_line_is_the_suites() {
+        let text = render(|l| {
+            l.log("outside");
+            l.begin(None, "subtest: my subtest");
+            l.machine("m", "Subtest log");
+            l.end(true);
+            l.begin(None, "subtest: failing subtest");
+            l.serial("m", "boot");
+            l.test_error("Error occurred");
+            l.end(false);
+            l.test_error("Traceback outside");
+        });
         assert!(
-            text.contains("<testsuites tests=\"3\" failures=\"1\""),
+            text.contains("<testsuites tests=\"2\" failures=\"1\""),
             "{text}"
         );
-        assert!(text.contains("<testcase name=\"my subtest\""));
-        assert!(text.contains("<system-out>m: Subtest log\n</system-out>"));
-        assert!(text.contains("<failure message=\"test case failed\"/>"));
-        assert!(text.contains("<system-err>Error occurred\n</system-err>"));
-        assert!(text.contains("<system-out>m # boot\n</system-out>"));
-        assert!(text.contains("<testcase name=\"main\""));
+        assert!(
+            text.contains("<testcase name=\"my subtest\" time=\""),
+            "{text}"
+        );
+        assert!(!text.contains("name=\"main\""), "{text}");
+        assert!(
+            text.contains("<failure message=\"test case failed\">Error occurred\n</failure>"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "<system-out>outside\nsubtest: my subtest\nm: Subtest log\n\
+                 subtest: failing subtest\nm # boot\nError occurred\nTraceback outside\n\
+                 </system-out>\n\t</testsuite>"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("<system-out>").count(), 1, "{text}");
+        assert!(!text.contains("system-err"), "{text}");
+    }
+
+    #[test]
+    fn main_is_the_case_only_without_subtests() {
+        let text = render(|l| {
+            l.log("hello");
+            l.test_error("boom");
+        });
+        assert!(
+            text.contains("<testsuites tests=\"1\" failures=\"1\""),
+            "{text}"
+        );
+        assert!(text.contains("<testcase name=\"main\""), "{text}");
+        let green = render(|l| l.log("hello"));
+        assert!(green.contains("<testcase name=\"main\" time=\""), "{green}");
+        assert!(green.contains("failures=\"0\""), "{green}");
+    }
+
+    #[test]
+    fn a_failure_outside_passing_subtests_is_not_hidden() {
+        let text = render(|l| {
+            l.begin(None, "subtest: fine");
+            l.end(true);
+            l.test_error("failed after the subtests");
+        });
+        assert!(
+            text.contains("<testsuites tests=\"2\" failures=\"1\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("<testcase name=\"main\" time=\"") && text.contains("fine"),
+            "{text}"
+        );
     }
 }

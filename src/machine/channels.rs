@@ -19,6 +19,39 @@ use std::time::Instant;
 /// How much of a failed wait attempt's output the debug log quotes.
 const ATTEMPT_LOG_MAX: usize = 4096;
 
+/// The warning for a command whose stdout is still open 10 s after it ended: which command,
+/// which guest processes hold it (the guest's `<pid> <command line>` lines), and the fix.
+pub fn held_stdout_warning(command: &str, report: &[u8]) -> String {
+    let mut text = format!(
+        "command `{command}` exited more than 10 seconds ago, but its stdout is still open: \
+         the call waits until every process holding it has closed it (as upstream's driver \
+         does). Still holding it:"
+    );
+    let mut any = false;
+    for line in String::from_utf8_lossy(report).lines() {
+        let (pid, cmdline) = line.split_once(' ').unwrap_or((line, ""));
+        if pid.is_empty() {
+            continue;
+        }
+        any = true;
+        let cmdline = if cmdline.trim().is_empty() {
+            "(no command line)"
+        } else {
+            cmdline.trim_end()
+        };
+        text.push_str(&format!("\n    pid {pid}: {cmdline}"));
+    }
+    if !any {
+        text.push_str(" (processes that ended meanwhile)");
+    }
+    text.push_str(
+        "\nIf the command should not wait for them, start background processes with their \
+         output elsewhere: `cmd >&2 &` (to the log), `cmd >/dev/null 2>&1 &`, or detach them \
+         with `setsid -f cmd >/dev/null 2>&1`.",
+    );
+    text
+}
+
 impl Machine {
     pub(super) fn drain_monitor(&mut self, registry: &Registry) {
         // The HMP monitor only prints its banner and prompt; HMP commands go through QMP.
@@ -78,6 +111,9 @@ impl Machine {
                     py_bytes_repr(&bytes)
                 ),
             ),
+            SessionNote::StdoutHeld { command, report } => {
+                log.warning(Some(name), &held_stdout_warning(&command, &report))
+            }
             SessionNote::AttemptOutput {
                 attempt,
                 status,
@@ -155,6 +191,13 @@ impl Machine {
 
     fn qmp_note(&mut self, log: &mut Logger, note: QmpNote) {
         match note {
+            QmpNote::Ready { kvm: false } if self.force_accel => {
+                // Upstream's forceAccel: fail at start instead of running slowly.
+                let why = super::accel::refused_tcg(&self.name, &self.output_tail());
+                log.warning(Some(&self.name), &why);
+                self.accel_refused = Some(why);
+                self.kill_now();
+            }
             QmpNote::Ready { kvm } => {
                 self.phase = Phase::Running;
                 self.boot.mark(Milestone::QmpReady);

@@ -10,6 +10,7 @@
 //! The machine never blocks and never waits; long operations are the driver's ops, which
 //! submit a request here and poll for its result.
 
+mod accel;
 pub mod boot;
 mod channels;
 pub mod console;
@@ -158,6 +159,13 @@ pub struct Machine {
     pub start_command: String,
     pub keep_state: bool,
     pub allow_reboot: bool,
+    /// Upstream's `qemu.forceAccel`: running under TCG is a start failure.
+    pub force_accel: bool,
+    /// QEMU arguments appended after upstream's own (the SSH backdoor's vsock device).
+    pub extra_args: Vec<String>,
+    /// Set when QEMU ran the guest under TCG although an accelerator was demanded (QEMU is
+    /// being stopped; the start fails with this message).
+    accel_refused: Option<String>,
     phase: Phase,
     process: Option<QemuProcess>,
     exit: Option<ExitInfo>,
@@ -206,6 +214,9 @@ impl Machine {
             start_command: start_command.to_owned(),
             keep_state: false,
             allow_reboot: false,
+            force_accel: false,
+            extra_args: Vec::new(),
+            accel_refused: None,
             phase: Phase::Stopped,
             process: None,
             exit: None,
@@ -278,10 +289,21 @@ impl Machine {
         self.phase == Phase::Exited && !self.stdout_open
     }
 
-    /// QEMU's recent output, for errors about a failed start.
+    /// QEMU's recent output, for errors about a failed start; when the start failed for
+    /// want of KVM (QEMU could not open it, or ran under TCG while an accelerator was
+    /// demanded) upstream's forceAccel message comes first.
     pub fn output_tail(&self) -> String {
         let v: Vec<u8> = self.early_output.iter().copied().collect();
-        String::from_utf8_lossy(&v).trim_end().to_owned()
+        let output = String::from_utf8_lossy(&v).trim_end().to_owned();
+        let why = self
+            .accel_refused
+            .clone()
+            .or_else(|| accel::kvm_start_failure(&output));
+        match why {
+            Some(why) if output.is_empty() => why,
+            Some(why) => format!("{why}\nQEMU's output:\n{output}"),
+            None => output,
+        }
     }
 
     /// Which socket QEMU had not connected yet (upstream's error names it).
@@ -334,11 +356,12 @@ impl Machine {
         self.monitor_listener = Some(self.listen(cx.registry, Slot::MonitorListen)?);
         self.shell_listener = Some(self.listen(cx.registry, Slot::ShellListen)?);
 
-        let args = qemu::appended_args(
+        let mut args = qemu::appended_args(
             &self.paths.sockets(),
             self.allow_reboot,
             qemu::wants_nographic(),
         );
+        args.extend(self.extra_args.iter().cloned());
         let mut env = extra_env.to_vec();
         env.extend(qemu::start_env(&self.paths));
         let proc = qemu::spawn(&self.start_command, &args, &env, &self.paths.state_dir)?;
@@ -354,6 +377,7 @@ impl Machine {
         self.exit = None;
         self.stdout_open = true;
         self.early_output.clear();
+        self.accel_refused = None;
         self.console.reset();
         self.session.restart();
         self.qmp_client = QmpClient::new();

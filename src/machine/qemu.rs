@@ -63,6 +63,9 @@ pub struct MachinePaths {
     pub monitor: PathBuf,
     pub shell: PathBuf,
     pub qmp: PathBuf,
+    /// The UEFI variable store of an EFI machine (`NIX_EFI_VARS`, upstream's
+    /// `<state_dir>/<name>-efi-vars.fd`; the shim edits it while the machine is down).
+    pub efi_vars: PathBuf,
 }
 
 impl MachinePaths {
@@ -75,6 +78,7 @@ impl MachinePaths {
             monitor: socket_dir.join("monitor"),
             shell: socket_dir.join("shell"),
             qmp: socket_dir.join("qmp"),
+            efi_vars: tmp_dir.join(&dir_name).join(format!("{name}-efi-vars.fd")),
             state_dir: tmp_dir.join(dir_name),
             socket_dir,
         }
@@ -166,6 +170,7 @@ pub fn start_env(paths: &MachinePaths) -> Vec<(String, String)> {
         ("TMPDIR".into(), paths.state_dir.display().to_string()),
         ("SHARED_DIR".into(), paths.shared_dir.display().to_string()),
         ("USE_TMPDIR".into(), "1".into()),
+        ("NIX_EFI_VARS".into(), paths.efi_vars.display().to_string()),
     ]
 }
 

@@ -93,6 +93,9 @@ pub enum SessionNote {
     NoSpool,
     /// Output after its command finished (a background process that kept stdout).
     Stray(Vec<u8>),
+    /// `command` ended 10 s ago, but these guest processes still hold its stdout, so the
+    /// request waits for them (`report`: `<pid> <command line>` lines from the guest).
+    StdoutHeld { command: String, report: Vec<u8> },
     /// A failed attempt of a wait printed this (kept out of the result, logged at debug level).
     AttemptOutput {
         attempt: u32,
@@ -174,8 +177,9 @@ pub struct ShellSession {
     attempts: u32,
     result: Option<ShellResult>,
     unverified: Option<Unverified>,
-    /// Nonce and kind of the request in flight.
+    /// Nonce, kind and command of the request in flight.
     request_nonce: [u8; NONCE_LEN],
+    request_command: String,
     request_is_wait: bool,
     /// `framing.consumed()` when the spool was last emptied.
     spool_base: u64,
@@ -206,6 +210,7 @@ impl ShellSession {
             result: None,
             unverified: None,
             request_nonce: [b'0'; NONCE_LEN],
+            request_command: String::new(),
             request_is_wait: false,
             spool_base: 0,
             spool_fetched: 0,
@@ -341,6 +346,7 @@ impl ShellSession {
         self.framing.expect(nonce);
         self.request_nonce = nonce;
         self.request_is_wait = req.is_wait();
+        req.command().clone_into(&mut self.request_command);
         self.attempts = 0;
         self.result = None;
         self.stage = Stage::Busy;
@@ -356,6 +362,10 @@ impl ShellSession {
                 self.send_setup();
             }
             ShellEvent::Stray(bytes) => notes.push(SessionNote::Stray(bytes)),
+            ShellEvent::Held { report } => notes.push(SessionNote::StdoutHeld {
+                command: self.request_command.clone(),
+                report,
+            }),
             ShellEvent::Attempt { status, output } => {
                 self.attempts += 1;
                 if !output.is_empty() {

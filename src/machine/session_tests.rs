@@ -336,3 +336,28 @@ fn await_sentinel_needs_a_new_setup_before_requests() {
     s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
     assert!(s.ready());
 }
+
+#[test]
+fn held_stdout_report_is_a_note_naming_the_command() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("(echo ONE; sleep 15; echo TWO) &")).unwrap();
+    let _ = s.take_outbox();
+    let nonce = twin.next_nonce();
+    let mut data = b"ONE\n".to_vec();
+    data.extend_from_slice(&marker('H', &nonce, 17));
+    data.extend_from_slice(b"77 sleep 15\n78 x\n");
+    data.extend_from_slice(&frame(b"TWO\n", &nonce, 0));
+    let mut notes = Vec::new();
+    for b in &data {
+        s.feed(std::slice::from_ref(b), &mut notes);
+    }
+    assert_eq!(
+        notes,
+        vec![SessionNote::StdoutHeld {
+            command: "(echo ONE; sleep 15; echo TWO) &".into(),
+            report: b"77 sleep 15\n78 x\n".to_vec(),
+        }]
+    );
+    let result = s.take_result().unwrap();
+    assert_eq!((result.status, result.output), (0, b"ONE\nTWO\n".to_vec()));
+}

@@ -19,10 +19,13 @@
 //!
 //! so one round trip returns output and exit status, binary output passes unencoded, and output
 //! that happens to contain marker bytes cannot end a frame (it would have to guess the nonce).
-//! Bytes that arrive while no command runs (a background child that kept stdout and writes
-//! late) are reported as stray output instead of corrupting the next result, and such a child
-//! never blocks a command. (A start marker would separate late bytes more precisely but costs a
-//! tenth of the per-command latency; it was measured and dropped.)
+//! A command returns once every process holding its stdout has closed it, as upstream's does
+//! (see [`super::guest::SETUP`]); while it waits for them, the guest reports them once, after
+//! 10 s, with an `\x01H<nonce> <length>\x01` marker followed by `<length>` bytes of report
+//! (`<pid> <command line>` lines). Bytes that arrive while no command runs (a process killed
+//! at a timeout that still wrote, or a wait attempt's child) are reported as stray output
+//! instead of corrupting the next result. (A start marker would separate late bytes more
+//! precisely but costs a tenth of the per-command latency; it was measured and dropped.)
 //! The virtio console drops guest output when the host falls behind (QEMU cannot throttle a
 //! console port), so after a large frame the machine asks how large the guest's spool of it is
 //! (`__ntd_count`, answered by `\x01C<nonce> <bytes>\x01`) and compares with what arrived;
@@ -49,6 +52,9 @@ pub const NONCE_LEN: usize = 16;
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
 /// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
 const MAX_STATUS_TAIL: usize = 22;
+/// Largest report of processes holding a command's stdout kept (the guest sends at most
+/// 16 KiB; beyond this, bytes are consumed and dropped).
+pub const MAX_HELD_REPORT: usize = 64 * 1024;
 
 /// One thing the shell byte stream told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +72,9 @@ pub enum ShellEvent {
     /// Answer to `__ntd_count`: the size of the guest's spool of the last frame (-1:
     /// unknown).
     Count { spooled: i64 },
+    /// The command ended 10 s ago but processes still hold its stdout: the guest's report,
+    /// `<pid> <command line>` lines. The command's frame continues.
+    Held { report: Vec<u8> },
     /// A command finished. `looped` is true for waits whose loop ended by itself (`D` marker
     /// seen); for a wait whose `timeout` wrapper fired it is false and `status` is 124.
     Done {
@@ -106,6 +115,9 @@ pub struct ShellFraming {
     consumed: u64,
     /// `consumed` when the current frame's start marker ended.
     frame_start: u64,
+    /// Bytes of a held-stdout report still to come, and what arrived of it.
+    held_left: usize,
+    held: Vec<u8>,
 }
 
 impl Default for ShellFraming {
@@ -125,6 +137,8 @@ impl ShellFraming {
             loop_status: None,
             consumed: 0,
             frame_start: 0,
+            held_left: 0,
+            held: Vec::new(),
         }
     }
 
@@ -154,6 +168,8 @@ impl ShellFraming {
         self.truncated = 0;
         self.loop_status = None;
         self.frame_start = self.consumed;
+        self.held_left = 0;
+        self.held.clear();
     }
 
     /// Register that `__ntd_count <nonce>` has been sent.
@@ -248,8 +264,26 @@ impl ShellFraming {
         }
     }
 
+    /// Move what arrived of a held-stdout report out of the buffer; true once it is whole.
+    fn take_held(&mut self, events: &mut Vec<ShellEvent>) -> bool {
+        let n = self.held_left.min(self.buf.len());
+        let room = MAX_HELD_REPORT.saturating_sub(self.held.len()).min(n);
+        self.held.extend_from_slice(&self.buf[..room]);
+        self.consume(n);
+        self.held_left -= n;
+        if self.held_left == 0 {
+            events.push(ShellEvent::Held {
+                report: std::mem::take(&mut self.held),
+            });
+        }
+        n > 0
+    }
+
     fn scan_frame(&mut self, events: &mut Vec<ShellEvent>) -> bool {
-        match find_marker(&self.buf, &self.nonce, b"EAD") {
+        if self.held_left > 0 {
+            return self.take_held(events);
+        }
+        match find_marker(&self.buf, &self.nonce, b"EADH") {
             Found::Marker {
                 at,
                 len,
@@ -269,6 +303,11 @@ impl ShellFraming {
                         });
                     }
                     b'D' => self.loop_status = Some(status),
+                    b'H' => {
+                        // `status` is the report's length; its bytes follow the marker.
+                        self.held_left = usize::try_from(status).unwrap_or(0);
+                        self.take_held(events);
+                    }
                     _ => {
                         let (status, looped) = match self.loop_status.take() {
                             Some(s) => (s, true),
@@ -437,231 +476,5 @@ impl Default for NonceSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
-
-    fn connected() -> ShellFraming {
-        let mut f = ShellFraming::new();
-        let mut ev = Vec::new();
-        f.feed(b"Spawning backdoor root shell...\n", &mut ev);
-        assert_eq!(ev.last(), Some(&ShellEvent::Connected));
-        f
-    }
-
-    fn frame(body: &[u8], status: i32) -> Vec<u8> {
-        let mut v = body.to_vec();
-        v.extend_from_slice(format!("\x01E0123456789abcdef {status}\x01").as_bytes());
-        v
-    }
-
-    fn done(events: &[ShellEvent]) -> (i32, Vec<u8>) {
-        match events.last() {
-            Some(ShellEvent::Done { status, output, .. }) => (*status, output.clone()),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn sentinel_split_across_chunks_is_found() {
-        let mut f = ShellFraming::new();
-        let mut ev = Vec::new();
-        f.feed(b"noise noise Spawning back", &mut ev);
-        assert!(!f.connected());
-        f.feed(b"door root shell...\n", &mut ev);
-        assert!(f.connected());
-        let greeting: Vec<u8> = ev
-            .iter()
-            .filter_map(|e| match e {
-                ShellEvent::Greeting(g) => Some(g.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(greeting, b"noise noise Spawning backdoor root shell...\n");
-    }
-
-    #[test]
-    fn frame_in_one_chunk_returns_output_and_status() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(&frame(b"hello\n", 3), &mut ev);
-        assert_eq!(done(&ev), (3, b"hello\n".to_vec()));
-        assert!(!f.busy());
-    }
-
-    #[test]
-    fn frame_fed_byte_by_byte_returns_same_result() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        for b in frame(b"a\x01E0123\x01b", 0) {
-            f.feed(&[b], &mut ev);
-        }
-        assert_eq!(done(&ev), (0, b"a\x01E0123\x01b".to_vec()));
-    }
-
-    #[test]
-    fn output_containing_marker_with_other_nonce_stays_output() {
-        let mut f = connected();
-        f.expect(*N);
-        let body = b"\x01S0123456789abcdef\x01\x01Effffffffffffffff 0\x01\x00\xff";
-        let mut ev = Vec::new();
-        f.feed(&frame(body, 1), &mut ev);
-        assert_eq!(done(&ev), (1, body.to_vec()));
-    }
-
-    #[test]
-    fn output_containing_nonce_without_marker_prefix_stays_output() {
-        let mut f = connected();
-        f.expect(*N);
-        let body = b"x0123456789abcdefy \x01E0123456789abcdefz";
-        let mut ev = Vec::new();
-        f.feed(&frame(body, 0), &mut ev);
-        assert_eq!(done(&ev), (0, body.to_vec()));
-    }
-
-    #[test]
-    fn bytes_while_idle_are_stray_and_frame_output_is_not() {
-        let mut f = connected();
-        let mut ev = Vec::new();
-        f.feed(b"late!", &mut ev);
-        assert_eq!(ev, vec![ShellEvent::Stray(b"late!".to_vec())]);
-        f.expect(*N);
-        ev.clear();
-        f.feed(&frame(b"ok", 0), &mut ev);
-        assert_eq!(done(&ev), (0, b"ok".to_vec()));
-    }
-
-    #[test]
-    fn bytes_after_end_marker_are_kept_for_later() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut data = frame(b"", 0);
-        data.extend_from_slice(b"tail");
-        let mut ev = Vec::new();
-        f.feed(&data, &mut ev);
-        assert!(matches!(ev[0], ShellEvent::Done { status: 0, .. }));
-        assert_eq!(ev[1], ShellEvent::Stray(b"tail".to_vec()));
-    }
-
-    #[test]
-    fn wait_attempts_reset_output_and_loop_status_wins() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut data = b"first".to_vec();
-        data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
-        data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
-        let mut ev = Vec::new();
-        f.feed(&data, &mut ev);
-        assert_eq!(
-            ev[0],
-            ShellEvent::Attempt {
-                status: 1,
-                output: b"first".to_vec()
-            }
-        );
-        match &ev[1] {
-            ShellEvent::Done {
-                status,
-                output,
-                looped,
-                ..
-            } => assert_eq!(
-                (*status, output.as_slice(), *looped),
-                (0, &b"second"[..], true)
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn wait_killed_by_wrapper_reports_not_looped() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(b"x\x01E0123456789abcdef 124\x01", &mut ev);
-        assert!(matches!(
-            ev[0],
-            ShellEvent::Done {
-                status: 124,
-                looped: false,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn frame_size_and_spool_count_are_reported() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        let frame_data = frame(b"12345", 0);
-        f.feed(&frame_data, &mut ev);
-        match ev[0] {
-            ShellEvent::Done { frame_bytes, .. } => {
-                assert_eq!(frame_bytes, frame_data.len() as u64)
-            }
-            ref other => panic!("{other:?}"),
-        }
-        f.expect_count(*N);
-        ev.clear();
-        f.feed(b"late\x01C0123456789abcdef 99\x01", &mut ev);
-        assert_eq!(ev[0], ShellEvent::Stray(b"late".to_vec()));
-        assert_eq!(ev[1], ShellEvent::Count { spooled: 99 });
-        assert!(!f.busy());
-    }
-
-    #[test]
-    fn spool_parses_output_and_status() {
-        let mut spool = b"out\x01E1111111111111111 0\x01put".to_vec();
-        spool.extend_from_slice(b"\x01E0123456789abcdef 4\x01");
-        assert_eq!(parse_spool(&spool, N), Some((27, 4)));
-        assert_eq!(parse_spool(b"truncated\x01E0123", N), None);
-    }
-
-    #[test]
-    fn negative_and_large_statuses_parse() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(&frame(b"", -2), &mut ev);
-        assert_eq!(done(&ev).0, -2);
-    }
-
-    #[test]
-    fn malformed_status_is_output_not_marker() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut body = b"\x01E0123456789abcdef x\x01".to_vec();
-        body.extend_from_slice(b"\x01E0123456789abcdef 99999999999999\x01");
-        let mut ev = Vec::new();
-        f.feed(&frame(&body, 7), &mut ev);
-        assert_eq!(done(&ev), (7, body));
-    }
-
-    #[test]
-    fn large_output_in_small_chunks_is_byte_exact() {
-        let mut f = connected();
-        f.expect(*N);
-        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let data = frame(&body, 0);
-        let mut ev = Vec::new();
-        for c in data.chunks(4093) {
-            f.feed(c, &mut ev);
-        }
-        assert_eq!(done(&ev), (0, body));
-        assert!(f.buf.is_empty());
-    }
-
-    #[test]
-    fn nonces_are_hex_and_differ() {
-        let mut s = NonceSource::new();
-        let a = s.next_nonce();
-        let b = s.next_nonce();
-        assert_ne!(a, b);
-        assert!(a.iter().all(|c| c.is_ascii_hexdigit()));
-    }
-}
+#[path = "shell_tests.rs"]
+mod tests;

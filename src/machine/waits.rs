@@ -255,6 +255,50 @@ pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration) -> Duratio
     Duration::from_micros(floor.max(cost_term))
 }
 
+/// How long before `retry()`'s deadline the attempt flagged last starts at the latest: the
+/// pause before it ends this early, so that a host that oversleeps a pause a little (a
+/// loaded machine) still runs it before the deadline. At least the attempt's cost, at most a
+/// fourth of the timeout (short retries do not give up early).
+pub const RETRY_LAST_MARGIN: Duration = Duration::from_millis(50);
+
+/// What `retry()` does before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryStep {
+    /// How long to pause first.
+    pub pause: Duration,
+    /// The attempt is the last that fits before the deadline (the truth value an old
+    /// `fn(last_try)` callback sees; `retry()` gives up when it fails).
+    pub last: bool,
+}
+
+/// `retry()`'s next step, `age` into a retry of `timeout` (`None`: no limit) whose previous
+/// attempt took `cost` (`first`: none ran yet, no pause). The pause is [`retry_pause`], cut
+/// to end [`RETRY_LAST_MARGIN`] before the deadline; the attempt after it is the last if,
+/// costing as much as the previous one and followed by its own pause, the one after it
+/// could not start by then.
+pub fn retry_step(
+    schedule: Schedule,
+    first: bool,
+    age: Duration,
+    cost: Duration,
+    timeout: Option<Duration>,
+) -> RetryStep {
+    let pause = if first {
+        Duration::ZERO
+    } else {
+        retry_pause(schedule, age, cost)
+    };
+    let Some(total) = timeout else {
+        return RetryStep { pause, last: false };
+    };
+    let margin = RETRY_LAST_MARGIN.max(cost).min(total / 4);
+    let latest_start = total.saturating_sub(margin);
+    let pause = pause.min(latest_start.saturating_sub(age));
+    let ends = age + pause + cost;
+    let last = ends + retry_pause(schedule, ends, cost) + margin >= total;
+    RetryStep { pause, last }
+}
+
 /// Whole microseconds of `d`, the unit of the guest loop's arithmetic (saturating: a wait
 /// longer than half a million years waits that long).
 pub fn micros(d: Duration) -> u64 {

@@ -211,3 +211,44 @@ fn until_failure_is_met_by_a_non_zero_status() {
     };
     assert_eq!(closed.verdict(1, true), Verdict::Met);
 }
+
+#[test]
+fn retry_steps_pause_by_the_schedule_and_flag_the_last_attempt_that_fits() {
+    let ms = Duration::from_millis;
+    let step = |first, age, cost, timeout| retry_step(Schedule::Budget, first, age, cost, timeout);
+    // Before the first attempt: no pause; it is the last only if nothing could follow it.
+    assert_eq!(
+        step(true, ms(0), ms(0), Some(ms(60_000))),
+        RetryStep {
+            pause: ms(0),
+            last: false
+        }
+    );
+    assert!(step(true, ms(0), ms(0), Some(ms(20))).last);
+    // No limit: the schedule's pause (capped cost term), never the last.
+    assert_eq!(
+        step(false, ms(5_000), ms(1_000), None),
+        RetryStep {
+            pause: RETRY_MAX_COST_PAUSE,
+            last: false
+        }
+    );
+    // The pause ends the margin before the deadline at the latest, and the attempt after it
+    // is then the last (the next one could not start in time).
+    let s = step(false, ms(9_800), ms(10), Some(ms(10_000)));
+    assert_eq!(s.pause, ms(150));
+    assert!(s.last);
+    // Far from the deadline: the schedule's own pause, not the last.
+    let s = step(false, ms(2_000), ms(10), Some(ms(10_000)));
+    assert_eq!(s.pause, ms(240));
+    assert!(!s.last);
+    // An attempt slower than the margin widens it: it must start a cost before the end.
+    let s = step(false, ms(9_000), ms(500), Some(ms(10_000)));
+    assert_eq!(s.pause, ms(500));
+    assert!(s.last);
+    // Past the latest start: no pause at all.
+    assert_eq!(
+        step(false, ms(11_000), ms(10), Some(ms(10_000))).pause,
+        ms(0)
+    );
+}

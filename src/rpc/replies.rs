@@ -5,6 +5,7 @@
 
 use super::wire::{reply_records, Base64, Seconds};
 use crate::machine::guest::format_seconds;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `execute`'s status when it did not wait for the command (`check_output=False`):
@@ -43,6 +44,29 @@ reply_records! {
         pub debug_hook: Option<String>,
         /// The legacy command line (`--keep-vm-state`).
         pub legacy: bool,
+        /// The SSH backdoor, when the test has one (`enable_ssh_backdoor`, `--dump-vsocks`).
+        pub ssh_backdoor: Option<SshBackdoor>,
+    }
+
+    /// What `dump_machine_ssh` prints and `driver.vhost_vsock` offers.
+    pub struct SshBackdoor {
+        /// The newest generation (`enable_ssh_backdoor`): each machine's vhost-device-vsock
+        /// sockets, in configuration order (`None` when no machine is configured).
+        pub sockets: Option<Vec<VsockSockets>>,
+        /// The mid generation (`--dump-vsocks OFFSET`): the machines' native vsock CIDs are
+        /// OFFSET + 1, OFFSET + 2, ….
+        pub vsock_offset: Option<u32>,
+    }
+
+    /// One machine's SSH-backdoor sockets (upstream's `VsockPair`).
+    pub struct VsockSockets {
+        pub machine: String,
+        /// QEMU's vhost-user socket.
+        pub guest: PathBuf,
+        /// The hybrid-vsock socket the host connects to (`ssh vsock-mux/<host>`).
+        pub host: PathBuf,
+        /// The guest's CID (3, 4, … in configuration order).
+        pub cid: u32,
     }
 
     /// What a machine object of the shim is built from.
@@ -95,6 +119,14 @@ reply_records! {
         pub met: bool,
         /// The output of the attempt that met it (`wait_until_succeeds` returns it).
         pub output: Base64,
+    }
+
+    /// What `retry()` does next ([`crate::machine::waits::retry_step`]).
+    pub struct NextAttempt {
+        /// Seconds to pause before the attempt.
+        pub pause: Seconds,
+        /// The attempt is the last that fits before the deadline.
+        pub last: bool,
     }
 
     /// Serial lines since the last call.

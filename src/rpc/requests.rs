@@ -226,12 +226,17 @@ requests! {
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
-    /// The pause of `retry()` after an attempt: the wait schedule's rule.
-    pub struct RetryPause {
+    /// `retry()` before its next attempt: how long to pause, and whether that attempt is
+    /// the last that fits before the deadline (the wait schedule's rule; one home for it).
+    pub struct RetryStep {
         /// How long the retry has run.
         pub age: Duration = kind::SECONDS,
-        /// How long the attempt took.
+        /// How long the previous attempt took.
         pub cost: Duration = kind::SECONDS,
+        /// The retry's time limit (`None`: no limit, no attempt is the last).
+        pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// No attempt ran yet (no pause).
+        pub first: bool = kind::FALSE,
     }
 
     /// Serial lines printed since the last call, once there are some (or the machine

@@ -56,6 +56,10 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("test_driver/_rpc.py", include_str!("test_driver/_rpc.py")),
     (
+        "test_driver/_retry.py",
+        include_str!("test_driver/_retry.py"),
+    ),
+    (
         "test_driver/errors.py",
         include_str!("test_driver/errors.py"),
     ),

@@ -367,6 +367,40 @@ fn read_all(mut r: impl std::io::Read) -> String {
     String::from_utf8_lossy(&v).into_owned()
 }
 
+/// Check a JUnit XML file against the JUnit schema CI reporters read
+/// (`tests/common/junit_schema.py`, the rules of Jenkins' junit-10.xsd).
+#[allow(dead_code)]
+pub fn assert_junit_valid(path: &Path) {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/common/junit_schema.py"))
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{} does not follow the JUnit schema: {}\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// rust-vmm's vhost-device-vsock, built once by `ci/ensure-vhost-device-vsock` (cached).
+#[allow(dead_code)]
+pub fn vhost_device_vsock() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = Command::new(repo().join("ci/ensure-vhost-device-vsock"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run ci/ensure-vhost-device-vsock");
+        assert!(out.status.success(), "ci/ensure-vhost-device-vsock failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("a path").trim())
+    })
+    .clone()
+}
+
 /// One line a child printed, with the time it arrived since the child was spawned.
 pub struct TimedLine {
     pub at: Duration,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from test_driver import _protocol, _rpc
 from test_driver.logger import rootlog
@@ -30,6 +32,29 @@ def _sync_with_driver() -> None:
         pass
 
 
+def _install_warning_format(script: str) -> None:
+    """Python warnings as upstream shows them (a ``??? Warning (Category): message`` block
+    with the place in the script), through the driver's log so every sink gets them."""
+    lines = script.splitlines()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if line is None and filename == "<string>" and 0 < lineno <= len(lines):
+            line = lines[lineno - 1]
+        text = f"??? Warning ({category.__name__}): {message}\n    File \"{filename}\", line {lineno}"
+        if line:
+            text += f"\n      {line.strip()}"
+        rootlog.warning(text)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     if isinstance(sys.stdout, __import__("io").TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
@@ -38,6 +63,7 @@ def main() -> None:
 
     script = hello["test_script"]
     tests = Path(script).read_text() if script else ""
+    _install_warning_format(tests)
     try:
         code = compile(tests, "<string>", "exec")
     except SyntaxError as e:
@@ -45,6 +71,8 @@ def main() -> None:
         _report_syntax_error(e)
         sys.exit(1)
     driver = Driver(hello, tests, code)
+    # Upstream prints how to reach the machines over the SSH backdoor before anything runs.
+    driver.dump_machine_ssh()
     if hello["interactive"]:
         driver.interactive()
         return

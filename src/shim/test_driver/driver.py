@@ -6,12 +6,14 @@ symbols around them and runs the script with upstream's failure handling.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import CodeType
@@ -26,7 +28,14 @@ from test_driver._constants import (
 )
 from test_driver._protocol import HelloReply
 from test_driver.debug import Debug, DebugAbstract, DebugNop
-from test_driver.duration import Duration, to_seconds
+from test_driver._retry import RemainingTime, run_retry
+from test_driver.duration import (
+    Duration,
+    to_limit,
+    to_seconds,
+    warn_deprecated_argument,
+    warn_if_numeric,
+)
 from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine import (
@@ -84,15 +93,27 @@ class Poll:
 
     def wait(
         self,
-        timeout: Duration | None = None,
+        timeout: Duration | None = DEFAULT_TIMEOUT,
         timeout_seconds: Duration | None = None,
     ) -> None:
-        """Wait until the condition holds (default 15 minutes)."""
-        total = to_seconds(timeout_seconds if timeout_seconds is not None else timeout)
+        """Wait until the condition holds (default 15 minutes; ``timeout=None``: no limit).
+        ``timeout_seconds`` is upstream's deprecated name of ``timeout``."""
+        if timeout_seconds is not None:
+            if timeout is not DEFAULT_TIMEOUT:
+                raise TypeError(
+                    "wait() got both 'timeout' and 'timeout_seconds' arguments. "
+                    "Pass only 'timeout'"
+                )
+            warn_deprecated_argument("timeout_seconds", "timeout")
+            warn_if_numeric(timeout_seconds, "wait")
+            total = to_limit(timeout_seconds, DEFAULT_TIMEOUT)
+        else:
+            warn_if_numeric(timeout, "wait")
+            total = math.inf if timeout is None else to_limit(timeout, DEFAULT_TIMEOUT)
         logger = self._driver.logger
         description = self.condition.description
 
-        def condition(last: bool) -> bool:
+        def condition(last: RemainingTime | None) -> bool:
             if last:
                 logger.info(f"Last chance for {description}")
             ret = self.condition.check(force=True)
@@ -101,7 +122,24 @@ class Poll:
             return ret
 
         with logger.nested(f"waiting for {description}"):
-            retry(condition, timeout_seconds=total if total is not None else DEFAULT_TIMEOUT)
+            run_retry(condition, total)
+
+
+@dataclass
+class VsockPair:
+    """A machine's SSH-backdoor sockets (upstream's `VsockPair`): QEMU's vhost-user socket
+    (``guest``), the hybrid-vsock socket the host connects to (``host``), the guest CID."""
+
+    guest: Path
+    host: Path
+    cid: int
+
+
+class VHostDeviceVsock:
+    """Upstream's handle of the vhost-device-vsock backend (ntd runs the process)."""
+
+    def __init__(self, sockets: dict[str, VsockPair]) -> None:
+        self.sockets = sockets
 
 
 class Driver:
@@ -146,6 +184,24 @@ class Driver:
             for m in hello["machines"]
         ]
         self.machines_nspawn: list[BaseMachine] = []
+        backdoor = hello["ssh_backdoor"]
+        self.enable_ssh_backdoor = backdoor is not None
+        self.vsock_offset: int | None = None
+        self.vhost_vsock: VHostDeviceVsock | None = None
+        if backdoor is not None:
+            self.vsock_offset = backdoor["vsock_offset"]
+            sockets = backdoor["sockets"]
+            if sockets is not None:
+                self.vhost_vsock = VHostDeviceVsock(
+                    {
+                        s["machine"]: VsockPair(Path(s["guest"]), Path(s["host"]), s["cid"])
+                        for s in sockets
+                    }
+                )
+        for machine in self.machines_qemu:
+            pair = self.vhost_vsock.sockets.get(machine.name) if self.vhost_vsock else None
+            if pair is not None:
+                machine.vsock_host, machine.vsock_guest = pair.host, pair.guest
         set_polling_slice(self._polling_slice)
 
     @property
@@ -304,8 +360,32 @@ class Driver:
     def serial_stdout_off(self) -> None:
         self.logger.print_serial_logs(False)
 
-    def dump_machine_ssh(self, offset: int = 0) -> None:
-        """The vsock SSH backdoor is not offered by ntd; use `shell_interact()`."""
+    def dump_machine_ssh(self, offset: int | None = None) -> None:
+        """Print how to reach each machine over the SSH backdoor (upstream's words): through
+        its vsock-mux socket (`enable_ssh_backdoor`), or at vsock CID ``offset`` + 1, + 2, …
+        (the mid generation's ``--dump-vsocks OFFSET``). Nothing without a backdoor."""
+        if offset is None:
+            offset = self.vsock_offset
+        if not self.enable_ssh_backdoor and offset is None:
+            return
+        if not self.machines:
+            print("SSH backdoor enabled, but no machines defined")
+            return
+        bright, reset = "\x1b[1m", "\x1b[0m"
+        print("SSH backdoor enabled, the machines can be accessed like this:")
+        print(
+            f"{bright}Note:{reset} this requires {bright}systemd-ssh-proxy(1){reset} to be "
+            "enabled (default on NixOS 25.05 and newer)."
+        )
+        longest = max(len(m.name) for m in self.machines)
+        for number, machine in enumerate(self.machines, start=(offset or 0) + 1):
+            spaces = " " * (longest - len(machine.name) + 2)
+            command = (
+                machine.ssh_backdoor_command()
+                if self.vhost_vsock is not None
+                else machine.ssh_backdoor_command(number)
+            )
+            print(f"    {machine.name}:{spaces}{bright}{command}{reset}")
 
     # -- polling conditions --------------------------------------------------------------
 

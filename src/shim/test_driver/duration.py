@@ -1,10 +1,16 @@
 """Durations as the test API takes them: a `timedelta`, or a number of seconds (all three
-upstream generations' forms; numbers are not warned about)."""
+upstream generations' forms). A bare number passed by a test script is warned about with
+upstream's words (nixpkgs PR #542374), once per place in the script; calls inside the shim
+are never warned about."""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from datetime import timedelta
+from types import FrameType
 
 from test_driver._constants import MAX_DURATION_SECONDS
 
@@ -73,3 +79,69 @@ def as_seconds(duration: Duration) -> float:
     """A `Duration` in seconds (upstream's helper of the same name)."""
     seconds = to_seconds(duration, "duration")
     return math.inf if seconds is None else seconds
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_frame() -> FrameType | None:
+    """The innermost frame outside this package: where the test script called the API.
+    None when the API was called from inside the package only (a script's frames have the
+    filename ``<string>``; modules of the package live in its directory)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            return frame
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _called_from_package() -> bool:
+    """True when the public function calling this was itself called by the package (its
+    caller's caller is a module of the package): such calls are the shim's own."""
+    try:
+        frame = sys._getframe(3)
+    except ValueError:
+        return False
+    return os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _warn_at_user(message: str, category: type[Warning]) -> None:
+    frame = _user_frame()
+    if frame is None:
+        return
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    # "__main__": Python's default filters show a DeprecationWarning only there.
+    warnings.warn_explicit(
+        message,
+        category,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module="__main__",
+        registry=registry,
+    )
+
+
+def warn_if_numeric(duration: Duration | None, func_name: str) -> None:
+    """Upstream's warning for a bare number of seconds (a `UserWarning`, shown once per
+    place in the script); nothing for a timedelta, None or a call from inside the shim."""
+    if duration is None or isinstance(duration, (bool, timedelta)):
+        return
+    if not isinstance(duration, (int, float)) or _called_from_package():
+        return
+    _warn_at_user(
+        f"{func_name}(): passing a bare int/float as a duration is "
+        "deprecated. Use datetime.timedelta instead.",
+        UserWarning,
+    )
+
+
+def warn_deprecated_argument(old: str, new: str) -> None:
+    """Upstream's `DeprecationWarning` for a renamed keyword argument (``secs`` →
+    ``duration``, ``timeout_seconds`` → ``timeout``)."""
+    if _called_from_package():
+        return
+    _warn_at_user(
+        f"The '{old}' argument is deprecated. Use '{new}' instead.", DeprecationWarning
+    )

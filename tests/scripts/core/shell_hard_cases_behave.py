@@ -3,17 +3,28 @@
 import time
 start_all()
 machine.succeed("true")
-# A background child that keeps stdout open must not block the command (upstream hangs).
+# A background child with its stdout elsewhere does not hold the command up; one that keeps
+# stdout open does, until it closes it (upstream's semantics), and its output is returned.
 t0 = time.monotonic()
-machine.succeed("sleep 30 &")
+machine.succeed("sleep 30 >/dev/null &")
+machine.succeed("(sleep 30 &) >/dev/null")
 assert time.monotonic() - t0 < 5, time.monotonic() - t0
+assert machine.succeed("(sleep 1; echo after) &") == "after\n"
+assert machine.succeed("( (sleep 1; echo orphan) & ); echo first") == "first\norphan\n"
+# A timed command whose background child keeps stdout past the deadline: 124, child killed.
+assert machine.execute("(echo A; sleep 100; echo B) &", timeout=2) == (124, "A\n")
 # A command reading stdin gets EOF instead of eating the shell's own input.
 assert machine.succeed("cat") == ""
 assert machine.succeed("read -r x || echo eof") == "eof\n"
-# Bytes that arrive after their command finished do not leak into the next result.
-machine.succeed("(sleep 0.3; echo late-bytes) &")
+# Bytes that arrive after their command finished (a wait attempt's child) do not leak into
+# the next result.
+machine.wait_until_succeeds("(sleep 0.3; echo late-bytes) & true")
 time.sleep(1)
 assert machine.succeed("echo next") == "next\n"
+# Right after a wait (whose attempts forked), behind a PID that already exited, a process
+# that keeps stdout open is still found and waited for.
+machine.wait_until_succeeds("ls / >/dev/null")
+assert machine.succeed("ls / >/dev/null; (sleep 1; echo behind) &") == "behind\n"
 # stdout is a pipe, never the tty.
 assert machine.succeed("test -p /dev/stdout && echo pipe") == "pipe\n"
 # Each command runs in its own shell: no state leaks, exit does not kill the backdoor.

@@ -1,6 +1,7 @@
 # machines: machine
-# Output of a background process after its command ended is never lost: it is returned or
-# logged (late output; inside a wait, with the failed attempt's output at debug level).
+# Output of a background process after its command ended is never lost: a command returns
+# once its stdout is closed (upstream), so it is part of the result; inside a wait it is
+# logged (late output, with the failed attempt's output at debug level).
 import time
 
 start_all()

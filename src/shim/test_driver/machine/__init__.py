@@ -32,8 +32,16 @@ from test_driver._protocol import (
     WaitReply,
     timed_out_message,
 )
-from test_driver.duration import Duration, finite_or_none, to_limit, to_seconds
-from test_driver.efi import EfiVariable
+from test_driver._retry import RemainingTime, retry, run_retry
+from test_driver.duration import (
+    Duration,
+    finite_or_none,
+    to_limit,
+    to_seconds,
+    warn_deprecated_argument,
+    warn_if_numeric,
+)
+from test_driver.efi import EfiVariable, EfiVars
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.logger import AbstractLogger, rootlog
 from test_driver.machine.qmp import QMPSession
@@ -65,38 +73,16 @@ def _fmt_seconds(secs: float) -> str:
     return repr(float(secs))
 
 
+def _ocr_texts(variants: list[str | None]) -> str:
+    """What OCR variants recognised, for a log line or an error (a timed-out one says so)."""
+    if not variants:
+        return "nothing (no OCR attempt finished)"
+    return "[" + ", ".join("<timed out>" if v is None else repr(v) for v in variants) + "]"
+
+
 #: One slice of a wait: ``(timeout, age, slice)`` in seconds to the driver's reply.
 _WaitSlice = Callable[[float | None, float, float | None], WaitReply]
 
-
-def retry(
-    fn: Callable[..., Any],
-    timeout_seconds: Duration | None = None,
-    timeout: Duration | None = None,
-) -> None:
-    """Call ``fn(last_try)`` until it returns true or the timeout (default 900 s) passes,
-    then once more with ``last_try=True``; raise `RequestedAssertionFailed` if that fails too.
-
-    Accepts all three upstream signatures: ``retry(fn, 30)``, ``retry(fn, timeout_seconds=30)``
-    and ``retry(fn, timeout=30)``, with numbers or timedeltas. Unlike upstream it does not sleep
-    a fixed second between attempts: it follows the wait schedule (the driver computes each
-    pause), so a condition is noticed soon after it holds while a slow callable keeps its share
-    of the CPU small.
-    """
-    if timeout_seconds is not None and timeout is not None:
-        raise TypeError("retry() takes timeout_seconds or timeout, not both")
-    total = to_limit(timeout_seconds if timeout_seconds is not None else timeout, DEFAULT_TIMEOUT)
-    start = time.monotonic()
-    while time.monotonic() - start < total:
-        t0 = time.monotonic()
-        if fn(False):
-            return
-        now = time.monotonic()
-        left = total - (now - start)
-        pause = _protocol.retry_pause(age=now - start, cost=now - t0)
-        time.sleep(max(0.0, min(pause, left)))
-    if not fn(True):
-        raise RequestedAssertionFailed(timed_out_message(time.monotonic() - start, total))
 
 
 class QemuStartCommand(str):
@@ -166,6 +152,9 @@ class BaseMachine:
         self.callbacks = list(callbacks or [])
         self.logger = logger
         self.qmp_client = QMPSession(name)
+        # The SSH backdoor's sockets, when the test enables it (set by the driver).
+        self.vsock_host: Path | None = None
+        self.vsock_guest: Path | None = None
         # Upstream attributes that have no meaning here but that scripts may read.
         self.process: subprocess.Popen[bytes] | None = None
         self.monitor: Any = None
@@ -268,6 +257,7 @@ class BaseMachine:
             send()
 
     def wait_for_shutdown(self, timeout: Duration | None = None) -> None:
+        warn_if_numeric(timeout, "wait_for_shutdown")
         seconds = to_seconds(timeout)
         self._power_off(lambda: _protocol.wait_for_shutdown(machine=self.name, timeout=seconds))
 
@@ -322,6 +312,7 @@ class BaseMachine:
         Returns ``(status, output)``; stdout is captured through a pipe, stderr goes to the
         serial console. stdin is ``/dev/null``.
         """
+        warn_if_numeric(timeout, "execute")
         self.run_callbacks()
         reply = _protocol.execute(
             machine=self.name,
@@ -345,6 +336,7 @@ class BaseMachine:
 
     def succeed(self, *commands: str, timeout: Duration | None = None) -> str:
         """Run each command; raise `RequestedAssertionFailed` if one exits non-zero."""
+        warn_if_numeric(timeout, "succeed")
         output = ""
         for command in commands:
             with self.nested(f"must succeed: {command}"):
@@ -359,6 +351,7 @@ class BaseMachine:
 
     def fail(self, *commands: str, timeout: Duration | None = None) -> str:
         """Run each command; raise `RequestedAssertionFailed` if one exits with 0."""
+        warn_if_numeric(timeout, "fail")
         output = ""
         for command in commands:
             with self.nested(f"must fail: {command}"):
@@ -419,7 +412,7 @@ class BaseMachine:
             status, output = self.execute(command, timeout=attempt_timeout)
             return (status == 0) == until_success
 
-        retry(attempt, timeout)
+        run_retry(attempt, to_limit(timeout, DEFAULT_TIMEOUT))
         return output
 
     def wait_until_succeeds(
@@ -434,6 +427,8 @@ class BaseMachine:
         ``attempt_timeout`` bounds each attempt (a hanging attempt is stopped and retried);
         without it an attempt may take the whole ``timeout``, as upstream's does.
         """
+        warn_if_numeric(timeout, "wait_until_succeeds")
+        warn_if_numeric(attempt_timeout, "wait_until_succeeds")
         with self.nested(f"waiting for success: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, True, timeout, attempt_timeout)
@@ -447,12 +442,15 @@ class BaseMachine:
         attempt_timeout: Duration | None = None,
     ) -> str:
         """Repeat ``command`` until it fails; return its output."""
+        warn_if_numeric(timeout, "wait_until_fails")
+        warn_if_numeric(attempt_timeout, "wait_until_fails")
         with self.nested(f"waiting for failure: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, False, timeout, attempt_timeout)
             return self._output(self._wait_command(command, False, timeout))
 
     def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        warn_if_numeric(timeout, "wait_for_file")
         with self.nested(f"waiting for file '{filename}'"):
             self._wait(
                 timeout,
@@ -464,18 +462,21 @@ class BaseMachine:
     def wait_for_open_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
+        warn_if_numeric(timeout, "wait_for_open_port")
         with self.nested(f"waiting for TCP port {port} on {addr}"):
             self._wait_port(addr, port, True, timeout)
 
     def wait_for_closed_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
+        warn_if_numeric(timeout, "wait_for_closed_port")
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
             self._wait_port(addr, port, False, timeout)
 
     def wait_for_open_unix_socket(
         self, addr: str, is_datagram: bool = False, timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
+        warn_if_numeric(timeout, "wait_for_open_unix_socket")
         kind = "datagram" if is_datagram else "stream"
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
             self._wait(
@@ -485,9 +486,17 @@ class BaseMachine:
                 ),
             )
 
-    def sleep(self, secs: Duration | None = None, duration: Duration | None = None) -> None:
-        """Sleep in the guest (guest time)."""
-        value = secs if secs is not None else duration
+    def sleep(self, duration: Duration | None = None, secs: Duration | None = None) -> None:
+        """Sleep in the guest (guest time). ``secs`` is upstream's deprecated name."""
+        if secs is not None:
+            if duration is not None:
+                raise TypeError("sleep() got both 'duration' and 'secs'. Pass only 'duration'")
+            warn_deprecated_argument("secs", "duration")
+            warn_if_numeric(secs, "sleep")
+            value: Duration | None = secs
+        else:
+            warn_if_numeric(duration, "sleep")
+            value = duration
         if value is None:
             raise TypeError("sleep() needs a duration")
         seconds = to_seconds(value, "duration")
@@ -554,6 +563,7 @@ class BaseMachine:
     ) -> None:
         """Wait until ``unit`` is active; fail at once if it failed or is inactive with no
         pending jobs (upstream semantics). The check loops inside the guest."""
+        warn_if_numeric(timeout, "wait_for_unit")
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit}{with_user}"):
             self._wait(
@@ -576,6 +586,7 @@ class BaseMachine:
     ) -> None:
         """Wait until the ``ActiveState`` of ``unit`` is ``state`` (any state, also
         ``failed`` or ``inactive``)."""
+        warn_if_numeric(timeout, "wait_for_unit_active_state")
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
             self._wait(
@@ -595,6 +606,7 @@ class BaseMachine:
 
     def wait_for_console_text(self, regex: str, timeout: Duration | None = None) -> None:
         """Wait until ``regex`` matches the serial output printed since the last such wait."""
+        warn_if_numeric(timeout, "wait_for_console_text")
         total = to_seconds(timeout)
         start = time.monotonic()
         seen = ""
@@ -649,6 +661,7 @@ class BaseMachine:
         event_filter: Callable[[dict[str, Any]], bool],
         timeout: Duration = DEFAULT_QMP_EVENT_TIMEOUT,
     ) -> dict[str, Any]:
+        warn_if_numeric(timeout, "wait_for_qmp_event")
         total = to_seconds(timeout)
         start = time.monotonic()
         while True:
@@ -662,6 +675,7 @@ class BaseMachine:
     def send_key(
         self, key: str, delay: Duration | None = timedelta(milliseconds=10), log: bool | None = True
     ) -> None:
+        warn_if_numeric(delay, "send_key")
         key = CHAR_TO_KEY.get(key, key)
         context = self.nested(f"sending key {key!r}") if log else nullcontext()
         with context:
@@ -671,6 +685,7 @@ class BaseMachine:
                 time.sleep(pause)
 
     def send_chars(self, chars: str, delay: Duration | None = timedelta(milliseconds=10)) -> None:
+        warn_if_numeric(delay, "send_chars")
         with self.nested(f"sending keys {chars!r}"):
             for char in chars:
                 self.send_key(char, delay, log=False)
@@ -791,29 +806,36 @@ class BaseMachine:
             raise MachineError("OCR requested but enableOCR is false")
         return tesseract
 
-    def _ocr(self, image: str) -> str:
+    def _ocr(self, image: str, timeout: float | None = None) -> str | None:
+        """Text tesseract reads in ``image``; None if it did not finish within ``timeout``
+        seconds (upstream: a timed-out OCR run has no result, which is not "no text")."""
         tesseract = self._require_ocr()
-        proc = subprocess.run(
-            [tesseract, image, "-", "--oem", "2", "-c", "debug_file=/dev/null", "--psm", "11"],
-            capture_output=True,
-        )
-        if proc.returncode != 0:
-            # --oem 2 needs legacy models; fall back to the LSTM engine.
-            proc = subprocess.run(
-                [tesseract, image, "-", "-c", "debug_file=/dev/null", "--psm", "11"],
-                capture_output=True,
-            )
-            if proc.returncode != 0:
-                raise MachineError(f"tesseract failed: {proc.stderr.decode(errors='replace')}")
-        return proc.stdout.decode(errors="replace")
+        common = [tesseract, image, "-", "-c", "debug_file=/dev/null", "--psm", "11"]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # --oem 2 needs legacy models; without them fall back to the LSTM engine.
+        for args in (common[:3] + ["--oem", "2"] + common[3:], common):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                proc = subprocess.run(args, capture_output=True, timeout=left)
+            except subprocess.TimeoutExpired:
+                return None
+            if proc.returncode == 0:
+                return proc.stdout.decode(errors="replace")
+        raise MachineError(f"tesseract failed: {proc.stderr.decode(errors='replace')}")
 
-    def get_screen_text_variants(self) -> list[str]:
-        """OCR of the screen: the raw image and, with ImageMagick, two preprocessed ones."""
+    def _ocr_variants(self, timeout: float | None) -> list[str | None]:
+        """OCR of the screen: the raw image and, with ImageMagick, two preprocessed ones;
+        a variant that did not finish within ``timeout`` seconds is None."""
         self._require_ocr()
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "screen.png")
             self._screendump(png)
-            variants = [self._ocr(png)]
+            variants = [self._ocr(png, left())]
             convert = shutil.which("magick") or shutil.which("convert")
             if convert is not None:
                 for negate in (False, True):
@@ -824,9 +846,18 @@ class BaseMachine:
                              "-sharpen", "1", "-posterize", "3"]
                     args += (["-negate"] if negate else [])
                     args += ["-gamma", "100", "-blur", "1x65535", png, out]
-                    if subprocess.run(args, capture_output=True).returncode == 0:
-                        variants.append(self._ocr(out))
+                    try:
+                        converted = subprocess.run(args, capture_output=True, timeout=left())
+                    except subprocess.TimeoutExpired:
+                        variants.append(None)
+                        continue
+                    if converted.returncode == 0:
+                        variants.append(self._ocr(out, left()))
             return variants
+
+    def get_screen_text_variants(self) -> list[str]:
+        """OCR of the screen: the raw image and, with ImageMagick, two preprocessed ones."""
+        return [v for v in self._ocr_variants(None) if v is not None]
 
     def get_screen_text(self) -> str:
         """OCR of the screen (tesseract)."""
@@ -834,25 +865,42 @@ class BaseMachine:
         with tempfile.TemporaryDirectory() as tmp:
             png = os.path.join(tmp, "screen.png")
             self._screendump(png)
-            return self._ocr(png)
+            return self._ocr(png) or ""
 
     def wait_for_text(self, regex: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
-        """Wait until OCR finds ``regex`` on the screen."""
+        """Wait until OCR finds ``regex`` on the screen. Each attempt's OCR is bounded by the
+        time left; when the time is up the error shows what the last attempt recognised."""
+        warn_if_numeric(timeout, "wait_for_text")
+        last_text: list[str | None] = []
+        logged = False
 
-        def screen_matches(last: bool) -> bool:
-            variants = self.get_screen_text_variants()
+        def screen_matches(remaining: RemainingTime | None) -> bool:
+            nonlocal last_text, logged
+            variants = self._ocr_variants(None if remaining is None else float(remaining))
+            if any(v is not None for v in variants) or not last_text:
+                last_text = variants
             for text in variants:
-                if re.search(regex, text) is not None:
+                if text is not None and re.search(regex, text) is not None:
                     return True
-            if last:
-                self.log(f"Last OCR attempt failed. Text was: {variants}")
+            if remaining:
+                self.log(f"Last OCR attempt failed. Text was: {_ocr_texts(variants)}")
+                logged = True
             return False
 
         with self.nested(f"waiting for {regex} to appear on screen"):
-            retry(screen_matches, timeout)
+            try:
+                run_retry(screen_matches, to_limit(timeout, DEFAULT_TIMEOUT))
+            except RequestedAssertionFailed as e:
+                if not logged:
+                    self.log(f"Last OCR attempt failed. Text was: {_ocr_texts(last_text)}")
+                raise RequestedAssertionFailed(
+                    f"{e}: {regex!r} did not appear on the screen; "
+                    f"the last OCR attempt recognised: {_ocr_texts(last_text)}"
+                ) from None
 
     def wait_for_x(self, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         """Wait until the X11 server accepts connections."""
+        warn_if_numeric(timeout, "wait_for_x")
         with self.nested("waiting for the X11 server"):
             self._wait(
                 timeout,
@@ -867,9 +915,10 @@ class BaseMachine:
         ).splitlines()
 
     def wait_for_window(self, regexp: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
+        warn_if_numeric(timeout, "wait_for_window")
         pattern = re.compile(regexp)
 
-        def window_is_visible(last_try: bool) -> bool:
+        def window_is_visible(last_try: RemainingTime | None) -> bool:
             names = self.get_window_names()
             if last_try:
                 self.log(
@@ -879,7 +928,7 @@ class BaseMachine:
             return any(pattern.search(name) for name in names)
 
         with self.nested("waiting for a window to appear"):
-            retry(window_is_visible, timeout)
+            run_retry(window_is_visible, to_limit(timeout, DEFAULT_TIMEOUT))
 
     def dump_tty_contents(self, tty: str | int) -> None:
         self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
@@ -893,9 +942,10 @@ class BaseMachine:
     def wait_until_tty_matches(
         self, tty: str | int, regexp: str, timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
+        warn_if_numeric(timeout, "wait_until_tty_matches")
         matcher = re.compile(regexp)
 
-        def tty_matches(last: bool) -> bool:
+        def tty_matches(last: RemainingTime | None) -> bool:
             text = self.get_tty_text(tty)
             if last:
                 self.log(
@@ -904,7 +954,7 @@ class BaseMachine:
             return len(matcher.findall(text)) > 0
 
         with self.nested(f"waiting for {regexp} to appear on tty {tty}"):
-            retry(tty_matches, timeout)
+            run_retry(tty_matches, to_limit(timeout, DEFAULT_TIMEOUT))
 
     # -- interaction ---------------------------------------------------------------------
 
@@ -939,30 +989,46 @@ class BaseMachine:
             return
 
 
-    def ssh_backdoor_command(self) -> str:
-        """Upstream's vsock SSH backdoor; ntd does not offer it (use `shell_interact`)."""
-        raise MachineError(
-            "the vsock SSH backdoor is not supported by ntd; use shell_interact() instead"
-        )
+    def ssh_backdoor_command(self, index: int | None = None) -> str:
+        """How to reach the machine over the SSH backdoor: ``vsock-mux/<host socket>``
+        (`enable_ssh_backdoor`), or ``vsock/<index>`` (the mid generation's native CID)."""
+        if index is not None:
+            return f"ssh -o User=root vsock/{index}"
+        if self.vsock_host is None:
+            raise MachineError(
+                f"{self.name} has no SSH backdoor: the test does not enable it "
+                "(sshBackdoor.enable / enable_ssh_backdoor)"
+            )
+        return f"ssh -o User=root vsock-mux/{self.vsock_host}"
 
     # -- EFI variables -------------------------------------------------------------------
 
-    def _efi_unsupported(self) -> MachineError:
-        return MachineError(
-            "editing the OVMF variable store (efi vars) is not supported by ntd"
-        )
+    @property
+    def efi_vars_path(self) -> Path:
+        """The machine's UEFI variable store (``NIX_EFI_VARS`` of its start script)."""
+        return self.state_dir / f"{self.name}-efi-vars.fd"
+
+    @property
+    def efi_vars(self) -> EfiVars:
+        return EfiVars(self.efi_vars_path, lambda: self.booted)
 
     def create_efi_vars(self) -> None:
-        raise self._efi_unsupported()
+        """Create an empty OVMF variable store (the machine must be down and have none)."""
+        self.efi_vars.create_empty()
 
     def read_efi_vars(self) -> list[EfiVariable]:
-        raise self._efi_unsupported()
+        """The variables of the store (none if it does not exist); the machine must be down."""
+        return self.efi_vars.read() or []
 
     def write_efi_vars(self, add: list[EfiVariable]) -> None:
-        raise self._efi_unsupported()
+        """Add or replace variables in the store (created if missing); the machine must be
+        down."""
+        self.efi_vars.write(add)
 
     def dump_efi_vars(self) -> None:
-        raise self._efi_unsupported()
+        """Print every variable of the store."""
+        for var in self.read_efi_vars():
+            var.print()
 
 
 class QemuMachine(BaseMachine):
