@@ -63,4 +63,6 @@ pub const QMP_READY: &str = "QMP ready";
 pub const FIRST_SERIAL_LINE: &str = "first serial line";
 pub const SENTINEL: &str = "backdoor sentinel";
 pub const SHELL_READY: &str = "shell ready";
+/// A restore's state is loaded (the guest runs again from the checkpoint).
+pub const RESTORED: &str = "restored from checkpoint";
 pub const EXITED: &str = "QEMU exited";

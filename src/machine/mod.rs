@@ -12,6 +12,7 @@
 
 pub mod boot;
 mod channels;
+mod checkpoint;
 pub mod console;
 pub mod guest;
 pub mod qemu;
@@ -27,6 +28,7 @@ use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
 pub use boot::BootTimes;
 use boot::{EXITED, SPAWNED};
+pub(crate) use checkpoint::{RestorePlan, SaveOutcome, SaveRequest};
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -166,6 +168,8 @@ pub struct Machine {
     /// When waiting ops should look at a lost shell again (see [`SHELL_LOSS_GRACE`]); cleared
     /// by the timer.
     shell_settle_at: Option<Instant>,
+    /// Boot checkpoints: a restore to do, a save in progress (see `checkpoint`).
+    ckpt: checkpoint::Checkpointing,
 }
 
 impl Machine {
@@ -217,6 +221,7 @@ impl Machine {
             setup_deadline: None,
             shell_lost_at: None,
             shell_settle_at: None,
+            ckpt: checkpoint::Checkpointing::default(),
         }
     }
 
@@ -235,7 +240,7 @@ impl Machine {
 
     /// Upstream's `connected`: the backdoor shell answered.
     pub fn connected(&self) -> bool {
-        self.session.connected()
+        self.session.connected() && !self.ckpt.busy()
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -322,11 +327,12 @@ impl Machine {
         self.monitor_listener = Some(self.listen(cx.registry, Slot::MonitorListen)?);
         self.shell_listener = Some(self.listen(cx.registry, Slot::ShellListen)?);
 
-        let args = qemu::appended_args(
+        let mut args = qemu::appended_args(
             &self.paths.sockets(),
             self.allow_reboot,
             qemu::wants_nographic(),
         );
+        args.extend(self.checkpoint_args(cx, extra_env));
         let mut env = extra_env.to_vec();
         env.extend(qemu::start_env(&self.paths));
         let proc = qemu::spawn(&self.start_command, &args, &env, &self.paths.state_dir)?;
@@ -352,6 +358,7 @@ impl Machine {
         self.setup_deadline = None;
         self.shell_lost_at = None;
         self.shell_settle_at = None;
+        self.checkpoint_spawned(cx);
         Ok(())
     }
 
@@ -437,6 +444,9 @@ impl Machine {
         let _ = cx
             .registry
             .deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
+        if self.checkpoint_exit(cx, info) {
+            return;
+        }
         self.exit = Some(info);
         self.boot.mark(EXITED);
         let was_running = self.phase == Phase::Running;
@@ -444,7 +454,7 @@ impl Machine {
         if !self.killed {
             cx.log.machine(&self.name, &format!("QEMU exited ({info})"));
         }
-        if !was_running {
+        if let Some(p) = self.process.as_ref().filter(|_| !was_running) {
             // Do not leave a half-started group behind.
             p.child.signal(Signal::KILL);
         }
@@ -569,6 +579,7 @@ impl LoopMember for Machine {
             Slot::Stdin => self.flush_stdin(cx.registry),
             Slot::Pidfd => self.check_exit(cx),
         }
+        self.advance_checkpoint(cx);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -577,6 +588,7 @@ impl LoopMember for Machine {
             self.kill_deadline,
             self.setup_deadline,
             self.shell_settle_at,
+            self.checkpoint_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -616,6 +628,7 @@ impl LoopMember for Machine {
                 p.child.signal(Signal::KILL);
             }
         }
+        self.advance_checkpoint(cx);
     }
 }
 
