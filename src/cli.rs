@@ -45,6 +45,11 @@ pub struct Options {
     /// How long a machine may take to open its backdoor shell (env `NTD_SHELL_TIMEOUT`;
     /// upstream gives up after ten 30-second reminders).
     pub shell_timeout: Duration,
+    /// ntd extension: boot checkpoints in this directory (`--checkpoints`, `"checkpoints"`
+    /// in the configuration, `NTD_CHECKPOINTS`).
+    pub checkpoints: Option<PathBuf>,
+    /// Size cap of the checkpoint directory in bytes (`--checkpoints-max-size`).
+    pub checkpoints_max_size: u64,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -72,7 +77,8 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
-                         [--capture-dir DIR] [--trace FILE] [--net-seed N] [testscript]
+                         [--capture-dir DIR] [--trace FILE] [--net-seed N]
+                         [--checkpoints DIR] [--checkpoints-max-size SIZE] [testscript]
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -91,6 +97,8 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --capture-dir DIR           ntd: write one pcap file per vlan into DIR
   --trace FILE                ntd: write a Chrome trace-event timeline to FILE
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
+  --checkpoints DIR           ntd: restore booted machines from DIR, save them there (env NTD_CHECKPOINTS)
+  --checkpoints-max-size SIZE ntd: size cap of DIR, e.g. 8G (default), 500M (env NTD_CHECKPOINTS_MAX_SIZE)
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -125,6 +133,8 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--capture-dir", None, Arity::One),
     ("--trace", None, Arity::One),
     ("--net-seed", None, Arity::One),
+    ("--checkpoints", None, Arity::One),
+    ("--checkpoints-max-size", None, Arity::One),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -307,6 +317,18 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             Some(t) => parse_seconds(&t, "NTD_SHELL_TIMEOUT")?,
             None => DEFAULT_SHELL_TIMEOUT,
         },
+        checkpoints: env
+            .get("NTD_CHECKPOINTS")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        checkpoints_max_size: match env.get("NTD_CHECKPOINTS_MAX_SIZE") {
+            None => crate::checkpoint::DEFAULT_MAX_SIZE,
+            Some(s) => parse_size(&s).ok_or_else(|| {
+                CliError(format!(
+                    "NTD_CHECKPOINTS_MAX_SIZE: '{s}' is not a size (like 8G, 500M)"
+                ))
+            })?,
+        },
     };
 
     if let Some(config) = raw.one("--config") {
@@ -391,6 +413,18 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
     if let Some(s) = raw.one("--test-script") {
         o.test_script = Some(PathBuf::from(s));
     }
+    // Checkpoints: the environment, overridden by the configuration (read above), overridden
+    // by the command line.
+    if let Some(d) = raw.one("--checkpoints") {
+        o.checkpoints = Some(PathBuf::from(d));
+    }
+    if let Some(s) = raw.one("--checkpoints-max-size") {
+        o.checkpoints_max_size = parse_size(&s).ok_or_else(|| {
+            CliError(format!(
+                "argument --checkpoints-max-size: '{s}' is not a size (like 8G, 500M)"
+            ))
+        })?;
+    }
     if o.test_script.is_none() && !o.interactive {
         return err(
             "no test script: give one in the configuration, with --test-script, or as an argument",
@@ -417,6 +451,31 @@ fn checked_output_dir(d: &Path) -> Result<PathBuf, CliError> {
         ));
     }
     Ok(abs)
+}
+
+/// `8G`, `500M`, `64k`, `1.5GiB`, `4096` (bytes); powers of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = n * mult as f64;
+    (0.0..1.8e19).contains(&bytes).then_some(bytes as u64)
 }
 
 fn parse_vlan(s: &str) -> Result<u32, CliError> {
@@ -514,6 +573,21 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
     }
     if let Some(s) = v.get("test_script").and_then(Value::as_str) {
         o.test_script = Some(PathBuf::from(s));
+    }
+    if let Some(c) = v.get("checkpoints") {
+        match c {
+            Value::Null => {}
+            Value::Str(d) => o.checkpoints = Some(PathBuf::from(d)),
+            _ => return Err(bad("\"checkpoints\" must be a directory path")),
+        }
+    }
+    if let Some(c) = v.get("checkpoints_max_size") {
+        let size = match c {
+            Value::Str(s) => parse_size(s),
+            other => other.as_f64().filter(|n| *n >= 0.0).map(|n| n as u64),
+        };
+        o.checkpoints_max_size =
+            size.ok_or_else(|| bad("\"checkpoints_max_size\" must be a size (like \"8G\")"))?;
     }
     if v.get("enable_ssh_backdoor").and_then(Value::as_bool) == Some(true) {
         // Accepted so existing configurations load; the vsock SSH backdoor is not offered.

@@ -202,3 +202,64 @@ fn interactive_last_flag_wins() {
     .unwrap();
     assert!(!o.interactive);
 }
+
+#[test]
+fn checkpoints_come_from_env_then_config_then_command_line() {
+    let env = MapEnv(HashMap::from([
+        ("NTD_CHECKPOINTS", "/env/ck"),
+        ("NTD_CHECKPOINTS_MAX_SIZE", "1G"),
+    ]));
+    let plain = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t"}"#,
+    );
+    let c = plain.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/env/ck")));
+    assert_eq!(o.checkpoints_max_size, 1 << 30);
+    let o = parse(&args(&["-c", c]), &no_env()).unwrap().unwrap();
+    assert_eq!(o.checkpoints, None);
+    assert_eq!(o.checkpoints_max_size, crate::checkpoint::DEFAULT_MAX_SIZE);
+
+    let with = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t","checkpoints":"/cfg/ck","checkpoints_max_size":"500M"}"#,
+    );
+    let c = with.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/cfg/ck")));
+    assert_eq!(o.checkpoints_max_size, 500 << 20);
+    let o = parse(
+        &args(&[
+            "-c",
+            c,
+            "--checkpoints",
+            "/cli/ck",
+            "--checkpoints-max-size=2g",
+        ]),
+        &env,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/cli/ck")));
+    assert_eq!(o.checkpoints_max_size, 2 << 30);
+}
+
+#[test]
+fn bad_checkpoint_sizes_are_errors() {
+    for bad in ["lots", "-5G", "1e400", "12Q", ""] {
+        let e = parse(
+            &args(&[
+                "--start-scripts",
+                "/x/run-a-vm",
+                "--checkpoints-max-size",
+                bad,
+                "/t",
+            ]),
+            &no_env(),
+        );
+        assert!(e.is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+    assert_eq!(parse_size("64k"), Some(65536));
+    assert_eq!(parse_size("4096"), Some(4096));
+    assert_eq!(parse_size("8 GB"), Some(8 << 30));
+}

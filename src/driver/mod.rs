@@ -8,6 +8,7 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod checkpoints;
 mod dirs;
 mod ops;
 mod pending;
@@ -98,6 +99,8 @@ pub struct Driver {
     net_seed: u64,
     /// Network faults in force, for the trace timeline (closed when replaced or healed).
     fault_spans: Vec<vlans::FaultSpan>,
+    /// Boot checkpoints (`--checkpoints`), when on.
+    checkpoints: Option<checkpoints::Checkpoints>,
 }
 
 impl Driver {
@@ -136,6 +139,7 @@ impl Driver {
             panic_on: std::env::var("NTD_TEST_PANIC").ok(),
             net_seed: 0,
             fault_spans: Vec::new(),
+            checkpoints: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -153,6 +157,7 @@ impl Driver {
             d.add_machine(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
+        d.setup_checkpoints();
         Ok(d)
     }
 
@@ -307,6 +312,7 @@ impl Driver {
         self.members()
             .filter_map(LoopMember::next_deadline)
             .chain(op)
+            .chain(self.checkpoint_deadline())
             .chain(self.global_deadline)
             .min()
     }
@@ -383,6 +389,7 @@ impl Driver {
 
     /// Progress the current op; start queued requests while none is running.
     fn advance(&mut self) {
+        self.checkpoint_turn();
         loop {
             if let Some(mut cur) = self.current.take() {
                 match self.poll_op(&mut cur) {
@@ -393,11 +400,22 @@ impl Driver {
                     }
                 }
             }
+            // The first command waits while the machines booted so far are saved.
+            if let Some(req) = self.checkpoint_released() {
+                self.begin(req);
+                continue;
+            }
+            if self.checkpoint_holding() {
+                return;
+            }
             let Some(next) = self.shim.as_mut().and_then(ShimLink::next_request) else {
                 return;
             };
             match next {
-                Ok(req) => self.begin(req),
+                Ok(req) => match self.checkpoint_admit(req) {
+                    Some(req) => self.begin(req),
+                    None => self.checkpoint_turn(),
+                },
                 Err(e) => match e.id {
                     Some(id) => self.reply(id, Err(e.error)),
                     None => self
@@ -463,6 +481,7 @@ impl Driver {
             self.poll_once(&mut events, Some(timeout));
             self.member_timers(Instant::now());
         }
+        self.checkpoint_cleanup();
         self.stop_vlans();
         for m in &mut self.machines {
             if !m.gone() {
