@@ -113,8 +113,10 @@ pub fn choose_cuts(comp: &[usize], candidates: &[Vec<Candidate>]) -> Vec<Option<
 pub enum Boot {
     /// Not started (or stopped again).
     Idle,
-    /// Booting or restoring: not ready yet.
+    /// Booting: not ready yet.
     Starting,
+    /// Being restored from this cut.
+    Restoring(String),
     /// Its shell answers; `restored` names the cut it came from.
     Ready { restored: Option<String> },
     /// Exited or failed before its shell was ready.
@@ -132,9 +134,31 @@ pub enum Decision {
     Release,
 }
 
+/// The cut a machine came (or is coming) from.
+fn restored_from(b: &Boot) -> Option<&str> {
+    match b {
+        Boot::Ready { restored } => restored.as_deref(),
+        Boot::Restoring(cut) => Some(cut),
+        _ => None,
+    }
+}
+
 /// Decide once the first command arrived. `keyed[i]`: machine `i` has a checkpoint key.
+///
+/// When every started machine is restored or being restored, one cut per component, nothing
+/// will be saved: the command may go at once (a restore that fails boots normally, and that
+/// machine is then not saved in this run).
 pub fn decide(comp: &[usize], boot: &[Boot], keyed: &[bool]) -> Decision {
-    if boot.contains(&Boot::Starting) {
+    let restoring_only = boot
+        .iter()
+        .all(|b| matches!(b, Boot::Idle) || restored_from(b).is_some());
+    if restoring_only && one_cut_per_component(comp, boot) {
+        return Decision::Release;
+    }
+    if boot
+        .iter()
+        .any(|b| matches!(b, Boot::Starting | Boot::Restoring(_)))
+    {
         return Decision::Wait;
     }
     let mut save = Vec::new();
@@ -153,13 +177,7 @@ pub fn decide(comp: &[usize], boot: &[Boot], keyed: &[bool]) -> Decision {
         if started.is_empty() || failed || unkeyed {
             continue;
         }
-        let cuts: Vec<Option<&str>> = started
-            .iter()
-            .map(|&i| match &boot[i] {
-                Boot::Ready { restored } => restored.as_deref(),
-                _ => None,
-            })
-            .collect();
+        let cuts: Vec<Option<&str>> = started.iter().map(|&i| restored_from(&boot[i])).collect();
         let one_cut = cuts[0].is_some() && cuts.iter().all(|c| *c == cuts[0]);
         if !one_cut {
             save.extend(started);
@@ -170,6 +188,15 @@ pub fn decide(comp: &[usize], boot: &[Boot], keyed: &[bool]) -> Decision {
     } else {
         Decision::Save(save)
     }
+}
+
+/// Every component's started machines come from a single cut.
+fn one_cut_per_component(comp: &[usize], boot: &[Boot]) -> bool {
+    (0..comp.len()).all(|i| {
+        (0..comp.len())
+            .filter(|&j| comp[j] == comp[i] && boot[j] != Boot::Idle)
+            .all(|j| restored_from(&boot[j]) == restored_from(&boot[i]) || boot[i] == Boot::Idle)
+    })
 }
 
 #[cfg(test)]

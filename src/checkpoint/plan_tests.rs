@@ -117,3 +117,20 @@ fn decide_skips_components_with_a_failed_or_unkeyed_machine() {
     // Nothing started at all.
     assert_eq!(decide(&[0], &[Boot::Idle], &[true]), Decision::Release);
 }
+
+#[test]
+fn decide_releases_at_once_while_a_whole_component_is_restoring() {
+    let restoring = |c: &str| Boot::Restoring(c.into());
+    let d = decide(
+        &[0, 0, 2],
+        &[restoring("x"), ready(Some("x")), Boot::Idle],
+        &[true; 3],
+    );
+    assert_eq!(d, Decision::Release);
+    // A cold boot beside it: wait for everybody, then save.
+    let d = decide(&[0, 0], &[restoring("x"), Boot::Starting], &[true, true]);
+    assert_eq!(d, Decision::Wait);
+    // Two cuts in one component: wait, then save again.
+    let d = decide(&[0, 0], &[restoring("x"), restoring("y")], &[true, true]);
+    assert_eq!(d, Decision::Wait);
+}

@@ -257,7 +257,13 @@ impl Machine {
             Phase::Stopped => Boot::Idle,
             Phase::Exited => Boot::Failed,
             Phase::Spawned | Phase::Running => {
-                if self.session.unusable().is_some() {
+                let restoring = match &self.ckpt.op {
+                    Some(Op::Restore(r)) if !r.falling_back() => Some(r.cut().to_owned()),
+                    _ => None,
+                };
+                if let Some(cut) = restoring {
+                    Boot::Restoring(cut)
+                } else if self.session.unusable().is_some() {
                     Boot::Failed
                 } else if self.connected() {
                     Boot::Ready {

@@ -37,6 +37,11 @@ enum Step {
     },
     Continuing(Pending),
     Fixup(Instant),
+    /// Reading the guest clock: when the command was sent (host µs) and the give-up time.
+    Measure {
+        sent_us: i64,
+        give_up: Instant,
+    },
     Clock(Instant),
     /// This QEMU is being killed; a normal boot follows its exit.
     FallingBack,
@@ -116,6 +121,10 @@ impl Restore {
         })
     }
 
+    pub(super) fn cut(&self) -> &str {
+        &self.plan.manifest.cut
+    }
+
     pub(super) fn falling_back(&self) -> bool {
         matches!(self.step, Step::FallingBack)
     }
@@ -133,6 +142,7 @@ impl Restore {
             Step::Version(p) | Step::Incoming(p) | Step::Continuing(p) => Some(p.give_up),
             Step::Polling { query, next, .. } => Some(query.map_or(*next, |p| p.give_up)),
             Step::Fixup(t) | Step::Clock(t) => Some(*t),
+            Step::Measure { give_up, .. } => Some(*give_up),
             Step::FallingBack => None,
         }
     }
@@ -249,14 +259,26 @@ impl Machine {
                     if matches!(step, Step::Fixup(_)) {
                         self.fixup_warnings(cx, &report);
                     }
-                    let error = report.now_us.map(|g| g - Self::now_us());
-                    let correction = error.and_then(cg::clock_correction);
-                    match correction {
-                        Some(c)
-                            if r.clock_steps < cg::CLOCK_STEPS
-                                && !report.clock_failed
-                                && !report.whole_seconds =>
-                        {
+                    if report.clock_failed || report.whole_seconds {
+                        // Nothing more to gain from measuring.
+                        return self.restore_done(cx, r, None);
+                    }
+                    let sent_us = Self::now_us();
+                    match self.ckpt_shell(cx, cg::NOW_COMMAND.to_owned()) {
+                        Ok(give_up) => r.step = Step::Measure { sent_us, give_up },
+                        Err(e) => self.restore_fail(cx, r, &e),
+                    }
+                }
+            },
+            Step::Measure { sent_us, give_up } => match self.ckpt_shell_result(give_up) {
+                None => r.step = Step::Measure { sent_us, give_up },
+                Some(Err(e)) => self.restore_fail(cx, r, &e),
+                Some(Ok((_, out))) => {
+                    let now = Self::now_us();
+                    let mid = sent_us + (now - sent_us) / 2;
+                    let error = cg::parse_mount_list(&out).now_us.map(|g| g - mid);
+                    match error.and_then(cg::clock_correction) {
+                        Some(c) if r.clock_steps < cg::CLOCK_STEPS => {
                             r.clock_steps += 1;
                             match self.ckpt_shell(cx, cg::clock_step_command(c)) {
                                 Ok(t) => r.step = Step::Clock(t),
@@ -335,7 +357,7 @@ impl Machine {
 
     fn fixup_warnings(&mut self, cx: &mut Ctx<'_>, report: &cg::FixupReport) {
         let name = Some(self.name.as_str());
-        if report.clock_failed || report.now_us.is_none() {
+        if report.clock_failed {
             cx.log.warning(
                 name,
                 "cannot set the restored guest's clock (no `date -s`?)",
