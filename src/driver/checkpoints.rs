@@ -16,6 +16,7 @@ use crate::checkpoint::RAM;
 use crate::machine::{RestorePlan, SaveOutcome, SaveRequest};
 use crate::reactor::Ctx;
 use crate::rpc::ops::{Op, Request};
+use crate::trace::timeline::SAVE_SPAN;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -376,6 +377,17 @@ impl Driver {
             .iter()
             .all(|&i| self.machines[i].save_released() || finished(ck, i))
         {
+            if let (Some(t), Some(began)) = (&self.trace, ck.save_began) {
+                for &i in &set {
+                    t.span(
+                        &self.machines[i].name,
+                        SAVE_SPAN,
+                        began,
+                        Instant::now(),
+                        Vec::new(),
+                    );
+                }
+            }
             Gate::Committing { set }
         } else {
             Gate::Saving { set, went }
