@@ -300,3 +300,49 @@ fn an_unusable_checkpoint_directory_warns_and_boots_normally() {
     assert!(r.stderr.contains("machines boot normally"), "{}", r.log());
     assert!(r.stdout.contains("fine"));
 }
+
+#[test]
+fn a_debian_node_restores_with_its_disk_overlay_and_services() {
+    // ci/run-test --work keeps the start scripts (and so their key) from run to run.
+    let dir = TestDir::new("ckdeb");
+    let work = dir.path.join("work");
+    let ck = dir.path.join("ck");
+    let run = || {
+        let mut cmd = std::process::Command::new(repo().join("ci/run-test"));
+        cmd.arg(repo().join("tests/scenarios/hello-world"))
+            .arg("--work")
+            .arg(&work)
+            .args(["--", "--checkpoints"])
+            .arg(&ck)
+            .env("NTD", NTD)
+            .env("NTD_COLOR", "never")
+            .stdin(std::process::Stdio::null());
+        let r = run_with_limit(cmd, Duration::from_secs(400));
+        r.assert_code(0);
+        dir.assert_clean();
+        r
+    };
+    let cold = run();
+    assert_eq!(count(&cold, SAVED), 1, "{}", cold.log());
+    let warm = run();
+    assert_eq!(count(&warm, RESTORED), 1, "{}", warm.log());
+    assert!(!warm.stderr.contains("warning"), "{}", warm.log());
+    // The root file system came back as the saved overlay (the start script found it in
+    // place and did not create a fresh one), and the test's service answered on it.
+    let entry = std::fs::read_dir(&ck)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let manifest = std::fs::read_to_string(entry.join("manifest")).unwrap();
+    assert!(
+        manifest.contains("\ndisk disk0 node1.qcow2\n"),
+        "{manifest}"
+    );
+    eprintln!(
+        "Debian hello-world: cold {:.1} s, restored {:.1} s",
+        cold.elapsed.as_secs_f64(),
+        warm.elapsed.as_secs_f64()
+    );
+}
