@@ -98,19 +98,25 @@ impl Driver {
         };
         let nographic = crate::machine::qemu::wants_nographic();
         let shape = format!("vmgenid{}", if nographic { " nographic" } else { "" });
+        let shape_own = format!("own-{shape}");
         let mut cache = FileCache::default();
         let env = |v: &str| std::env::var(v).ok();
         let mut owns = Vec::new();
         let mut vlans = Vec::new();
         for (index, m) in self.machines.iter_mut().enumerate() {
-            m.set_vmgenid(true);
-            let id = Identity {
-                name: &m.name,
-                index,
-                args_shape: &shape,
-            };
             match key::gather(&m.start_command, &env, &mut cache) {
                 Ok(inputs) => {
+                    // QEMU takes one vmgenid device: a start script with its own keeps it.
+                    let own = [Some(inputs.command.as_bytes()), inputs.script.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| memchr::memmem::find(t, b"vmgenid").is_some());
+                    m.set_vmgenid(!own);
+                    let id = Identity {
+                        name: &m.name,
+                        index,
+                        args_shape: if own { &shape_own } else { &shape },
+                    };
                     owns.push(Some(key::own_hash(&inputs, &id)));
                     vlans.push(inputs.vlans);
                 }
