@@ -1,5 +1,5 @@
 //! Switch bench: `ntd vde-switch` against `vde_switch --hub`, same run, same client code
-//! (`tests/vdecommon/vdeclient.rs`), each switch in its own process so that its CPU time can be
+//! and switch processes (`tests/vdecommon`), each switch in its own process so that its CPU time can be
 //! read from /proc/<pid>/stat. Also in the same run: ntd with network faults on (`--loss 1%`,
 //! and `--delay 1ms`), and, if NTD_BENCH_BASELINE names another ntd binary (e.g. one built from
 //! main), that binary without faults, to show that faults off cost nothing.
@@ -34,17 +34,16 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/vdecommon/vdeclient.rs"]
-mod vdeclient;
+#[path = "../tests/vdecommon/mod.rs"]
+mod vdecommon;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vdeclient::{patterned, ClientOptions, VdeClient};
+use vdecommon::vdeclient::{self, patterned, ClientOptions, VdeClient};
+use vdecommon::{require_program, SwitchKind, SwitchProc};
 
 const BATCH: usize = 32;
 const STALL: Duration = Duration::from_millis(200);
@@ -83,14 +82,6 @@ struct ExitCounters {
     drops: u64,
 }
 
-/// A switch process pinned to one CPU; killed and reaped on drop.
-struct SwitchProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: std::sync::mpsc::Receiver<String>,
-    dir: PathBuf,
-}
-
 fn pin(pid: i32, cpu: usize) {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes inside it, and
     // sched_setaffinity only reads it. Failure (e.g. one CPU) just leaves the process unpinned.
@@ -101,103 +92,53 @@ fn pin(pid: i32, cpu: usize) {
     }
 }
 
-impl SwitchProcess {
-    fn start(variant: &Variant, dir: &Path, cpu: Option<usize>) -> SwitchProcess {
-        let _ = std::fs::remove_dir_all(dir);
-        let mut cmd = match &variant.program {
-            Program::Ntd(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("vde-switch")
-                    .arg("--sock")
-                    .arg(dir)
-                    .args(variant.args);
-                c
-            }
-            Program::VdeSwitch => {
-                let mut c = Command::new("vde_switch");
-                c.arg("--sock")
-                    .arg(dir)
-                    .args(["--dirmode", "0700", "--hub"]);
-                c
-            }
-        };
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", variant.name));
-        if let Some(cpu) = cpu {
-            pin(child.id() as i32, cpu);
-        }
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(dir.join("ctl")).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", variant.name);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // vde_switch must see the probe close before clients connect (see tests/vdecommon).
-        std::thread::sleep(Duration::from_millis(100));
-        SwitchProcess {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            dir: dir.to_path_buf(),
-        }
+/// Start `variant` on a fresh `dir` (the tests' switch process: killed and reaped on drop),
+/// pinned to `cpu`.
+fn start_switch(variant: &Variant, dir: &Path, cpu: Option<usize>) -> SwitchProc {
+    let _ = std::fs::remove_dir_all(dir);
+    let p = match &variant.program {
+        Program::Ntd(bin) => SwitchProc::start_program(SwitchKind::Ntd, bin, dir, variant.args),
+        Program::VdeSwitch => SwitchProc::start(SwitchKind::VdeSwitch, dir, variant.args),
+    };
+    if let Some(cpu) = cpu {
+        pin(p.pid() as i32, cpu);
     }
-
-    /// Close stdin (both switches exit on EOF) and return ntd's exit counters (None for
-    /// vde_switch, which prints none).
-    fn stop(mut self) -> Option<ExitCounters> {
-        self.stdin = None;
-        let _ = self.child.wait();
-        let stats = self.stdout.recv_timeout(Duration::from_secs(2)).ok();
-        let stats = stats
-            .into_iter()
-            .chain(self.stdout.try_iter())
-            .find(|l| l.contains("batches="))?;
-        let field = |name: &str| -> Option<f64> {
-            stats
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-        };
-        let drops = [
-            "runt=",
-            "oversize=",
-            "recv_error=",
-            "receiver_full=",
-            "receiver_gone=",
-            "send_error=",
-        ]
-        .iter()
-        .filter_map(|n| field(n))
-        .sum::<f64>() as u64;
-        Some(ExitCounters {
-            frames_per_batch: field("frames_in=")? / field("batches=")?.max(1.0),
-            drops,
-        })
-    }
-
-    /// utime + stime of the switch process, in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
-    }
+    p
 }
 
-impl Drop for SwitchProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Stop the switch (stdin closed: both switches exit on EOF) and read ntd's exit counters
+/// (None for vde_switch, which prints none).
+fn stop_switch(sw: SwitchProc) -> Option<ExitCounters> {
+    let dir = sw.dir.clone();
+    let (_, stdout, _) = sw.stop();
+    let _ = std::fs::remove_dir_all(dir);
+    let stats = stdout.iter().find(|l| l.contains("batches="))?;
+    let field = |name: &str| -> Option<f64> {
+        stats
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    let drops = [
+        "runt=",
+        "oversize=",
+        "recv_error=",
+        "receiver_full=",
+        "receiver_gone=",
+        "send_error=",
+    ]
+    .iter()
+    .filter_map(|n| field(n))
+    .sum::<f64>() as u64;
+    Some(ExitCounters {
+        frames_per_batch: field("frames_in=")? / field("batches=")?.max(1.0),
+        drops,
+    })
+}
+
+/// utime + stime of the switch process, in seconds.
+fn switch_cpu_seconds(sw: &SwitchProc) -> f64 {
+    proc_cpu_seconds(&format!("/proc/{}/stat", sw.pid()))
 }
 
 fn proc_cpu_seconds(stat_path: &str) -> f64 {
@@ -339,7 +280,7 @@ fn throughput(
     cpus: Cpus,
 ) -> Throughput {
     let window = cpus.window.unwrap_or(if size < 1000 { 128 } else { 64 });
-    let sw = SwitchProcess::start(variant, dir, cpus.switch);
+    let sw = start_switch(variant, dir, cpus.switch);
     let clients = connect_all(dir, ports);
     let (sender, receivers) = clients.split_first().unwrap();
     let mut ring: Vec<Vec<u8>> = (0..BATCH)
@@ -393,7 +334,7 @@ fn throughput(
         &mut received,
         &mut written_off,
     );
-    let cpu0 = sw.cpu_seconds();
+    let cpu0 = switch_cpu_seconds(&sw);
     let me0 = proc_cpu_seconds("/proc/self/stat");
     let d0 = received.iter().map(|r| r.seen).min().unwrap();
     let t0 = Instant::now();
@@ -406,7 +347,7 @@ fn throughput(
     );
     let elapsed = t0.elapsed().as_secs_f64();
     let d1 = received.iter().map(|r| r.seen).min().unwrap();
-    let cpu = sw.cpu_seconds() - cpu0;
+    let cpu = switch_cpu_seconds(&sw) - cpu0;
     let me = proc_cpu_seconds("/proc/self/stat") - me0;
     // Whatever is still in flight arrives now, or was really lost.
     run(
@@ -419,7 +360,7 @@ fn throughput(
     let lost = received.iter().map(|r| sent - r.count).sum();
     let frames = (d1 - d0) as f64;
     drop(clients);
-    let exit = sw.stop();
+    let exit = stop_switch(sw);
     Throughput {
         fps: frames / elapsed,
         switch_cpu_per_mframe: cpu / frames * 1e6,
@@ -454,7 +395,7 @@ struct Latency {
 }
 
 fn latency(variant: &Variant, dir: &Path, ports: usize, rounds: usize, cpus: Cpus) -> Latency {
-    let sw = SwitchProcess::start(variant, dir, cpus.switch);
+    let sw = start_switch(variant, dir, cpus.switch);
     let clients = connect_all(dir, ports);
     let (a, rest) = clients.split_first().unwrap();
     let (b, others) = rest.split_first().unwrap();
@@ -510,17 +451,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches`
     }
-    let missing = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).all(|d| !d.join("vde_switch").is_file()))
-        .unwrap_or(true);
-    if missing {
-        let msg =
-            "SKIP: vde_switch is not installed (apt-get install vde2); nothing to compare against";
-        if std::env::var_os("NTD_REQUIRE_INTEROP").is_some_and(|v| v == "1") {
-            panic!("{msg}, and NTD_REQUIRE_INTEROP=1");
-        }
-        eprintln!("{msg}");
-        return;
+    if require_program("vde_switch").is_none() {
+        return; // nothing to compare against (a failure under NTD_REQUIRE_INTEROP=1)
     }
     let secs: f64 = std::env::var("NTD_BENCH_SECS")
         .ok()

@@ -116,7 +116,7 @@ impl Value {
                 use fmt::Write;
                 let _ = write!(out, "{n}");
             }
-            Value::Float(f) => write_float(*f, out),
+            Value::Float(f) => write_number(*f, out),
             Value::Str(s) => write_string(s, out),
             Value::Array(items) => {
                 out.push('[');
@@ -185,7 +185,9 @@ impl From<f64> for Value {
     }
 }
 
-fn write_float(f: f64, out: &mut String) {
+/// Write a number the way Python's `json` reads it back as the same float (`1.0`, `0.25`;
+/// `null` for what JSON cannot carry).
+pub fn write_number(f: f64, out: &mut String) {
     use fmt::Write;
     if !f.is_finite() {
         // JSON has no NaN/inf; null is what Python's json module would refuse anyway.

@@ -6,18 +6,17 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use common::vdeclient::*;
-use common::Scratch;
 use mio::{Events, Poll};
 use ntd::reactor;
 use ntd::vde::{Impairment, Rule, Scope, Switch, SwitchConfig};
+use vdecommon::vdeclient::*;
+use vdecommon::Scratch;
 
 struct Counting;
 

@@ -1,4 +1,4 @@
-//! One scenario, one client implementation (`common::vdeclient`, speaking libvdeplug itself),
+//! One scenario, one client implementation (`vdecommon::vdeclient`, speaking libvdeplug itself),
 //! run against the real `vde_switch --hub` and against `ntd vde-switch`; every observation must
 //! be identical except the differences ntd intends, which are asserted explicitly:
 //! * frames longer than 1518 bytes: vde_switch truncates them to 1518, ntd forwards them whole;
@@ -10,17 +10,16 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::vdeclient::*;
-use common::{require_program, sleepy, Scratch, SwitchKind, SwitchProc};
 use ntd::vde::wire::{self, PortRequest};
+use vdecommon::vdeclient::*;
+use vdecommon::{require_program, sleepy, Scratch, SwitchKind, SwitchProc};
 
 const T: Duration = Duration::from_millis(1000);
 const QUIET: Duration = Duration::from_millis(150);
@@ -251,7 +250,7 @@ fn traffic(kind: SwitchKind, scratch: &Scratch) -> Observations {
     drop((a, b, c, d, slow));
     // vde_switch may still be working off the blast above: wait (bounded) for the closes.
     let t16 = std::time::Instant::now();
-    common::wait_until(Duration::from_secs(3), || listing(&dir) == "ctl");
+    vdecommon::wait_until(Duration::from_secs(3), || listing(&dir) == "ctl");
     o.insert("16 listing after every client closed".into(), listing(&dir));
     o.insert(
         "16 seconds until closed (informational)".into(),

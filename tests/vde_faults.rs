@@ -7,17 +7,16 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::time::{Duration, Instant};
 
-use common::vdeclient::*;
-use common::{Harness, Scratch};
 use ntd::vde::delay_queue::QUEUE_MAX_FRAMES;
 use ntd::vde::{
     FaultCounters, ImpairError, Impairment, Rule, Scope, SwitchConfig, SwitchEvent, VdeError,
 };
+use vdecommon::vdeclient::*;
+use vdecommon::{Harness, Scratch};
 
 const QUIET: Duration = Duration::from_millis(100);
 

@@ -8,16 +8,15 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::vdeclient::*;
-use common::{require_program, Scratch, SwitchKind, SwitchProc};
+use vdecommon::vdeclient::*;
+use vdecommon::{require_program, Scratch, SwitchKind, SwitchProc};
 
 const T: Duration = Duration::from_secs(3);
 
@@ -265,7 +264,7 @@ fn vde_plug_refused_by_missing_switch_and_served_after_start() {
     let b = VdeClient::connect(
         &dir2,
         ClientOptions::described("rust client"),
-        &mut common::sleepy(),
+        &mut vdecommon::sleepy(),
     )
     .unwrap();
     let f = patterned(1514, mac(0x41), 9);
@@ -273,7 +272,7 @@ fn vde_plug_refused_by_missing_switch_and_served_after_start() {
     let mut got = None;
     for _ in 0..30 {
         a.send(&f);
-        got = b.recv(Duration::from_millis(100), &mut common::sleepy());
+        got = b.recv(Duration::from_millis(100), &mut vdecommon::sleepy());
         if got.is_some() {
             break;
         }

@@ -5,15 +5,14 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::vdeclient::*;
-use common::{ntd_bin, sleepy, wait_until, Scratch, SwitchKind, SwitchProc};
+use vdecommon::vdeclient::*;
+use vdecommon::{ntd_bin, sleepy, wait_until, Scratch, SwitchKind, SwitchProc};
 
 const T: Duration = Duration::from_millis(800);
 

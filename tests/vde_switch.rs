@@ -1,12 +1,11 @@
 //! ntd's switch in-process, on a real mio loop with real sockets, driven by the Rust
-//! libvdeplug client of `common::vdeclient`: handshake, files and modes, every rejection path,
+//! libvdeplug client of `vdecommon::vdeclient`: handshake, files and modes, every rejection path,
 //! forwarding rules, drops, disconnects, learning mode, capture, fairness, shutdown.
 
 // Tests may unwrap and panic: a failing assertion is their report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "vdecommon/mod.rs"]
-mod common;
+mod vdecommon;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -14,10 +13,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::vdeclient::*;
-use common::{Harness, Scratch};
 use ntd::vde::wire::{self, PortRequest, WireError};
 use ntd::vde::{Switch, SwitchConfig, SwitchEvent, VdeError, FRAMES_PER_WAKEUP};
+use vdecommon::vdeclient::*;
+use vdecommon::{Harness, Scratch};
 
 const T: Duration = Duration::from_millis(500);
 const QUIET: Duration = Duration::from_millis(100);

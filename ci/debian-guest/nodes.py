@@ -274,11 +274,15 @@ def write_start_scripts(nodes, image, work_dir):
 
 
 def write_driver_config(nodes, scripts, test_script, path, global_timeout=3600):
-    """The upstream (newest generation) driver configuration file."""
+    """The upstream (newest generation) driver configuration file, every key that
+    nixpkgs' driver-configuration.nix writes (upstream's schema requires `containers` and
+    `enable_ssh_backdoor`, so the real upstream driver loads it too)."""
     config = {
         "vms": {n.name: {"name": n.name, "start_script": scripts[n.name]} for n in nodes},
+        "containers": {},
         "vlans": sorted({v for n in nodes for v in n.vlans}),
         "global_timeout": global_timeout,
+        "enable_ssh_backdoor": False,
         "test_script": os.path.abspath(test_script),
     }
     with open(path, "w") as f:

@@ -153,6 +153,8 @@ class NodesTest(unittest.TestCase):
         self.assertEqual(config["vms"]["b"], {"name": "b", "start_script": "/x/run-b-vm"})
         self.assertEqual(config["vlans"], [1, 3])
         self.assertEqual(config["global_timeout"], 3600)
+        self.assertEqual(config["containers"], {})
+        self.assertIs(config["enable_ssh_backdoor"], False)
         self.assertTrue(os.path.isabs(config["test_script"]))
 
 

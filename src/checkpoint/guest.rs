@@ -13,7 +13,7 @@
 //!   guest clock and [`clock_step_command`] corrects it when the first setting missed.
 
 use super::manifest::Mount9p;
-use crate::machine::guest::shell_quote;
+use crate::machine::words::shell_quote;
 use std::fmt::Write as _;
 
 /// 9p tags of the shares ntd (and qemu-vm.nix) manage.

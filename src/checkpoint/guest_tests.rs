@@ -1,3 +1,5 @@
+//! Unit tests of the guest commands around a save and a restore ([`super`]): their text and the parsers of their output.
+
 use super::*;
 
 fn m(tag: &str, dir: &str) -> Mount9p {

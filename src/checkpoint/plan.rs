@@ -5,8 +5,9 @@
 //! **The rule.** A checkpoint holds the machines started before the script's first command,
 //! saved together at one instant once every one of them has opened its backdoor shell; the
 //! first command waits for that save. Requests that cannot reach a guest (logging, `start`,
-//! `connect`, reading the console, …: [`is_passive`]) do not count as a command; everything
-//! else does, network impairments included (a fast boot would have been over before them). A
+//! `connect`, reading the console, …: [`crate::rpc::reach`]) do not count as a command;
+//! everything else does, network impairments included (a fast boot would have been over
+//! before them). A
 //! machine started after the first command is not saved in that run.
 //!
 //! **Networks.** Machines sharing a vlan (transitively: a *component*) are restored only
@@ -16,32 +17,6 @@
 //! cut, the restored ones included (their state holds no effect of the script yet).
 
 use std::time::SystemTime;
-
-/// Requests that may pass before the checkpoint is taken: none of them reaches a guest.
-const PASSIVE: &[&str] = &[
-    "log",
-    "nest",
-    "unnest",
-    "serial",
-    "log_level",
-    "hello",
-    "arm_timeout",
-    "disarm_timeout",
-    "create_machine",
-    "qemu_command",
-    "capture",
-    "start",
-    "connect",
-    "console_wait",
-    "console_log",
-    "state",
-];
-
-/// Whether a request (by its wire name) may run before the checkpoint; unknown names count
-/// as commands.
-pub fn is_passive(op_name: &str) -> bool {
-    PASSIVE.contains(&op_name)
-}
 
 /// The component of each machine: machines sharing a vlan, transitively, get the same number
 /// (the smallest index among them).

@@ -1,3 +1,5 @@
+//! Unit tests of the checkpoint directory ([`super`]): commits, checksums, locks, eviction, sweeps.
+
 use super::*;
 use crate::checkpoint::manifest::tests_support::sample_manifest;
 

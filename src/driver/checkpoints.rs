@@ -15,7 +15,8 @@ use crate::checkpoint::store::{self, Checksum, ChecksumStep, Store};
 use crate::checkpoint::RAM;
 use crate::machine::{RestorePlan, SaveOutcome, SaveRequest};
 use crate::reactor::Ctx;
-use crate::rpc::ops::{Op, Request};
+use crate::rpc::ops::Request;
+use crate::rpc::reach::Reach;
 use crate::trace::timeline::SAVE_SPAN;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,14 +65,6 @@ impl Checkpoints {
 
 /// Bytes of saved streams checksummed per loop turn (a few ms; the test runs meanwhile).
 const CHECKSUM_BUDGET: usize = 8 << 20;
-
-/// The machine an op boots when it is not running (shell commands connect first).
-fn op_machine(op: &Op) -> Option<&str> {
-    match op {
-        Op::Execute { machine, .. } | Op::Wait { machine, .. } => Some(machine),
-        _ => None,
-    }
-}
 
 impl Driver {
     /// Open DIR, key every configured machine and pick what each restores from.
@@ -199,17 +192,16 @@ impl Driver {
         let Some(ck) = self.checkpoints.as_mut() else {
             return Some(req);
         };
-        if !matches!(ck.gate, Gate::Open) || plan::is_passive(req.op.name()) {
-            return Some(req);
-        }
+        let boots = match req.op.reach() {
+            Reach::Guest(boots) if matches!(ck.gate, Gate::Open) => boots,
+            _ => return Some(req),
+        };
         ck.gate = Gate::Holding {
             since: Instant::now(),
         };
         // The command boots its machine if it is not running: do it now, so it counts as
         // started before the first command (and may restore).
-        if let Some(i) =
-            op_machine(&req.op).and_then(|n| self.machines.iter().position(|m| m.name == n))
-        {
+        if let Some(i) = boots.and_then(|n| self.machines.iter().position(|m| m.name == n)) {
             if !self.machines[i].booted() {
                 let mut cx = Ctx {
                     registry: self.poll.registry(),

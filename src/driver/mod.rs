@@ -4,28 +4,35 @@
 //! global timeout and the one request the shim is waiting on. Each loop iteration polls,
 //! routes readiness to the member that owns the token (machines drain their channels whether
 //! or not anybody waits), runs the members' timers, and then advances the current op
-//! ([`ops`]), which replies once its condition holds. Nothing here blocks: a wait is an op
+//! (`ops`), which replies once its condition holds. Nothing here blocks: a wait is an op
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
 mod checkpoints;
+mod control;
+mod deadline;
 mod dirs;
-mod ops;
 mod pending;
+mod serve;
+mod shell_op;
 mod shim;
 mod vlans;
 
 use crate::cli::Options;
 use crate::log::{LineKind, Logger};
-use crate::machine::Machine;
+use crate::machine::{Machine, MachineError};
 use crate::reactor::{self, Ctx, LoopMember, Owner};
-use crate::rpc::ops::Request;
+use crate::rpc::ops::{dispatch, Request};
+use crate::rpc::wire::Answer;
 use crate::signals;
 use crate::trace::Trace;
-use crate::vde::Switch;
+use crate::vde::{Switch, VdeError};
+use control::Env;
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use pending::{Pending, Polled};
+use serve::Served;
 use shim::ShimLink;
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -51,22 +58,37 @@ const CLEANUP_TICK: Duration = Duration::from_millis(50);
 /// Why the driver could not even start.
 #[derive(Debug)]
 pub enum DriverError {
+    /// A resource of the loop itself (the poller, signals, a directory); the text says which.
     Setup(&'static str, std::io::Error),
-    Machine(String),
-    Shim(String),
+    /// The switch of vlan `nr` could not start.
+    Vlan { nr: u32, source: VdeError },
+    /// A configured machine could not be prepared.
+    Machine(MachineError),
+    /// The Python shim could not start.
+    Shim(crate::shim::ShimError),
 }
 
 impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DriverError::Setup(what, e) => write!(f, "{what}: {e}"),
+            DriverError::Vlan { nr, source } => write!(f, "cannot start vlan {nr}: {source}"),
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
         }
     }
 }
 
-impl std::error::Error for DriverError {}
+impl std::error::Error for DriverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DriverError::Setup(_, e) => Some(e),
+            DriverError::Vlan { source, .. } => Some(source),
+            DriverError::Machine(e) => Some(e),
+            DriverError::Shim(e) => Some(e),
+        }
+    }
+}
 
 /// Why the run is ending early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +110,7 @@ pub struct Driver {
     shim: Option<ShimLink>,
     sigfd: OwnedFd,
     /// The request being served (the shim waits for one reply at a time).
-    current: Option<pending::Current>,
+    current: Option<Pending>,
     global_deadline: Option<Instant>,
     termination: Option<Termination>,
     started: Instant,
@@ -168,7 +190,7 @@ impl Driver {
         name: &str,
         start_command: &str,
         keep: bool,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, MachineError> {
         let index = self.machines.len();
         let monitor = PathBuf::from(format!("vm-state-{name}")).join("monitor");
         let socket_base = self
@@ -178,11 +200,13 @@ impl Driver {
                 crate::machine::qemu::MAX_SOCKET_PATH,
                 &mut self.log,
             )
-            .map_err(|e| format!("cannot create a directory for the sockets of {name}: {e}"))?;
+            .map_err(|source| MachineError::SocketDir {
+                name: name.to_owned(),
+                source,
+            })?;
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
-        m.reset_state_dir(&mut self.log)
-            .map_err(|e| e.to_string())?;
+        m.reset_state_dir(&mut self.log)?;
         self.machines.push(m);
         Ok(index)
     }
@@ -308,7 +332,7 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let op = self.current.as_ref().and_then(pending::Current::deadline);
+        let op = self.current.as_ref().and_then(Pending::wake_at);
         self.members()
             .filter_map(LoopMember::next_deadline)
             .chain(op)
@@ -342,7 +366,7 @@ impl Driver {
             self.log.begin(None, "timeout reached; test terminating...");
             self.log.test_error(&format!(
                 "the global timeout of {} seconds ran out",
-                crate::machine::guest::format_seconds(self.opts.global_timeout.as_secs_f64())
+                crate::machine::guest::format_seconds(self.opts.global_timeout)
             ));
             for m in &mut self.machines {
                 m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
@@ -381,7 +405,7 @@ impl Driver {
         if let Some(t) = &self.trace {
             for m in &mut self.machines {
                 for &(at, what) in m.boot.untraced() {
-                    t.instant(&m.name, what, at);
+                    t.instant(&m.name, what.name(), at);
                 }
             }
         }
@@ -391,11 +415,22 @@ impl Driver {
     fn advance(&mut self) {
         self.checkpoint_turn();
         loop {
-            if let Some(mut cur) = self.current.take() {
-                match self.poll_op(&mut cur) {
-                    Some(result) => self.reply(cur.id, result),
-                    None => {
-                        self.current = Some(cur);
+            if let Some(op) = self.current.take() {
+                let mut env = Env {
+                    machines: &mut self.machines,
+                    cx: Ctx {
+                        registry: self.poll.registry(),
+                        log: &mut self.log,
+                    },
+                    now: Instant::now(),
+                    extra_env: &self.extra_env,
+                    shell_timeout: self.opts.shell_timeout,
+                    trace: self.trace.as_ref(),
+                };
+                match op.poll(&mut env) {
+                    Polled::Done(answer) => self.answer(answer),
+                    Polled::Waiting(op) => {
+                        self.current = Some(op);
                         return;
                     }
                 }
@@ -417,7 +452,7 @@ impl Driver {
                     None => self.checkpoint_turn(),
                 },
                 Err(e) => match e.id {
-                    Some(id) => self.reply(id, Err(e.error)),
+                    Some(id) => self.answer(Answer::Line(crate::rpc::encode_err(id, &e.error))),
                     None => self
                         .log
                         .warning(None, &format!("bad request from the shim: {}", e.error.msg)),
@@ -426,9 +461,16 @@ impl Driver {
         }
     }
 
-    fn reply(&mut self, id: i64, result: ops::OpResult) {
-        if let Some(s) = self.shim.as_mut() {
-            s.reply(self.poll.registry(), id, result);
+    /// Send what answering a request gave (a notification's error goes to the log).
+    fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Line(line) => {
+                if let Some(s) = self.shim.as_mut() {
+                    s.send(self.poll.registry(), &line);
+                }
+            }
+            Answer::Unanswered(e) => self.log.warning(None, &e.msg),
+            Answer::Silent => {}
         }
     }
 
@@ -438,14 +480,10 @@ impl Driver {
         if self.panic_on.as_deref() == Some(req.op.name()) {
             injected_panic(req.op.name());
         }
-        match (req.id, self.start_op(req.op)) {
-            (Some(id), ops::Begun::Done(result)) => self.reply(id, result),
-            (Some(id), ops::Begun::Pending(p)) => {
-                self.current = Some(pending::Current { id, op: p })
-            }
-            (None, ops::Begun::Done(Err(e))) => self.log.warning(None, &e.msg),
-            (None, ops::Begun::Done(Ok(_))) => {}
-            (None, ops::Begun::Pending(_)) => self.log.warning(
+        match dispatch(self, req) {
+            Served::Now(answer) => self.answer(answer),
+            Served::Later(op) if op.id().is_some() => self.current = Some(op),
+            Served::Later(_) => self.log.warning(
                 None,
                 "a request that takes time was sent as a notification (no id); dropped",
             ),

@@ -8,11 +8,10 @@
 
 use super::DriverError;
 use crate::child::{Child, ExitInfo};
-use crate::json::Value;
 use crate::reactor::{Ctx, LoopMember, Owner};
 use crate::rpc::ops::{DecodeError, Request};
-use crate::rpc::{self, Channel, OpError};
-use crate::shim;
+use crate::rpc::Channel;
+use crate::shim::{self, ShimError};
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
@@ -71,11 +70,16 @@ impl ShimLink {
                     Err(e)
                 }
             })
-            .map_err(|e| DriverError::Shim(format!("cannot create {}: {e}", dir.display())))?;
-        shim::write_package(&dir).map_err(|e| DriverError::Shim(e.to_string()))?;
+            .map_err(|e| {
+                DriverError::Shim(ShimError::PackageDir {
+                    dir: dir.clone(),
+                    source: e.into(),
+                })
+            })?;
+        shim::write_package(&dir).map_err(|e| DriverError::Shim(ShimError::Package(e)))?;
         let spawned = shim::spawn(&dir, env).map_err(|e| {
             let _ = std::fs::remove_dir_all(&dir);
-            DriverError::Shim(e.to_string())
+            DriverError::Shim(ShimError::Spawn(e))
         })?;
         let owner = Owner::Shim;
         let chan = Channel::new(
@@ -129,12 +133,9 @@ impl ShimLink {
         self.incoming.pop_front()
     }
 
-    pub fn reply(&mut self, registry: &Registry, id: i64, result: Result<Value, OpError>) {
-        let line = match result {
-            Ok(v) => rpc::encode_ok(id, v),
-            Err(e) => rpc::encode_err(id, &e),
-        };
-        self.chan.send(registry, &line);
+    /// Send a reply line.
+    pub fn send(&mut self, registry: &Registry, line: &str) {
+        self.chan.send(registry, line);
     }
 
     /// SIGKILL the shim (the run is being cut short); its pidfd reports the exit.

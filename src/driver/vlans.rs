@@ -7,26 +7,42 @@
 //! the peer's process group), every change is logged and becomes a span on the vlan's track
 //! of the trace, and the counters are reported at cleanup.
 
-use super::ops::OpResult;
 use super::{Driver, DriverError};
-use crate::json::Value;
 use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
-use crate::rpc::ops::{FaultArgs, RateArg};
 use crate::rpc::{ErrorType, OpError};
 use crate::vde::impair::{self, Impairment, Label, Rule, Scope};
 use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::event::Event;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// A network fault in force, shown as a span on the vlan's trace track once it ends.
 pub(super) struct FaultSpan {
     vlan: u32,
-    /// What it replaces: `all`, `<label>-<label>` or `partition`.
-    key: String,
+    key: FaultKey,
     what: String,
     since: Instant,
+}
+
+/// Which fault of a vlan a span shows: a later fault with the same key replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKey {
+    /// The impairment of every delivery on the vlan.
+    All,
+    /// The impairment between two machines (smaller label first).
+    Pair(Label, Label),
+    /// The partition.
+    Partition,
+}
+
+impl From<Scope> for FaultKey {
+    fn from(scope: Scope) -> Self {
+        match scope.normalised() {
+            Scope::All => FaultKey::All,
+            Scope::Between(a, b) => FaultKey::Pair(a, b),
+        }
+    }
 }
 
 impl Driver {
@@ -63,7 +79,7 @@ impl Driver {
                 Ok(sw) => sw,
                 Err(e) => {
                     self.log.end(false);
-                    return Err(DriverError::Machine(format!("cannot start vlan {nr}: {e}")));
+                    return Err(DriverError::Vlan { nr, source: e });
                 }
             };
             if let Some(cdir) = &self.opts.capture_dir {
@@ -206,11 +222,10 @@ impl Driver {
     pub(super) fn op_impair(
         &mut self,
         nr: u32,
-        args: &FaultArgs,
+        impairment: Impairment,
         between: Option<&(String, String)>,
-    ) -> OpResult {
+    ) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
-        let impairment = impairment(args).map_err(|e| self.impair_error(&e))?;
         let scope = match between {
             None => Scope::All,
             Some((a, b)) => Scope::between(
@@ -221,10 +236,7 @@ impl Driver {
         let rule = Rule { scope, impairment };
         let names = |l: Label| self.machine_name(l);
         let what = rule.describe(nr, &names);
-        let key = match rule.scope.normalised() {
-            Scope::All => "all".to_owned(),
-            Scope::Between(a, b) => format!("{a}-{b}"),
-        };
+        let key = FaultKey::from(rule.scope);
         let applied = self
             .switch_mut(nr)
             .map(|sw| sw.apply(rule))
@@ -232,11 +244,25 @@ impl Driver {
         applied.map_err(|e| self.impair_error(&e))?;
         self.log.log(&what);
         self.fault_changed(nr, key, (!impairment.is_none()).then_some(what));
-        Ok(Value::Null)
+        Ok(())
+    }
+
+    /// `vlanN.start_capture(path)`, or stop it (`None`).
+    pub(super) fn op_capture(&mut self, vlan: u32, path: Option<&Path>) -> Result<(), OpError> {
+        let sw = self
+            .switch_mut(vlan)
+            .ok_or_else(|| OpError::new(ErrorType::Value, format!("no vlan {vlan}")))?;
+        match path {
+            Some(p) => sw
+                .start_capture(p)
+                .map_err(|e| OpError::new(ErrorType::Runtime, e.to_string()))?,
+            None => sw.stop_capture(),
+        }
+        Ok(())
     }
 
     /// `vlanN.partition(groups…)`.
-    pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> OpResult {
+    pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
         let labels = groups
             .iter()
@@ -259,12 +285,12 @@ impl Driver {
             .and_then(|s| s.current_partition().map(|p| p.describe(nr, &names)))
             .unwrap_or_default();
         self.log.log(&what);
-        self.fault_changed(nr, "partition".to_owned(), Some(what));
-        Ok(Value::Null)
+        self.fault_changed(nr, FaultKey::Partition, Some(what));
+        Ok(())
     }
 
     /// `vlanN.heal()`: every impairment and partition of the vlan removed.
-    pub(super) fn op_heal(&mut self, nr: u32) -> OpResult {
+    pub(super) fn op_heal(&mut self, nr: u32) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
         if let Some(sw) = self.switch_mut(nr) {
             sw.heal();
@@ -278,7 +304,7 @@ impl Driver {
         for span in ended {
             self.trace_fault(span, now);
         }
-        Ok(Value::Null)
+        Ok(())
     }
 
     fn impair_error(&self, e: &impair::ImpairError) -> OpError {
@@ -287,7 +313,7 @@ impl Driver {
     }
 
     /// A fault of `key` on vlan `nr` was replaced by `what` (none: removed).
-    fn fault_changed(&mut self, nr: u32, key: String, what: Option<String>) {
+    fn fault_changed(&mut self, nr: u32, key: FaultKey, what: Option<String>) {
         let now = Instant::now();
         if let Some(at) = self
             .fault_spans
@@ -320,25 +346,6 @@ impl Driver {
     }
 }
 
-/// The script's numbers as an [`Impairment`], checked (errors name the argument).
-fn impairment(a: &FaultArgs) -> Result<Impairment, impair::ImpairError> {
-    let rate = match &a.rate {
-        None => None,
-        Some(RateArg::Text(s)) => Some(impair::parse_rate(s)?),
-        Some(RateArg::BitsPerSecond(b)) => Some(*b),
-    };
-    let imp = Impairment {
-        loss: a.loss,
-        delay: impair::seconds("delay", a.delay)?,
-        jitter: impair::seconds("jitter", a.jitter)?,
-        duplicate: a.duplicate,
-        reorder: a.reorder,
-        rate,
-    };
-    imp.validate()?;
-    Ok(imp)
-}
-
 /// A seed for a run that did not pass `--net-seed`.
 fn random_seed() -> u64 {
     let mut b = [0u8; 8];
@@ -347,7 +354,7 @@ fn random_seed() -> u64 {
 }
 
 impl LoopMember for Switch {
-    /// The driver drains the switch's events after each call ([`Driver::switch_events`]):
+    /// The driver drains the switch's events after each call (`Driver::switch_events`):
     /// labelling a new port needs the machines.
     fn on_event(&mut self, cx: &mut Ctx<'_>, slot: usize, ev: &Event) {
         self.handle_event(cx.registry, slot, ev);

@@ -1,10 +1,10 @@
 //! The machine's conversations on its channels: bytes read from the shell, QMP and serial
 //! fds go into their I/O-free parts ([`super::session`], [`super::qmp`],
-//! [`super::console`]); what those say is logged or timed; what they want to send goes into
-//! the channel's write buffer. Requests from the driver's ops enter here too.
+//! [`super::console`]); what those say is logged or timed; what they want to send goes out
+//! through the stream's [`super::link::Link`]. Requests from the driver's ops enter here too.
 
-use super::boot::{FIRST_SERIAL_LINE, QMP_READY, SENTINEL, SHELL_READY};
-use super::qmp::QmpNote;
+use super::boot::Milestone;
+use super::qmp::{QmpFailure, QmpNote};
 use super::session::{SessionNote, ShellRequest, ShellResult};
 use super::{Machine, MachineError, Phase, EARLY_OUTPUT_TAIL, SETUP_PATIENCE, SHELL_LOSS_GRACE};
 use crate::json::Value;
@@ -33,19 +33,14 @@ impl Machine {
     pub(super) fn read_shell(&mut self, cx: &mut Ctx<'_>) {
         let mut notes = Vec::new();
         let session = &mut self.session;
-        let eof = match self.shell.as_mut() {
-            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| session.feed(b, &mut notes)),
-            None => false,
-        };
+        let eof = self.shell.read(cx.registry, &mut self.read_buf, |b| {
+            session.feed(b, &mut notes)
+        });
         for note in notes {
             self.session_note(cx.log, note);
         }
         self.flush_session(cx.registry);
         if eof {
-            if let Some(mut s) = self.shell.take() {
-                let _ = cx.registry.deregister(&mut s);
-            }
-            self.shell_out.clear();
             self.session.connection_lost();
             let now = Instant::now();
             self.shell_lost_at = Some(now);
@@ -60,11 +55,11 @@ impl Machine {
                 log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
             }
             SessionNote::Sentinel => {
-                self.boot.mark(SENTINEL);
+                self.boot.mark(Milestone::Sentinel);
                 self.setup_deadline = Some(Instant::now() + SETUP_PATIENCE);
             }
             SessionNote::Ready => {
-                self.boot.mark(SHELL_READY);
+                self.boot.mark(Milestone::ShellReady);
                 self.setup_deadline = None;
             }
             SessionNote::SetupFailed { reason } => {
@@ -110,10 +105,7 @@ impl Machine {
     /// Move what the session wants to say into the shell's write buffer.
     fn flush_session(&mut self, registry: &Registry) {
         let out = self.session.take_outbox();
-        match self.shell.as_ref() {
-            Some(s) if !out.is_empty() => self.shell_out.send(s, registry, &out),
-            _ => {}
-        }
+        self.shell.send(registry, &out);
     }
 
     /// Send a request to the guest shell; its result arrives via [`Self::take_shell_result`].
@@ -129,13 +121,7 @@ impl Machine {
 
     /// Write raw bytes to the shell (upstream's `shutdown()` sends `poweroff\n` this way).
     pub fn send_shell_raw(&mut self, registry: &Registry, bytes: &[u8]) -> bool {
-        match self.shell.as_ref() {
-            Some(s) => {
-                self.shell_out.send(s, registry, bytes);
-                true
-            }
-            None => false,
-        }
+        self.shell.send(registry, bytes)
     }
 
     pub fn take_shell_result(&mut self) -> Option<ShellResult> {
@@ -155,19 +141,14 @@ impl Machine {
     pub(super) fn read_qmp(&mut self, cx: &mut Ctx<'_>) {
         let mut notes = Vec::new();
         let client = &mut self.qmp_client;
-        let eof = match self.qmp.as_mut() {
-            Some(s) => nbio::read_available(s, &mut self.read_buf, |b| client.feed(b, &mut notes)),
-            None => false,
-        };
+        let eof = self.qmp.read(cx.registry, &mut self.read_buf, |b| {
+            client.feed(b, &mut notes)
+        });
         for note in notes {
             self.qmp_note(cx.log, note);
         }
         self.flush_qmp(cx.registry);
         if eof {
-            if let Some(mut s) = self.qmp.take() {
-                let _ = cx.registry.deregister(&mut s);
-            }
-            self.qmp_out.clear();
             self.qmp_client.closed();
         }
     }
@@ -176,7 +157,7 @@ impl Machine {
         match note {
             QmpNote::Ready { kvm } => {
                 self.phase = Phase::Running;
-                self.boot.mark(QMP_READY);
+                self.boot.mark(Milestone::QmpReady);
                 if let Some(pid) = self.pid() {
                     log.machine(&self.name, &format!("QEMU running (pid {pid})"));
                 }
@@ -199,9 +180,7 @@ impl Machine {
 
     fn flush_qmp(&mut self, registry: &Registry) {
         let out = self.qmp_client.take_outbox();
-        if let Some(s) = self.qmp.as_ref() {
-            self.qmp_out.send(s, registry, &out);
-        }
+        self.qmp.send(registry, &out);
     }
 
     /// Send a QMP command; its result arrives via [`Self::take_qmp_result`].
@@ -219,7 +198,7 @@ impl Machine {
         Ok(id)
     }
 
-    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, String>> {
+    pub fn take_qmp_result(&mut self, id: u64) -> Option<Result<Value, QmpFailure>> {
         self.qmp_client.take_result(id)
     }
 
@@ -256,7 +235,7 @@ impl Machine {
             self.stdout_open = false;
         }
         if !lines.is_empty() {
-            self.boot.mark_once(FIRST_SERIAL_LINE);
+            self.boot.mark_once(Milestone::FirstSerialLine);
         }
         for l in lines {
             cx.log.serial(&self.name, &l);

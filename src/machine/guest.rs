@@ -6,10 +6,18 @@
 //! fork costs milliseconds, so the scripts are small, sent lazily and shortened on the wire
 //! ([`WIRE_PREFIX`]). This module is pure text: it never touches a socket; what comes back is
 //! cut into results by [`super::shell::ShellFraming`].
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 
 use super::shell::NONCE_LEN;
-use super::waits::{GuestCheck, Pacing};
+use super::waits::{micros, GuestCheck, Pacing};
+use super::words::shell_quote;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// The setup block sent once per shell (again after a reboot), before the first command.
 ///
@@ -297,24 +305,16 @@ impl std::fmt::Display for EncodeError {
 
 impl std::error::Error for EncodeError {}
 
-/// Quote `s` as one single-quoted bash word.
-pub fn shell_quote(s: &str, out: &mut String) {
-    out.push('\'');
-    for (i, part) in s.split('\'').enumerate() {
-        if i > 0 {
-            out.push_str("'\\''");
-        }
-        out.push_str(part);
-    }
-    out.push('\'');
-}
-
-/// Format seconds the way upstream's newest driver does for `timeout` (`900.0`, `0.5`).
-pub fn format_seconds(secs: f64) -> String {
-    if secs.fract() == 0.0 {
-        format!("{secs:.1}")
+/// A duration as seconds the way upstream's newest driver writes a `timeout` (`900.0`, `0.5`,
+/// Python's `repr(float)`): the one place where a timeout becomes text. Exact to the
+/// nanosecond, no float rounding on the way.
+pub fn format_seconds(d: Duration) -> String {
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        format!("{}.0", d.as_secs())
     } else {
-        format!("{secs}")
+        let frac = format!("{nanos:09}");
+        format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
     }
 }
 
@@ -323,7 +323,7 @@ pub fn format_seconds(secs: f64) -> String {
 pub fn encode_run(
     nonce: &[u8; NONCE_LEN],
     command: &str,
-    timeout: Option<f64>,
+    timeout: Option<Duration>,
 ) -> Result<String, EncodeError> {
     if command.contains('\0') {
         return Err(EncodeError::NulByte);
@@ -374,13 +374,13 @@ pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
 }
 
 /// How long a wait's watchdog lets a hanging attempt run past the wait's budget.
-pub const WAIT_GRACE_SECS: f64 = 0.5;
+pub const WAIT_GRACE: Duration = Duration::from_millis(500);
 
 /// Parameters of a guest-side wait loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WaitSpec {
     /// How long the loop may run before it stops by itself.
-    pub budget_secs: f64,
+    pub budget: Duration,
     /// The pause rule between attempts.
     pub pacing: Pacing,
 }
@@ -410,15 +410,16 @@ pub fn encode_wait(
         return Err(EncodeError::NulByte);
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
-    let budget_us = (spec.budget_secs.max(0.0) * 1e6) as u64;
-    // The watchdog fires only if an attempt hangs past the loop's own deadline.
-    let wrapper = spec.budget_secs.max(0.0) + WAIT_GRACE_SECS;
+    let budget_us = micros(spec.budget);
+    // The watchdog fires only if an attempt hangs past the loop's own deadline (whole
+    // milliseconds: every byte is a read() in the guest).
+    let wrapper = round_to_millis(spec.budget.saturating_add(WAIT_GRACE));
     let p = spec.pacing;
     let mut line = String::with_capacity(check.command.len() + check.guard.len() + 96);
     let _ = write!(
         line,
         "_Nwait {nonce} {} {} {budget_us} ",
-        format_seconds((wrapper * 1000.0).round() / 1000.0),
+        format_seconds(wrapper),
         if check.until_success { 0 } else { 1 }
     );
     shell_quote(&check.guard, &mut line);
@@ -445,9 +446,34 @@ pub fn encode_wait(
     Ok(line)
 }
 
+/// `d` rounded to the nearest millisecond.
+fn round_to_millis(d: Duration) -> Duration {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn format_seconds_writes_what_python_repr_writes() {
+        let cases = [
+            (Duration::from_secs(900), "900.0"),
+            (Duration::from_millis(500), "0.5"),
+            (Duration::try_from_secs_f64(0.1).unwrap(), "0.1"),
+            (
+                Duration::try_from_secs_f64(123.456789).unwrap(),
+                "123.456789",
+            ),
+            (Duration::from_nanos(1), "0.000000001"),
+            (Duration::ZERO, "0.0"),
+            (Duration::from_secs(1_000_000_000), "1000000000.0"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_seconds(d), want, "{d:?}");
+        }
+    }
 
     const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
 
@@ -458,7 +484,7 @@ mod tests {
             line,
             "_Nn=0123456789abcdef; _Nc='echo '\\''a'\\''\"b\"'; _Nr\n"
         );
-        let t = encode_run(N, "true", Some(900.0)).unwrap();
+        let t = encode_run(N, "true", Some(Duration::from_secs(900))).unwrap();
         assert_eq!(t, "_Nn=0123456789abcdef; _Nc='true'; _Nt=900.0; _Nrt\n");
         assert_eq!(encode_run(N, "a\0b", None), Err(EncodeError::NulByte));
     }
@@ -466,7 +492,6 @@ mod tests {
     #[test]
     fn encode_wait_carries_the_check_the_budget_and_the_pacing() {
         use super::super::waits::{Schedule, UnitWatch};
-        use std::time::Duration;
         let check = GuestCheck {
             guard: "[ -e '/x' ]".into(),
             command: String::new(),
@@ -475,7 +500,7 @@ mod tests {
             watch: None,
         };
         let spec = WaitSpec {
-            budget_secs: 1.5,
+            budget: Duration::from_millis(1500),
             pacing: Pacing::new(Schedule::Budget, Duration::from_millis(250)),
         };
         let line = encode_wait(N, &check, spec).unwrap();
@@ -495,7 +520,7 @@ mod tests {
             }),
         };
         let spec = WaitSpec {
-            budget_secs: 900.0,
+            budget: Duration::from_secs(900),
             pacing: Pacing::new(Schedule::Reference, Duration::ZERO),
         };
         let line = encode_wait(N, &unit, spec).unwrap();

@@ -15,20 +15,23 @@ mod channels;
 mod checkpoint;
 pub mod console;
 pub mod guest;
+mod link;
 pub mod qemu;
 pub mod qmp;
 mod report;
 pub mod session;
 pub mod shell;
 pub mod waits;
+pub mod words;
 
 use crate::child::ExitInfo;
 use crate::log::Logger;
 use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
 pub use boot::BootTimes;
-use boot::{EXITED, SPAWNED};
+use boot::Milestone;
 pub(crate) use checkpoint::{RestorePlan, SaveOutcome, SaveRequest};
+use link::Link;
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
@@ -99,9 +102,15 @@ impl TryFrom<usize> for Slot {
 /// Why a machine operation failed (shown to the test author as `MachineError`).
 #[derive(Debug)]
 pub enum MachineError {
+    /// Preparing or spawning QEMU failed.
     Qemu(qemu::QemuError),
+    /// A socket or poll operation failed; the text says which.
     Io(&'static str, io::Error),
+    /// No directory for the machine's sockets could be made.
+    SocketDir { name: String, source: io::Error },
+    /// The guest shell cannot take the request.
     Session(SessionError),
+    /// QMP is not ready yet.
     QmpNotReady,
 }
 
@@ -110,13 +119,26 @@ impl fmt::Display for MachineError {
         match self {
             MachineError::Qemu(e) => write!(f, "{e}"),
             MachineError::Io(what, e) => write!(f, "{what}: {e}"),
+            MachineError::SocketDir { name, source } => write!(
+                f,
+                "cannot create a directory for the sockets of {name}: {source}"
+            ),
             MachineError::Session(e) => write!(f, "{e}"),
             MachineError::QmpNotReady => write!(f, "{}", qmp::NotReady),
         }
     }
 }
 
-impl std::error::Error for MachineError {}
+impl std::error::Error for MachineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MachineError::Qemu(e) => Some(e),
+            MachineError::Io(_, e) | MachineError::SocketDir { source: e, .. } => Some(e),
+            MachineError::Session(e) => Some(e),
+            MachineError::QmpNotReady => None,
+        }
+    }
+}
 
 impl From<qemu::QemuError> for MachineError {
     fn from(e: qemu::QemuError) -> Self {
@@ -146,11 +168,9 @@ pub struct Machine {
     monitor_listener: Option<UnixListener>,
     shell_listener: Option<UnixListener>,
     monitor: Option<UnixStream>,
-    shell: Option<UnixStream>,
-    shell_out: WriteBuffer,
+    shell: Link,
     session: ShellSession,
-    qmp: Option<UnixStream>,
-    qmp_out: WriteBuffer,
+    qmp: Link,
     qmp_client: QmpClient,
     qmp_retry_at: Option<Instant>,
     qmp_give_up_at: Option<Instant>,
@@ -198,17 +218,9 @@ impl Machine {
             monitor_listener: None,
             shell_listener: None,
             monitor: None,
-            shell: None,
-            shell_out: WriteBuffer::new(
-                owner.token(Slot::Shell as usize),
-                Registration::ReadableStream,
-            ),
+            shell: Link::new(owner.token(Slot::Shell as usize)),
             session: ShellSession::new(NonceSource::new()),
-            qmp: None,
-            qmp_out: WriteBuffer::new(
-                owner.token(Slot::Qmp as usize),
-                Registration::ReadableStream,
-            ),
+            qmp: Link::new(owner.token(Slot::Qmp as usize)),
             qmp_client: QmpClient::new(),
             qmp_retry_at: None,
             qmp_give_up_at: None,
@@ -281,7 +293,7 @@ impl Machine {
     pub fn missing_connection(&self) -> &'static str {
         if self.monitor.is_none() {
             "monitor"
-        } else if self.shell.is_none() {
+        } else if !self.shell.connected() {
             "shell"
         } else {
             "qmp"
@@ -352,7 +364,7 @@ impl Machine {
         self.session.restart();
         self.qmp_client = QmpClient::new();
         self.boot.reset();
-        self.boot.mark(SPAWNED);
+        self.boot.mark(Milestone::Spawned);
         self.kill_deadline = None;
         self.killed = false;
         self.setup_deadline = None;
@@ -383,10 +395,7 @@ impl Machine {
         let token = self.owner.token(stream_slot as usize);
         match accept_once(listener, cx.registry, token) {
             Ok(Some(s)) if stream_slot == Slot::Monitor => self.monitor = Some(s),
-            Ok(Some(s)) => {
-                self.shell = Some(s);
-                self.shell_out.clear();
-            }
+            Ok(Some(s)) => self.shell.attach(s),
             Ok(None) => return,
             Err(e) => cx
                 .log
@@ -398,7 +407,7 @@ impl Machine {
     /// QEMU has created its QMP listener before it connects the chardevs, so once both are
     /// connected the QMP connect succeeds (retried briefly for reordered start scripts).
     fn maybe_connect_qmp(&mut self, cx: &mut Ctx<'_>) {
-        if self.monitor.is_none() || self.shell.is_none() || self.qmp.is_some() {
+        if self.monitor.is_none() || !self.shell.connected() || self.qmp.connected() {
             return;
         }
         let now = Instant::now();
@@ -414,8 +423,7 @@ impl Machine {
                 {
                     // QEMU made this socket with its own umask; nobody else may talk QMP.
                     set_mode(&self.paths.qmp, 0o600);
-                    self.qmp = Some(s);
-                    self.qmp_out.clear();
+                    self.qmp.attach(s);
                     self.qmp_client = QmpClient::new();
                     self.qmp_retry_at = None;
                     self.qmp_give_up_at = None;
@@ -448,7 +456,7 @@ impl Machine {
             return;
         }
         self.exit = Some(info);
-        self.boot.mark(EXITED);
+        self.boot.mark(Milestone::Exited);
         let was_running = self.phase == Phase::Running;
         self.phase = Phase::Exited;
         if !self.killed {
@@ -501,11 +509,11 @@ impl Machine {
                 let _ = registry.deregister(&mut l);
             }
         }
-        for s in [&mut self.monitor, &mut self.shell, &mut self.qmp] {
-            if let Some(mut s) = s.take() {
-                let _ = registry.deregister(&mut s);
-            }
+        if let Some(mut s) = self.monitor.take() {
+            let _ = registry.deregister(&mut s);
         }
+        self.shell.close(registry);
+        self.qmp.close(registry);
         if let Some(p) = self.process.take() {
             for fd in [&p.stdout, p.child.pidfd()] {
                 let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
@@ -514,8 +522,6 @@ impl Machine {
                 let _ = registry.deregister(&mut SourceFd(&p.stdin.as_raw_fd()));
             }
         }
-        self.shell_out.clear();
-        self.qmp_out.clear();
         self.stdin_out.clear();
         self.qmp_client.closed();
         self.stdout_open = false;
@@ -557,9 +563,7 @@ impl LoopMember for Machine {
             Slot::Monitor => self.drain_monitor(cx.registry),
             Slot::Shell => {
                 if ev.is_writable() {
-                    if let Some(s) = self.shell.as_ref() {
-                        self.shell_out.flush(s, cx.registry);
-                    }
+                    self.shell.flush(cx.registry);
                 }
                 if readable {
                     self.read_shell(cx);
@@ -567,9 +571,7 @@ impl LoopMember for Machine {
             }
             Slot::Qmp => {
                 if ev.is_writable() {
-                    if let Some(s) = self.qmp.as_ref() {
-                        self.qmp_out.flush(s, cx.registry);
-                    }
+                    self.qmp.flush(cx.registry);
                 }
                 if readable {
                     self.read_qmp(cx);

@@ -43,7 +43,14 @@ impl fmt::Display for QemuError {
     }
 }
 
-impl std::error::Error for QemuError {}
+impl std::error::Error for QemuError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QemuError::StateDir(_, e) | QemuError::Spawn(_, e) | QemuError::Pipe(e) => Some(e),
+            QemuError::SocketPathTooLong(_) => None,
+        }
+    }
+}
 
 /// Where a machine's files live (upstream §4.2).
 #[derive(Debug, Clone)]
@@ -203,7 +210,7 @@ pub fn spawn(
         let mut line = command.to_owned();
         for a in args {
             line.push(' ');
-            super::guest::shell_quote(a, &mut line);
+            super::words::shell_quote(a, &mut line);
         }
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(line);

@@ -152,7 +152,7 @@ pub enum QmpNote {
     /// A line QEMU sent could not be understood (the stream stays usable).
     Protocol(QmpError),
     /// An error reply nobody waits for (an internal command failed).
-    UnsolicitedError(String),
+    UnsolicitedError(QmpFailure),
 }
 
 /// Why a command could not be sent.
@@ -167,6 +167,45 @@ impl fmt::Display for NotReady {
 
 /// Error text for commands whose answer can never come.
 pub const CLOSED: &str = "QEMU closed the QMP connection";
+
+/// Why a QMP command has no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QmpFailure {
+    /// QEMU answered with an error: its `class` and `desc`, as it sent them.
+    Error { class: String, desc: String },
+    /// The connection closed before QEMU answered.
+    Closed,
+}
+
+impl QmpFailure {
+    /// The error's QMP class (`GenericError` when the connection closed, as upstream's client
+    /// reports a missing class).
+    pub fn class(&self) -> &str {
+        match self {
+            QmpFailure::Error { class, .. } => class,
+            QmpFailure::Closed => "GenericError",
+        }
+    }
+
+    /// The error's description.
+    pub fn desc(&self) -> &str {
+        match self {
+            QmpFailure::Error { desc, .. } => desc,
+            QmpFailure::Closed => CLOSED,
+        }
+    }
+}
+
+impl fmt::Display for QmpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QmpFailure::Error { class, desc } => write!(f, "{class}: {desc}"),
+            QmpFailure::Closed => f.write_str(CLOSED),
+        }
+    }
+}
+
+impl std::error::Error for QmpFailure {}
 
 /// Queued QMP events kept for `wait_for_qmp_event`; older ones are dropped.
 pub const MAX_EVENTS: usize = 4096;
@@ -183,7 +222,7 @@ pub struct QmpClient {
     state: Handshake,
     next_id: u64,
     pending: HashSet<u64>,
-    results: HashMap<u64, Result<Value, String>>,
+    results: HashMap<u64, Result<Value, QmpFailure>>,
     events: VecDeque<Value>,
     outbox: Vec<u8>,
     kvm: Option<bool>,
@@ -240,7 +279,7 @@ impl QmpClient {
     pub fn closed(&mut self) {
         self.state = Handshake::Closed;
         for id in std::mem::take(&mut self.pending) {
-            self.results.insert(id, Err(CLOSED.into()));
+            self.results.insert(id, Err(QmpFailure::Closed));
         }
     }
 
@@ -260,12 +299,17 @@ impl QmpClient {
             }
             QmpMessage::Return { id, value } => self.reply(id, Ok(value), notes),
             QmpMessage::Error { id, class, desc } => {
-                self.reply(id, Err(format!("{class}: {desc}")), notes)
+                self.reply(id, Err(QmpFailure::Error { class, desc }), notes)
             }
         }
     }
 
-    fn reply(&mut self, id: Option<u64>, result: Result<Value, String>, notes: &mut Vec<QmpNote>) {
+    fn reply(
+        &mut self,
+        id: Option<u64>,
+        result: Result<Value, QmpFailure>,
+        notes: &mut Vec<QmpNote>,
+    ) {
         match (id, self.state) {
             (Some(0), Handshake::Capabilities) => {
                 self.state = Handshake::QueryKvm;
@@ -311,12 +355,12 @@ impl QmpClient {
     }
 
     /// The result of command `id`, once it arrived (or can never arrive).
-    pub fn take_result(&mut self, id: u64) -> Option<Result<Value, String>> {
+    pub fn take_result(&mut self, id: u64) -> Option<Result<Value, QmpFailure>> {
         if let Some(r) = self.results.remove(&id) {
             return Some(r);
         }
         if !self.pending.contains(&id) {
-            return Some(Err(CLOSED.into()));
+            return Some(Err(QmpFailure::Closed));
         }
         None
     }
@@ -441,7 +485,13 @@ mod tests {
         );
         assert!(notes.is_empty());
         assert_eq!(c.take_result(1), Some(Ok(Value::Object(vec![]))));
-        assert_eq!(c.take_result(2), Some(Err("GenericError: no".into())));
+        assert_eq!(
+            c.take_result(2),
+            Some(Err(QmpFailure::Error {
+                class: "GenericError".into(),
+                desc: "no".into()
+            }))
+        );
         assert_eq!(
             c.next_event().and_then(|e| e.get("event").cloned()),
             Some(Value::from("STOP"))
@@ -455,7 +505,7 @@ mod tests {
         let id = c.execute("query-status", None).unwrap();
         assert_eq!(c.take_result(id), None);
         c.closed();
-        assert_eq!(c.take_result(id), Some(Err(CLOSED.into())));
+        assert_eq!(c.take_result(id), Some(Err(QmpFailure::Closed)));
         assert!(!c.ready());
         assert_eq!(c.execute("stop", None), Err(NotReady));
     }
@@ -468,7 +518,13 @@ mod tests {
             b"{\"error\": {\"class\": \"X\", \"desc\": \"y\"}, \"id\": 99}\r\n",
             &mut notes,
         );
-        assert_eq!(notes, vec![QmpNote::UnsolicitedError("X: y".into())]);
+        assert_eq!(
+            notes,
+            vec![QmpNote::UnsolicitedError(QmpFailure::Error {
+                class: "X".into(),
+                desc: "y".into()
+            })]
+        );
         for _ in 0..MAX_EVENTS + 5 {
             c.feed(b"{\"event\": \"E\"}\n", &mut notes);
         }

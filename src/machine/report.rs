@@ -6,7 +6,7 @@
 use super::{Machine, EXIT_REPORT_LINES, PANIC_SEARCH_LINES, SHELL_LOSS_GRACE};
 use std::time::Instant;
 
-/// Whether the guest shell can still answer, as [`Machine::shell_state`] tells it.
+/// Whether the guest shell can still answer, as [`Machine::shell_down`] tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellDown {
     /// Connected, or may still connect.

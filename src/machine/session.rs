@@ -14,6 +14,7 @@ use super::guest::{self, SetupPart, WaitSpec};
 use super::shell::{self, NonceSource, ShellEvent, ShellFraming, NONCE_LEN};
 use super::waits::GuestCheck;
 use std::fmt;
+use std::time::Duration;
 
 /// Frames at least this large are checked for bytes the virtio console dropped (below the
 /// socket buffer size nothing can be dropped).
@@ -24,10 +25,10 @@ pub const SPOOL_LIMIT: u64 = 16 << 20;
 /// What to run in the guest shell.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShellRequest {
-    /// Run `command` once; `timeout` in seconds (the watchdog ends it with status 124).
+    /// Run `command` once; after `timeout` the watchdog ends it with status 124.
     Run {
         command: String,
-        timeout: Option<f64>,
+        timeout: Option<Duration>,
     },
     /// Run `check` repeatedly inside the guest until it holds, paced as `spec` says.
     /// (Boxed: both are large, and requests wait inside every pending op.)
@@ -122,7 +123,14 @@ impl fmt::Display for SessionError {
     }
 }
 
-impl std::error::Error for SessionError {}
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Encode(e) => Some(e),
+            SessionError::NotConnected | SessionError::Busy => None,
+        }
+    }
+}
 
 /// What the host must remember of an idle guest shell to talk to it again after the machine
 /// was saved and restored (the guest keeps its half: the setup's functions, its spool).

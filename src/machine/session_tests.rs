@@ -61,7 +61,7 @@ fn wait_request(command: &str) -> ShellRequest {
             watch: None,
         }),
         spec: Box::new(WaitSpec {
-            budget_secs: 1.0,
+            budget: std::time::Duration::from_secs(1),
             pacing: Pacing::new(Schedule::Budget, std::time::Duration::ZERO),
         }),
     }
@@ -164,7 +164,7 @@ fn first_timed_run_and_first_wait_carry_their_setup_once() {
     let (mut s, mut twin) = ready();
     let timed = ShellRequest::Run {
         command: "true".into(),
-        timeout: Some(900.0),
+        timeout: Some(std::time::Duration::from_secs(900)),
     };
     s.submit(&timed).unwrap();
     let out = String::from_utf8(s.take_outbox()).unwrap();

@@ -13,8 +13,14 @@
 //! wording. This module is pure text and arithmetic: it never touches the guest.
 //!
 //! [`verdict`]: WaitCondition::verdict
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss
+)]
 
-use super::guest::shell_quote;
+use super::words::{quoted, systemctl};
 use std::time::Duration;
 
 /// What a wait waits for.
@@ -87,9 +93,9 @@ impl GuestCheck {
 }
 
 /// `wait_for_unit`'s attempt statuses beyond "not yet" (1).
-const UNIT_FAILED: i32 = 201;
-const UNIT_INACTIVE_IDLE: i32 = 202;
-const UNIT_QUERY_FAILED: i32 = 203;
+const UNIT_FAILED: u8 = 201;
+const UNIT_INACTIVE_IDLE: u8 = 202;
+const UNIT_QUERY_FAILED: u8 = 203;
 
 /// The environment variable that selects the wait schedule: `reference` makes every wait
 /// run upstream's command once a second ([`Schedule::Reference`]). A bench knob: it exists so
@@ -189,7 +195,7 @@ pub struct Pacing {
 impl Pacing {
     /// The pacing of `schedule` for a wait that began `age` ago.
     pub fn new(schedule: Schedule, age: Duration) -> Pacing {
-        let us = |d: Duration| d.as_micros() as u64;
+        let us = micros;
         let factor = |share: u32| 100 / share - 1;
         match schedule {
             Schedule::Budget => Pacing {
@@ -218,17 +224,41 @@ impl Pacing {
     }
 
     /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait: the rule
-    /// the guest loop applies, stated once more for the tests.
-    #[cfg(test)]
+    /// the guest loop applies in bash ([`super::guest::SETUP_WAITS`], from this struct's
+    /// fields), and `retry()` through [`retry_pause`].
     pub fn pause_us(&self, age_us: u64, cost_us: u64) -> u64 {
-        let floor = (age_us / u64::from(self.age_divisor)).clamp(self.min_us, self.max_age_us);
+        let floor = (age_us / u64::from(self.age_divisor.max(1)))
+            .clamp(self.min_us, self.max_age_us.max(self.min_us));
         let factor = if age_us < self.young_us {
             self.young_factor
         } else {
             self.old_factor
         };
-        floor.max(cost_us * u64::from(factor))
+        floor.max(cost_us.saturating_mul(u64::from(factor)))
     }
+}
+
+/// `retry()`'s cost is the callable's wall-clock time (it cannot tell guest work from host
+/// work such as OCR), so a slow callable would pause for 24 times as long; this bounds that
+/// pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
+pub const RETRY_MAX_COST_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause of the shim's `retry()` after an attempt that took `cost`, `age` into the
+/// retry: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
+/// [`RETRY_MAX_COST_PAUSE`]; upstream's fixed second under [`Schedule::Reference`].
+pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration) -> Duration {
+    let p = Pacing::new(schedule, Duration::ZERO);
+    let floor = p.pause_us(micros(age), 0);
+    let cost_term = p
+        .pause_us(micros(age), micros(cost))
+        .min(micros(RETRY_MAX_COST_PAUSE));
+    Duration::from_micros(floor.max(cost_term))
+}
+
+/// Whole microseconds of `d`, the unit of the guest loop's arithmetic (saturating: a wait
+/// longer than half a million years waits that long).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How the final status of a wait loop reads.
@@ -240,28 +270,6 @@ pub enum Verdict {
     NotYet,
     /// The condition can never hold; the message says why (upstream's wording).
     Impossible(String),
-}
-
-/// `systemctl`, or for a user manager the `su` wrapper upstream's `systemctl(q, user)` uses,
-/// taking the arguments that follow as `"$@"` (the word after `--` is the inner shell's `$0`).
-fn systemctl(user: Option<&str>) -> String {
-    match user {
-        None => "systemctl".into(),
-        Some(u) => {
-            let mut s = String::from("su -l ");
-            shell_quote(u, &mut s);
-            s.push_str(
-                " --shell /bin/sh -c 'XDG_RUNTIME_DIR=/run/user/$(id -u) exec systemctl --user \"$@\"' -- systemctl",
-            );
-            s
-        }
-    }
-}
-
-fn quoted(s: &str) -> String {
-    let mut q = String::new();
-    shell_quote(s, &mut q);
-    q
 }
 
 /// A path that means the same quoted or not: no expansion, globbing or word splitting.
@@ -329,20 +337,24 @@ impl WaitCondition {
                 format!("nc -z {flags} {}", quoted(path))
             }
             WaitCondition::Unit { unit, user } => {
-                let sc = systemctl(user.as_deref());
+                let sc = |args: &str| systemctl(args, user.as_deref());
                 let q = quoted(unit);
+                let show = sc(&format!("--no-pager show {q} --property=ActiveState --value"));
+                let jobs = sc("list-jobs --full");
                 format!(
-                    "s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                    "s=$({show}) || exit {UNIT_QUERY_FAILED}; \
                      case \"$s\" in active) exit 0;; failed) exit {UNIT_FAILED};; inactive) \
-                     if {sc} list-jobs --full 2>&1 | grep -q 'No jobs'; then \
-                     s=$({sc} --no-pager show {q} --property=ActiveState --value) || exit {UNIT_QUERY_FAILED}; \
+                     if {jobs} 2>&1 | grep -q 'No jobs'; then \
+                     s=$({show}) || exit {UNIT_QUERY_FAILED}; \
                      [ \"$s\" = inactive ] && exit {UNIT_INACTIVE_IDLE}; fi; exit 1;; *) exit 1;; esac"
                 )
             }
             WaitCondition::UnitState { unit, state, user } => format!(
-                "[ \"$({} --no-pager show {} --property=ActiveState --value)\" = {} ]",
-                systemctl(user.as_deref()),
-                quoted(unit),
+                "[ \"$({})\" = {} ]",
+                systemctl(
+                    &format!("--no-pager show {} --property=ActiveState --value", quoted(unit)),
+                    user.as_deref()
+                ),
                 quoted(state)
             ),
             WaitCondition::X11 => "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q \"Reached target Current graphical\" \
@@ -361,7 +373,7 @@ impl WaitCondition {
 
     fn fatal_status(&self) -> u8 {
         match self {
-            WaitCondition::Unit { .. } => UNIT_FAILED as u8,
+            WaitCondition::Unit { .. } => UNIT_FAILED,
             _ => 0,
         }
     }
@@ -436,9 +448,9 @@ impl WaitCondition {
         let WaitCondition::Unit { unit, user } = self else {
             return Verdict::Impossible(format!("the wait ended with status {status}"));
         };
-        Verdict::Impossible(match status {
-            UNIT_FAILED => format!("unit \"{unit}\" reached state \"failed\""),
-            UNIT_INACTIVE_IDLE => {
+        Verdict::Impossible(match u8::try_from(status) {
+            Ok(UNIT_FAILED) => format!("unit \"{unit}\" reached state \"failed\""),
+            Ok(UNIT_INACTIVE_IDLE) => {
                 format!("unit \"{unit}\" is inactive and there are no pending jobs")
             }
             _ => {
@@ -455,218 +467,5 @@ impl WaitCondition {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn budget(c: &WaitCondition) -> GuestCheck {
-        c.guest_check(Schedule::Budget)
-    }
-
-    #[test]
-    fn reference_port_wait_quotes_the_address_and_keeps_nc_semantics() {
-        let c = WaitCondition::Port {
-            addr: "a b".into(),
-            port: "80".into(),
-            open: false,
-        }
-        .guest_check(Schedule::Reference);
-        assert!(c.guard.is_empty());
-        assert!(
-            c.command
-                .contains("'set -euo pipefail; nc -z '\\''a b'\\'' 80'"),
-            "{}",
-            c.command
-        );
-        assert!(!c.until_success);
-    }
-
-    #[test]
-    fn port_wait_with_a_plain_address_connects_in_the_loop_shell() {
-        for addr in ["localhost", "127.0.0.1", "::1", "server-1.example"] {
-            let c = budget(&WaitCondition::Port {
-                addr: addr.into(),
-                port: "8080".into(),
-                open: true,
-            });
-            assert_eq!(c.guard, format!("_Nport {addr} 8080"));
-            assert!(c.command.is_empty() && c.until_success && c.watch.is_none());
-        }
-    }
-
-    #[test]
-    fn port_wait_with_an_unusual_address_or_port_keeps_nc() {
-        for (addr, port) in [
-            ("a b", "80"),
-            ("[::1]", "80"),
-            ("h/x", "80"),
-            ("h", "http"),
-            ("h", "80-90"),
-        ] {
-            let c = budget(&WaitCondition::Port {
-                addr: addr.into(),
-                port: port.into(),
-                open: true,
-            });
-            assert!(c.guard.is_empty(), "{addr} {port}: {c:?}");
-            assert!(c.command.starts_with("nc -z "), "{c:?}");
-        }
-    }
-
-    #[test]
-    fn file_wait_tests_plain_paths_inline_and_others_as_upstream() {
-        let c = budget(&WaitCondition::File {
-            path: "/run/a-b/c.d".into(),
-        });
-        assert_eq!(
-            (c.guard.as_str(), c.command.as_str()),
-            ("[ -e '/run/a-b/c.d' ]", "")
-        );
-        for path in ["$HOME/x", "/tmp/*.x", "~/y", "a b", "/x;y", ""] {
-            let c = budget(&WaitCondition::File { path: path.into() });
-            assert!(c.guard.is_empty(), "{path}: {c:?}");
-            assert_eq!(c.command, format!("test -e {path}"));
-        }
-    }
-
-    #[test]
-    fn unix_socket_wait_runs_nc_only_once_the_socket_exists() {
-        let c = budget(&WaitCondition::UnixSocket {
-            path: "/run/x y.sock".into(),
-            datagram: true,
-        });
-        assert_eq!(c.guard, "[ -S '/run/x y.sock' ]");
-        assert_eq!(c.command, "nc -z -uU '/run/x y.sock'");
-    }
-
-    #[test]
-    fn user_unit_wait_goes_through_su_with_a_quoted_user_and_no_watcher() {
-        let c = budget(&WaitCondition::Unit {
-            unit: "x.service".into(),
-            user: Some("al'ice".into()),
-        });
-        assert!(
-            c.command.contains("su -l 'al'\\''ice' --shell"),
-            "{}",
-            c.command
-        );
-        assert_eq!(c.fatal_status, 201);
-        assert_eq!(c.watch, None);
-    }
-
-    #[test]
-    fn system_unit_waits_watch_the_mangled_unit_name() {
-        let c = budget(&WaitCondition::Unit {
-            unit: "nginx".into(),
-            user: None,
-        });
-        assert_eq!(
-            c.watch,
-            Some(UnitWatch {
-                unit: "nginx.service".into(),
-                state: None
-            })
-        );
-        assert!(c.command.contains("systemctl --no-pager show 'nginx'"));
-        let c = budget(&WaitCondition::UnitState {
-            unit: "user@1000.service".into(),
-            state: "failed".into(),
-            user: None,
-        });
-        assert_eq!(
-            c.watch,
-            Some(UnitWatch {
-                unit: "user@1000.service".into(),
-                state: Some("failed".into())
-            })
-        );
-        let reference = WaitCondition::Unit {
-            unit: "nginx".into(),
-            user: None,
-        }
-        .guest_check(Schedule::Reference);
-        assert_eq!(reference.watch, None);
-    }
-
-    #[test]
-    fn full_unit_name_mangles_like_systemctl_and_refuses_globs_and_paths() {
-        assert_eq!(full_unit_name("a.socket").as_deref(), Some("a.socket"));
-        assert_eq!(full_unit_name("a.b").as_deref(), Some("a.b.service"));
-        assert_eq!(
-            full_unit_name("getty@tty1").as_deref(),
-            Some("getty@tty1.service")
-        );
-        assert_eq!(
-            full_unit_name(".service").as_deref(),
-            Some(".service.service")
-        );
-        for bad in ["", "a*", "/dev/sda", "a b", "x'y"] {
-            assert_eq!(full_unit_name(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn budget_pacing_pauses_grow_with_cost_and_age() {
-        let p = Pacing::new(Schedule::Budget, Duration::ZERO);
-        // Young: at least 20 ms, 3 × cost (25 % of a vCPU).
-        assert_eq!(p.pause_us(0, 0), 20_000);
-        assert_eq!(p.pause_us(500_000, 10_000), 30_000);
-        // Old: at least a twentieth of the age (at most 1 s), 24 × cost (4 % of a vCPU).
-        assert_eq!(p.pause_us(1_000_000, 0), 50_000);
-        assert_eq!(p.pause_us(10_000_000, 0), 500_000);
-        assert_eq!(p.pause_us(600_000_000, 0), 1_000_000);
-        assert_eq!(p.pause_us(5_000_000, 100_000), 2_400_000);
-        let r = Pacing::new(Schedule::Reference, Duration::from_secs(3));
-        assert_eq!(
-            (r.pause_us(0, 0), r.pause_us(9_000_000, 500_000)),
-            (1_000_000, 1_000_000)
-        );
-        assert_eq!(r.age_us, 3_000_000);
-    }
-
-    #[test]
-    fn reference_attempts_cost_what_upstreams_execute_costs_the_guest() {
-        let c = WaitCondition::File { path: "/x".into() }.guest_check(Schedule::Reference);
-        assert_eq!(
-            c.command,
-            "timeout 900.0 bash -c 'set -euo pipefail; test -e /x' | (base64 -w 0; echo) | base64 -d"
-        );
-        assert!(c.guard.is_empty() && c.watch.is_none());
-    }
-
-    #[test]
-    fn unit_verdicts_use_upstream_wording() {
-        let w = WaitCondition::Unit {
-            unit: "u".into(),
-            user: None,
-        };
-        assert_eq!(w.verdict(0, true), Verdict::Met);
-        assert_eq!(w.verdict(1, true), Verdict::NotYet);
-        assert_eq!(w.verdict(0, false), Verdict::NotYet);
-        assert_eq!(
-            w.verdict(201, true),
-            Verdict::Impossible("unit \"u\" reached state \"failed\"".into())
-        );
-        assert!(
-            matches!(w.verdict(202, true), Verdict::Impossible(m) if m.contains("no pending jobs"))
-        );
-        assert!(
-            matches!(w.verdict(203, true), Verdict::Impossible(m) if m.contains("ActiveState"))
-        );
-    }
-
-    #[test]
-    fn until_failure_is_met_by_a_non_zero_status() {
-        let w = WaitCondition::Command {
-            command: "false".into(),
-            until_success: false,
-        };
-        assert_eq!(w.verdict(1, true), Verdict::Met);
-        assert_eq!(w.verdict(0, true), Verdict::NotYet);
-        let closed = WaitCondition::Port {
-            addr: "h".into(),
-            port: "1".into(),
-            open: false,
-        };
-        assert_eq!(closed.verdict(1, true), Verdict::Met);
-    }
-}
+#[path = "waits_tests.rs"]
+mod tests;

@@ -2,13 +2,21 @@
 //!
 //! Two inherited pipes carry one JSON object per line. The shim sends requests
 //! `{"id": N, "op": "...", ...}` (or notifications without `id`, such as log lines) and waits
-//! for `{"id": N, "ok": ...}` or `{"id": N, "err": {"type": ..., "msg": ...}}`. This module owns
-//! the framing, buffering and non-blocking I/O of both pipes; what an op means is the driver's
-//! business. A malformed line from the shim is answered with an error, never a panic.
+//! for `{"id": N, "ok": ...}` or `{"id": N, "err": {"type": ..., "msg": ..., "qmp": ...}}`.
+//! This module owns the framing, buffering and non-blocking I/O of both pipes and the error
+//! replies; the protocol table (every op, its request and its reply type) is [`ops`], what
+//! an op means is the driver's business. A malformed line from the shim is answered with an
+//! error, never a panic.
 
+pub mod args;
 pub mod ops;
+pub mod reach;
+pub mod replies;
+pub mod requests;
+pub mod wire;
 
-use crate::json::{self, Value};
+use crate::json;
+use crate::machine::qmp::QmpFailure;
 use crate::nbio::{read_available, FdReader, Registration, WriteBuffer};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -35,6 +43,17 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Every error type (the generated Python module maps each to its exception).
+    pub const ALL: [ErrorType; 6] = [
+        ErrorType::Assertion,
+        ErrorType::Machine,
+        ErrorType::Runtime,
+        ErrorType::Timeout,
+        ErrorType::Value,
+        ErrorType::Qmp,
+    ];
+
+    /// The name of the Python exception the shim raises.
     pub fn name(self) -> &'static str {
         match self {
             ErrorType::Assertion => "RequestedAssertionFailed",
@@ -52,6 +71,9 @@ impl ErrorType {
 pub struct OpError {
     pub kind: ErrorType,
     pub msg: String,
+    /// For [`ErrorType::Qmp`]: QEMU's error, sent as its `class` and `desc` (the shim's
+    /// `QMPAPIError` carries both).
+    pub qmp: Option<QmpFailure>,
 }
 
 impl OpError {
@@ -59,17 +81,18 @@ impl OpError {
         OpError {
             kind,
             msg: msg.into(),
+            qmp: None,
         }
     }
-}
 
-pub fn encode_ok(id: i64, value: Value) -> String {
-    let mut s = String::from("{\"id\":");
-    s.push_str(&id.to_string());
-    s.push_str(",\"ok\":");
-    value.write_to(&mut s);
-    s.push_str("}\n");
-    s
+    /// QEMU refused a command (or closed the connection before answering).
+    pub fn qmp(failure: QmpFailure) -> Self {
+        OpError {
+            kind: ErrorType::Qmp,
+            msg: failure.to_string(),
+            qmp: Some(failure),
+        }
+    }
 }
 
 pub fn encode_err(id: i64, e: &OpError) -> String {
@@ -78,14 +101,29 @@ pub fn encode_err(id: i64, e: &OpError) -> String {
         e.kind.name()
     );
     json::write_string(&e.msg, &mut s);
+    if let Some(q) = &e.qmp {
+        s.push_str(",\"qmp\":{\"class\":");
+        json::write_string(q.class(), &mut s);
+        s.push_str(",\"desc\":");
+        json::write_string(q.desc(), &mut s);
+        s.push('}');
+    }
     s.push_str("}}\n");
     s
 }
 
 /// Standard base64 (with padding), for binary command output in JSON strings.
+#[cfg(test)]
 pub fn base64_encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    base64_encode_into(data, &mut out);
+    out
+}
+
+/// Append standard base64 (with padding) of `data` to `out`.
+pub fn base64_encode_into(data: &[u8], out: &mut String) {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.reserve(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
         let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
@@ -102,7 +140,6 @@ pub fn base64_encode(data: &[u8]) -> String {
             '='
         });
     }
-    out
 }
 
 /// Decode standard base64; `None` on invalid input (tests check the encoder with it).
@@ -242,6 +279,22 @@ mod tests {
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert!(base64_decode("a$b").is_none());
+    }
+
+    #[test]
+    fn encode_err_of_a_qmp_error_carries_class_and_desc() {
+        let e = OpError::qmp(QmpFailure::Error {
+            class: "CommandNotFound".into(),
+            desc: "no \"x\"".into(),
+        });
+        assert_eq!(
+            encode_err(5, &e),
+            "{\"id\":5,\"err\":{\"type\":\"QMPAPIError\",\"msg\":\"CommandNotFound: no \\\"x\\\"\",\
+             \"qmp\":{\"class\":\"CommandNotFound\",\"desc\":\"no \\\"x\\\"\"}}}\n"
+        );
+        let closed = OpError::qmp(QmpFailure::Closed);
+        assert!(encode_err(6, &closed)
+            .contains("\"qmp\":{\"class\":\"GenericError\",\"desc\":\"QEMU closed"));
     }
 
     #[test]

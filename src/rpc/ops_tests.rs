@@ -1,6 +1,10 @@
 //! Unit tests of [`super`], byte by byte (kept beside the module to keep it short).
 
 use super::*;
+use crate::json::Value;
+use crate::log::LineKind;
+use crate::machine::waits::WaitCondition;
+use crate::vde::impair::Impairment;
 
 fn ok(line: &str) -> Request {
     decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e:?}"))
@@ -10,25 +14,81 @@ fn err(line: &str) -> DecodeError {
     decode(line.as_bytes()).expect_err(line)
 }
 
+/// A request line for `op` with the given arguments (JSON texts).
+fn line(op: &str, args: &[(&str, &str)]) -> String {
+    let mut s = format!(r#"{{"id":1,"op":"{op}""#);
+    for (k, v) in args {
+        s.push_str(&format!(r#","{k}":{v}"#));
+    }
+    s.push('}');
+    s
+}
+
+#[test]
+fn every_op_of_the_table_decodes_from_its_declared_arguments() {
+    for spec in OPS {
+        // Every argument as its kind's example: the op decodes, under its own name.
+        let all: Vec<(&str, &str)> = spec.args.iter().map(|a| (a.name, a.example)).collect();
+        let r = ok(&line(spec.name, &all));
+        assert_eq!(r.op.name(), spec.name);
+        // Only the required ones: the declared defaults suffice.
+        let required: Vec<(&str, &str)> = spec
+            .args
+            .iter()
+            .filter(|a| a.default.is_none())
+            .map(|a| (a.name, a.example))
+            .collect();
+        assert_eq!(ok(&line(spec.name, &required)).op.name(), spec.name);
+        // Without a required argument: an error naming it.
+        for missing in spec.args.iter().filter(|a| a.default.is_none()) {
+            let rest: Vec<(&str, &str)> = required
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != missing.name)
+                .collect();
+            let e = err(&line(spec.name, &rest));
+            assert_eq!(e.error.kind, ErrorType::Value, "{}", spec.name);
+            assert!(
+                e.error.msg.contains(&format!("'{}'", missing.name)),
+                "{}: {}",
+                spec.name,
+                e.error.msg
+            );
+        }
+    }
+}
+
+#[test]
+fn the_table_has_one_entry_per_wire_name_and_notifications_reply_nothing() {
+    let mut names: Vec<&str> = OPS.iter().map(|o| o.name).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(names.len(), before, "a wire name twice");
+    for op in OPS.iter().filter(|o| o.notification) {
+        assert_eq!((op.reply)(), "None", "{}", op.name);
+    }
+}
+
 #[test]
 fn execute_decodes_typed_fields() {
     let r = ok(r#"{"id":3,"op":"execute","machine":"m","command":"true","timeout":900.0}"#);
     assert_eq!(r.id, Some(3));
     assert_eq!(
         r.op,
-        Op::Execute {
+        Op::Execute(Execute {
             machine: "m".into(),
             command: "true".into(),
             timeout: Some(Duration::from_secs(900)),
             check_output: true
-        }
+        })
     );
 }
 
 #[test]
 fn null_timeout_is_no_limit() {
     let r = ok(r#"{"id":1,"op":"execute","machine":"m","command":"x","timeout":null}"#);
-    assert!(matches!(r.op, Op::Execute { timeout: None, .. }));
+    assert!(matches!(r.op, Op::Execute(Execute { timeout: None, .. })));
 }
 
 #[test]
@@ -74,51 +134,46 @@ fn missing_and_mistyped_arguments_are_value_errors() {
 }
 
 #[test]
-fn wait_conditions_decode_and_ports_are_checked() {
+fn wait_requests_decode_to_conditions_and_limits_and_ports_are_checked() {
+    use crate::rpc::requests::{WaitLimits, WaitRequest};
     let r = ok(
-        r#"{"id":1,"op":"wait","machine":"m","until":"open_port","addr":"10.0.0.1","port":80,"budget":5}"#,
+        r#"{"id":1,"op":"wait_port","machine":"m","addr":"10.0.0.1","port":80,"timeout":5,"slice":1.5}"#,
     );
+    let Op::WaitPort(w) = r.op else {
+        panic!("{:?}", r.op)
+    };
     assert_eq!(
-        r.op,
-        Op::Wait {
-            machine: "m".into(),
-            condition: WaitCondition::Port {
+        w.into_wait(),
+        (
+            "m".to_owned(),
+            WaitCondition::Port {
                 addr: "10.0.0.1".into(),
                 port: "80".into(),
                 open: true
             },
-            budget: Duration::from_secs(5),
-            age: Duration::ZERO,
-        }
+            WaitLimits {
+                timeout: Some(Duration::from_secs(5)),
+                age: Duration::ZERO,
+                slice: Some(Duration::from_millis(1500)),
+            }
+        )
     );
-    let r =
-        ok(r#"{"id":1,"op":"wait","machine":"m","until":"closed_port","addr":"h","port":"http"}"#);
-    assert!(matches!(r.op, Op::Wait { budget, .. } if budget == MAX_DURATION));
-    let r =
-        ok(r#"{"id":1,"op":"wait","machine":"m","until":"file","path":"/x","budget":2,"age":1.5}"#);
-    assert!(matches!(r.op, Op::Wait { age, .. } if age == Duration::from_millis(1500)));
+    let r = ok(r#"{"id":1,"op":"wait_file","machine":"m","path":"/x","timeout":2,"age":1.5}"#);
+    assert!(matches!(r.op, Op::WaitFile(ref w) if w.age == Duration::from_millis(1500)));
     for bad in ["70000", "-1", "\"80; rm\"", "1.5"] {
         let e = err(&format!(
-            r#"{{"id":1,"op":"wait","machine":"m","until":"open_port","addr":"h","port":{bad}}}"#
+            r#"{{"id":1,"op":"wait_port","machine":"m","addr":"h","port":{bad}}}"#
         ));
         assert!(e.error.msg.contains("'port'"), "{bad}: {}", e.error.msg);
     }
-    let e = err(r#"{"id":1,"op":"wait","machine":"m","until":"moon"}"#);
-    assert!(e.error.msg.contains("'until'"));
 }
 
 #[test]
-fn start_takes_a_list_or_one_machine() {
+fn start_takes_a_list_of_machines() {
     let r = ok(r#"{"id":1,"op":"start","machines":["a","b"],"all":true}"#);
-    assert!(matches!(r.op, Op::Start { ref machines, all: true, .. } if machines.len() == 2));
-    let r = ok(r#"{"id":1,"op":"start","machine":"a","allow_reboot":true}"#);
-    assert!(matches!(
-        r.op,
-        Op::Start {
-            allow_reboot: true,
-            ..
-        }
-    ));
+    assert!(matches!(r.op, Op::Start(ref s) if s.machines.len() == 2 && s.all));
+    let r = ok(r#"{"id":1,"op":"start","machines":["a"],"allow_reboot":true}"#);
+    assert!(matches!(r.op, Op::Start(ref s) if s.allow_reboot && !s.all));
     assert!(err(r#"{"id":1,"op":"start","machines":[1]}"#)
         .error
         .msg
@@ -132,21 +187,19 @@ fn impair_and_partition_decode_names_and_numbers() {
     );
     assert_eq!(
         r.op,
-        Op::Impair {
+        Op::Impair(Impair {
             vlan: 1,
-            faults: FaultArgs {
+            impairment: Impairment {
                 loss: 0.1,
-                delay: 0.05,
-                jitter: 0.0,
-                duplicate: 0.0,
-                reorder: 0.0,
-                rate: Some(RateArg::Text("1mbit".into()))
+                delay: Duration::from_millis(50),
+                rate: Some(1_000_000),
+                ..Impairment::default()
             },
             between: Some(("a".into(), "b".into()))
-        }
+        })
     );
     let r = ok(r#"{"id":1,"op":"partition","vlan":2,"groups":[["a","b"],["c"]]}"#);
-    assert!(matches!(r.op, Op::Partition { vlan: 2, ref groups } if groups.len() == 2));
+    assert!(matches!(r.op, Op::Partition(ref p) if p.vlan == 2 && p.groups.len() == 2));
     for bad in [
         r#""loss":"lots""#,
         r#""rate":-5"#,
@@ -155,6 +208,25 @@ fn impair_and_partition_decode_names_and_numbers() {
     ] {
         let e = err(&format!(r#"{{"id":1,"op":"impair","vlan":1,{bad}}}"#));
         assert_eq!(e.error.kind, ErrorType::Value, "{bad}");
+    }
+    // The switch's own validator, with its messages naming the argument.
+    for (bad, needle) in [
+        (r#""loss":1.5"#, "loss must be a probability"),
+        (
+            r#""delay":-1"#,
+            "delay must be a finite, non-negative number of seconds",
+        ),
+        (
+            r#""delay":0.01,"jitter":0.02"#,
+            "jitter (20ms) must not exceed delay (10ms)",
+        ),
+        (r#""delay":61"#, "delay of 61s is too long"),
+        (r#""rate":"fast""#, "rate \"fast\" is not a bandwidth"),
+        (r#""rate":10"#, "rate of 10bit is out of range"),
+    ] {
+        let e = err(&format!(r#"{{"id":1,"op":"impair","vlan":1,{bad}}}"#));
+        assert_eq!(e.error.kind, ErrorType::Value, "{bad}");
+        assert!(e.error.msg.starts_with(needle), "{bad}: {}", e.error.msg);
     }
     assert!(
         err(r#"{"id":1,"op":"partition","vlan":1,"groups":[["a"],[1]]}"#)
@@ -170,11 +242,23 @@ fn notifications_have_no_id() {
     assert_eq!(r.id, None);
     assert!(matches!(
         r.op,
-        Op::Log {
-            kind: LineKind::Warning,
+        Op::Log(Log {
+            level: LineKind::Warning,
             ..
-        }
+        })
     ));
+}
+
+#[test]
+fn qmp_arguments_pass_through_as_they_are() {
+    let r =
+        ok(r#"{"id":1,"op":"qmp","machine":"m","execute":"x","arguments":{"a":[1,{"b":null}]}}"#);
+    let Op::Qmp(q) = r.op else { panic!() };
+    assert_eq!(
+        q.arguments.map(|v| v.to_json()),
+        Some(r#"{"a":[1,{"b":null}]}"#.to_owned())
+    );
+    assert!(Value::parse(b"{}").is_ok());
 }
 
 #[test]

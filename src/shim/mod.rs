@@ -5,11 +5,44 @@
 //! reports); this module only writes its files and starts the interpreter with the two pipes
 //! of the line protocol. It never interprets a request.
 
+pub mod protocol;
+
 use crate::child::{self, Child, SpawnOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Why the shim could not start.
+#[derive(Debug)]
+pub enum ShimError {
+    /// The private directory for the package could not be made.
+    PackageDir { dir: PathBuf, source: io::Error },
+    /// The package could not be written.
+    Package(io::Error),
+    /// The interpreter could not be started.
+    Spawn(io::Error),
+}
+
+impl std::fmt::Display for ShimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShimError::PackageDir { dir, source } => {
+                write!(f, "cannot create {}: {source}", dir.display())
+            }
+            ShimError::Package(e) | ShimError::Spawn(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShimError::PackageDir { source, .. } => Some(source),
+            ShimError::Package(e) | ShimError::Spawn(e) => Some(e),
+        }
+    }
+}
 
 /// (path inside the package directory, contents)
 pub const FILES: &[(&str, &str)] = &[
@@ -86,9 +119,9 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
 ];
 
 /// The module `test_driver/_constants.py`: the defaults the shim shares with the driver,
-/// generated from the driver's constants so the two languages cannot disagree.
+/// generated from the driver's constants so the two languages cannot disagree. (The wait
+/// schedule is not here: `retry()` asks the driver for each pause.)
 pub fn constants_module() -> String {
-    use crate::machine::waits;
     use crate::rpc::ops;
     let secs = |d: std::time::Duration| d.as_secs_f64();
     format!(
@@ -107,33 +140,12 @@ MAX_DURATION_SECONDS = {:.1}
 POLLING_SLICE_MIN_SECONDS = {}
 #: Upstream's default interval of a polling condition (seconds).
 POLLING_INTERVAL_SECONDS = {}
-#: The wait schedule (`machine::waits`), which `retry` follows too: the pause is
-#: max(clamp(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE, WAIT_MAX_AGE_PAUSE), k × cost) with
-#: k = 100 / share - 1, share WAIT_YOUNG_SHARE_PERCENT during WAIT_YOUNG_PHASE, then
-#: WAIT_OLD_SHARE_PERCENT; WAIT_REFERENCE_INTERVAL under NTD_WAIT_SCHEDULE=reference.
-WAIT_MIN_PAUSE_SECONDS = {}
-WAIT_MAX_AGE_PAUSE_SECONDS = {}
-WAIT_AGE_DIVISOR = {}
-WAIT_YOUNG_PHASE_SECONDS = {}
-WAIT_YOUNG_SHARE_PERCENT = {}
-WAIT_OLD_SHARE_PERCENT = {}
-WAIT_REFERENCE_INTERVAL_SECONDS = {}
-#: The environment variable that selects the reference schedule (a bench knob).
-WAIT_SCHEDULE_ENV = "{}"
 "#,
         secs(ops::DEFAULT_TIMEOUT),
         secs(ops::DEFAULT_QMP_EVENT_TIMEOUT),
         secs(ops::MAX_DURATION),
         secs(ops::POLLING_SLICE_MIN),
         secs(ops::POLLING_INTERVAL),
-        secs(waits::MIN_PAUSE),
-        secs(waits::MAX_AGE_PAUSE),
-        waits::AGE_DIVISOR,
-        secs(waits::YOUNG_PHASE),
-        waits::YOUNG_SHARE_PERCENT,
-        waits::OLD_SHARE_PERCENT,
-        secs(waits::REFERENCE_INTERVAL),
-        waits::SCHEDULE_ENV,
     )
 }
 
@@ -141,7 +153,11 @@ WAIT_SCHEDULE_ENV = "{}"
 pub fn write_package(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let constants = constants_module();
-    let generated = [("test_driver/_constants.py", constants.as_str())];
+    let protocol = protocol::module();
+    let generated = [
+        ("test_driver/_constants.py", constants.as_str()),
+        ("test_driver/_protocol.py", protocol.as_str()),
+    ];
     for (rel, text) in FILES.iter().chain(generated.iter()) {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
@@ -203,4 +219,40 @@ pub fn spawn(package_dir: &Path, env: &[(String, String)]) -> io::Result<Spawned
         from_shim: from_shim_r,
         to_shim: to_shim_w,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seam is the generated module: the shim's own files reach the driver only through
+    /// it, so they name no op and handle no untyped reply.
+    #[test]
+    fn shim_files_reach_the_driver_only_through_the_generated_module() {
+        for (path, text) in FILES {
+            if path.ends_with("_rpc.py") {
+                assert!(!text.contains("Any"), "{path}: the transport has no Any");
+                continue;
+            }
+            for needle in ["_rpc.channel()", ".call(", ".notify(", ".request("] {
+                assert!(!text.contains(needle), "{path} uses {needle}");
+            }
+        }
+        let protocol = protocol::module();
+        assert!(protocol.contains("from test_driver import _rpc"));
+    }
+
+    #[test]
+    fn package_has_every_file_and_both_generated_modules() {
+        let dir = std::env::temp_dir().join(format!("ntd-shim-test-{}", std::process::id()));
+        write_package(&dir).unwrap();
+        for rel in FILES
+            .iter()
+            .map(|(rel, _)| *rel)
+            .chain(["test_driver/_constants.py", "test_driver/_protocol.py"])
+        {
+            assert!(dir.join(rel).is_file(), "{rel}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

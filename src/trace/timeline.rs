@@ -7,9 +7,16 @@
 
 use super::{Data, Kind};
 use crate::json::{obj, Value};
-use crate::machine::boot::{
-    EXITED, FIRST_SERIAL_LINE, QMP_READY, RESTORED, SENTINEL, SHELL_READY, SPAWNED,
-};
+use crate::machine::boot::Milestone;
+
+/// Milestones as the trace names them (instant events on a machine's track).
+const SPAWNED: &str = Milestone::Spawned.name();
+const QMP_READY: &str = Milestone::QmpReady.name();
+const FIRST_SERIAL_LINE: &str = Milestone::FirstSerialLine.name();
+const SENTINEL: &str = Milestone::Sentinel.name();
+const SHELL_READY: &str = Milestone::ShellReady.name();
+const RESTORED: &str = Milestone::Restored.name();
+const EXITED: &str = Milestone::Exited.name();
 
 /// The span a checkpoint save leaves on a machine's track.
 pub const SAVE_SPAN: &str = "saving checkpoint";

@@ -1,3 +1,5 @@
+//! Unit tests of the timeline layout ([`super`]): boot segments, lanes, the summary.
+
 use super::super::Trace;
 use super::*;
 use std::path::PathBuf;

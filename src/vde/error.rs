@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use super::wire::{self, WireError};
 
-/// Everything that can go wrong in a switch: set-up failures returned by [`Switch::create`]
-/// and [`Switch::start_capture`], and the reasons a client was refused (reported as
-/// [`SwitchEvent::Rejected`]).
+/// Everything that can go wrong in a switch: set-up failures returned by
+/// [`Switch::create`](super::Switch::create) and
+/// [`Switch::start_capture`](super::Switch::start_capture), and the reasons a client was
+/// refused (reported as [`SwitchEvent::Rejected`](super::SwitchEvent::Rejected)).
 #[derive(Debug)]
 pub enum VdeError {
     DirTooLong {

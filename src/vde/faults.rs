@@ -205,11 +205,16 @@ impl Compiled {
             loss: Chance::new(i.loss),
             duplicate: Chance::new(i.duplicate),
             reorder: Chance::new(i.reorder),
-            delay_ns: i.delay.as_nanos() as u64,
-            jitter_ns: i.jitter.as_nanos() as u64,
+            delay_ns: nanos(i.delay),
+            jitter_ns: nanos(i.jitter),
             rate: i.rate.unwrap_or(0),
         }
     }
+}
+
+/// Whole nanoseconds of `d` (at most [`super::impair::MAX_DELAY`] here; saturating anyway).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The state of one directed link.
@@ -230,9 +235,11 @@ impl LinkState {
         let rate = i128::from(rate);
         let cap = i128::from(RATE_BURST_BYTES) * 8 * NANOS;
         let (tokens, refilled) = self.bucket.unwrap_or((cap, now));
-        let elapsed = now.saturating_duration_since(refilled).as_nanos() as i128;
+        let elapsed =
+            i128::try_from(now.saturating_duration_since(refilled).as_nanos()).unwrap_or(i128::MAX);
         let tokens = tokens.saturating_add(elapsed.saturating_mul(rate)).min(cap);
-        let after = tokens - len as i128 * 8 * NANOS;
+        let bits = i128::try_from(len).unwrap_or(i128::MAX / NANOS / 8) * 8;
+        let after = tokens - bits * NANOS;
         if -after > i128::from(RATE_QUEUE_BYTES) * 8 * NANOS {
             self.bucket = Some((tokens, now));
             return None;
@@ -242,7 +249,7 @@ impl LinkState {
             Some(now)
         } else {
             let wait_ns = (-after + rate - 1) / rate;
-            Some(now + Duration::from_nanos(wait_ns as u64))
+            Some(now + Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(u64::MAX)))
         }
     }
 
@@ -268,7 +275,8 @@ impl LinkState {
             let mut delay = rule.delay_ns;
             if rule.jitter_ns > 0 {
                 let span = u128::from(2 * rule.jitter_ns + 1);
-                let offset = ((u128::from(jitter_draw) * span) >> 64) as u64;
+                // Below 2^64: the draw is below 2^64, the span at most 2^64.
+                let offset = u64::try_from((u128::from(jitter_draw) * span) >> 64).unwrap_or(0);
                 delay = delay - rule.jitter_ns + offset;
             }
             let at = (departs + Duration::from_nanos(delay)).max(self.horizon.unwrap_or(now));

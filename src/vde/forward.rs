@@ -8,18 +8,16 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::time::{Instant, SystemTime};
 
-use rustix::io::Errno;
-use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer};
 use smallvec::SmallVec;
-
-use mio::net::UnixDatagram;
 
 use super::fdb::Destination;
 use super::impaired::{capture_first_deliveries, Deliveries, FirstDelivery};
 use super::recv_batch::RecvBatch;
+use super::send::send_batch;
 use super::{
-    Endpoint, PortCounters, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP,
-    MAX_FRAME, MIN_FRAME,
+    Endpoint, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP, MAX_FRAME,
+    MIN_FRAME,
 };
 
 impl Switch {
@@ -207,38 +205,5 @@ fn forward_batch(
             }
         }
         start = end;
-    }
-}
-
-/// Send `msgs` to one endpoint's data socket with as few `sendmmsg` calls as possible; whatever
-/// the kernel refuses is dropped and counted by reason.
-pub(super) fn send_batch(
-    data: &UnixDatagram,
-    counters: &mut PortCounters,
-    msgs: &mut [MMsgHdr<'_>],
-) {
-    let mut sent = 0;
-    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-    while sent < msgs.len() {
-        match rustix::net::sendmmsg(data, &mut msgs[sent..], flags) {
-            Ok(n) if n > 0 => {
-                for m in &msgs[sent..sent + n] {
-                    counters.bytes_out += m.bytes_sent() as u64;
-                }
-                counters.frames_out += n as u64;
-                sent += n;
-            }
-            Err(Errno::INTR) => {}
-            result => {
-                let rest = (msgs.len() - sent) as u64;
-                let drops = &mut counters.drops;
-                match result {
-                    Err(Errno::AGAIN) => drops.receiver_full += rest,
-                    Err(Errno::CONNREFUSED) | Err(Errno::NOTCONN) => drops.receiver_gone += rest,
-                    _ => drops.send_error += rest,
-                }
-                return;
-            }
-        }
     }
 }

@@ -21,8 +21,8 @@ use smallvec::SmallVec;
 use super::delay_queue::{Queued, SWITCH_QUEUE_MAX_BYTES};
 use super::faults::{Decision, Duplicate, FaultEngine, Peer, Release, Route};
 use super::fdb::Destination;
-use super::forward::send_batch;
 use super::impair::{ImpairError, Label, Partition, Rule, Scope};
+use super::send::send_batch;
 use super::{
     Capture, Endpoint, FaultCounters, QueueTotals, Switch, VdeError, CAPTURE_FLUSH_INTERVAL,
     FRAMES_PER_WAKEUP,

@@ -45,6 +45,7 @@ mod impaired;
 pub mod pcap;
 mod recv_batch;
 mod rng;
+mod send;
 pub mod standalone;
 mod stats;
 pub mod wire;

@@ -6,7 +6,7 @@
 //! ports, since each endpoint is labelled with its port number).
 //!
 //! This module owns only that little program: argument parsing, the loop, stdin and signal
-//! handling (the driver's signalfd, [`crate::signals`]), and printing (a readiness line per
+//! handling (the driver's signalfd, `crate::signals`), and printing (a readiness line per
 //! switch on stdout; the net seed, applied rules and switch events on stderr; the counters on
 //! stdout at exit). It runs until stdin reaches EOF (like vde_switch) or SIGTERM, SIGINT,
 //! SIGHUP or SIGQUIT arrives. It must not contain switching logic; that lives in [`super`].

@@ -15,7 +15,7 @@ use super::VdeError;
 pub struct Drops {
     /// Ingress: datagrams shorter than 14 bytes (incl. vde2's zero-length close marker).
     pub runt: u64,
-    /// Ingress: datagrams longer than [`MAX_FRAME`].
+    /// Ingress: datagrams longer than [`MAX_FRAME`](super::MAX_FRAME).
     pub oversize: u64,
     /// Ingress: receive errors (a socket error reported by recv).
     pub recv_error: u64,
@@ -215,7 +215,7 @@ impl fmt::Display for SwitchStats {
     }
 }
 
-/// One connected endpoint, as reported by [`Switch::ports`].
+/// One connected endpoint, as reported by [`Switch::ports`](super::Switch::ports).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
     /// Port number (several endpoints may share one, like vde_switch).

@@ -196,7 +196,8 @@ impl TestDir {
         p
     }
 
-    /// A driver configuration (newest CLI form) for `machines` and a script.
+    /// A driver configuration (newest CLI form, every key nixpkgs' driver-configuration.nix
+    /// writes, so the real upstream driver loads it too) for `machines` and a script.
     pub fn config(
         &self,
         machines: &[(&str, &Path)],
@@ -218,7 +219,7 @@ impl TestDir {
         self.write(
             "driver.json",
             &format!(
-                "{{\"vms\": {{{}}}, \"vlans\": [{}], \"global_timeout\": {timeout}, \"test_script\": \"{}\"}}",
+                "{{\"vms\": {{{}}}, \"containers\": {{}}, \"vlans\": [{}], \"global_timeout\": {timeout}, \"enable_ssh_backdoor\": false, \"test_script\": \"{}\"}}",
                 vms.join(", "),
                 vl.join(", "),
                 script_path.display()
@@ -364,4 +365,123 @@ fn read_all(mut r: impl std::io::Read) -> String {
     let mut v = Vec::new();
     let _ = r.read_to_end(&mut v);
     String::from_utf8_lossy(&v).into_owned()
+}
+
+/// One line a child printed, with the time it arrived since the child was spawned.
+pub struct TimedLine {
+    pub at: Duration,
+    pub text: String,
+}
+
+/// What [`run_timed`] saw: the exit status, every line of stdout and stderr in arrival order
+/// (ANSI colour sequences removed), and the child's wall time from spawn to exit.
+pub struct TimedRun {
+    pub code: Option<i32>,
+    pub lines: Vec<TimedLine>,
+    pub elapsed: Duration,
+}
+
+impl TimedRun {
+    pub fn log(&self) -> String {
+        let lines: Vec<&str> = self.lines.iter().map(|l| l.text.as_str()).collect();
+        lines.join("\n")
+    }
+
+    /// The first line containing `needle`.
+    pub fn first(&self, needle: &str) -> Option<&TimedLine> {
+        self.lines.iter().find(|l| l.text.contains(needle))
+    }
+}
+
+/// Run `cmd` (stdin from /dev/null) and time-stamp each output line as it arrives (a reader
+/// thread per pipe). Past `limit` the child gets SIGTERM, 10 s later SIGKILL, and this panics.
+pub fn run_timed(mut cmd: Command, limit: Duration) -> TimedRun {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the driver");
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    let readers: Vec<_> = pipes
+        .into_iter()
+        .map(|pipe| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(pipe);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let _ = tx.send((Instant::now(), std::mem::take(&mut line)));
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut terminated_at: Option<Instant> = None;
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        match terminated_at {
+            None if start.elapsed() > limit => {
+                let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                terminated_at = Some(Instant::now());
+            }
+            Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the driver ran longer than {limit:?} (killed)");
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    for r in readers {
+        let _ = r.join();
+    }
+    if terminated_at.is_some() {
+        panic!("the driver ran longer than {limit:?} (ended by SIGTERM)");
+    }
+    let mut lines: Vec<TimedLine> = rx
+        .into_iter()
+        .map(|(at, bytes)| TimedLine {
+            at: at.saturating_duration_since(start),
+            text: strip_ansi(String::from_utf8_lossy(&bytes).trim_end()),
+        })
+        .collect();
+    lines.sort_by_key(|l| l.at);
+    TimedRun {
+        code,
+        lines,
+        elapsed,
+    }
+}
+
+/// `text` without ANSI escape sequences (upstream's logger colours lines whatever the output).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (0x40..=0x7e)
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

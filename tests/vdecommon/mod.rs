@@ -1,6 +1,7 @@
-//! Shared helpers of the switch tests: scratch directories with short paths, an in-process
-//! switch pumped by a mio loop, switch processes (`ntd vde-switch`, `vde_switch --hub`) that
-//! are always reaped, and a check for the external programs the interop tests need.
+//! Shared helpers of the switch tests and the switch bench (mounted as `vdecommon`): scratch
+//! directories with short paths, an in-process switch pumped by a mio loop, switch processes
+//! (`ntd vde-switch` of this build or another, `vde_switch --hub`) that are always reaped, and
+//! a check for the external programs the interop tests need.
 #![allow(dead_code)]
 
 pub mod vdeclient;
@@ -186,9 +187,15 @@ fn line_pump(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 impl SwitchProc {
     /// Start a switch of `kind` on `dir` and wait until its control socket answers.
     pub fn start(kind: SwitchKind, dir: &Path, extra: &[&str]) -> SwitchProc {
+        Self::start_program(kind, &ntd_bin(), dir, extra)
+    }
+
+    /// Like [`SwitchProc::start`]; `ntd` is the binary for [`SwitchKind::Ntd`] (another
+    /// build, for the bench's baseline).
+    pub fn start_program(kind: SwitchKind, ntd: &Path, dir: &Path, extra: &[&str]) -> SwitchProc {
         let mut cmd = match kind {
             SwitchKind::Ntd => {
-                let mut c = Command::new(ntd_bin());
+                let mut c = Command::new(ntd);
                 c.arg("vde-switch").arg("--sock").arg(dir);
                 c
             }

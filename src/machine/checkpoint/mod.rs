@@ -11,7 +11,7 @@
 mod restore;
 mod save;
 
-use super::boot::EXITED;
+use super::boot::Milestone;
 use super::session::ShellRequest;
 use super::{Machine, Phase};
 use crate::checkpoint::manifest::Manifest;
@@ -104,7 +104,7 @@ impl Machine {
     /// The answer to `p`, an error when it failed or never came in time.
     fn ckpt_qmp_result(&mut self, p: Pending) -> Option<Result<Value, String>> {
         match self.take_qmp_result(p.id) {
-            Some(r) => Some(r),
+            Some(r) => Some(r.map_err(|e| e.to_string())),
             None if Instant::now() >= p.give_up => Some(Err("QEMU did not answer in time".into())),
             None => None,
         }
@@ -195,7 +195,7 @@ impl Machine {
                 &format!("QEMU exited ({info}) while restoring the checkpoint; booting normally"),
             );
         }
-        self.boot.mark(EXITED);
+        self.boot.mark(Milestone::Exited);
         self.release_fds(cx.registry);
         self.phase = Phase::Stopped;
         r.remove_disk_copies(&self.paths.state_dir);
@@ -294,6 +294,6 @@ impl Machine {
 /// `{"uri": …}` for QMP's migrate commands: QEMU runs an `exec:` command with `/bin/sh -c`.
 fn exec_uri(command: &str, path: &std::path::Path) -> Value {
     let mut uri = format!("exec:{command} ");
-    super::guest::shell_quote(&path.display().to_string(), &mut uri);
+    super::words::shell_quote(&path.display().to_string(), &mut uri);
     obj([("uri", Value::from(uri))])
 }

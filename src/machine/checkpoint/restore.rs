@@ -14,7 +14,7 @@ use crate::checkpoint::guest as cg;
 use crate::checkpoint::manifest::FileRecord;
 use crate::checkpoint::store::{self, Checksum, ChecksumStep};
 use crate::checkpoint::{CONSOLE, RAM};
-use crate::machine::boot::{RESTORED, SHELL_READY};
+use crate::machine::boot::Milestone;
 use crate::machine::session::SavedSession;
 use crate::reactor::Ctx;
 use std::io::Read;
@@ -337,7 +337,7 @@ impl Machine {
             Some(Ok(v)) => match Self::migration_status(&v) {
                 Ok(true) => {
                     r.resumed_at_us = Self::now_us();
-                    self.boot.mark(RESTORED);
+                    self.boot.mark(Milestone::Restored);
                     match self.ckpt_qmp(cx, "cont", None) {
                         Ok(p) => r.step = Step::Continuing(p),
                         Err(e) => self.restore_fail(cx, r, &e),
@@ -389,7 +389,7 @@ impl Machine {
         clock_error_us: Option<i64>,
     ) -> bool {
         let m = &r.plan.manifest;
-        self.boot.mark(SHELL_READY);
+        self.boot.mark(Milestone::ShellReady);
         cx.log.machine(
             &self.name,
             &format!(

@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from test_driver import _rpc
+from test_driver import _protocol, _rpc
 from test_driver.logger import rootlog
 
 
@@ -25,7 +25,7 @@ def _report_syntax_error(e: SyntaxError) -> None:
 def _sync_with_driver() -> None:
     """One round trip: the driver has handled every earlier notification when it answers."""
     try:
-        _rpc.channel().call("hello")
+        _protocol.hello()
     except _rpc.DriverGone:
         pass
 
@@ -33,10 +33,10 @@ def _sync_with_driver() -> None:
 def main() -> None:
     if isinstance(sys.stdout, __import__("io").TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    hello = _rpc.channel().call("hello")
+    hello = _protocol.hello()
     from test_driver.driver import Driver
 
-    script = hello.get("test_script")
+    script = hello["test_script"]
     tests = Path(script).read_text() if script else ""
     try:
         code = compile(tests, "<string>", "exec")
@@ -45,7 +45,7 @@ def main() -> None:
         _report_syntax_error(e)
         sys.exit(1)
     driver = Driver(hello, tests, code)
-    if hello.get("interactive"):
+    if hello["interactive"]:
         driver.interactive()
         return
     tic = time.time()

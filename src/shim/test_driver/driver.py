@@ -18,12 +18,13 @@ from types import CodeType
 from typing import Any, overload
 from unittest import TestCase
 
-from test_driver import _rpc
+from test_driver import _protocol
 from test_driver._constants import (
     DEFAULT_TIMEOUT,
     POLLING_INTERVAL_SECONDS,
     POLLING_SLICE_MIN_SECONDS,
 )
+from test_driver._protocol import HelloReply
 from test_driver.debug import Debug, DebugAbstract, DebugNop
 from test_driver.duration import Duration, to_seconds
 from test_driver.errors import MachineError, RequestedAssertionFailed, TestScriptError
@@ -58,10 +59,10 @@ class _RaceTimer:
     """Stands in for upstream's `threading.Timer`; the global timeout runs in ntd."""
 
     def cancel(self) -> None:
-        _rpc.channel().call("disarm_timeout")
+        _protocol.disarm_timeout()
 
     def start(self) -> None:
-        _rpc.channel().call("arm_timeout")
+        _protocol.arm_timeout()
 
 
 class Poll:
@@ -113,7 +114,7 @@ class Driver:
     debug: DebugAbstract
     out_dir: Path
 
-    def __init__(self, hello: dict[str, Any], tests: str, code: CodeType | None) -> None:
+    def __init__(self, hello: HelloReply, tests: str, code: CodeType | None) -> None:
         self.tests = tests
         self._code = code
         self.out_dir = Path(hello["out_dir"])
@@ -121,7 +122,7 @@ class Driver:
         self.global_timeout = float(hello["global_timeout"])
         self.race_timer = _RaceTimer()
         self.logger = rootlog
-        hook = hello.get("debug_hook")
+        hook = hello["debug_hook"]
         self.debug = Debug(self.logger, hook) if hook else DebugNop()
         self.polling_conditions = []
         self.vlans = []
@@ -257,7 +258,7 @@ class Driver:
         with self.logger.nested("start all VMs"):
             names = [m.name for m in self.machines]
             if names:
-                _rpc.channel().call("start", machines=names, all=True)
+                _protocol.start(machines=names, all=True)
 
     def join_all(self) -> None:
         """Wait for every machine to shut down."""
@@ -283,8 +284,8 @@ class Driver:
                 "pass a start command string"
             )
         keep = keep_machine_state if keep_vm_state is None else keep_vm_state
-        info: dict[str, Any] = _rpc.channel().call(
-            "create_machine", start_command=start_command, name=name, keep_machine_state=keep
+        info = _protocol.create_machine(
+            start_command=start_command, name=name, keep_machine_state=keep
         )
         return QemuMachine(
             name=info["name"],

@@ -38,12 +38,7 @@ class QMPAPIError(RuntimeError):
             self.description = str(error.get("desc", ""))
             self.transaction_id = message.get("id")
         else:
-            # The driver reports "<class>: <description>".
-            name, sep, desc = message.partition(": ")
-            if sep and name.isidentifier():
-                self.class_name, self.description = name, desc
-            else:
-                self.class_name, self.description = "GenericError", message
+            self.class_name, self.description = "GenericError", message
             self.transaction_id = None
         super().__init__(str(self))
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from enum import IntEnum
 from typing import Any
 
-from test_driver import _rpc
+from test_driver import _protocol
 
 
 class LogLevel(IntEnum):
@@ -78,7 +78,7 @@ class CompositeLogger(AbstractLogger):
 
     def _send(self, level: str, message: str, attributes: dict[str, str] | None) -> None:
         machine = (attributes or {}).get("machine")
-        _rpc.channel().notify("log", level=level, msg=message, machine=machine)
+        _protocol.log(level=level, msg=message, machine=machine)
 
     def log(self, message: str, attributes: dict[str, str] = {}) -> None:
         self._send("log", message, attributes)
@@ -104,25 +104,24 @@ class CompositeLogger(AbstractLogger):
         self._send("log", f"{machine} # {message}", None)
 
     def print_serial_logs(self, enable: bool) -> None:
-        _rpc.channel().notify("serial", on=bool(enable))
+        _protocol.serial(on=bool(enable))
 
     def set_log_level(self, level: LogLevel | str | int) -> None:
         if isinstance(level, str):
             name = level
         else:
             name = LogLevel(int(level)).name
-        _rpc.channel().notify("log_level", level=name.lower())
+        _protocol.log_level(level=name.lower())
 
     @contextmanager
     def nested(self, message: str, attributes: dict[str, str] = {}) -> Iterator[None]:
-        ch = _rpc.channel()
-        ch.notify("nest", msg=message, machine=(attributes or {}).get("machine"))
+        _protocol.nest(msg=message, machine=(attributes or {}).get("machine"))
         try:
             yield
         except BaseException:
-            ch.notify("unnest", ok=False)
+            _protocol.unnest(ok=False)
             raise
-        ch.notify("unnest", ok=True)
+        _protocol.unnest(ok=True)
 
     @contextmanager
     def subtest(self, name: str, attributes: dict[str, str] = {}) -> Iterator[None]:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from test_driver import _protocol
 from test_driver.duration import Duration, to_seconds
 
 if TYPE_CHECKING:
@@ -64,14 +65,10 @@ class VLan:
 
     def start_capture(self, path: str | os.PathLike[str]) -> None:
         """ntd extension: write every frame this vlan forwards to a pcap file (Wireshark)."""
-        from test_driver import _rpc
-
-        _rpc.channel().call("capture", vlan=self.nr, path=os.path.abspath(path))
+        _protocol.capture(vlan=self.nr, path=os.path.abspath(path))
 
     def stop_capture(self) -> None:
-        from test_driver import _rpc
-
-        _rpc.channel().call("capture", vlan=self.nr, path=None)
+        _protocol.capture(vlan=self.nr, path=None)
 
     # -- network faults (ntd extension) ----------------------------------------------------
 
@@ -91,8 +88,6 @@ class VLan:
         ``between=(a, b)`` only frames between machines ``a`` and ``b`` (both directions);
         a call replaces the earlier settings of the same scope, and all zeros remove them.
         Decisions are reproducible: the run's seed is logged (``--net-seed`` replays it)."""
-        from test_driver import _rpc
-
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (str, int))):
             raise TypeError(f"rate must be a bandwidth such as '1mbit', not {rate!r}")
         pair = None
@@ -100,8 +95,7 @@ class VLan:
             if isinstance(between, (str, bytes)) or len(between) != 2:
                 raise TypeError(f"between must be a pair of machines, not {between!r}")
             pair = [_name(between[0], "between"), _name(between[1], "between")]
-        _rpc.channel().call(
-            "impair",
+        _protocol.impair(
             vlan=self.nr,
             loss=_probability(loss, "loss"),
             delay=_seconds(delay, "delay"),
@@ -115,20 +109,16 @@ class VLan:
     def partition(self, *groups: Sequence[MachineRef]) -> None:
         """Split the vlan: frames between machines of different groups are dropped (both
         ways); machines in no group are unaffected. Replaces an earlier partition."""
-        from test_driver import _rpc
-
         names = []
         for g in groups:
             if isinstance(g, str) or not isinstance(g, Sequence):
                 raise TypeError(f"partition takes lists of machines, not {g!r}")
             names.append([_name(m, "partition") for m in g])
-        _rpc.channel().call("partition", vlan=self.nr, groups=names)
+        _protocol.partition(vlan=self.nr, groups=names)
 
     def heal(self) -> None:
         """Remove every impairment and partition of this vlan."""
-        from test_driver import _rpc
-
-        _rpc.channel().call("heal", vlan=self.nr)
+        _protocol.heal(vlan=self.nr)
 
     @contextmanager
     def impaired(

@@ -4,12 +4,20 @@
 Logs in as the `authenticator` role, switches to the anonymous role `web_anon`
 for each request like PostgREST does, and returns the rows of api.todos as
 PostgreSQL's json_agg renders them. Tells systemd it is ready once it listens.
+
+It also prints when it listens and when each request arrived, on this guest's
+CLOCK_MONOTONIC, to the console (the unit's StandardOutput=journal+console), so a
+driver's log carries them: benches/whole.rs takes the detection delay of the client's
+wait_until_succeeds as the arrival of the first answered GET /todos minus "listening".
+Both times are read from this one guest's clock, so the offset between the two guests'
+clocks (set from the 1-second RTC at boot) does not enter it.
 """
 import http.server
 import json
 import os
 import socket
 import subprocess
+import time
 
 PORT = 3000
 QUERY = """
@@ -26,17 +34,24 @@ def query():
                           input=QUERY, env=env, capture_output=True, text=True, check=True).stdout
 
 
+def probe(event, at):
+    print(f"todo-api: {event} at {at:.3f}", flush=True)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        arrived = time.monotonic()
         if self.path.split("?")[0] != "/todos":
             self.reply(404, '{"message":"not found"}')
-            return
-        try:
-            self.reply(200, query().strip())
-        except subprocess.CalledProcessError as e:
-            self.reply(500, json.dumps({"message": e.stderr.strip()}))
+        else:
+            try:
+                self.reply(200, query().strip())
+            except subprocess.CalledProcessError as e:
+                self.reply(500, json.dumps({"message": e.stderr.strip()}))
+        probe(f"GET {self.path} {self.status}", arrived)
 
     def reply(self, status, body):
+        self.status = status
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -65,5 +80,6 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 server = Server(("::", PORT), Handler)
+probe("listening", time.monotonic())
 notify_ready()
 server.serve_forever()

@@ -12,9 +12,9 @@ def stall():
     os.kill(os.getppid(), signal.SIGCONT)
 
 threading.Thread(target=stall).start()
-from test_driver import _rpc
+from test_driver import _protocol
 import base64
-r = _rpc.channel().call("execute", machine="machine", command="cat /tmp/big", timeout=None, check_output=True)
+r = _protocol.execute(machine="machine", command="cat /tmp/big", timeout=None, check_output=True)
 got = base64.b64decode(r["output"])
 assert len(got) == 30000000, len(got)
 assert hashlib.sha256(got).hexdigest() == want

@@ -1,11 +1,11 @@
 # machines: machine
 
 import base64, hashlib
-from test_driver import _rpc
+from test_driver import _protocol
 start_all()
 
 def raw(cmd):
-    r = _rpc.channel().call("execute", machine="machine", command=cmd, timeout=None, check_output=True)
+    r = _protocol.execute(machine="machine", command=cmd, timeout=None, check_output=True)
     assert r["status"] == 0, r
     assert r["truncated"] == 0, r
     return base64.b64decode(r["output"])

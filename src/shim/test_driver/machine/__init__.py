@@ -23,18 +23,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from test_driver import _rpc
-from test_driver._constants import (
-    DEFAULT_QMP_EVENT_TIMEOUT,
-    DEFAULT_TIMEOUT,
-    WAIT_AGE_DIVISOR,
-    WAIT_MAX_AGE_PAUSE_SECONDS,
-    WAIT_MIN_PAUSE_SECONDS,
-    WAIT_OLD_SHARE_PERCENT,
-    WAIT_REFERENCE_INTERVAL_SECONDS,
-    WAIT_SCHEDULE_ENV,
-    WAIT_YOUNG_PHASE_SECONDS,
-    WAIT_YOUNG_SHARE_PERCENT,
+from test_driver import _protocol
+from test_driver._constants import DEFAULT_QMP_EVENT_TIMEOUT, DEFAULT_TIMEOUT
+from test_driver._protocol import (
+    STATUS_NOT_WAITED,
+    MachineState,
+    RunReply,
+    WaitReply,
+    timed_out_message,
 )
 from test_driver.duration import Duration, finite_or_none, to_limit, to_seconds
 from test_driver.efi import EfiVariable
@@ -69,21 +65,8 @@ def _fmt_seconds(secs: float) -> str:
     return repr(float(secs))
 
 
-#: `retry` counts a callable's wall-clock time as its cost (it cannot tell guest work from
-#: host work such as OCR), so a slow callable would pause for 24 times as long; this bounds
-#: that pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
-RETRY_MAX_COST_PAUSE_SECONDS = 5.0
-
-
-def _retry_pause(age: float, cost: float) -> float:
-    """The wait schedule (`machine::waits::Pacing`): a pause that grows with the wait's age
-    (at most a twentieth of it, 20 ms .. 1 s) and with the attempt's cost (3 x cost while the
-    wait is younger than a second, 25 % of a CPU; then 24 x cost, 4 %)."""
-    if os.environ.get(WAIT_SCHEDULE_ENV) == "reference":
-        return WAIT_REFERENCE_INTERVAL_SECONDS
-    floor = min(max(age / WAIT_AGE_DIVISOR, WAIT_MIN_PAUSE_SECONDS), WAIT_MAX_AGE_PAUSE_SECONDS)
-    share = WAIT_YOUNG_SHARE_PERCENT if age < WAIT_YOUNG_PHASE_SECONDS else WAIT_OLD_SHARE_PERCENT
-    return max(floor, min((100 / share - 1) * cost, RETRY_MAX_COST_PAUSE_SECONDS))
+#: One slice of a wait: ``(timeout, age, slice)`` in seconds to the driver's reply.
+_WaitSlice = Callable[[float | None, float, float | None], WaitReply]
 
 
 def retry(
@@ -96,9 +79,9 @@ def retry(
 
     Accepts all three upstream signatures: ``retry(fn, 30)``, ``retry(fn, timeout_seconds=30)``
     and ``retry(fn, timeout=30)``, with numbers or timedeltas. Unlike upstream it does not sleep
-    a fixed second between attempts: it follows the wait schedule (`_retry_pause`), so a
-    condition is noticed soon after it holds while a slow callable keeps its share of the CPU
-    small.
+    a fixed second between attempts: it follows the wait schedule (the driver computes each
+    pause), so a condition is noticed soon after it holds while a slow callable keeps its share
+    of the CPU small.
     """
     if timeout_seconds is not None and timeout is not None:
         raise TypeError("retry() takes timeout_seconds or timeout, not both")
@@ -110,12 +93,10 @@ def retry(
             return
         now = time.monotonic()
         left = total - (now - start)
-        time.sleep(max(0.0, min(_retry_pause(now - start, now - t0), left)))
+        pause = _protocol.retry_pause(age=now - start, cost=now - t0)
+        time.sleep(max(0.0, min(pause, left)))
     if not fn(True):
-        elapsed = time.monotonic() - start
-        raise RequestedAssertionFailed(
-            f"action timed out after {elapsed:.2f} seconds (timeout={_fmt_seconds(total)})"
-        )
+        raise RequestedAssertionFailed(timed_out_message(time.monotonic() - start, total))
 
 
 class QemuStartCommand(str):
@@ -141,15 +122,13 @@ class QemuStartCommand(str):
     ) -> str:
         """The command that runs: the start command plus the QEMU arguments the driver
         appends (it builds them; this asks it)."""
-        command: str = _rpc.channel().call(
-            "qemu_command",
+        return _protocol.qemu_command(
             start_command=str(self),
             monitor=str(monitor_socket_path),
             qmp=str(qmp_socket_path),
             shell=str(shell_socket_path),
             allow_reboot=allow_reboot,
         )
-        return command
 
 
 class BaseMachine:
@@ -198,9 +177,8 @@ class BaseMachine:
 
     # -- state ---------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = _rpc.channel().call("state", machine=self.name)
-        return state
+    def _state(self) -> MachineState:
+        return _protocol.state(machine=self.name)
 
     @property
     def booted(self) -> bool:
@@ -209,7 +187,7 @@ class BaseMachine:
     @booted.setter
     def booted(self, value: bool) -> None:
         if not value:
-            _rpc.channel().call("mark_disconnected", machine=self.name)
+            _protocol.mark_disconnected(machine=self.name)
 
     @property
     def connected(self) -> bool:
@@ -218,7 +196,7 @@ class BaseMachine:
     @connected.setter
     def connected(self, value: bool) -> None:
         if not value:
-            _rpc.channel().call("mark_disconnected", machine=self.name)
+            _protocol.mark_disconnected(machine=self.name)
 
     @property
     def pid(self) -> int | None:
@@ -271,33 +249,33 @@ class BaseMachine:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, allow_reboot: bool = False) -> None:
-        _rpc.channel().call("start", machine=self.name, allow_reboot=allow_reboot)
+        _protocol.start(machines=[self.name], allow_reboot=allow_reboot)
 
     def connect(self) -> None:
-        _rpc.channel().call("connect", machine=self.name)
+        _protocol.connect(machine=self.name)
 
-    def _power_off(self, op: str, timeout: Duration | None = None) -> None:
+    def _power_off(self, send: Callable[[], None], crash: bool = False) -> None:
         """Wait for QEMU to end (after asking it to, for ``shutdown``/``crash``). On a machine
         that is not running this only acknowledges an exit nobody asked for, so that the
         next command boots the machine again."""
-        seconds = to_seconds(timeout)
         if not self.booted:
-            _rpc.channel().call(op, machine=self.name, timeout=seconds)
+            send()
             return
-        if op == "crash":
+        if crash:
             self.log("forced crash")
         with self.nested("waiting for the VM to power off"):
             sys.stdout.flush()
-            _rpc.channel().call(op, machine=self.name, timeout=seconds)
+            send()
 
     def wait_for_shutdown(self, timeout: Duration | None = None) -> None:
-        self._power_off("wait_for_shutdown", timeout)
+        seconds = to_seconds(timeout)
+        self._power_off(lambda: _protocol.wait_for_shutdown(machine=self.name, timeout=seconds))
 
     def shutdown(self) -> None:
-        self._power_off("shutdown")
+        self._power_off(lambda: _protocol.shutdown(machine=self.name))
 
     def crash(self) -> None:
-        self._power_off("crash")
+        self._power_off(lambda: _protocol.crash(machine=self.name), crash=True)
 
     def reboot(self) -> None:
         """Press Ctrl+Alt+Delete; the next command waits for the shell again.
@@ -345,21 +323,25 @@ class BaseMachine:
         serial console. stdin is ``/dev/null``.
         """
         self.run_callbacks()
-        reply = _rpc.channel().call(
-            "execute",
+        reply = _protocol.execute(
             machine=self.name,
             command=command,
             timeout=to_seconds(timeout),
             check_output=check_output,
         )
-        if not check_output:
-            return (-2, "")
+        return self._result(reply, check_return)
+
+    def _result(self, reply: RunReply, check_return: bool = True) -> tuple[int, str]:
+        """``(status, output)`` as upstream's `execute` returns them."""
+        status = reply["status"]
+        if status is None:
+            return (STATUS_NOT_WAITED, "")
         output = base64.b64decode(reply["output"])
-        if reply.get("truncated"):
+        if reply["truncated"]:
             self.log(f"output truncated: {reply['truncated']} bytes beyond 256 MiB were dropped")
         if not check_return:
             return (-1, output.decode())
-        return (int(reply["status"]), output.decode(errors="replace"))
+        return (status, output.decode(errors="replace"))
 
     def succeed(self, *commands: str, timeout: Duration | None = None) -> str:
         """Run each command; raise `RequestedAssertionFailed` if one exits non-zero."""
@@ -388,38 +370,42 @@ class BaseMachine:
                 output += out
         return output
 
-    def _wait(self, until: str, timeout: Duration | None, **condition: Any) -> dict[str, Any]:
-        """Wait inside the guest until the driver's condition ``until`` holds (``success``,
-        ``failure``, ``file``, ``open_port``, ``unit``, …; the guest-side checks live in the
-        driver), within ``timeout``. While polling conditions are active the wait is cut into
-        slices so that they are checked as often as upstream checks them."""
-        total = to_limit(timeout, DEFAULT_TIMEOUT)
+    def _wait(self, timeout: Duration | None, send: _WaitSlice) -> WaitReply:
+        """Wait inside the guest until the condition ``send`` asks the driver for holds (the
+        guest-side checks live in the driver), within ``timeout``; the driver raises when it
+        cannot hold or the time is up. While polling conditions are active the wait is cut
+        into slices so that they are checked as often as upstream checks them."""
+        total = finite_or_none(to_limit(timeout, DEFAULT_TIMEOUT))
         start = time.monotonic()
         while True:
             self.run_callbacks()
-            left = max(0.0, total - (time.monotonic() - start))
-            budget = left
-            slice_ = _polling_slice()
-            if slice_ is not None:
-                budget = min(budget, slice_)
-            reply: dict[str, Any] = _rpc.channel().call(
-                "wait",
-                machine=self.name,
-                until=until,
-                budget=finite_or_none(budget),
-                age=time.monotonic() - start,
-                **condition,
-            )
+            reply = send(total, time.monotonic() - start, _polling_slice())
             if reply["met"]:
                 return reply
-            if budget >= left:
-                elapsed = time.monotonic() - start
-                raise RequestedAssertionFailed(
-                    f"action timed out after {elapsed:.2f} seconds (timeout={_fmt_seconds(total)})"
-                )
+
+    def _wait_command(self, command: str, until_success: bool, timeout: Duration) -> WaitReply:
+        return self._wait(
+            timeout,
+            lambda t, age, s: _protocol.wait_command(
+                machine=self.name,
+                command=command,
+                until_success=until_success,
+                timeout=t,
+                age=age,
+                slice=s,
+            ),
+        )
+
+    def _wait_port(self, addr: str, port: int | str, open: bool, timeout: Duration) -> WaitReply:
+        return self._wait(
+            timeout,
+            lambda t, age, s: _protocol.wait_port(
+                machine=self.name, addr=addr, port=port, open=open, timeout=t, age=age, slice=s
+            ),
+        )
 
     @staticmethod
-    def _output(reply: dict[str, Any]) -> str:
+    def _output(reply: WaitReply) -> str:
         return base64.b64decode(reply["output"]).decode(errors="replace")
 
     def _wait_bounded_attempts(
@@ -451,7 +437,7 @@ class BaseMachine:
         with self.nested(f"waiting for success: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, True, timeout, attempt_timeout)
-            return self._output(self._wait("success", timeout, command=command))
+            return self._output(self._wait_command(command, True, timeout))
 
     def wait_until_fails(
         self,
@@ -464,30 +450,40 @@ class BaseMachine:
         with self.nested(f"waiting for failure: {command}"):
             if attempt_timeout is not None:
                 return self._wait_bounded_attempts(command, False, timeout, attempt_timeout)
-            return self._output(self._wait("failure", timeout, command=command))
+            return self._output(self._wait_command(command, False, timeout))
 
     def wait_for_file(self, filename: str, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         with self.nested(f"waiting for file '{filename}'"):
-            self._wait("file", timeout, path=filename)
+            self._wait(
+                timeout,
+                lambda t, age, s: _protocol.wait_file(
+                    machine=self.name, path=filename, timeout=t, age=age, slice=s
+                ),
+            )
 
     def wait_for_open_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr}"):
-            self._wait("open_port", timeout, addr=addr, port=port)
+            self._wait_port(addr, port, True, timeout)
 
     def wait_for_closed_port(
         self, port: int | str, addr: str = "localhost", timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
-            self._wait("closed_port", timeout, addr=addr, port=port)
+            self._wait_port(addr, port, False, timeout)
 
     def wait_for_open_unix_socket(
         self, addr: str, is_datagram: bool = False, timeout: Duration = DEFAULT_TIMEOUT
     ) -> None:
         kind = "datagram" if is_datagram else "stream"
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
-            self._wait("unix_socket", timeout, path=addr, datagram=is_datagram)
+            self._wait(
+                timeout,
+                lambda t, age, s: _protocol.wait_unix_socket(
+                    machine=self.name, path=addr, datagram=is_datagram, timeout=t, age=age, slice=s
+                ),
+            )
 
     def sleep(self, secs: Duration | None = None, duration: Duration | None = None) -> None:
         """Sleep in the guest (guest time)."""
@@ -500,14 +496,13 @@ class BaseMachine:
     # -- systemd -------------------------------------------------------------------------
 
     def systemctl(self, q: str, user: str | None = None) -> tuple[int, str]:
-        if user is not None:
-            q = q.replace("'", "\\'")
-            return self.execute(
-                f"su -l {user} --shell /bin/sh -c "
-                "$'XDG_RUNTIME_DIR=/run/user/`id -u` "
-                f"systemctl --user {q}'"
-            )
-        return self.execute(f"systemctl {q}")
+        """``systemctl q`` in the guest, for ``user``'s manager if given (upstream's ``su``
+        wrapper; the driver builds the command, as for its unit waits)."""
+        self.run_callbacks()
+        timeout = DEFAULT_TIMEOUT.total_seconds()
+        return self._result(
+            _protocol.systemctl(machine=self.name, query=q, user=user, timeout=timeout)
+        )
 
     def start_job(self, jobname: str, user: str | None = None) -> tuple[int, str]:
         return self.systemctl(f"start {jobname}", user)
@@ -561,7 +556,12 @@ class BaseMachine:
         pending jobs (upstream semantics). The check loops inside the guest."""
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit}{with_user}"):
-            self._wait("unit", timeout, unit=unit, user=user)
+            self._wait(
+                timeout,
+                lambda t, age, s: _protocol.wait_unit(
+                    machine=self.name, unit=unit, user=user, timeout=t, age=age, slice=s
+                ),
+            )
 
     def wait_for_job(self, jobname: str) -> None:
         """Legacy name of `wait_for_unit`."""
@@ -578,7 +578,18 @@ class BaseMachine:
         ``failed`` or ``inactive``)."""
         with_user = f" with user {user}" if user is not None else ""
         with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
-            self._wait("unit_state", timeout, unit=unit, state=state, user=user)
+            self._wait(
+                timeout,
+                lambda t, age, s: _protocol.wait_unit_state(
+                    machine=self.name,
+                    unit=unit,
+                    state=state,
+                    user=user,
+                    timeout=t,
+                    age=age,
+                    slice=s,
+                ),
+            )
 
     # -- console and monitor -------------------------------------------------------------
 
@@ -591,7 +602,7 @@ class BaseMachine:
         with self.nested(f"waiting for {regex} to appear on console"):
             while True:
                 left = None if total is None else max(0.0, total - (time.monotonic() - start))
-                reply = _rpc.channel().call("console_wait", machine=self.name, timeout=left)
+                reply = _protocol.console_wait(machine=self.name, timeout=left)
                 for line in reply["lines"]:
                     seen += line
                     if pattern.search(seen):
@@ -600,17 +611,13 @@ class BaseMachine:
                     raise RequestedAssertionFailed(
                         f"{self.name} stopped before {regex!r} appeared on its console"
                     )
-                if total is not None and time.monotonic() - start >= total:
+                if reply["timed_out"] and total is not None:
                     elapsed = time.monotonic() - start
-                    raise RequestedAssertionFailed(
-                        f"action timed out after {elapsed:.2f} seconds "
-                        f"(timeout={_fmt_seconds(total)})"
-                    )
+                    raise RequestedAssertionFailed(timed_out_message(elapsed, total))
 
     def get_console_log(self) -> str:
         """Everything the serial console printed since the last start, one line per line."""
-        log: str = _rpc.channel().call("console_log", machine=self.name)
-        return log
+        return _protocol.console_log(machine=self.name)
 
     @property
     def full_console_log(self) -> list[str]:
@@ -624,7 +631,7 @@ class BaseMachine:
         return "(qemu) "
 
     def send_console(self, chars: str) -> None:
-        _rpc.channel().call("send_console", machine=self.name, data=chars)
+        _protocol.send_console(machine=self.name, data=chars)
 
     def send_monitor_command(self, command: str) -> str:
         """Run an HMP command and return what upstream's raw monitor socket shows for it:
@@ -634,7 +641,7 @@ class BaseMachine:
         added here because scripts test for them (``assert "(qemu)" in r``).
         """
         self.run_callbacks()
-        out: str = _rpc.channel().call("hmp", machine=self.name, command=command)
+        out = _protocol.hmp(machine=self.name, command=command)
         return f"{command}\r\n{out}(qemu) "
 
     def wait_for_qmp_event(
@@ -646,10 +653,9 @@ class BaseMachine:
         start = time.monotonic()
         while True:
             left = None if total is None else max(0.0, total - (time.monotonic() - start))
-            event = _rpc.channel().call("qmp_event", machine=self.name, timeout=left)
-            if event is not None and event_filter(event):
-                result: dict[str, Any] = event
-                return result
+            event = _protocol.qmp_event(machine=self.name, timeout=left)
+            if isinstance(event, dict) and event_filter(event):
+                return event
             if total is not None and time.monotonic() - start >= total:
                 raise TimeoutError(f"no matching QMP event within {_fmt_seconds(total)} s")
 
@@ -745,8 +751,7 @@ class BaseMachine:
         """QMP screendump as PNG (QEMU >= 7.1); older QEMU: PPM converted by pnmtopng."""
         self.run_callbacks()
         try:
-            _rpc.channel().call(
-                "qmp",
+            _protocol.qmp(
                 machine=self.name,
                 execute="screendump",
                 arguments={"filename": os.path.abspath(path), "format": "png"},
@@ -757,9 +762,7 @@ class BaseMachine:
                 raise MachineError(f"screendump failed: {e}") from None
         with tempfile.TemporaryDirectory() as tmp:
             ppm = os.path.join(tmp, "screen.ppm")
-            _rpc.channel().call(
-                "qmp", machine=self.name, execute="screendump", arguments={"filename": ppm}
-            )
+            _protocol.qmp(machine=self.name, execute="screendump", arguments={"filename": ppm})
             try:
                 with open(path, "wb") as out:
                     rc = subprocess.run(["pnmtopng", ppm], stdout=out).returncode
@@ -851,7 +854,12 @@ class BaseMachine:
     def wait_for_x(self, timeout: Duration = DEFAULT_TIMEOUT) -> None:
         """Wait until the X11 server accepts connections."""
         with self.nested("waiting for the X11 server"):
-            self._wait("x11", timeout)
+            self._wait(
+                timeout,
+                lambda t, age, s: _protocol.wait_x11(
+                    machine=self.name, timeout=t, age=age, slice=s
+                ),
+            )
 
     def get_window_names(self) -> list[str]:
         return self.succeed(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from test_driver import _rpc
+from test_driver import _protocol
 from test_driver.duration import Duration, to_seconds
 from test_driver.errors import QMPAPIError
 
@@ -23,27 +23,21 @@ class QMPSession:
     def send(self, cmd: str, args: dict[str, Any] = {}) -> dict[str, Any]:
         """Run a QMP command; returns QEMU's reply (``{"return": ...}``) or raises
         `QMPAPIError`."""
-        result = _rpc.channel().call(
-            "qmp", machine=self._machine, execute=cmd, arguments=args or None
-        )
+        result = _protocol.qmp(machine=self._machine, execute=cmd, arguments=args or None)
         return {"return": result}
 
     def wait_for_event(self, timeout: Duration = timedelta(seconds=10)) -> dict[str, Any]:
         """The next QMP event; `TimeoutError` if none arrives within ``timeout``."""
-        event: dict[str, Any] | None = _rpc.channel().call(
-            "qmp_event", machine=self._machine, timeout=to_seconds(timeout)
-        )
-        if event is None:
+        event = _protocol.qmp_event(machine=self._machine, timeout=to_seconds(timeout))
+        if not isinstance(event, dict):
             raise TimeoutError(f"no QMP event within {to_seconds(timeout)} s")
         return event
 
     def events(self, timeout: Duration = timedelta(seconds=10)) -> Iterator[dict[str, Any]]:
         """The events already queued (does not wait for new ones)."""
         while True:
-            event: dict[str, Any] | None = _rpc.channel().call(
-                "qmp_event", machine=self._machine, timeout=0.0
-            )
-            if event is None:
+            event = _protocol.qmp_event(machine=self._machine, timeout=0.0)
+            if not isinstance(event, dict):
                 return
             yield event
 
