@@ -5,6 +5,7 @@
 //! percent-encoded where they could hold spaces. Pure: [`Manifest::encode`] and
 //! [`Manifest::decode`] are exact inverses, and decoding rejects anything it does not know.
 
+use super::codec::Codec;
 use std::fmt::Write as _;
 
 /// One file of an entry.
@@ -57,6 +58,8 @@ pub struct Manifest {
     pub disks: Vec<DiskRecord>,
     pub mounts: Vec<Mount9p>,
     pub files: Vec<FileRecord>,
+    /// How the migration stream is stored (a `codec` line unless raw).
+    pub codec: Codec,
 }
 
 const MAGIC: &str = "ntd-checkpoint";
@@ -144,6 +147,9 @@ impl Manifest {
         for f in &self.files {
             let _ = writeln!(s, "file {} {} {:08x}", enc(&f.name), f.len, f.crc);
         }
+        if self.codec != Codec::Raw {
+            let _ = writeln!(s, "codec {}", self.codec.name());
+        }
         let crc = crc32fast::hash(s.as_bytes());
         let _ = writeln!(s, "crc {crc:08x}");
         s
@@ -181,6 +187,7 @@ impl Manifest {
             disks: Vec::new(),
             mounts: Vec::new(),
             files: Vec::new(),
+            codec: Codec::Raw,
         };
         for line in lines {
             let f: Vec<&str> = line.split(' ').collect();
@@ -219,6 +226,7 @@ impl Manifest {
                     len: num(2)?,
                     crc: u32::from_str_radix(f[3], 16).map_err(|_| bad())?,
                 }),
+                ("codec", 2) => m.codec = Codec::parse(f[1]).ok_or_else(bad)?,
                 _ => return Err(bad()),
             }
         }
@@ -281,6 +289,7 @@ pub(crate) mod tests_support {
                     crc: 1,
                 },
             ],
+            codec: Codec::Raw,
         }
     }
 }
@@ -296,6 +305,17 @@ mod tests {
         let text = m.encode();
         assert_eq!(Manifest::decode(&text), Ok(m));
         assert!(text.contains("name web%20server\n"), "{text}");
+        assert!(
+            !text.contains("codec"),
+            "a raw stream needs no line: {text}"
+        );
+        let m = Manifest {
+            codec: Codec::Zstd,
+            ..sample()
+        };
+        let text = m.encode();
+        assert!(text.contains("codec zstd\n"), "{text}");
+        assert_eq!(Manifest::decode(&text), Ok(m));
     }
 
     #[test]

@@ -12,7 +12,9 @@ mod checkpoints;
 mod control;
 mod deadline;
 mod dirs;
+mod gate;
 mod pending;
+mod save_group;
 mod serve;
 mod shell_op;
 mod shim;
@@ -122,7 +124,7 @@ pub struct Driver {
     /// Network faults in force, for the trace timeline (closed when replaced or healed).
     fault_spans: Vec<vlans::FaultSpan>,
     /// Boot checkpoints (`--checkpoints`), when on.
-    checkpoints: Option<checkpoints::Checkpoints>,
+    checkpoints: Option<gate::Checkpoints>,
 }
 
 impl Driver {

@@ -41,9 +41,16 @@ const OWN_EVENTS: &[&str] = &["STOP", "RESUME", "MIGRATION", "MIGRATION_PASS"];
 pub(crate) struct RestorePlan {
     pub entry: PathBuf,
     pub manifest: Manifest,
-    /// Held (never read): its shared `flock` keeps the entry from eviction.
+    /// Held (never read): its shared `flock` keeps the entry from eviction (`None`: a
+    /// run-private snapshot or a capsule, which nobody evicts).
     #[allow(dead_code)]
-    pub lock: EntryLock,
+    pub lock: Option<EntryLock>,
+    /// A boot checkpoint: when the restore fails, boot normally. Otherwise (a named
+    /// snapshot, a capsule) the machine stays stopped and the failure is reported.
+    pub fallback: bool,
+    /// Replay the saved console lines into the log and console buffer (a boot checkpoint:
+    /// its boot's lines; a named snapshot continues the run's own console instead).
+    pub replay_console: bool,
 }
 
 /// The machine's checkpoint state (one field of [`Machine`]).
@@ -60,6 +67,8 @@ pub(crate) struct Checkpointing {
     outcome: Option<SaveOutcome>,
     /// The cut this boot was restored from.
     restored: Option<String>,
+    /// Why the last restore without fallback failed (taken by whoever asked for it).
+    restore_error: Option<String>,
 }
 
 enum Op {
@@ -181,7 +190,7 @@ impl Machine {
     /// QEMU exited while a restore ran: boot normally instead (true), or nothing to do here.
     pub(super) fn checkpoint_exit(&mut self, cx: &mut Ctx<'_>, info: ExitInfo) -> bool {
         let restoring = matches!(&self.ckpt.op, Some(Op::Restore(_)));
-        let Some(Op::Restore(r)) = self.ckpt.op.take() else {
+        let Some(Op::Restore(mut r)) = self.ckpt.op.take() else {
             return false;
         };
         if !r.falling_back() && self.killed {
@@ -189,6 +198,16 @@ impl Machine {
             return false;
         }
         debug_assert!(restoring);
+        if !r.fallback() {
+            // A named snapshot or a capsule: no normal boot instead; the machine stops here.
+            r.remove_disk_copies(&self.paths.state_dir);
+            let why = r
+                .error
+                .take()
+                .unwrap_or_else(|| format!("QEMU exited ({info}) while restoring"));
+            self.ckpt.restore_error = Some(why);
+            return false;
+        }
         if !r.falling_back() {
             cx.log.warning(
                 Some(&self.name),
@@ -219,6 +238,7 @@ impl Machine {
     ) -> Vec<String> {
         self.ckpt.env = env.to_vec();
         self.ckpt.restored = None;
+        self.ckpt.restore_error = None;
         self.ckpt.op = None;
         let mut args = Vec::new();
         if self.ckpt.vmgenid {
@@ -239,9 +259,13 @@ impl Machine {
         args
     }
 
-    /// After `start` spawned QEMU: a restore replays the boot's console lines.
+    /// After `start` spawned QEMU: a restore of a boot checkpoint replays the boot's console
+    /// lines.
     pub(super) fn checkpoint_spawned(&mut self, cx: &mut Ctx<'_>) {
         if let Some(Op::Restore(r)) = &mut self.ckpt.op {
+            if !r.replays_console() {
+                return;
+            }
             let text = std::mem::take(&mut r.console);
             let mut lines = Vec::new();
             self.console.feed(text.as_bytes(), &mut lines);
@@ -285,15 +309,24 @@ impl Machine {
         self.ckpt.plan.is_some()
     }
 
+    /// Why the last restore without fallback failed, once.
+    pub(crate) fn take_restore_error(&mut self) -> Option<String> {
+        self.ckpt.restore_error.take()
+    }
+
+    /// The cut the running machine was restored from, if it was.
+    pub(crate) fn restored_cut(&self) -> Option<&str> {
+        self.ckpt.restored.as_deref()
+    }
+
     /// Append `-device vmgenid` to every boot from now on.
     pub(crate) fn set_vmgenid(&mut self, on: bool) {
         self.ckpt.vmgenid = on;
     }
 }
 
-/// `{"uri": …}` for QMP's migrate commands: QEMU runs an `exec:` command with `/bin/sh -c`.
-fn exec_uri(command: &str, path: &std::path::Path) -> Value {
-    let mut uri = format!("exec:{command} ");
-    super::words::shell_quote(&path.display().to_string(), &mut uri);
-    obj([("uri", Value::from(uri))])
+/// `{"uri": …}` for QMP's migrate commands: QEMU runs an `exec:` command with `/bin/sh -c`
+/// (the commands are [`crate::checkpoint::codec`]'s).
+fn exec_uri(command: String) -> Value {
+    obj([("uri", Value::from(format!("exec:{command}")))])
 }

@@ -60,6 +60,8 @@ pub(in crate::machine) struct Restore {
     clock_steps: u32,
     /// Disk overlays copied into the state directory.
     copied: Vec<PathBuf>,
+    /// Why it failed (for a restore without fallback).
+    pub(super) error: Option<String>,
 }
 
 fn record<'a>(files: &'a [FileRecord], name: &str) -> Result<&'a FileRecord, String> {
@@ -118,11 +120,21 @@ impl Restore {
             resumed_at_us: 0,
             clock_steps: 0,
             copied,
+            error: None,
         })
     }
 
     pub(super) fn cut(&self) -> &str {
         &self.plan.manifest.cut
+    }
+
+    /// A failure boots normally (a boot checkpoint).
+    pub(super) fn fallback(&self) -> bool {
+        self.plan.fallback
+    }
+
+    pub(super) fn replays_console(&self) -> bool {
+        self.plan.replay_console
     }
 
     pub(super) fn falling_back(&self) -> bool {
@@ -149,12 +161,16 @@ impl Restore {
 }
 
 impl Machine {
-    /// Give up this restore: kill QEMU; its exit starts a normal boot (`checkpoint_exit`).
+    /// Give up this restore: kill QEMU; its exit starts a normal boot (`checkpoint_exit`),
+    /// or, without fallback, leaves the machine stopped with the error for whoever asked.
     fn restore_fail(&mut self, cx: &mut Ctx<'_>, r: &mut Restore, why: &str) {
-        cx.log.warning(
-            Some(&self.name),
-            &format!("cannot restore from the checkpoint: {why}; booting normally"),
-        );
+        if r.fallback() {
+            cx.log.warning(
+                Some(&self.name),
+                &format!("cannot restore from the checkpoint: {why}; booting normally"),
+            );
+        }
+        r.error = Some(why.to_owned());
         r.step = Step::FallingBack;
         self.kill_now();
     }
@@ -201,7 +217,8 @@ impl Machine {
                         );
                         self.restore_fail(cx, r, &why);
                     } else {
-                        let args = exec_uri("cat", &r.plan.entry.join(RAM));
+                        let args =
+                            exec_uri(r.plan.manifest.codec.load_command(&r.plan.entry.join(RAM)));
                         match self.ckpt_qmp(cx, "migrate-incoming", Some(args)) {
                             Ok(p) => r.step = Step::Incoming(p),
                             Err(e) => self.restore_fail(cx, r, &e),

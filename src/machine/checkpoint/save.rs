@@ -7,6 +7,7 @@
 //! of one save together.
 
 use super::{exec_uri, Machine, Op, Pending, MIGRATION_PATIENCE, OWN_EVENTS, POLL_MIGRATION};
+use crate::checkpoint::codec::Codec;
 use crate::checkpoint::guest::{self as cg, MountVerdict};
 use crate::checkpoint::manifest::{DiskRecord, FileRecord, Manifest, Mount9p, SessionRecord};
 use crate::checkpoint::store;
@@ -14,7 +15,11 @@ use crate::checkpoint::{CONSOLE, RAM};
 use crate::json::Value;
 use crate::reactor::Ctx;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Longest wait for the stream's writer after QEMU finished the migration (it is at most a
+/// pipe buffer and the compressor's window behind).
+const FLUSH_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What the driver asks for: which entry, which save, where to write.
 #[derive(Debug, Clone)]
@@ -22,6 +27,8 @@ pub(crate) struct SaveRequest {
     pub key: String,
     pub cut: String,
     pub tmp: PathBuf,
+    /// How the migration stream is stored.
+    pub codec: Codec,
 }
 
 /// How a save ended.
@@ -55,6 +62,11 @@ enum Step {
     Blocks(Pending),
     Continuing(Pending),
     Resuming(Instant),
+    /// Running again; waiting for the stream's writer to finish (`ram` appears).
+    Flushing {
+        next: Instant,
+        give_up: Instant,
+    },
 }
 
 pub(super) struct Save {
@@ -73,9 +85,9 @@ pub(super) struct Save {
 }
 
 impl Save {
-    /// While true, the test must not use the machine (always, while the save runs).
+    /// While true, the test must not use the machine (until it runs again with its shares).
     pub(super) fn owns_machine(&self) -> bool {
-        true
+        !matches!(self.step, Step::Flushing { .. })
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {
@@ -88,6 +100,7 @@ impl Save {
             | Step::Blocks(p)
             | Step::Continuing(p) => Some(p.give_up),
             Step::Polling { query, next, .. } => Some(query.map_or(*next, |p| p.give_up)),
+            Step::Flushing { next, .. } => Some(*next),
         }
     }
 }
@@ -241,7 +254,7 @@ impl Machine {
                 None => s.step = Step::Version(p),
                 Some(r) => {
                     s.qemu_version = r.as_ref().map(qemu_version).unwrap_or_default();
-                    let args = exec_uri("cat >", &s.req.tmp.join(RAM));
+                    let args = exec_uri(s.req.codec.save_command(&s.req.tmp.join(RAM)));
                     match self.ckpt_qmp(cx, "migrate", Some(args)) {
                         Ok(p) => s.step = Step::Migrating(p),
                         Err(e) => self.save_fail(cx, s, e),
@@ -302,13 +315,36 @@ impl Machine {
                     if let Some(e) = s.error.take() {
                         return self.save_over(SaveOutcome::Failed(e));
                     }
+                    let now = Instant::now();
+                    s.step = Step::Flushing {
+                        next: now,
+                        give_up: now + FLUSH_PATIENCE,
+                    };
+                }
+            },
+            Step::Flushing { next, give_up } => {
+                let now = Instant::now();
+                if s.req.tmp.join(RAM).exists() {
                     let manifest = self.save_manifest(s);
                     return self.save_over(SaveOutcome::Saved {
                         manifest,
                         tmp: s.req.tmp.clone(),
                     });
                 }
-            },
+                if now >= give_up {
+                    return self.save_over(SaveOutcome::Failed(
+                        "the migration stream's writer did not finish in time".into(),
+                    ));
+                }
+                s.step = Step::Flushing {
+                    next: if now >= next {
+                        now + POLL_MIGRATION
+                    } else {
+                        next
+                    },
+                    give_up,
+                };
+            }
         }
         false
     }
@@ -437,6 +473,7 @@ impl Machine {
             disks: s.disks.clone(),
             mounts: s.mounts.clone(),
             files: s.files.clone(),
+            codec: s.req.codec,
         }
     }
 }
