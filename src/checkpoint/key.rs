@@ -264,6 +264,18 @@ fn identify(path: &str) -> io::Result<Option<FileId>> {
 
 /// Read what a start command names (the script, the files, the environment) into
 /// [`KeyInputs`]. `env` looks up a variable of the environment the start script will get.
+/// Whether the start command or the script it runs adds a vmgenid device itself (QEMU takes
+/// one; ntd then adds none).
+pub fn names_vmgenid(command: &str) -> bool {
+    let program = command.split_whitespace().next().unwrap_or_default();
+    let script = match std::fs::metadata(program) {
+        Ok(m) if m.is_file() && m.len() <= SCRIPT_LIMIT => std::fs::read(program).ok(),
+        _ => None,
+    };
+    let names = |t: &[u8]| memchr::memmem::find(t, b"vmgenid").is_some();
+    names(command.as_bytes()) || script.as_deref().is_some_and(names)
+}
+
 pub fn gather(
     command: &str,
     env: &dyn Fn(&str) -> Option<String>,

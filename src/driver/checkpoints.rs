@@ -18,6 +18,25 @@ use crate::rpc::ops::Request;
 use std::time::Instant;
 
 impl Driver {
+    /// Give every machine a vmgenid device when it may be saved and restored: with
+    /// `--checkpoints`, `--keep-failed`, or a script that takes snapshots. The device set
+    /// of a saved and a restored QEMU must match, so it is on from the first boot; it makes
+    /// a restored guest reseed its random number generator.
+    pub(super) fn setup_vmgenid(&mut self) {
+        let script_snapshots = self
+            .opts
+            .test_script
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .is_some_and(|t| memchr::memmem::find(&t, b"snapshot").is_some());
+        if self.opts.checkpoints.is_none() && !script_snapshots {
+            return;
+        }
+        for m in &mut self.machines {
+            m.set_vmgenid(!key::names_vmgenid(&m.start_command));
+        }
+    }
+
     /// Open DIR, key every configured machine and pick what each restores from.
     pub(super) fn setup_checkpoints(&mut self) {
         let Some(dir) = self.opts.checkpoints.clone() else {

@@ -18,6 +18,7 @@ mod save_group;
 mod serve;
 mod shell_op;
 mod shim;
+mod snapshots;
 mod vlans;
 
 use crate::cli::Options;
@@ -125,6 +126,8 @@ pub struct Driver {
     fault_spans: Vec<vlans::FaultSpan>,
     /// Boot checkpoints (`--checkpoints`), when on.
     checkpoints: Option<gate::Checkpoints>,
+    /// Named snapshots of this run (`snapshot`, `snapshot_all`), once one was taken.
+    snapshots: Option<snapshots::Snapshots>,
 }
 
 impl Driver {
@@ -164,6 +167,7 @@ impl Driver {
             net_seed: 0,
             fault_spans: Vec::new(),
             checkpoints: None,
+            snapshots: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -181,6 +185,7 @@ impl Driver {
             d.add_machine(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
+        d.setup_vmgenid();
         d.setup_checkpoints();
         Ok(d)
     }
@@ -522,6 +527,7 @@ impl Driver {
             self.member_timers(Instant::now());
         }
         self.checkpoint_cleanup();
+        self.remove_snapshots();
         self.stop_vlans();
         for m in &mut self.machines {
             if !m.gone() {

@@ -120,6 +120,8 @@ struct Member {
 #[derive(Debug)]
 pub struct SaveGroup {
     members: Vec<Member>,
+    /// Ties with a machine that could not even begin: they do not go.
+    failed_ties: Vec<usize>,
     went: bool,
     released: bool,
     outcomes: Vec<(usize, SaveOutcome)>,
@@ -129,7 +131,8 @@ pub struct SaveGroup {
 
 impl SaveGroup {
     /// Begin saving `(machine, tie, request)`s. Machines that cannot begin are returned with
-    /// the reason (their directory removed); the others form the group.
+    /// the reason (their directory removed; the others of their tie will not go); the others
+    /// form the group.
     pub fn begin<M: Checkpointable>(
         machines: &mut [M],
         cx: &mut Ctx<'_>,
@@ -138,6 +141,7 @@ impl SaveGroup {
     ) -> (SaveGroup, Vec<(usize, String)>) {
         let mut members = Vec::new();
         let mut refused = Vec::new();
+        let mut failed_ties = Vec::new();
         for (machine, tie, req) in reqs {
             let tmp = req.tmp.clone();
             match machines[machine].begin_save(cx, req) {
@@ -145,11 +149,13 @@ impl SaveGroup {
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&tmp);
                     refused.push((machine, e));
+                    failed_ties.push(tie);
                 }
             }
         }
         let group = SaveGroup {
             members,
+            failed_ties,
             went: false,
             released: false,
             outcomes: Vec::new(),
@@ -161,11 +167,6 @@ impl SaveGroup {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
-    }
-
-    /// The machines of the group.
-    pub fn machines(&self) -> impl Iterator<Item = usize> + '_ {
-        self.members.iter().map(|m| m.machine)
     }
 
     pub fn began(&self) -> Instant {
@@ -235,6 +236,7 @@ impl SaveGroup {
                 .iter()
                 .filter(|m| self.finished(m.machine))
                 .map(|m| m.tie)
+                .chain(self.failed_ties.iter().copied())
                 .collect();
             for m in &self.members {
                 if self.finished(m.machine) {

@@ -162,6 +162,10 @@ protocol! {
     wait_for_shutdown: WaitForShutdown -> ();
     state: State -> MachineState;
     mark_disconnected: MarkDisconnected -> ();
+    snapshot: Snapshot -> ();
+    restore: RestoreSnapshot -> ();
+    snapshot_all: SnapshotAll -> ();
+    restore_all: RestoreAll -> ();
 }
 
 /// Decode one line from the shim.

@@ -63,6 +63,11 @@ impl Op {
             | Op::Shutdown(_)
             | Op::Crash(_)
             | Op::MarkDisconnected(_) => Guest(None),
+            // A snapshot holds the guests' state: none may be taken of a booting run before
+            // its boot checkpoint; a restore changes the guests.
+            Op::Snapshot(_) | Op::RestoreSnapshot(_) | Op::SnapshotAll(_) | Op::RestoreAll(_) => {
+                Guest(None)
+            }
         }
     }
 }

@@ -298,6 +298,28 @@ requests! {
     pub struct MarkDisconnected {
         pub machine: String = kind::STR,
     }
+
+    /// `machine.snapshot(name)`: save the running machine under `name` (run-private).
+    pub struct Snapshot {
+        pub machine: String = kind::STR,
+        pub name: String = kind::STR,
+    }
+
+    /// `machine.restore(name)`: put the machine back to its snapshot `name`.
+    pub struct RestoreSnapshot {
+        pub machine: String = kind::STR,
+        pub name: String = kind::STR,
+    }
+
+    /// `snapshot_all(name)`: save every running machine at one instant, and the vlans' faults.
+    pub struct SnapshotAll {
+        pub name: String = kind::STR,
+    }
+
+    /// `restore_all(name)`: put every machine and the vlans' faults back to `snapshot_all(name)`.
+    pub struct RestoreAll {
+        pub name: String = kind::STR,
+    }
 }
 
 /// `vlanN.impair(...)`: an [`Impairment`] checked by the switch's own validator

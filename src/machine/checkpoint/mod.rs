@@ -38,6 +38,7 @@ const OWN_EVENTS: &[&str] = &["STOP", "RESUME", "MIGRATION", "MIGRATION_PASS"];
 
 /// A checkpoint to start the machine from (chosen by the driver; the lock keeps the entry
 /// from being evicted while it is read).
+#[derive(Debug)]
 pub(crate) struct RestorePlan {
     pub entry: PathBuf,
     pub manifest: Manifest,

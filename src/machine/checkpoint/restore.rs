@@ -383,9 +383,10 @@ impl Machine {
         if report.no_vmgenid {
             cx.log.warning(
                 name,
-                "the guest kernel has no vmgenid driver (CONFIG_VMGENID): its random number \
-                 generator is not reseeded after the restore, so /dev/urandom repeats what the \
-                 saved machine produced until the kernel reseeds by itself (within a minute)",
+                "the restored guest has no VM generation ID (no vmgenid device, or its kernel \
+                 lacks CONFIG_VMGENID): its random number generator is not reseeded after the \
+                 restore, so /dev/urandom repeats what the saved machine produced until the \
+                 kernel reseeds by itself (within a minute)",
             );
         }
         if !report.mount_failed.is_empty() {
@@ -407,15 +408,16 @@ impl Machine {
     ) -> bool {
         let m = &r.plan.manifest;
         self.boot.mark(Milestone::ShellReady);
-        cx.log.machine(
-            &self.name,
-            &format!(
-                "restored from checkpoint (key {}, saved {}) in {} ms",
-                m.key,
-                m.cut,
-                r.started.elapsed().as_millis()
-            ),
-        );
+        let ms = r.started.elapsed().as_millis();
+        let what = if r.fallback() {
+            format!(
+                "restored from checkpoint (key {}, saved {}) in {ms} ms",
+                m.key, m.cut
+            )
+        } else {
+            format!("restored from {} in {ms} ms", m.key)
+        };
+        cx.log.machine(&self.name, &what);
         if let Some(e) = clock_error_us {
             cx.log.debug(
                 Some(&self.name),

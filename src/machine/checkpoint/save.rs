@@ -33,6 +33,8 @@ pub(crate) struct SaveRequest {
 
 /// How a save ended.
 #[derive(Debug)]
+// One per save, moved a few times: boxing the manifest would gain nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum SaveOutcome {
     /// Everything is in `tmp`; the manifest (without the stream's record, which the driver
     /// adds once it checksummed `tmp/ram`) is for the driver to commit.
