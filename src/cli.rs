@@ -50,6 +50,12 @@ pub struct Options {
     pub checkpoints: Option<PathBuf>,
     /// Size cap of the checkpoint directory in bytes (`--checkpoints-max-size`).
     pub checkpoints_max_size: u64,
+    /// ntd extension: when the test fails, save every running machine and the logs into this
+    /// directory (`--keep-failed`, `NTD_KEEP_FAILED`).
+    pub keep_failed: Option<PathBuf>,
+    /// `ntd resume DIR`: start the machines of the failure capsule in DIR (set by the
+    /// `resume` subcommand, never by an option).
+    pub resume: Option<PathBuf>,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -78,7 +84,9 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
                          [--capture-dir DIR] [--trace FILE] [--net-seed N]
-                         [--checkpoints DIR] [--checkpoints-max-size SIZE] [testscript]
+                         [--checkpoints DIR] [--checkpoints-max-size SIZE] [--keep-failed DIR]
+                         [testscript]
+       ntd resume DIR
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -99,6 +107,8 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
   --checkpoints DIR           ntd: restore booted machines from DIR, save them there (env NTD_CHECKPOINTS)
   --checkpoints-max-size SIZE ntd: size cap of DIR, e.g. 8G (default), 500M (env NTD_CHECKPOINTS_MAX_SIZE)
+  --keep-failed DIR           ntd: if the test fails, save its machines and logs into DIR (env NTD_KEEP_FAILED)
+  resume DIR                  ntd: start the machines saved in DIR and open the REPL there
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -135,6 +145,7 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--net-seed", None, Arity::One),
     ("--checkpoints", None, Arity::One),
     ("--checkpoints-max-size", None, Arity::One),
+    ("--keep-failed", None, Arity::One),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -321,6 +332,11 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             .get("NTD_CHECKPOINTS")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from),
+        keep_failed: env
+            .get("NTD_KEEP_FAILED")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        resume: None,
         checkpoints_max_size: match env.get("NTD_CHECKPOINTS_MAX_SIZE") {
             None => crate::checkpoint::DEFAULT_MAX_SIZE,
             Some(s) => parse_size(&s).ok_or_else(|| {
@@ -417,6 +433,9 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
     // by the command line.
     if let Some(d) = raw.one("--checkpoints") {
         o.checkpoints = Some(PathBuf::from(d));
+    }
+    if let Some(d) = raw.one("--keep-failed") {
+        o.keep_failed = Some(PathBuf::from(d));
     }
     if let Some(s) = raw.one("--checkpoints-max-size") {
         o.checkpoints_max_size = parse_size(&s).ok_or_else(|| {

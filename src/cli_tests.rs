@@ -263,3 +263,21 @@ fn bad_checkpoint_sizes_are_errors() {
     assert_eq!(parse_size("4096"), Some(4096));
     assert_eq!(parse_size("8 GB"), Some(8 << 30));
 }
+
+#[test]
+fn keep_failed_comes_from_the_environment_or_the_command_line() {
+    let cfg = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t"}"#,
+    );
+    let c = cfg.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &no_env()).unwrap().unwrap();
+    assert_eq!(o.keep_failed, None);
+    assert_eq!(o.resume, None, "only `ntd resume` sets it");
+    let env = MapEnv(HashMap::from([("NTD_KEEP_FAILED", "/env/capsule")]));
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.keep_failed, Some(PathBuf::from("/env/capsule")));
+    let o = parse(&args(&["-c", c, "--keep-failed", "/cli/capsule"]), &env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.keep_failed, Some(PathBuf::from("/cli/capsule")));
+}

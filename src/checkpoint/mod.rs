@@ -10,6 +10,7 @@
 //! migration, the session) live in `machine::checkpoint`; the driver decides when they run.
 //! Everything here is pure or reads and writes files only, never a socket.
 
+pub mod capsule;
 pub mod codec;
 pub mod guest;
 pub mod key;

@@ -96,10 +96,13 @@ pub struct EntryLock(#[allow(dead_code)] File);
 
 impl Store {
     /// Open (creating it if needed) and check that DIR is a writable directory; removes
-    /// stale temporary directories of dead runs.
+    /// stale temporary directories of dead runs. The store keeps DIR's absolute path (QEMU
+    /// runs in the machine's state directory and is given paths inside DIR).
     pub fn open(dir: &Path, max_size: u64) -> Result<Store, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let dir = &std::fs::canonicalize(dir)
+            .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
         let probe = dir.join(format!(
             ".tmp-{}-probe-{}",
             std::process::id(),

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 impl Driver {
     /// Give every machine a vmgenid device when it may be saved and restored: with
-    /// `--checkpoints`, `--keep-failed`, or a script that takes snapshots. The device set
+    /// `--checkpoints`, `--keep-failed`, or a script that takes snapshots (a resumed capsule
+    /// sets what each machine had). The device set
     /// of a saved and a restored QEMU must match, so it is on from the first boot; it makes
     /// a restored guest reseed its random number generator.
     pub(super) fn setup_vmgenid(&mut self) {
@@ -29,7 +30,8 @@ impl Driver {
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
             .is_some_and(|t| memchr::memmem::find(&t, b"snapshot").is_some());
-        if self.opts.checkpoints.is_none() && !script_snapshots {
+        let saved = self.opts.checkpoints.is_some() || self.opts.keep_failed.is_some();
+        if !saved && !script_snapshots {
             return;
         }
         for m in &mut self.machines {

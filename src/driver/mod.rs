@@ -8,6 +8,7 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod capsule;
 mod checkpoints;
 mod control;
 mod deadline;
@@ -69,6 +70,8 @@ pub enum DriverError {
     Machine(MachineError),
     /// The Python shim could not start.
     Shim(crate::shim::ShimError),
+    /// `ntd resume DIR`: the capsule cannot be used.
+    Resume(String),
 }
 
 impl fmt::Display for DriverError {
@@ -78,6 +81,7 @@ impl fmt::Display for DriverError {
             DriverError::Vlan { nr, source } => write!(f, "cannot start vlan {nr}: {source}"),
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
+            DriverError::Resume(e) => write!(f, "cannot resume the failure capsule: {e}"),
         }
     }
 }
@@ -89,6 +93,7 @@ impl std::error::Error for DriverError {
             DriverError::Vlan { source, .. } => Some(source),
             DriverError::Machine(e) => Some(e),
             DriverError::Shim(e) => Some(e),
+            DriverError::Resume(_) => None,
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct Driver {
     checkpoints: Option<gate::Checkpoints>,
     /// Named snapshots of this run (`snapshot`, `snapshot_all`), once one was taken.
     snapshots: Option<snapshots::Snapshots>,
+    /// The failure capsule to write if the test fails (`--keep-failed`).
+    capsule: Option<capsule::CapsuleState>,
 }
 
 impl Driver {
@@ -168,6 +175,7 @@ impl Driver {
             fault_spans: Vec::new(),
             checkpoints: None,
             snapshots: None,
+            capsule: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -187,6 +195,8 @@ impl Driver {
         }
         d.setup_vmgenid();
         d.setup_checkpoints();
+        d.setup_capsule();
+        d.setup_resume().map_err(DriverError::Resume)?;
         Ok(d)
     }
 
@@ -231,11 +241,13 @@ impl Driver {
             1
         });
         self.cleanup();
+        self.finish_capsule();
         code
     }
 
     /// Serve the shim until it exits or the run is cut short; the exit status.
     fn serve(&mut self) -> i32 {
+        self.start_resumed();
         match ShimLink::spawn(&self.tmp_dir, &self.extra_env, self.poll.registry()) {
             Ok(link) => self.shim = Some(link),
             Err(e) => {
@@ -252,11 +264,24 @@ impl Driver {
             s.read_requests(self.poll.registry());
         }
         self.advance();
-        match self.termination {
+        let code = match self.termination {
             Some(Termination::GlobalTimeout) => 143,
             Some(Termination::Signal(sig)) => signals::exit_status_for(sig),
             None => self.shim_exit().map_or(1, |info| info.shell_status()),
+        };
+        // A failed test (not one a signal ended) leaves a capsule, with --keep-failed.
+        let failure = match self.termination {
+            Some(Termination::GlobalTimeout) => Some(format!(
+                "the global timeout of {} seconds ran out",
+                crate::machine::guest::format_seconds(self.opts.global_timeout)
+            )),
+            Some(Termination::Signal(_)) => None,
+            None => (code != 0).then(|| format!("the test script failed (exit status {code})")),
+        };
+        if let Some(reason) = failure {
+            self.save_capsule(reason);
         }
+        code
     }
 
     fn shim_exit(&self) -> Option<crate::child::ExitInfo> {
@@ -375,8 +400,11 @@ impl Driver {
                 "the global timeout of {} seconds ran out",
                 crate::machine::guest::format_seconds(self.opts.global_timeout)
             ));
-            for m in &mut self.machines {
-                m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+            // With --keep-failed the machines are saved first; cleanup ends them after.
+            if self.capsule.is_none() {
+                for m in &mut self.machines {
+                    m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+                }
             }
             self.log.end(true);
             self.termination = Some(Termination::GlobalTimeout);
@@ -554,7 +582,14 @@ impl Driver {
         let Some(t) = self.trace.take() else {
             return;
         };
-        match t.write() {
+        let written = t.write();
+        if let Ok(html) = &written {
+            self.note_trace_files(vec![t.path().to_path_buf(), html.clone()]);
+        }
+        if self.trace_for_capsule_only() {
+            return;
+        }
+        match written {
             Ok(html) => self.log.info(&format!(
                 "trace written to {} (timeline: {})",
                 t.path().display(),

@@ -205,6 +205,11 @@ impl Serve for Driver {
         Served::Now(out.ok(()))
     }
 
+    fn failure(&mut self, req: Failure, out: Responder<()>) -> Served {
+        self.note_failure(req.text);
+        Served::Now(out.ok(()))
+    }
+
     fn nest(&mut self, req: Nest, out: Responder<()>) -> Served {
         self.log.begin(req.machine.as_deref(), &req.msg);
         Served::Now(out.ok(()))

@@ -126,6 +126,7 @@ macro_rules! protocol {
 
 protocol! {
     log: Log -> (), notification;
+    failure: Failure -> (), notification;
     nest: Nest -> (), notification;
     unnest: Unnest -> (), notification;
     serial: Serial -> (), notification;

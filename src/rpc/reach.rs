@@ -25,6 +25,7 @@ impl Op {
         use Reach::{Guest, Passive};
         match self {
             Op::Log(_)
+            | Op::Failure(_)
             | Op::Nest(_)
             | Op::Unnest(_)
             | Op::Serial(_)

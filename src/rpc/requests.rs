@@ -59,6 +59,12 @@ requests! {
         pub msg: String = kind::STR,
     }
 
+    /// The test script raised: its traceback (kept for a failure capsule's log; Python
+    /// prints it to stderr itself).
+    pub struct Failure {
+        pub text: String = kind::STR,
+    }
+
     /// Open a nested log block (`with log.nested(msg):`).
     pub struct Nest {
         pub machine: Option<String> = kind::OPT_STR,

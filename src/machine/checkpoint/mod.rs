@@ -206,6 +206,13 @@ impl Machine {
                 .error
                 .take()
                 .unwrap_or_else(|| format!("QEMU exited ({info}) while restoring"));
+            cx.log.warning(
+                Some(&self.name),
+                &format!(
+                    "cannot restore from {}: {why}; the machine is stopped",
+                    r.key()
+                ),
+            );
             self.ckpt.restore_error = Some(why);
             return false;
         }
@@ -323,6 +330,11 @@ impl Machine {
     /// Append `-device vmgenid` to every boot from now on.
     pub(crate) fn set_vmgenid(&mut self, on: bool) {
         self.ckpt.vmgenid = on;
+    }
+
+    /// Whether ntd appends `-device vmgenid` to its boots.
+    pub(crate) fn vmgenid(&self) -> bool {
+        self.ckpt.vmgenid
     }
 }
 

@@ -124,6 +124,11 @@ impl Restore {
         })
     }
 
+    /// What the checkpoint is called in messages (a named snapshot: `snapshot 'x'`).
+    pub(super) fn key(&self) -> &str {
+        &self.plan.manifest.key
+    }
+
     pub(super) fn cut(&self) -> &str {
         &self.plan.manifest.cut
     }
