@@ -191,6 +191,12 @@ impl Checkpoints {
                         }
                     }
                 }
+                for (i, _, req) in &reqs {
+                    cx.log.machine(
+                        machines[*i].name(),
+                        &format!("saving a checkpoint (key {})", req.key),
+                    );
+                }
                 let (group, refused) = SaveGroup::begin(machines, cx, reqs, now);
                 for (i, why) in refused {
                     cx.log

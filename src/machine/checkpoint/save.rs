@@ -12,7 +12,7 @@ use crate::checkpoint::guest::{self as cg, MountVerdict};
 use crate::checkpoint::manifest::{DiskRecord, FileRecord, Manifest, Mount9p, SessionRecord};
 use crate::checkpoint::store;
 use crate::checkpoint::{CONSOLE, RAM};
-use crate::json::Value;
+use crate::json::{obj, Value};
 use crate::reactor::Ctx;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -55,6 +55,7 @@ enum Step {
     Prepared,
     Stopping(Pending),
     Version(Pending),
+    Bandwidth(Pending),
     Migrating(Pending),
     Polling {
         query: Option<Pending>,
@@ -98,6 +99,7 @@ impl Save {
             Step::Prepared => None,
             Step::Stopping(p)
             | Step::Version(p)
+            | Step::Bandwidth(p)
             | Step::Migrating(p)
             | Step::Blocks(p)
             | Step::Continuing(p) => Some(p.give_up),
@@ -256,6 +258,17 @@ impl Machine {
                 None => s.step = Step::Version(p),
                 Some(r) => {
                     s.qemu_version = r.as_ref().map(qemu_version).unwrap_or_default();
+                    let args = obj([("max-bandwidth", Value::from(migration_bandwidth()))]);
+                    match self.ckpt_qmp(cx, "migrate-set-parameters", Some(args)) {
+                        Ok(p) => s.step = Step::Bandwidth(p),
+                        Err(e) => self.save_fail(cx, s, e),
+                    }
+                }
+            },
+            Step::Bandwidth(p) => match self.ckpt_qmp_result(p) {
+                None => s.step = Step::Bandwidth(p),
+                Some(Err(e)) => self.save_fail(cx, s, format!("QMP migrate-set-parameters: {e}")),
+                Some(Ok(_)) => {
                     let args = exec_uri(s.req.codec.save_command(&s.req.tmp.join(RAM)));
                     match self.ckpt_qmp(cx, "migrate", Some(args)) {
                         Ok(p) => s.step = Step::Migrating(p),
@@ -479,6 +492,21 @@ impl Machine {
         }
     }
 }
+
+/// Bytes per second a save may write: QEMU's default cap (128 MiB/s) is for a live migration
+/// over a network; a stopped machine writing into a local file goes as fast as it can.
+/// `NTD_TEST_MIGRATION_BANDWIDTH` (bytes per second) slows it down for the fault tests, which
+/// need a save that is still running when they interrupt it.
+fn migration_bandwidth() -> i64 {
+    std::env::var("NTD_TEST_MIGRATION_BANDWIDTH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(UNCAPPED)
+}
+
+/// "As fast as it can" for QEMU's `max-bandwidth` (64 GiB/s).
+const UNCAPPED: i64 = 64 << 30;
 
 /// `major.minor.micro` from `query-version`.
 pub(super) fn qemu_version(v: &Value) -> String {
