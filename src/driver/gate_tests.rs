@@ -369,3 +369,183 @@ fn the_end_of_the_run_abandons_a_save_in_progress_and_removes_its_directory() {
     assert!(!tmp.exists());
     assert!(!g.gate.holding());
 }
+
+// -- named snapshots through the controller ------------------------------------------------
+
+use crate::driver::pending::{Pending, Polled};
+use crate::driver::save_group::SaveGroup;
+use crate::driver::snapshots::{RestoreWork, SnapshotWork};
+use crate::rpc::wire::{Answer, Responder};
+
+fn reply(p: Polled) -> String {
+    match p {
+        Polled::Done(Answer::Line(l)) => l,
+        other => panic!("not a reply line: {other:?}"),
+    }
+}
+
+fn pending(p: Polled) -> Pending {
+    match p {
+        Polled::Waiting(op) => op,
+        Polled::Done(a) => panic!("finished early: {a:?}"),
+    }
+}
+
+fn plan(cut: &str) -> RestorePlan {
+    let mut manifest = sample_manifest();
+    manifest.cut = cut.into();
+    RestorePlan {
+        entry: PathBuf::from("/nonexistent"),
+        manifest,
+        lock: None,
+        fallback: false,
+        replay_console: false,
+    }
+}
+
+#[test]
+fn restore_ends_the_running_qemu_waits_until_it_is_gone_then_starts_from_the_snapshot() {
+    let mut w = World::new(vec![Fake::new("m")]);
+    let work = RestoreWork::for_test("s", vec![(0, Some(plan("c1")))], w.t0);
+    let op = Pending::Restore {
+        work: Box::new(work),
+        out: Responder::new(Some(4)),
+    };
+    let op = pending(w.poll_at(op, 0.0));
+    assert!(w.machines[0].ckpt.killed);
+    assert_eq!(w.machines[0].starts, 0);
+    // QEMU exited; its process group is not gone yet (a restore replaces its disk files).
+    w.machines[0].booted = false;
+    w.machines[0].exited = true;
+    let op = pending(w.poll_at(op, 0.1));
+    assert_eq!(w.machines[0].starts, 0);
+    w.machines[0].ckpt.gone = true;
+    let op = pending(w.poll_at(op, 0.2));
+    assert!(w.machines[0].finished_shutdown);
+    assert_eq!(w.machines[0].starts, 1, "started from the snapshot");
+    assert_eq!(w.machines[0].ckpt.plan.as_ref().unwrap().manifest.cut, "c1");
+    w.machines[0].exited = false;
+    w.machines[0].connected = false;
+    let op = pending(w.poll_at(op, 0.5));
+    w.machines[0].connected = true;
+    w.machines[0].ckpt.restored = Some("c1".into());
+    assert_eq!(reply(w.poll_at(op, 1.0)), "{\"id\":4,\"ok\":null}\n");
+}
+
+#[test]
+fn a_failed_restore_is_an_error_that_names_the_machine_and_a_stopped_one_only_stops() {
+    let mut w = World::new(vec![Fake::stopped("a"), Fake::new("b")]);
+    let work = RestoreWork::for_test("s", vec![(0, Some(plan("c1"))), (1, None)], w.t0);
+    let op = Pending::Restore {
+        work: Box::new(work),
+        out: Responder::new(Some(5)),
+    };
+    let op = pending(w.poll_at(op, 0.0));
+    assert_eq!(w.machines[0].starts, 1, "a stopped machine starts at once");
+    assert!(
+        w.machines[1].ckpt.killed,
+        "b was not running at the snapshot"
+    );
+    w.machines[0].exited = true;
+    w.machines[0].ckpt.restore_error = Some("this QEMU is version 8.2.0".into());
+    w.machines[1].booted = false;
+    w.machines[1].exited = true;
+    w.machines[1].ckpt.gone = true;
+    let line = reply(w.poll_at(op, 1.0));
+    assert!(line.contains("\"MachineError\""), "{line}");
+    assert!(
+        line.contains("cannot restore snapshot 's': machine 'a': this QEMU is version 8.2.0"),
+        "{line}"
+    );
+    assert_eq!(w.machines[1].starts, 0);
+}
+
+#[test]
+fn a_restore_that_never_finishes_fails_at_its_deadline() {
+    let mut w = World::new(vec![Fake::stopped("m")]);
+    let work = RestoreWork::for_test("s", vec![(0, Some(plan("c1")))], w.t0);
+    let op = pending(w.poll_at(
+        Pending::Restore {
+            work: Box::new(work),
+            out: Responder::new(Some(6)),
+        },
+        0.0,
+    ));
+    assert_eq!(op.wake_at(), Some(w.at(600.0)));
+    let op = pending(w.poll_at(op, 599.0));
+    let line = reply(w.poll_at(op, 600.0));
+    assert!(line.contains("not restored within 600 s"), "{line}");
+}
+
+#[test]
+fn a_snapshot_is_committed_in_place_of_the_previous_one_or_fails_whole() {
+    let dir = TempDir::new("snapshot");
+    let mut w = World::new(vec![Fake::new("a"), Fake::new("b")]);
+    let target = |m: usize| dir.0.join("0").join(m.to_string());
+    std::fs::create_dir_all(target(0)).unwrap();
+    std::fs::write(target(0).join("old"), b"previous snapshot").unwrap();
+    let reqs = |dir: &TempDir, n: u32| {
+        (0..2)
+            .map(|m| {
+                let tmp = dir.0.join(format!(".tmp-{n}-{m}"));
+                std::fs::create_dir_all(&tmp).unwrap();
+                let req = SaveRequest {
+                    key: "snapshot 's'".into(),
+                    cut: format!("cut{n}"),
+                    tmp,
+                    codec: crate::checkpoint::codec::Codec::Raw,
+                };
+                (m, 0, req)
+            })
+            .collect::<Vec<_>>()
+    };
+    let begin = |w: &mut World, n: u32| {
+        let mut cx = Ctx {
+            registry: w.poll.registry(),
+            log: &mut w.log,
+        };
+        let (group, refused) = SaveGroup::begin(&mut w.machines, &mut cx, reqs(&dir, n), w.t0);
+        assert!(refused.is_empty());
+        Pending::Snapshot {
+            work: Box::new(SnapshotWork::for_test(
+                "s",
+                group,
+                (0..2).map(|m| (m, target(m))).collect(),
+            )),
+            out: Responder::new(Some(7)),
+        }
+    };
+
+    let op = begin(&mut w, 1);
+    let op = pending(w.poll_at(op, 0.0));
+    for m in &mut w.machines {
+        m.ckpt.stage = SaveStage::Prepared;
+    }
+    let op = pending(w.poll_at(op, 0.1));
+    assert!(w.machines.iter().all(|m| m.ckpt.stage == SaveStage::Going));
+    finish_save(&mut w.machines[0]);
+    finish_save(&mut w.machines[1]);
+    assert_eq!(reply(w.poll_at(op, 0.2)), "{\"id\":7,\"ok\":null}\n");
+    assert!(target(0).join("manifest").exists() && target(0).join("ram").exists());
+    assert!(!target(0).join("old").exists(), "replaced");
+    assert!(w.lines.contains("snapshot 's' saved"));
+
+    let op = begin(&mut w, 2);
+    let op = pending(w.poll_at(op, 1.0));
+    w.machines[0].ckpt.stage = SaveStage::Prepared;
+    w.machines[1].ckpt.stage = SaveStage::None;
+    w.machines[1].ckpt.outcome = Some(SaveOutcome::Impossible("a foreign 9p share".into()));
+    let op = pending(w.poll_at(op, 1.1));
+    assert_eq!(w.machines[0].ckpt.stage, SaveStage::Cancelled);
+    let line = reply(w.poll_at(op, 1.2));
+    assert!(
+        line.contains("cannot take snapshot 's': ")
+            && line.contains("machine 'b': a foreign 9p share"),
+        "{line}"
+    );
+    let kept = std::fs::read_to_string(target(0).join("manifest")).unwrap();
+    assert!(
+        kept.contains("cut cut1"),
+        "the earlier snapshot stays: {kept}"
+    );
+}

@@ -528,3 +528,43 @@ fn step(m: usize, entry: PathBuf, manifest: Manifest) -> Step {
         stage: Stage::Ending { killed: false },
     }
 }
+
+#[cfg(test)]
+impl SnapshotWork {
+    /// A snapshot's save as `op_snapshot` starts it (the controller's unit tests).
+    pub(super) fn for_test(name: &str, group: SaveGroup, targets: Vec<(usize, PathBuf)>) -> Self {
+        SnapshotWork {
+            name: name.to_owned(),
+            group: Some(group),
+            targets,
+            refused: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl RestoreWork {
+    /// A restore as `op_restore` starts it: per machine its plan (`None`: only stop it).
+    pub(super) fn for_test(
+        name: &str,
+        plans: Vec<(usize, Option<RestorePlan>)>,
+        now: Instant,
+    ) -> Self {
+        RestoreWork {
+            name: name.to_owned(),
+            steps: plans
+                .into_iter()
+                .map(|(m, plan)| Step {
+                    m,
+                    cut: plan
+                        .as_ref()
+                        .map(|p| p.manifest.cut.clone())
+                        .unwrap_or_default(),
+                    plan,
+                    stage: Stage::Ending { killed: false },
+                })
+                .collect(),
+            deadline: Deadline::after(now, RESTORE_PATIENCE),
+        }
+    }
+}
