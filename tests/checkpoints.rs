@@ -235,6 +235,77 @@ fn a_corrupt_or_truncated_checkpoint_boots_cold_with_a_warning() {
 }
 
 #[test]
+fn a_changed_read_only_disk_image_boots_cold_with_a_warning() {
+    let s = Setup::new(
+        "ckro",
+        &[("machine", &[])],
+        &[],
+        "start_all()\nprint(machine.succeed('echo fine'))\n",
+    );
+    // A read-only image the checkpoint does not copy (like a Nix store image).
+    let image = s.dir.path.join("ro.img");
+    std::fs::write(&image, vec![1u8; 3 << 20]).unwrap();
+    let opts = format!(
+        "-drive file={},format=raw,readonly=on,if=virtio",
+        image.display()
+    );
+    let env = [("QEMU_OPTS", opts.as_str())];
+    assert_eq!(count(&s.run_with(&env), SAVED), 1);
+    let entry = s.entries().remove(0);
+    let manifest = std::fs::read_to_string(entry.join("manifest")).unwrap();
+    assert!(manifest.contains("\nrodisk 0 "), "{manifest}");
+    assert_eq!(count(&s.run_with(&env), RESTORED), 1);
+    // Same length, other bytes at its end: the same key, but not the same image.
+    let mut bytes = std::fs::read(&image).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] = 2;
+    std::fs::write(&image, bytes).unwrap();
+    let r = s.run_with(&env);
+    assert_eq!(count(&r, RESTORED), 0, "{}", r.log());
+    assert!(
+        r.stderr
+            .contains("is not the one the checkpoint was saved with"),
+        "{}",
+        r.log()
+    );
+    assert!(r.stdout.contains("fine"), "{}", r.log());
+}
+
+#[test]
+fn a_read_only_checkpoint_directory_restores_and_saves_nothing() {
+    // What a Nix store path is to a test (nix/checkpoint.nix): DIR on a read-only mount.
+    let s = Setup::new(
+        "ckro-dir",
+        &[("machine", &[])],
+        &[],
+        "start_all()\nprint(machine.succeed('echo fine'))\n",
+    );
+    assert_eq!(count(&s.run(), SAVED), 1);
+    let before = s.entries();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.current_dir(&s.dir.path)
+        .env("XDG_RUNTIME_DIR", s.dir.run_dir())
+        .env("NTD_COLOR", "never")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && \
+             touch \"$1/probe\" 2>/dev/null && exit 97; \
+             exec \"$2\" -c \"$3\" --checkpoints \"$1\"",
+        )
+        .arg("sh")
+        .arg(&s.ck)
+        .arg(NTD)
+        .arg(&s.cfg);
+    let r = run_with_limit(cmd, LIMIT);
+    r.assert_code(0);
+    s.dir.assert_clean();
+    assert_eq!(count(&r, RESTORED), 1, "{}", r.log());
+    assert!(r.stdout.contains("fine"), "{}", r.log());
+    assert!(!r.stderr.contains("warning"), "{}", r.log());
+    assert_eq!(s.entries(), before);
+}
+
+#[test]
 fn a_machine_started_after_the_first_command_is_not_saved() {
     let s = Setup::new(
         "cklate",

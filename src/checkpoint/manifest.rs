@@ -60,6 +60,19 @@ pub struct Manifest {
     pub files: Vec<FileRecord>,
     /// How the migration stream is stored (a `codec` line unless raw).
     pub codec: Codec,
+    /// Read-only disk images (not copied: they must be the same at the restore).
+    pub read_only: Vec<ReadOnlyImage>,
+}
+
+/// A read-only disk image the saved machine had open (a Nix store image, say), identified
+/// by its length and a CRC-32 of its first and last MiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyImage {
+    /// Relative to the machine's state directory (made by its start script), or absolute.
+    pub path: String,
+    pub in_state_dir: bool,
+    pub len: u64,
+    pub sample_crc: u32,
 }
 
 const MAGIC: &str = "ntd-checkpoint";
@@ -147,6 +160,16 @@ impl Manifest {
         for f in &self.files {
             let _ = writeln!(s, "file {} {} {:08x}", enc(&f.name), f.len, f.crc);
         }
+        for r in &self.read_only {
+            let _ = writeln!(
+                s,
+                "rodisk {} {} {} {:08x}",
+                flag(r.in_state_dir),
+                enc(&r.path),
+                r.len,
+                r.sample_crc
+            );
+        }
         if self.codec != Codec::Raw {
             let _ = writeln!(s, "codec {}", self.codec.name());
         }
@@ -188,6 +211,7 @@ impl Manifest {
             mounts: Vec::new(),
             files: Vec::new(),
             codec: Codec::Raw,
+            read_only: Vec::new(),
         };
         for line in lines {
             let f: Vec<&str> = line.split(' ').collect();
@@ -227,6 +251,12 @@ impl Manifest {
                     crc: u32::from_str_radix(f[3], 16).map_err(|_| bad())?,
                 }),
                 ("codec", 2) => m.codec = Codec::parse(f[1]).ok_or_else(bad)?,
+                ("rodisk", 5) => m.read_only.push(ReadOnlyImage {
+                    in_state_dir: parse_flag(f[1]).ok_or_else(bad)?,
+                    path: text(2)?,
+                    len: num(3)?,
+                    sample_crc: u32::from_str_radix(f[4], 16).map_err(|_| bad())?,
+                }),
                 _ => return Err(bad()),
             }
         }
@@ -239,7 +269,14 @@ impl Manifest {
         let rel_ok = m
             .disks
             .iter()
-            .all(|d| !d.rel_path.starts_with('/') && !d.rel_path.split('/').any(|c| c == ".."));
+            .map(|d| d.rel_path.as_str())
+            .chain(
+                m.read_only
+                    .iter()
+                    .filter(|r| r.in_state_dir)
+                    .map(|r| r.path.as_str()),
+            )
+            .all(|p| !p.starts_with('/') && !p.split('/').any(|c| c == ".."));
         if !names_ok || !rel_ok {
             return Err("the manifest names a file outside its entry".into());
         }
@@ -290,6 +327,12 @@ pub(crate) mod tests_support {
                 },
             ],
             codec: Codec::Raw,
+            read_only: vec![ReadOnlyImage {
+                path: "/nix/store/x-nix-store-image/store.img".into(),
+                in_state_dir: false,
+                len: 1 << 30,
+                sample_crc: 7,
+            }],
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct EntryInfo {
 pub struct Store {
     dir: PathBuf,
     max_size: u64,
+    /// DIR cannot be written (a Nix store path, a read-only mount): restore only.
+    read_only: bool,
 }
 
 fn random_hex() -> String {
@@ -60,6 +62,12 @@ fn random_hex() -> String {
         b = t.to_le_bytes();
     }
     super::sha256::hex(&b)
+}
+
+/// Errors that mean "readable, but not for writing" (EROFS, EACCES, EPERM).
+fn read_only_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+        || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
 }
 
 /// A fresh cut id (the machines saved together).
@@ -108,15 +116,27 @@ impl Store {
             std::process::id(),
             random_hex()
         ));
-        std::fs::create_dir(&probe)
-            .and_then(|()| std::fs::remove_dir(&probe))
-            .map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+        let probed = std::fs::create_dir(&probe).and_then(|()| std::fs::remove_dir(&probe));
+        let read_only = match probed {
+            Ok(()) => false,
+            // A directory that can be read but not written: restore from it, save nothing.
+            Err(e) if read_only_error(&e) && std::fs::read_dir(dir).is_ok() => true,
+            Err(e) => return Err(format!("{} is not writable: {e}", dir.display())),
+        };
         let store = Store {
             dir: dir.to_owned(),
             max_size,
+            read_only,
         };
-        store.sweep();
+        if !read_only {
+            store.sweep();
+        }
         Ok(store)
+    }
+
+    /// Restore only: DIR cannot be written (see [`Store::open`]).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn dir(&self) -> &Path {
@@ -225,6 +245,12 @@ impl Store {
 
     /// A new temporary directory for an entry being written.
     pub fn begin(&self) -> io::Result<PathBuf> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the checkpoint directory is read-only",
+            ));
+        }
         let tmp = self
             .dir
             .join(format!(".tmp-{}-{}", std::process::id(), random_hex()));
@@ -253,6 +279,9 @@ impl Store {
     /// Remove the oldest entries until DIR fits the size cap; entries named in `keep` (just
     /// written) and entries another run reads stay. Returns what was removed.
     pub fn evict(&self, keep: &[PathBuf]) -> Vec<EntryInfo> {
+        if self.read_only {
+            return Vec::new();
+        }
         let mut entries = self.entries();
         let mut total: u64 = entries.iter().map(|e| e.size).sum();
         entries.sort_by_key(|e| e.last_used);
@@ -296,6 +325,29 @@ impl Store {
     pub fn max_size(&self) -> u64 {
         self.max_size
     }
+}
+
+/// Bytes at each end of a read-only image that its identity covers.
+const SAMPLE: u64 = 1 << 20;
+
+/// A read-only image's identity: its length and a CRC-32 of its first and last MiB (reading
+/// a store image of gigabytes whole at every save and restore would cost seconds).
+pub fn sample_identity(path: &Path) -> io::Result<(u64, u32)> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; SAMPLE.min(len) as usize];
+    f.read_exact(&mut buf)?;
+    h.update(&buf);
+    if len > SAMPLE {
+        let tail = SAMPLE.min(len - SAMPLE);
+        f.seek(SeekFrom::Start(len - tail))?;
+        let mut buf = vec![0u8; tail as usize];
+        f.read_exact(&mut buf)?;
+        h.update(&buf);
+    }
+    Ok((len, h.finalize()))
 }
 
 /// Copy `src` to `dst`, returning the file record (length and CRC-32) of the copy's bytes.

@@ -177,3 +177,44 @@ fn entry_names_are_parsed_strictly() {
     assert_eq!(parse_entry_name("abc.01"), None);
     assert_eq!(parse_entry_name(&format!("{KEY_A}.zz")), None);
 }
+
+#[test]
+fn a_read_only_store_loads_entries_but_writes_and_evicts_nothing() {
+    let d = TempDir::new("ro");
+    let writable = Store::open(&d.0, 1).unwrap();
+    assert!(!writable.read_only());
+    write_entry(&writable, KEY_A, "01", 1000);
+    let ro = Store {
+        dir: writable.dir().to_owned(),
+        max_size: 1,
+        read_only: true,
+    };
+    let found = ro.find(KEY_A);
+    assert_eq!(found.len(), 1);
+    assert!(ro.load(&found[0]).is_ok());
+    assert!(ro.begin().is_err());
+    assert!(ro.evict(&[]).is_empty(), "over the cap, but read-only");
+    assert_eq!(ro.find(KEY_A).len(), 1);
+}
+
+#[test]
+fn sample_identity_covers_the_length_and_both_ends() {
+    let d = TempDir::new("sample");
+    let f = d.0.join("img");
+    let mut bytes = vec![0u8; 3 << 20];
+    std::fs::write(&f, &bytes).unwrap();
+    let base = sample_identity(&f).unwrap();
+    assert_eq!(base.0, 3 << 20);
+    for at in [0, bytes.len() - 1] {
+        bytes[at] ^= 1;
+        std::fs::write(&f, &bytes).unwrap();
+        assert_ne!(sample_identity(&f).unwrap(), base, "byte {at} changed");
+        bytes[at] ^= 1;
+    }
+    std::fs::write(&f, &bytes[..100]).unwrap();
+    assert_eq!(
+        sample_identity(&f).unwrap().0,
+        100,
+        "a small file is read whole"
+    );
+}

@@ -61,6 +61,15 @@ impl Driver {
                 return;
             }
         };
+        if store.read_only() {
+            self.log.debug(
+                None,
+                &format!(
+                    "--checkpoints {}: read-only; machines restore from it, nothing is saved",
+                    dir.display()
+                ),
+            );
+        }
         let nographic = crate::machine::qemu::wants_nographic();
         let shape = format!("vmgenid{}", if nographic { " nographic" } else { "" });
         let shape_own = format!("own-{shape}");

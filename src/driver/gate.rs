@@ -165,6 +165,8 @@ impl Checkpoints {
                 Gate::Closed
             }
             Decision::Release => Gate::Closed,
+            // A read-only directory (a Nix store path) is for restoring only.
+            Decision::Save(_) if self.store.read_only() => Gate::Closed,
             Decision::Save(set) => {
                 let mut reqs = Vec::new();
                 for i in set {

@@ -221,6 +221,8 @@ impl Machine {
                             r.plan.manifest.qemu_version
                         );
                         self.restore_fail(cx, r, &why);
+                    } else if let Err(why) = self.check_read_only(r) {
+                        self.restore_fail(cx, r, &why);
                     } else {
                         let args =
                             exec_uri(r.plan.manifest.codec.load_command(&r.plan.entry.join(RAM)));
@@ -314,6 +316,32 @@ impl Machine {
             Step::FallingBack => r.step = Step::FallingBack,
         }
         false
+    }
+
+    /// The read-only disk images are the ones the saved machine had (they are not part of
+    /// the checkpoint; the start script has made those in its state directory by now).
+    fn check_read_only(&self, r: &Restore) -> Result<(), String> {
+        for ro in &r.plan.manifest.read_only {
+            let path = if ro.in_state_dir {
+                self.paths.state_dir.join(&ro.path)
+            } else {
+                PathBuf::from(&ro.path)
+            };
+            let got = store::sample_identity(&path)
+                .map_err(|e| format!("the read-only disk image {}: {e}", path.display()))?;
+            if got != (ro.len, ro.sample_crc) {
+                return Err(format!(
+                    "the read-only disk image {} is not the one the checkpoint was saved with \
+                     ({} bytes, sample CRC-32 {:08x}; saved: {} bytes, {:08x})",
+                    path.display(),
+                    got.0,
+                    got.1,
+                    ro.len,
+                    ro.sample_crc
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn restore_poll(

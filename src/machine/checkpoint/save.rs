@@ -9,7 +9,9 @@
 use super::{exec_uri, Machine, Op, Pending, MIGRATION_PATIENCE, OWN_EVENTS, POLL_MIGRATION};
 use crate::checkpoint::codec::Codec;
 use crate::checkpoint::guest::{self as cg, MountVerdict};
-use crate::checkpoint::manifest::{DiskRecord, FileRecord, Manifest, Mount9p, SessionRecord};
+use crate::checkpoint::manifest::{
+    DiskRecord, FileRecord, Manifest, Mount9p, ReadOnlyImage, SessionRecord,
+};
 use crate::checkpoint::store;
 use crate::checkpoint::{CONSOLE, RAM};
 use crate::json::{obj, Value};
@@ -83,6 +85,7 @@ pub(super) struct Save {
     stopped_at: Option<SystemTime>,
     files: Vec<FileRecord>,
     disks: Vec<DiskRecord>,
+    read_only: Vec<ReadOnlyImage>,
     /// Why the save failed; the machine is continued and remounted first.
     error: Option<String>,
 }
@@ -127,6 +130,7 @@ impl Machine {
             stopped_at: None,
             files: Vec::new(),
             disks: Vec::new(),
+            read_only: Vec::new(),
             error: None,
         })));
         Ok(())
@@ -460,6 +464,20 @@ impl Machine {
                 rel_path: rel.display().to_string(),
             });
         }
+        for file in read_only_images(blocks) {
+            let (len, sample_crc) = store::sample_identity(Path::new(&file))
+                .map_err(|e| format!("cannot read the read-only disk image {file}: {e}"))?;
+            let rel = Path::new(&file)
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.strip_prefix(&state).ok().map(Path::to_path_buf));
+            s.read_only.push(ReadOnlyImage {
+                in_state_dir: rel.is_some(),
+                path: rel.map_or(file, |r| r.display().to_string()),
+                len,
+                sample_crc,
+            });
+        }
         let mut console = self.console.log_text();
         console.push('\n');
         let path = s.req.tmp.join(CONSOLE);
@@ -489,6 +507,7 @@ impl Machine {
             mounts: s.mounts.clone(),
             files: s.files.clone(),
             codec: s.req.codec,
+            read_only: s.read_only.clone(),
         }
     }
 }
@@ -517,6 +536,20 @@ pub(super) fn qemu_version(v: &Value) -> String {
             .unwrap_or(-1)
     };
     format!("{}.{}.{}", n("major"), n("minor"), n("micro"))
+}
+
+/// The files of the read-only block devices with a file in a `query-block` answer.
+pub(super) fn read_only_images(blocks: &Value) -> Vec<String> {
+    blocks
+        .as_array()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|dev| dev.get("inserted"))
+        .filter(|ins| ins.get("ro").and_then(Value::as_bool) == Some(true))
+        .filter_map(|ins| ins.get("file").and_then(Value::as_str))
+        .filter(|f| f.starts_with('/'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The files of the writable block devices in a `query-block` answer.
@@ -556,6 +589,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(writable_images(&v).unwrap(), ["/run/vm-state-m/m.qcow2"]);
+        assert_eq!(read_only_images(&v), ["/nix/store/x-store.img"]);
         let v =
             Value::parse(br#"[{"device":"d","inserted":{"ro":false,"file":"json:{}"}}]"#).unwrap();
         assert!(
