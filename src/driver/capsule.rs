@@ -17,11 +17,14 @@ use crate::checkpoint::codec::{self, Codec};
 use crate::checkpoint::manifest::Manifest;
 use crate::checkpoint::{store, MANIFEST};
 use crate::log::terminal::Terminal;
+use crate::log::{LineKind, LogEvent, Sink};
 use crate::machine::{RestorePlan, SaveOutcome, SaveRequest};
 use crate::reactor::Ctx;
 use crate::trace::Trace;
 use mio::Events;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Longest capsule save (every machine stopped, migrated and compressed).
@@ -44,6 +47,26 @@ pub(super) struct CapsuleState {
     trace_files: Vec<PathBuf>,
     /// The script's exception, as Python printed it (`failure` op).
     traceback: Option<String>,
+    /// The log's last failure-report line (`!!! …`), for the description's reason.
+    last_error: Rc<RefCell<Option<String>>>,
+}
+
+/// Keeps the last test-error line of the log.
+struct LastError(Rc<RefCell<Option<String>>>);
+
+impl Sink for LastError {
+    fn event(&mut self, ev: &LogEvent<'_>) {
+        if let LogEvent::Line {
+            kind: LineKind::TestError,
+            msg,
+            ..
+        } = ev
+        {
+            if !msg.trim().is_empty() {
+                *self.0.borrow_mut() = Some(msg.trim().to_owned());
+            }
+        }
+    }
 }
 
 impl Driver {
@@ -96,6 +119,8 @@ impl Driver {
                 &format!("--keep-failed: cannot write the log copy: {e}"),
             ),
         }
+        let last_error = Rc::new(RefCell::new(None));
+        self.log.add_sink(Box::new(LastError(last_error.clone())));
         let own_trace = self.trace.is_none();
         if own_trace {
             let t = Trace::new(staging.join("trace.json"), self.started);
@@ -110,6 +135,7 @@ impl Driver {
             saved: None,
             trace_files: Vec::new(),
             traceback: None,
+            last_error,
         });
     }
 
@@ -136,13 +162,15 @@ impl Driver {
         let Some(cap) = self.capsule.as_ref() else {
             return;
         };
-        // The exception's last line says what went wrong.
-        if let Some(last) = cap
+        // The exception's last line (or the failure report's) says what went wrong.
+        let last = cap
             .traceback
             .as_deref()
             .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
-        {
-            reason = format!("{reason}: {}", last.trim());
+            .map(|l| l.trim().to_owned())
+            .or_else(|| cap.last_error.borrow().clone());
+        if let Some(last) = last {
+            reason = format!("{reason}: {last}");
         }
         let dir = cap.dir.clone();
         self.log.begin(None, "saving the failure capsule");
