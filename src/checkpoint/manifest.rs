@@ -33,7 +33,7 @@ pub struct Mount9p {
 }
 
 /// The host-side state of the guest shell at the save (see
-/// [`crate::machine::session::SavedSession`]).
+/// `machine::session::SavedSession`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionRecord {
     pub spool_used: u64,

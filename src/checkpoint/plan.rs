@@ -5,7 +5,7 @@
 //! **The rule.** A checkpoint holds the machines started before the script's first command,
 //! saved together at one instant once every one of them has opened its backdoor shell; the
 //! first command waits for that save. Requests that cannot reach a guest (logging, `start`,
-//! `connect`, reading the console, …: [`crate::rpc::reach`]) do not count as a command;
+//! `connect`, reading the console, …: `rpc::reach`) do not count as a command;
 //! everything else does, network impairments included (a fast boot would have been over
 //! before them). A
 //! machine started after the first command is not saved in that run.

@@ -187,7 +187,7 @@ impl Trace {
     }
 
     /// A self-contained HTML page with the same events as a timeline that fits the window
-    /// (zoomable; drawn by `timeline.js` from the layout of [`timeline::layout`]) and a
+    /// (zoomable; drawn by `timeline.js` from the layout of `timeline::layout`) and a
     /// summary per machine.
     pub fn to_html(&self) -> String {
         let d = self.data.borrow();
