@@ -37,6 +37,12 @@
         withNtd = pkgs: pkgs.extend self.overlays.default;
         # `pkgs.testers.runNixOSTest`, with ntd as the driver.
         runNixOSTest = pkgs: test: (self.lib.withNtd pkgs).testers.runNixOSTest test;
+        # The same, its nodes restored from their boot checkpoint, a derivation built once
+        # (nix/checkpoint.nix; nodes need virtualisation.useNixStoreImage = true).
+        runNixOSTestFromCheckpoint =
+          pkgs: test: (self.lib.withNtd pkgs).ntdCheckpoints.runNixOSTest test;
+        # The boot checkpoint of what runNixOSTest returned: { test, name ? …, features ? … }.
+        bootCheckpoint = pkgs: args: (self.lib.withNtd pkgs).ntdCheckpoints.boot args;
       };
 
       packages = forAll (pkgs: {

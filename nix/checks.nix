@@ -7,6 +7,9 @@
 #             interactive drivers, and the cases that must fail; needs no KVM
 #   vm-test   one NixOS guest booted by ntd; needs a builder with the `kvm` and `nixos-test`
 #             system features
+#   vm-test-from-checkpoint
+#             the same kind of test, its node restored from its boot checkpoint (built first,
+#             as a derivation of its own: nix/checkpoint.nix); same builder features
 { pkgs }:
 let
   inherit (pkgs) lib;
@@ -96,6 +99,17 @@ in
 {
   inherit (pkgs) ntd;
   inherit contract;
+  vm-test-from-checkpoint = pkgs.ntdCheckpoints.runNixOSTest {
+    name = "ntd-vm-test-from-checkpoint";
+    # QEMU cannot save a machine while the host's store is mounted over 9p.
+    defaults.virtualisation.useNixStoreImage = true;
+    nodes.machine = { };
+    testScript = ''
+      start_all()
+      assert machine.succeed("echo restored").strip() == "restored"
+      machine.wait_for_unit("multi-user.target")
+    '';
+  };
   vm-test = pkgs.testers.runNixOSTest {
     name = "ntd-vm-test";
     nodes.machine = { };

@@ -12,6 +12,8 @@ if frameworkTakesDriverFromPkgs then
   import ./package-overlay.nix final prev
   // {
     nixos-test-driver = final.callPackage ./nixos-test-driver.nix { };
+    # Boot checkpoints as derivations (nix/checkpoint.nix).
+    ntdCheckpoints = final.callPackage ./checkpoint.nix { };
   }
 else
   throw ''

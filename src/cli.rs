@@ -56,6 +56,17 @@ pub struct Options {
     /// machine gets a vhost-user vsock device served by `vhost-device-vsock`, reachable
     /// through a hybrid-vsock socket on the host.
     pub enable_ssh_backdoor: bool,
+    /// ntd extension: boot checkpoints in this directory (`--checkpoints`, `"checkpoints"`
+    /// in the configuration, `NTD_CHECKPOINTS`).
+    pub checkpoints: Option<PathBuf>,
+    /// Size cap of the checkpoint directory in bytes (`--checkpoints-max-size`).
+    pub checkpoints_max_size: u64,
+    /// ntd extension: when the test fails, save every running machine and the logs into this
+    /// directory (`--keep-failed`, `NTD_KEEP_FAILED`).
+    pub keep_failed: Option<PathBuf>,
+    /// `ntd resume DIR`: start the machines of the failure capsule in DIR (set by the
+    /// `resume` subcommand, never by an option).
+    pub resume: Option<PathBuf>,
 }
 
 /// Upstream's patience with a backdoor shell that does not come: ten 30-second reminders.
@@ -84,7 +95,10 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
                          [--dump-vsocks OFFSET] [--capture-dir DIR] [--trace FILE]
-                         [--net-seed N] [--force-accel] [testscript]
+                         [--net-seed N] [--force-accel]
+                         [--checkpoints DIR] [--checkpoints-max-size SIZE] [--keep-failed DIR]
+                         [testscript]
+       ntd resume DIR
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
@@ -108,6 +122,10 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --net-seed N                ntd: seed of the network faults (vlanN.impair); random if unset
   --force-accel               fail a machine that runs under TCG instead of KVM (upstream's
                               qemu.forceAccel; config key \"force_accel\")
+  --checkpoints DIR           ntd: restore booted machines from DIR, save them there (env NTD_CHECKPOINTS)
+  --checkpoints-max-size SIZE ntd: size cap of DIR, e.g. 8G (default), 500M (env NTD_CHECKPOINTS_MAX_SIZE)
+  --keep-failed DIR           ntd: if the test fails, save its machines and logs into DIR (env NTD_KEEP_FAILED)
+  resume DIR                  ntd: start the machines saved in DIR and open the REPL there
   testscript                  the Python test script (env: testScript)
 ";
 
@@ -143,6 +161,9 @@ const OPTIONS: &[(&str, Option<&str>, Arity)] = &[
     ("--trace", None, Arity::One),
     ("--net-seed", None, Arity::One),
     ("--force-accel", None, Arity::Flag),
+    ("--checkpoints", None, Arity::One),
+    ("--checkpoints-max-size", None, Arity::One),
+    ("--keep-failed", None, Arity::One),
 ];
 
 /// Resolve `arg` (without `=value`) to a canonical option, argparse style.
@@ -335,6 +356,23 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
             })?),
         },
         enable_ssh_backdoor: false,
+        checkpoints: env
+            .get("NTD_CHECKPOINTS")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        keep_failed: env
+            .get("NTD_KEEP_FAILED")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
+        resume: None,
+        checkpoints_max_size: match env.get("NTD_CHECKPOINTS_MAX_SIZE") {
+            None => crate::checkpoint::DEFAULT_MAX_SIZE,
+            Some(s) => parse_size(&s).ok_or_else(|| {
+                CliError(format!(
+                    "NTD_CHECKPOINTS_MAX_SIZE: '{s}' is not a size (like 8G, 500M)"
+                ))
+            })?,
+        },
     };
 
     if let Some(config) = raw.one("--config") {
@@ -419,6 +457,21 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
     if let Some(s) = raw.one("--test-script") {
         o.test_script = Some(PathBuf::from(s));
     }
+    // Checkpoints: the environment, overridden by the configuration (read above), overridden
+    // by the command line.
+    if let Some(d) = raw.one("--checkpoints") {
+        o.checkpoints = Some(PathBuf::from(d));
+    }
+    if let Some(d) = raw.one("--keep-failed") {
+        o.keep_failed = Some(PathBuf::from(d));
+    }
+    if let Some(s) = raw.one("--checkpoints-max-size") {
+        o.checkpoints_max_size = parse_size(&s).ok_or_else(|| {
+            CliError(format!(
+                "argument --checkpoints-max-size: '{s}' is not a size (like 8G, 500M)"
+            ))
+        })?;
+    }
     if o.test_script.is_none() && !o.interactive {
         return err(
             "no test script: give one in the configuration, with --test-script, or as an argument",
@@ -445,6 +498,31 @@ fn checked_output_dir(d: &Path) -> Result<PathBuf, CliError> {
         ));
     }
     Ok(abs)
+}
+
+/// `8G`, `500M`, `64k`, `1.5GiB`, `4096` (bytes); powers of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = n * mult as f64;
+    (0.0..1.8e19).contains(&bytes).then_some(bytes as u64)
 }
 
 fn parse_vlan(s: &str) -> Result<u32, CliError> {
@@ -552,6 +630,21 @@ fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
         o.enable_ssh_backdoor = b
             .as_bool()
             .ok_or_else(|| bad("\"enable_ssh_backdoor\" must be true or false"))?;
+    }
+    if let Some(c) = v.get("checkpoints") {
+        match c {
+            Value::Null => {}
+            Value::Str(d) => o.checkpoints = Some(PathBuf::from(d)),
+            _ => return Err(bad("\"checkpoints\" must be a directory path")),
+        }
+    }
+    if let Some(c) = v.get("checkpoints_max_size") {
+        let size = match c {
+            Value::Str(s) => parse_size(s),
+            other => other.as_f64().filter(|n| *n >= 0.0).map(|n| n as u64),
+        };
+        o.checkpoints_max_size =
+            size.ok_or_else(|| bad("\"checkpoints_max_size\" must be a size (like \"8G\")"))?;
     }
     Ok(())
 }

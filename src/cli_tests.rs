@@ -242,3 +242,82 @@ fn ssh_backdoor_flags_and_keys_are_read() {
     );
     assert!(parse(&args(&["-c", bad.to_str().unwrap()]), &no_env()).is_err());
 }
+
+#[test]
+fn checkpoints_come_from_env_then_config_then_command_line() {
+    let env = MapEnv(HashMap::from([
+        ("NTD_CHECKPOINTS", "/env/ck"),
+        ("NTD_CHECKPOINTS_MAX_SIZE", "1G"),
+    ]));
+    let plain = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t"}"#,
+    );
+    let c = plain.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/env/ck")));
+    assert_eq!(o.checkpoints_max_size, 1 << 30);
+    let o = parse(&args(&["-c", c]), &no_env()).unwrap().unwrap();
+    assert_eq!(o.checkpoints, None);
+    assert_eq!(o.checkpoints_max_size, crate::checkpoint::DEFAULT_MAX_SIZE);
+
+    let with = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t","checkpoints":"/cfg/ck","checkpoints_max_size":"500M"}"#,
+    );
+    let c = with.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/cfg/ck")));
+    assert_eq!(o.checkpoints_max_size, 500 << 20);
+    let o = parse(
+        &args(&[
+            "-c",
+            c,
+            "--checkpoints",
+            "/cli/ck",
+            "--checkpoints-max-size=2g",
+        ]),
+        &env,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.checkpoints, Some(PathBuf::from("/cli/ck")));
+    assert_eq!(o.checkpoints_max_size, 2 << 30);
+}
+
+#[test]
+fn bad_checkpoint_sizes_are_errors() {
+    for bad in ["lots", "-5G", "1e400", "12Q", ""] {
+        let e = parse(
+            &args(&[
+                "--start-scripts",
+                "/x/run-a-vm",
+                "--checkpoints-max-size",
+                bad,
+                "/t",
+            ]),
+            &no_env(),
+        );
+        assert!(e.is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+    assert_eq!(parse_size("64k"), Some(65536));
+    assert_eq!(parse_size("4096"), Some(4096));
+    assert_eq!(parse_size("8 GB"), Some(8 << 30));
+}
+
+#[test]
+fn keep_failed_comes_from_the_environment_or_the_command_line() {
+    let cfg = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"test_script":"/t"}"#,
+    );
+    let c = cfg.to_str().unwrap();
+    let o = parse(&args(&["-c", c]), &no_env()).unwrap().unwrap();
+    assert_eq!(o.keep_failed, None);
+    assert_eq!(o.resume, None, "only `ntd resume` sets it");
+    let env = MapEnv(HashMap::from([("NTD_KEEP_FAILED", "/env/capsule")]));
+    let o = parse(&args(&["-c", c]), &env).unwrap().unwrap();
+    assert_eq!(o.keep_failed, Some(PathBuf::from("/env/capsule")));
+    let o = parse(&args(&["-c", c, "--keep-failed", "/cli/capsule"]), &env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.keep_failed, Some(PathBuf::from("/cli/capsule")));
+}

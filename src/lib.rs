@@ -6,6 +6,7 @@
 // Tests may unwrap and panic: a failing assertion is their report.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod checkpoint;
 pub mod child;
 pub mod cli;
 pub mod driver;

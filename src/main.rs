@@ -82,7 +82,8 @@ fn main() {
 /// Helper programs that share the binary: `ntd shim-export DIR` writes the Python package (for
 /// type checks and packaging), `ntd generate-driver-symbols` (or the binary called by that name)
 /// writes `driver-symbols` like upstream's helper, `ntd vde-switch --sock DIR` runs only the
-/// switch (interop tests and the switch bench drive it like `vde_switch`).
+/// switch (interop tests and the switch bench drive it like `vde_switch`), `ntd resume DIR`
+/// opens a failure capsule.
 fn subcommand(argv0: &str, args: &[String]) -> Option<i32> {
     let called = std::path::Path::new(argv0)
         .file_name()
@@ -106,8 +107,82 @@ fn subcommand(argv0: &str, args: &[String]) -> Option<i32> {
             }
         }
         Some("generate-driver-symbols") => Some(write_symbols()),
+        Some("resume") => Some(resume(&args[1..])),
         Some("vde-switch") => Some(ntd::vde::standalone::main(&args[1..])),
         _ => None,
+    }
+}
+
+/// `ntd resume DIR`: the machines and vlans of the failure capsule in DIR, restored from it,
+/// and the interactive REPL (machines named as in the test).
+fn resume(args: &[String]) -> i32 {
+    let [dir] = args else {
+        eprintln!("usage: ntd resume DIR");
+        return 2;
+    };
+    // Absolute: QEMU reads the streams from its machine's state directory.
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ntd resume: {dir}: {e}");
+            return 1;
+        }
+    };
+    let capsule = match std::fs::read_to_string(dir.join(ntd::checkpoint::capsule::FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|t| ntd::checkpoint::capsule::Capsule::decode(&t))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ntd resume: {}: {e} (is it a failure capsule?)",
+                dir.display()
+            );
+            return 1;
+        }
+    };
+    let log_level = std::env::var("logLevel")
+        .ok()
+        .and_then(|l| ntd::log::Level::parse(&l))
+        .unwrap_or(ntd::log::Level::Info);
+    let opts = cli::Options {
+        vms: capsule
+            .machines
+            .iter()
+            .map(|m| cli::VmSpec {
+                name: m.name.clone(),
+                start_script: m.start_command.clone(),
+            })
+            .collect(),
+        vlans: capsule.vlans.clone(),
+        global_timeout: cli::DEFAULT_GLOBAL_TIMEOUT,
+        test_script: None,
+        keep_machine_state: false,
+        interactive: true,
+        output_directory: std::env::current_dir().unwrap_or_else(|_| ".".into()),
+        junit_xml: None,
+        log_level,
+        debug_hook: None,
+        capture_dir: None,
+        trace: None,
+        net_seed: None,
+        legacy_state_flag: false,
+        shell_timeout: cli::DEFAULT_SHELL_TIMEOUT,
+        force_accel: false,
+        dump_vsocks: None,
+        enable_ssh_backdoor: false,
+        checkpoints: None,
+        checkpoints_max_size: ntd::checkpoint::DEFAULT_MAX_SIZE,
+        keep_failed: None,
+        resume: Some(dir),
+    };
+    let log = Logger::new(opts.log_level, vec![Box::new(Terminal::stderr())]);
+    match Driver::new(opts, log, None) {
+        Ok(d) => d.run(),
+        Err(e) => {
+            eprintln!("ntd: {e}");
+            1
+        }
     }
 }
 

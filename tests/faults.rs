@@ -490,3 +490,119 @@ fn odd_machine_names_never_reach_a_shell_and_files_are_private() {
     assert!(!dir.path.join("pwned").exists());
     assert_nothing_left(&dir);
 }
+
+/// Entries of a checkpoint or capsule directory (`.tmp-*` ones included), sorted.
+fn entries_of(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A run whose saves crawl (1 MB/s: a tiny guest's stream takes over a minute), `args` added;
+/// SIGTERM once stderr shows `marker` (`None`: let it end by itself). The status and the log.
+fn slow_save(
+    dir: &TestDir,
+    cfg: &Path,
+    args: &[&str],
+    marker: Option<&str>,
+) -> (Option<i32>, String) {
+    let mut child = dir
+        .ntd()
+        .args(["-c", cfg.to_str().unwrap()])
+        .args(args)
+        .env("NTD_TEST_MIGRATION_BANDWIDTH", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    if let Some(marker) = marker {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(marker) {
+                break;
+            }
+        }
+        // Into the migration (the guest shell's round trips before it take milliseconds).
+        std::thread::sleep(Duration::from_secs(2));
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    for line in lines {
+        seen.push_str(&line.unwrap_or_default());
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_nothing_left(dir);
+    (status.code(), seen)
+}
+
+#[test]
+fn sigterm_or_the_global_timeout_during_a_checkpoint_save_leave_no_entry_and_no_qemu() {
+    let (dir, cfg) = setup(
+        "f-cksig",
+        test_script!("faults/boot_then_sleep.py"),
+        600,
+        &[],
+    );
+    let ck = dir.path.join("ck");
+    let ck_arg = ck.to_str().unwrap();
+    let (status, log) = slow_save(
+        &dir,
+        &cfg,
+        &["--checkpoints", ck_arg],
+        Some("saving a checkpoint (key"),
+    );
+    assert_eq!(status, Some(143), "{log}");
+    assert!(
+        !log.contains("checkpoint saved"),
+        "the save was not interrupted\n{log}"
+    );
+    assert_eq!(entries_of(&ck), Vec::<String>::new(), "{log}");
+
+    let (dir, cfg) = setup("f-ckgt", test_script!("faults/boot_then_sleep.py"), 30, &[]);
+    let ck = dir.path.join("ck");
+    let (status, log) = slow_save(&dir, &cfg, &["--checkpoints", ck.to_str().unwrap()], None);
+    assert_eq!(status, Some(143), "{log}");
+    assert!(log.contains("saving a checkpoint (key"), "{log}");
+    assert!(log.contains("timeout reached"), "{log}");
+    assert!(!log.contains("checkpoint saved"), "{log}");
+    assert_eq!(entries_of(&ck), Vec::<String>::new(), "{log}");
+}
+
+#[test]
+fn sigterm_during_a_failure_capsule_save_leaves_no_capsule_and_no_qemu() {
+    let (dir, cfg) = setup(
+        "f-capsig",
+        test_script!("faults/fails_after_boot.py"),
+        600,
+        &[],
+    );
+    let capsule = dir.path.join("capsule");
+    let (status, log) = slow_save(
+        &dir,
+        &cfg,
+        &["--keep-failed", capsule.to_str().unwrap()],
+        Some("saving the failure capsule"),
+    );
+    assert_eq!(status, Some(1), "the test's own failure status\n{log}");
+    assert!(log.contains("received SIGTERM"), "{log}");
+    assert!(!log.contains("failure capsule written"), "{log}");
+    assert!(!capsule.exists(), "{:?}\n{log}", entries_of(&capsule));
+    let staging: Vec<String> = entries_of(&dir.run_dir())
+        .into_iter()
+        .filter(|n| n.starts_with("ntd-capsule"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
+}

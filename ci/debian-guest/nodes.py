@@ -34,7 +34,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
 from dataclasses import dataclass, field
 
@@ -229,6 +228,10 @@ def enable_links(node, image_units):
     return links
 
 
+# 2024-01-01T00:00:00Z, the modification time of every file in a node tar.
+TAR_MTIME = 1704067200
+
+
 def write_node_tar(node, image, path):
     """The tar the initrd unpacks into the root: files, enable links, machine id, hostname."""
     with open(os.path.join(image, "unit-install.json")) as f:
@@ -240,7 +243,9 @@ def write_node_tar(node, image, path):
     # systemd names the host from its first line on (ntd-identity.service sets it
     # again from ntd.node= a moment later, for start scripts without this tar).
     entries.setdefault("/etc/hostname", (f"{node.name}\n".encode(), 0o644))
-    now = int(time.time())
+    # A fixed time: the same node gives the same tar bytes every run, so its start script
+    # keeps its checkpoint key (ntd --checkpoints identifies files by content).
+    now = TAR_MTIME
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for guest_path, (data, mode) in sorted(entries.items()):
             info = tarfile.TarInfo(guest_path.lstrip("/"))

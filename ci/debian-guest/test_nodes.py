@@ -130,6 +130,17 @@ class NodesTest(unittest.TestCase):
         self.assertEqual(link.linkname, "/usr/lib/systemd/system/nginx.service")
         self.assertEqual(members["srv/i.html"].uid, 0)
 
+    def test_node_tar_is_the_same_bytes_every_time(self):
+        self.write("nodes.toml", '[a]\nunits = ["nginx"]\n[a.files]\n"/srv/i.html" = "hi"\n')
+        node = nodes.load(self.dir)[0]
+        first, second = (os.path.join(self.dir, n) for n in ("1.tar", "2.tar"))
+
+        nodes.write_node_tar(node, self.image, first)
+        nodes.write_node_tar(node, self.image, second)
+
+        with open(first, "rb") as a, open(second, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
     def test_driver_config_is_upstream_shape(self):
         self.write("nodes.toml", '[b]\nvlans = [3]\n[a]\n')
         got = nodes.load(self.dir)

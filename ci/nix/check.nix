@@ -25,6 +25,18 @@ let
   };
   tests = builtins.mapAttrs (_: framework) cases;
 
+  # Boot checkpoints (nix/checkpoint.nix) with the framework restatement: nothing boots here,
+  # so a checkpoint is made only of a test without nodes, and a test with a node must fail.
+  ntdCheckpoints = pkgs.ntdCheckpoints;
+  fromCheckpoint = ntdCheckpoints.runNixOSTest cases.extra-python;
+  # A driver that boots nothing and saves nothing (as if its node had a 9p Nix store).
+  savesNothing = runCommand "ntd-check-saves-nothing" { } ''
+    mkdir -p $out/bin
+    printf '#!%s\necho "ntd-boot-checkpoint: machines server"\necho "server: no checkpoint: the guest mounts its Nix store over 9p"\n' \
+      "$SHELL" > $out/bin/nixos-test-driver
+    chmod +x $out/bin/nixos-test-driver
+  '';
+
   # Runs a driver program with the given arguments and standard input, keeps what it printed
   # and requires a line of it.
   runDriver =
@@ -72,6 +84,22 @@ in
         "ntd-check: repl sees ['alice', 'bob'] <Vlan Nr. 2>"
       ];
     };
+    # The boot checkpoint of a test without nodes: the driver ran the boot script with
+    # --checkpoints $out and --test-script (an empty checkpoint).
+    checkpoint-no-node = ntdCheckpoints.boot {
+      test = tests.extra-python;
+      name = "extra-python";
+      features = [ ];
+    };
+    # runNixOSTest from the checkpoint: the driver is wrapped with --checkpoints <its path>,
+    # and runs (no VM) with it.
+    checkpoint-driver = runCommand "ntd-check-checkpoint-driver" { } ''
+      grep -F -- ${pkgs.lib.escapeShellArg "--checkpoints ${fromCheckpoint.bootCheckpoint}"} \
+        ${fromCheckpoint.driver}/bin/nixos-test-driver
+      test -d ${fromCheckpoint.bootCheckpoint}
+      test -d ${fromCheckpoint}
+      touch $out
+    '';
     # `-I` given to the ordinary driver, as a user runs `result/bin/nixos-test-driver -I`.
     interactive-flag = runDriver "interactive-flag" {
       driver = tests.one-node.driver;
@@ -88,6 +116,20 @@ in
     containers = tests.containers.driver;
     type-error = tests.type-error.driver;
     lint-error = tests.lint-error.driver;
+    # A node that cannot boot: the checkpoint's build fails (no empty checkpoint).
+    checkpoint-unbootable = ntdCheckpoints.boot {
+      test = tests.one-node;
+      name = "one-node";
+      features = [ ];
+    };
+    # A node that was not saved: the build fails naming it.
+    checkpoint-unsaved = ntdCheckpoints.boot {
+      test = {
+        driver = savesNothing;
+      };
+      name = "unsaved";
+      features = [ ];
+    };
     # A nixpkgs from before PR #503686: the overlay must refuse, not do nothing.
     old-nixpkgs =
       (import ./stubs.nix {

@@ -36,4 +36,17 @@ in
       testScript = "machine.name";
     }).driver.testDriver.name;
   packageOverlay = (plain.extend outputs.overlays.package).ntd.name;
+  # Boot checkpoints: the test's driver gets the checkpoint's store path.
+  fromCheckpoint =
+    let
+      t = outputs.lib.runNixOSTestFromCheckpoint plain {
+        name = "lib";
+        nodes.machine = { };
+        testScript = "machine.name";
+      };
+    in
+    {
+      driver = t.driver.drvPath;
+      checkpoint = t.bootCheckpoint.name;
+    };
 }

@@ -8,13 +8,18 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod capsule;
+mod checkpoints;
 mod control;
 mod deadline;
 mod dirs;
+mod gate;
 mod pending;
+mod save_group;
 mod serve;
 mod shell_op;
 mod shim;
+mod snapshots;
 mod vlans;
 pub mod vsock;
 
@@ -68,6 +73,8 @@ pub enum DriverError {
     Shim(crate::shim::ShimError),
     /// The SSH backdoor's vhost-device-vsock could not start.
     Vsock(vsock::VsockError),
+    /// `ntd resume DIR`: the capsule cannot be used.
+    Resume(String),
 }
 
 impl fmt::Display for DriverError {
@@ -78,6 +85,7 @@ impl fmt::Display for DriverError {
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
             DriverError::Vsock(e) => write!(f, "{e}"),
+            DriverError::Resume(e) => write!(f, "cannot resume the failure capsule: {e}"),
         }
     }
 }
@@ -90,6 +98,7 @@ impl std::error::Error for DriverError {
             DriverError::Machine(e) => Some(e),
             DriverError::Shim(e) => Some(e),
             DriverError::Vsock(e) => Some(e),
+            DriverError::Resume(_) => None,
         }
     }
 }
@@ -127,6 +136,12 @@ pub struct Driver {
     fault_spans: Vec<vlans::FaultSpan>,
     /// The SSH backdoor's vhost-user vsock backend (`enable_ssh_backdoor`).
     vsock: Option<vsock::VsockBackend>,
+    /// Boot checkpoints (`--checkpoints`), when on.
+    checkpoints: Option<gate::Checkpoints>,
+    /// Named snapshots of this run (`snapshot`, `snapshot_all`), once one was taken.
+    snapshots: Option<snapshots::Snapshots>,
+    /// The failure capsule to write if the test fails (`--keep-failed`).
+    capsule: Option<capsule::CapsuleState>,
 }
 
 impl Driver {
@@ -166,6 +181,9 @@ impl Driver {
             net_seed: 0,
             fault_spans: Vec::new(),
             vsock: None,
+            checkpoints: None,
+            snapshots: None,
+            capsule: None,
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -186,6 +204,10 @@ impl Driver {
             d.add_machine(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
+        d.setup_vmgenid();
+        d.setup_checkpoints();
+        d.setup_capsule();
+        d.setup_resume().map_err(DriverError::Resume)?;
         Ok(d)
     }
 
@@ -258,11 +280,13 @@ impl Driver {
             1
         });
         self.cleanup();
+        self.finish_capsule();
         code
     }
 
     /// Serve the shim until it exits or the run is cut short; the exit status.
     fn serve(&mut self) -> i32 {
+        self.start_resumed();
         match ShimLink::spawn(&self.tmp_dir, &self.extra_env, self.poll.registry()) {
             Ok(link) => self.shim = Some(link),
             Err(e) => {
@@ -279,11 +303,24 @@ impl Driver {
             s.read_requests(self.poll.registry());
         }
         self.advance();
-        match self.termination {
+        let code = match self.termination {
             Some(Termination::GlobalTimeout) => 143,
             Some(Termination::Signal(sig)) => signals::exit_status_for(sig),
             None => self.shim_exit().map_or(1, |info| info.shell_status()),
+        };
+        // A failed test (not one a signal ended) leaves a capsule, with --keep-failed.
+        let failure = match self.termination {
+            Some(Termination::GlobalTimeout) => Some(format!(
+                "the global timeout of {} seconds ran out",
+                crate::machine::guest::format_seconds(self.opts.global_timeout)
+            )),
+            Some(Termination::Signal(_)) => None,
+            None => (code != 0).then(|| format!("the test script failed (exit status {code})")),
+        };
+        if let Some(reason) = failure {
+            self.save_capsule(reason);
         }
+        code
     }
 
     fn shim_exit(&self) -> Option<crate::child::ExitInfo> {
@@ -370,6 +407,7 @@ impl Driver {
         self.members()
             .filter_map(LoopMember::next_deadline)
             .chain(op)
+            .chain(self.checkpoint_deadline())
             .chain(self.global_deadline)
             .min()
     }
@@ -401,8 +439,11 @@ impl Driver {
                 "the global timeout of {} seconds ran out",
                 crate::machine::guest::format_seconds(self.opts.global_timeout)
             ));
-            for m in &mut self.machines {
-                m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+            // With --keep-failed the machines are saved first; cleanup ends them after.
+            if self.capsule.is_none() {
+                for m in &mut self.machines {
+                    m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+                }
             }
             self.log.end(true);
             self.termination = Some(Termination::GlobalTimeout);
@@ -446,6 +487,7 @@ impl Driver {
 
     /// Progress the current op; start queued requests while none is running.
     fn advance(&mut self) {
+        self.checkpoint_turn();
         loop {
             if let Some(op) = self.current.take() {
                 let mut env = Env {
@@ -467,11 +509,22 @@ impl Driver {
                     }
                 }
             }
+            // The first command waits while the machines booted so far are saved.
+            if let Some(req) = self.checkpoint_released() {
+                self.begin(req);
+                continue;
+            }
+            if self.checkpoint_holding() {
+                return;
+            }
             let Some(next) = self.shim.as_mut().and_then(ShimLink::next_request) else {
                 return;
             };
             match next {
-                Ok(req) => self.begin(req),
+                Ok(req) => match self.checkpoint_admit(req) {
+                    Some(req) => self.begin(req),
+                    None => self.checkpoint_turn(),
+                },
                 Err(e) => match e.id {
                     Some(id) => self.answer(Answer::Line(crate::rpc::encode_err(id, &e.error))),
                     None => self
@@ -540,6 +593,8 @@ impl Driver {
             self.poll_once(&mut events, Some(timeout));
             self.member_timers(Instant::now());
         }
+        self.checkpoint_cleanup();
+        self.remove_snapshots();
         self.stop_vlans();
         if let Some(v) = self.vsock.as_mut() {
             v.stop();
@@ -569,7 +624,14 @@ impl Driver {
         let Some(t) = self.trace.take() else {
             return;
         };
-        match t.write() {
+        let written = t.write();
+        if let Ok(html) = &written {
+            self.note_trace_files(vec![t.path().to_path_buf(), html.clone()]);
+        }
+        if self.trace_for_capsule_only() {
+            return;
+        }
+        match written {
             Ok(html) => self.log.info(&format!(
                 "trace written to {} (timeline: {})",
                 t.path().display(),

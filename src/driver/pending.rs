@@ -19,9 +19,11 @@
 
 use super::control::{Controlled, Env, StartProgress};
 use super::deadline::Deadline;
+use super::save_group::Checkpointable;
 use super::shell_op::{
     poll_connect, poll_shell, run_reply, wait_reply, Connecting, ShellOp, ShellStep, WaitOp,
 };
+use super::snapshots::{RestoreWork, SnapshotWork};
 use crate::json::Value;
 use crate::rpc::replies::{ConsoleChunk, RunReply, WaitReply};
 use crate::rpc::wire::{Answer, Base64, Responder};
@@ -83,6 +85,16 @@ pub enum Pending {
         deadline: Option<Deadline>,
         out: Responder<Option<Value>>,
     },
+    /// A named snapshot being saved (`snapshot`, `snapshot_all`).
+    Snapshot {
+        work: Box<SnapshotWork>,
+        out: Responder<()>,
+    },
+    /// Machines being put back to a named snapshot (`restore`, `restore_all`).
+    Restore {
+        work: Box<RestoreWork>,
+        out: Responder<()>,
+    },
     /// The machine's exit (`shutdown`, `crash`, `wait_for_shutdown`).
     WaitExit {
         m: usize,
@@ -107,7 +119,7 @@ pub enum Polled {
 
 impl Pending {
     /// Advance the op; [`Polled::Done`] ends it.
-    pub fn poll<M: Controlled>(self, env: &mut Env<'_, M>) -> Polled {
+    pub fn poll<M: Checkpointable>(self, env: &mut Env<'_, M>) -> Polled {
         match self {
             Pending::Start {
                 machines,
@@ -190,6 +202,14 @@ impl Pending {
                 ),
                 None => Polled::Waiting(Pending::Hmp { m, qid, out }),
             },
+            Pending::Snapshot { mut work, out } => match work.poll(env) {
+                Some(r) => Polled::Done(out.finish(r)),
+                None => Polled::Waiting(Pending::Snapshot { work, out }),
+            },
+            Pending::Restore { mut work, out } => match work.poll(env) {
+                Some(r) => Polled::Done(out.finish(r)),
+                None => Polled::Waiting(Pending::Restore { work, out }),
+            },
             Pending::WaitExit {
                 m,
                 deadline,
@@ -233,6 +253,8 @@ impl Pending {
                 .flatten()
                 .filter_map(|d| d.wake_at())
                 .min(),
+            Pending::Snapshot { work, .. } => work.wake_at(),
+            Pending::Restore { work, .. } => work.wake_at(),
             _ => None,
         }
     }
@@ -242,7 +264,9 @@ impl Pending {
         match self {
             Pending::Start { out, .. }
             | Pending::Connect { out, .. }
-            | Pending::WaitExit { out, .. } => out.id(),
+            | Pending::WaitExit { out, .. }
+            | Pending::Snapshot { out, .. }
+            | Pending::Restore { out, .. } => out.id(),
             Pending::Run { out, .. } => out.id(),
             Pending::Wait { out, .. } => out.id(),
             Pending::ConsoleWait { out, .. } => out.id(),

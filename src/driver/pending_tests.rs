@@ -18,6 +18,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+#[path = "gate_tests.rs"]
+mod gate;
+use gate::FakeCkpt;
+
 /// A machine whose every answer the test sets.
 struct Fake {
     name: String,
@@ -37,6 +41,8 @@ struct Fake {
     events: VecDeque<Value>,
     qmp: Option<Result<Value, QmpFailure>>,
     finished_shutdown: bool,
+    /// Saving and restoring (see `gate_tests.rs`).
+    ckpt: FakeCkpt,
 }
 
 impl Fake {
@@ -59,6 +65,7 @@ impl Fake {
             events: VecDeque::new(),
             qmp: None,
             finished_shutdown: false,
+            ckpt: FakeCkpt::default(),
         }
     }
 

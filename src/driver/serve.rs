@@ -47,7 +47,7 @@ enum ShutdownKind {
 }
 
 impl Driver {
-    fn machine_index(&self, name: &str) -> Result<usize, OpError> {
+    pub(super) fn machine_index(&self, name: &str) -> Result<usize, OpError> {
         self.machines
             .iter()
             .position(|m| m.name == name)
@@ -229,6 +229,11 @@ impl Serve for Driver {
 
     fn log(&mut self, req: Log, out: Responder<()>) -> Served {
         self.log.line(req.level, req.machine.as_deref(), &req.msg);
+        Served::Now(out.ok(()))
+    }
+
+    fn failure(&mut self, req: Failure, out: Responder<()>) -> Served {
+        self.note_failure(req.text);
         Served::Now(out.ok(()))
     }
 
@@ -491,6 +496,34 @@ impl Serve for Driver {
                 self.machines[m].mark_disconnected();
                 Served::Now(out.ok(()))
             }
+            Err(e) => Served::Now(out.err(e)),
+        }
+    }
+
+    fn snapshot(&mut self, req: Snapshot, out: Responder<()>) -> Served {
+        match self.op_snapshot(Some(&req.machine), &req.name) {
+            Ok(work) => Served::Later(Pending::Snapshot { work, out }),
+            Err(e) => Served::Now(out.err(e)),
+        }
+    }
+
+    fn restore(&mut self, req: RestoreSnapshot, out: Responder<()>) -> Served {
+        match self.op_restore(Some(&req.machine), &req.name) {
+            Ok(work) => Served::Later(Pending::Restore { work, out }),
+            Err(e) => Served::Now(out.err(e)),
+        }
+    }
+
+    fn snapshot_all(&mut self, req: SnapshotAll, out: Responder<()>) -> Served {
+        match self.op_snapshot(None, &req.name) {
+            Ok(work) => Served::Later(Pending::Snapshot { work, out }),
+            Err(e) => Served::Now(out.err(e)),
+        }
+    }
+
+    fn restore_all(&mut self, req: RestoreAll, out: Responder<()>) -> Served {
+        match self.op_restore(None, &req.name) {
+            Ok(work) => Served::Later(Pending::Restore { work, out }),
             Err(e) => Served::Now(out.err(e)),
         }
     }

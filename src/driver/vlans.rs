@@ -346,6 +346,79 @@ impl Driver {
     }
 }
 
+/// The network faults of one vlan at one moment (`snapshot_all`), to put back
+/// (`restore_all`). Labels are machine indices, which a restored machine keeps.
+#[derive(Debug, Clone)]
+pub(super) struct VlanView {
+    nr: u32,
+    rules: Vec<Rule>,
+    partition: Option<Vec<Vec<Label>>>,
+}
+
+impl Driver {
+    /// Every vlan's faults now.
+    pub(super) fn vlan_views(&self) -> Vec<VlanView> {
+        self.switches
+            .iter()
+            .map(|s| VlanView {
+                nr: s.vlan(),
+                rules: s.rules(),
+                partition: s.current_partition().map(|p| p.groups().to_vec()),
+            })
+            .collect()
+    }
+
+    /// Put the vlans' faults back as `views` recorded them (logged and traced like the
+    /// test's own `impair`/`partition`/`heal`). Frames still delayed for a machine's old port
+    /// go with that port; nothing of the old machines reaches the restored ones.
+    pub(super) fn restore_vlan_views(&mut self, label: &str, views: &[VlanView]) {
+        let now = Instant::now();
+        for v in views {
+            let Some(sw) = self.switch_mut(v.nr) else {
+                continue;
+            };
+            sw.heal();
+            let mut applied = Vec::new();
+            for rule in &v.rules {
+                if sw.apply(*rule).is_ok() {
+                    applied.push(*rule);
+                }
+            }
+            let partitioned = v
+                .partition
+                .as_ref()
+                .is_some_and(|g| sw.partition(g.clone()).is_ok());
+            let (ended, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fault_spans)
+                .into_iter()
+                .partition(|s| s.vlan == v.nr);
+            self.fault_spans = kept;
+            for span in ended {
+                self.trace_fault(span, now);
+            }
+            let names = |l: Label| self.machine_name(l);
+            let mut spans = Vec::new();
+            for rule in applied {
+                spans.push((FaultKey::from(rule.scope), rule.describe(v.nr, &names)));
+            }
+            if partitioned {
+                let what = self
+                    .switches
+                    .iter()
+                    .find(|s| s.vlan() == v.nr)
+                    .and_then(|s| s.current_partition().map(|p| p.describe(v.nr, &names)))
+                    .unwrap_or_default();
+                spans.push((FaultKey::Partition, what));
+            }
+            self.log
+                .log(&format!("vlan{}: network faults as at {label}", v.nr));
+            for (key, what) in spans {
+                self.log.log(&what);
+                self.fault_changed(v.nr, key, Some(what));
+            }
+        }
+    }
+}
+
 /// A seed for a run that did not pass `--net-seed`.
 fn random_seed() -> u64 {
     let mut b = [0u8; 8];

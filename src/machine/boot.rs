@@ -17,19 +17,22 @@ pub enum Milestone {
     Sentinel,
     /// The shell answered ntd's setup: commands may be sent.
     ShellReady,
+    /// A restore's state is loaded (the guest runs again from the checkpoint).
+    Restored,
     /// The process ended.
     Exited,
 }
 
 impl Milestone {
     /// How the trace and the boot-phase report name it.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Milestone::Spawned => "QEMU spawned",
             Milestone::QmpReady => "QMP ready",
             Milestone::FirstSerialLine => "first serial line",
             Milestone::Sentinel => "backdoor sentinel",
             Milestone::ShellReady => "shell ready",
+            Milestone::Restored => "restored from checkpoint",
             Milestone::Exited => "QEMU exited",
         }
     }

@@ -166,7 +166,7 @@ impl Machine {
 
     /// Guest shell ready for a command.
     pub fn shell_ready(&self) -> bool {
-        self.session.ready()
+        self.session.ready() && !self.ckpt.busy()
     }
 
     /// Forget the shell so the next connect waits for a fresh sentinel (reboot, switch_root).

@@ -13,6 +13,7 @@
 mod accel;
 pub mod boot;
 mod channels;
+mod checkpoint;
 pub mod console;
 pub mod guest;
 mod link;
@@ -30,6 +31,7 @@ use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
 pub use boot::BootTimes;
 use boot::Milestone;
+pub(crate) use checkpoint::{RestorePlan, SaveOutcome, SaveRequest};
 use link::Link;
 use mio::event::Event;
 use mio::net::{UnixListener, UnixStream};
@@ -194,6 +196,8 @@ pub struct Machine {
     /// When waiting ops should look at a lost shell again (see [`SHELL_LOSS_GRACE`]); cleared
     /// by the timer.
     shell_settle_at: Option<Instant>,
+    /// Boot checkpoints: a restore to do, a save in progress (see `checkpoint`).
+    ckpt: checkpoint::Checkpointing,
 }
 
 impl Machine {
@@ -240,6 +244,7 @@ impl Machine {
             setup_deadline: None,
             shell_lost_at: None,
             shell_settle_at: None,
+            ckpt: checkpoint::Checkpointing::default(),
         }
     }
 
@@ -258,7 +263,7 @@ impl Machine {
 
     /// Upstream's `connected`: the backdoor shell answered.
     pub fn connected(&self) -> bool {
-        self.session.connected()
+        self.session.connected() && !self.ckpt.busy()
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -362,6 +367,7 @@ impl Machine {
             qemu::wants_nographic(),
         );
         args.extend(self.extra_args.iter().cloned());
+        args.extend(self.checkpoint_args(cx, extra_env));
         let mut env = extra_env.to_vec();
         env.extend(qemu::start_env(&self.paths));
         let proc = qemu::spawn(&self.start_command, &args, &env, &self.paths.state_dir)?;
@@ -388,6 +394,7 @@ impl Machine {
         self.setup_deadline = None;
         self.shell_lost_at = None;
         self.shell_settle_at = None;
+        self.checkpoint_spawned(cx);
         Ok(())
     }
 
@@ -469,6 +476,9 @@ impl Machine {
         let _ = cx
             .registry
             .deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
+        if self.checkpoint_exit(cx, info) {
+            return;
+        }
         self.exit = Some(info);
         self.boot.mark(Milestone::Exited);
         let was_running = self.phase == Phase::Running;
@@ -476,7 +486,7 @@ impl Machine {
         if !self.killed {
             cx.log.machine(&self.name, &format!("QEMU exited ({info})"));
         }
-        if !was_running {
+        if let Some(p) = self.process.as_ref().filter(|_| !was_running) {
             // Do not leave a half-started group behind.
             p.child.signal(Signal::KILL);
         }
@@ -595,6 +605,7 @@ impl LoopMember for Machine {
             Slot::Stdin => self.flush_stdin(cx.registry),
             Slot::Pidfd => self.check_exit(cx),
         }
+        self.advance_checkpoint(cx);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -603,6 +614,7 @@ impl LoopMember for Machine {
             self.kill_deadline,
             self.setup_deadline,
             self.shell_settle_at,
+            self.checkpoint_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -642,6 +654,7 @@ impl LoopMember for Machine {
                 p.child.signal(Signal::KILL);
             }
         }
+        self.advance_checkpoint(cx);
     }
 }
 

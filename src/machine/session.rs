@@ -135,6 +135,17 @@ impl std::error::Error for SessionError {
     }
 }
 
+/// What the host must remember of an idle guest shell to talk to it again after the machine
+/// was saved and restored (the guest keeps its half: the setup's functions, its spool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedSession {
+    /// Bytes in the guest's spool.
+    pub spool_used: u64,
+    pub spool: bool,
+    pub sent_timeouts: bool,
+    pub sent_waits: bool,
+}
+
 /// Where the session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -246,6 +257,33 @@ impl ShellSession {
     #[cfg(test)]
     pub fn in_setup(&self) -> bool {
         self.stage == Stage::Setup
+    }
+
+    /// The state to save, if the shell is idle and ready.
+    pub fn saved(&self) -> Option<SavedSession> {
+        (self.stage == Stage::Ready && self.unusable.is_none()).then(|| SavedSession {
+            spool_used: self.framing.consumed() - self.spool_base - self.spool_fetched,
+            spool: self.spool,
+            sent_timeouts: self.sent_timeouts,
+            sent_waits: self.sent_waits,
+        })
+    }
+
+    /// Talk again to a shell saved as `saved` (a restored machine): ready at once, no
+    /// sentinel and no setup.
+    pub fn resume(&mut self, saved: SavedSession) {
+        self.framing = ShellFraming::resumed(saved.spool_used);
+        self.spool_base = 0;
+        self.spool_fetched = 0;
+        self.spool = saved.spool;
+        self.sent_timeouts = saved.sent_timeouts;
+        self.sent_waits = saved.sent_waits;
+        self.stage = Stage::Ready;
+        self.outbox.clear();
+        self.result = None;
+        self.unverified = None;
+        self.lost = false;
+        self.unusable = None;
     }
 
     /// Give up on a setup that never answered (the machine's timer): requests fail with

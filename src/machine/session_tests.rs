@@ -361,3 +361,45 @@ fn held_stdout_report_is_a_note_naming_the_command() {
     let result = s.take_result().unwrap();
     assert_eq!((result.status, result.output), (0, b"ONE\nTWO\n".to_vec()));
 }
+
+#[test]
+fn saved_session_resumes_with_the_same_spool_offsets() {
+    let (mut s, mut twin) = ready();
+    s.submit(&run("echo hi")).unwrap();
+    s.take_outbox();
+    let n = twin.next_nonce();
+    let first = frame(b"hi\n", &n, 0);
+    let mut notes = Vec::new();
+    s.feed(&first, &mut notes);
+    assert!(s.take_result().is_some());
+    let saved = s.saved().expect("an idle ready shell can be saved");
+    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    assert_eq!(saved.spool_used, (check_len + first.len()) as u64);
+    // Busy shells cannot be saved.
+    s.submit(&run("sleep 1")).unwrap();
+    assert_eq!(s.saved(), None);
+
+    // The restored machine: a fresh session (new connection, no sentinel) resumed.
+    let (mut r, mut twin) = session();
+    r.resume(saved);
+    assert!(r.ready() && r.connected());
+    r.submit(&run("big")).unwrap();
+    r.take_outbox();
+    let n = twin.next_nonce();
+    let body = vec![b'z'; 100_000];
+    let full = frame(&body, &n, 0);
+    r.feed(&full[..70_000], &mut notes);
+    r.feed(&full[90_000..], &mut notes);
+    let c = twin.next_nonce();
+    r.take_outbox();
+    r.feed(
+        &marker('C', &c, (saved.spool_used as usize + full.len()) as i64),
+        &mut notes,
+    );
+    // The first fetch starts where this frame starts in the guest's spool.
+    let f = twin.next_nonce();
+    assert_eq!(
+        r.take_outbox(),
+        guest::encode_fetch(&f, Some(saved.spool_used), guest::FETCH_PIECE).into_bytes()
+    );
+}

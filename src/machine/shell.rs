@@ -154,6 +154,16 @@ impl ShellFraming {
         matches!(self.state, State::InFrame | State::ExpectCount)
     }
 
+    /// A shell that already passed its sentinel, `consumed` bytes ago (a machine restored
+    /// from a checkpoint: the guest's shell is the one that was saved).
+    pub fn resumed(consumed: u64) -> Self {
+        ShellFraming {
+            state: State::Idle,
+            consumed,
+            ..ShellFraming::new()
+        }
+    }
+
     /// Forget the shell (guest rebooted or switched root): wait for the sentinel again.
     pub fn await_sentinel(&mut self) {
         *self = ShellFraming::new();

@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod ops;
+pub mod reach;
 pub mod replies;
 pub mod requests;
 pub mod wire;

@@ -126,6 +126,7 @@ macro_rules! protocol {
 
 protocol! {
     log: Log -> (), notification;
+    failure: Failure -> (), notification;
     nest: Nest -> (), notification;
     unnest: Unnest -> (), notification;
     serial: Serial -> (), notification;
@@ -162,6 +163,10 @@ protocol! {
     wait_for_shutdown: WaitForShutdown -> ();
     state: State -> MachineState;
     mark_disconnected: MarkDisconnected -> ();
+    snapshot: Snapshot -> ();
+    restore: RestoreSnapshot -> ();
+    snapshot_all: SnapshotAll -> ();
+    restore_all: RestoreAll -> ();
 }
 
 /// Decode one line from the shim.

@@ -59,6 +59,12 @@ requests! {
         pub msg: String = kind::STR,
     }
 
+    /// The test script raised: its traceback (kept for a failure capsule's log; Python
+    /// prints it to stderr itself).
+    pub struct Failure {
+        pub text: String = kind::STR,
+    }
+
     /// Open a nested log block (`with log.nested(msg):`).
     pub struct Nest {
         pub machine: Option<String> = kind::OPT_STR,
@@ -302,6 +308,28 @@ requests! {
     /// Forget the shell: the next command waits for a fresh sentinel (reboot, switch_root).
     pub struct MarkDisconnected {
         pub machine: String = kind::STR,
+    }
+
+    /// `machine.snapshot(name)`: save the running machine under `name` (run-private).
+    pub struct Snapshot {
+        pub machine: String = kind::STR,
+        pub name: String = kind::STR,
+    }
+
+    /// `machine.restore(name)`: put the machine back to its snapshot `name`.
+    pub struct RestoreSnapshot {
+        pub machine: String = kind::STR,
+        pub name: String = kind::STR,
+    }
+
+    /// `snapshot_all(name)`: save every running machine at one instant, and the vlans' faults.
+    pub struct SnapshotAll {
+        pub name: String = kind::STR,
+    }
+
+    /// `restore_all(name)`: put every machine and the vlans' faults back to `snapshot_all(name)`.
+    pub struct RestoreAll {
+        pub name: String = kind::STR,
     }
 }
 

@@ -120,6 +120,8 @@ pub const DRIVER_SYMBOLS: &[&str] = &[
     "t",
     "debug",
     "dump_machine_ssh",
+    "snapshot_all",
+    "restore_all",
 ];
 
 /// The module `test_driver/_constants.py`: the defaults the shim shares with the driver,

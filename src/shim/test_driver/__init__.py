@@ -81,7 +81,12 @@ def main() -> None:
         driver.run_tests()
     except Exception:
         # Python prints the traceback itself, straight to stderr: let the driver write the
-        # log lines sent before it first, so that the report reads in order.
+        # log lines sent before it first, so that the report reads in order. The driver
+        # keeps the traceback for a failure capsule's log (--keep-failed).
+        try:
+            _protocol.failure(text=traceback.format_exc())
+        except _rpc.DriverGone:
+            pass
         _sync_with_driver()
         raise
     rootlog.info(f"test script finished in {time.time() - tic:.2f}s")

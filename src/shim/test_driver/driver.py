@@ -252,6 +252,8 @@ class Driver:
             t=AssertionTester(),
             debug=self.debug,
             dump_machine_ssh=self.dump_machine_ssh,
+            snapshot_all=self.snapshot_all,
+            restore_all=self.restore_all,
         )
         machine_symbols: dict[str, Any] = {pythonize_name(m.name): m for m in self.machines}
         if len(self.machines) == 1 and "machine" not in machine_symbols:
@@ -353,6 +355,18 @@ class Driver:
             keep_machine_state=keep,
             logger=self.logger,
         )
+
+    def snapshot_all(self, name: str) -> None:
+        """Save every running machine at one instant, and the vlans' network faults, under
+        ``name`` (ntd; for ``restore_all(name)`` later in this run)."""
+        with self.logger.nested(f"taking snapshot '{name}' of all machines"):
+            _protocol.snapshot_all(name=name)
+
+    def restore_all(self, name: str) -> None:
+        """Put every machine and the vlans' faults back to ``snapshot_all(name)``; machines
+        that were not running then are stopped (ntd)."""
+        with self.logger.nested(f"restoring snapshot '{name}' of all machines"):
+            _protocol.restore_all(name=name)
 
     def serial_stdout_on(self) -> None:
         self.logger.print_serial_logs(True)

@@ -7,13 +7,18 @@
 //! driver started. Recording appends to a vector; with tracing off nothing is recorded at all.
 //! This module never does I/O before [`Trace::write`].
 
+pub mod timeline;
+
 use crate::json::{obj, Value};
 use crate::log::{LogEvent, Sink};
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
+
+/// The timeline page and its script.
+const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("timeline.js");
 
 /// Track of the driver itself (machines get their own, in order of first appearance).
 pub const DRIVER_TRACK: &str = "driver";
@@ -181,170 +186,23 @@ impl Trace {
         .to_json()
     }
 
-    /// A self-contained HTML page with an SVG timeline of the same events.
+    /// A self-contained HTML page with the same events as a timeline that fits the window
+    /// (zoomable; drawn by `timeline.js` from the layout of `timeline::layout`) and a
+    /// summary per machine.
     pub fn to_html(&self) -> String {
         let d = self.data.borrow();
-        let end_us = d
-            .events
-            .iter()
-            .map(|e| {
-                e.ts_us
-                    + match e.kind {
-                        Kind::Span { dur_us } => dur_us,
-                        Kind::Instant => 0,
-                    }
-            })
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        const LEFT: f64 = 140.0;
-        const WIDTH: f64 = 1400.0;
-        const LANE: f64 = 14.0;
-        let x = |us: u64| LEFT + us as f64 / end_us as f64 * WIDTH;
-        // Each track gets as many lanes as its spans nest.
-        let mut lanes_of = vec![Vec::<(u64, u64)>::new(); d.tracks.len()];
-        let mut placed = Vec::with_capacity(d.events.len());
-        let mut order: Vec<usize> = (0..d.events.len()).collect();
-        order.sort_by_key(|&i| d.events[i].ts_us);
-        for i in order {
-            let e = &d.events[i];
-            let (start, end) = match e.kind {
-                Kind::Span { dur_us } => (e.ts_us, e.ts_us + dur_us),
-                Kind::Instant => (e.ts_us, e.ts_us),
-            };
-            let lanes = &mut lanes_of[e.track];
-            let lane = match lanes.iter().position(|&(_, last_end)| last_end <= start) {
-                Some(l) => {
-                    lanes[l] = (start, end.max(start + 1));
-                    l
-                }
-                None => {
-                    lanes.push((start, end.max(start + 1)));
-                    lanes.len() - 1
-                }
-            };
-            placed.push((i, lane));
-        }
-        let mut track_y = Vec::with_capacity(d.tracks.len());
-        let mut y = 30.0;
-        for lanes in &lanes_of {
-            track_y.push(y);
-            y += (lanes.len().max(1) as f64) * LANE + 12.0;
-        }
-        let height = y + 10.0;
-        let mut svg = String::new();
-        let _ = write!(
-            svg,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"monospace\" font-size=\"10\">",
-            LEFT + WIDTH + 20.0
-        );
-        // Time axis: a tick every second (or every 100 ms for short runs).
-        let step = if end_us > 20_000_000 {
-            5_000_000
-        } else if end_us > 2_000_000 {
-            1_000_000
-        } else {
-            100_000
-        };
-        let mut t = 0;
-        while t <= end_us {
-            let _ = write!(
-                svg,
-                "<line x1=\"{0:.1}\" y1=\"20\" x2=\"{0:.1}\" y2=\"{height}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"14\">{1:.1}s</text>",
-                x(t),
-                t as f64 / 1e6
-            );
-            t += step;
-        }
-        for (i, name) in d.tracks.iter().enumerate() {
-            let _ = write!(
-                svg,
-                "<text x=\"4\" y=\"{:.1}\" font-weight=\"bold\">",
-                track_y[i] + 10.0
-            );
-            xml_text(name, &mut svg);
-            svg.push_str("</text>");
-        }
-        for (i, lane) in placed {
-            let e = &d.events[i];
-            let y = track_y[e.track] + lane as f64 * LANE;
-            let mut title = format!("{} @ {:.3} s", e.name, e.ts_us as f64 / 1e6);
-            match e.kind {
-                Kind::Span { dur_us } => {
-                    let _ = write!(title, " for {:.3} s", dur_us as f64 / 1e6);
-                    for (k, v) in &e.args {
-                        let _ = write!(title, ", {k}={}", v.to_json());
-                    }
-                    let failed = e
-                        .args
-                        .iter()
-                        .any(|(k, v)| k == "status" && v.as_i64().is_some_and(|s| s != 0));
-                    let colour = if failed {
-                        "#e88"
-                    } else if e.track == 0 {
-                        "#9bd"
-                    } else {
-                        "#8c8"
-                    };
-                    let _ = write!(
-                        svg,
-                        "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\" stroke=\"#555\" stroke-width=\"0.3\"><title>",
-                        x(e.ts_us),
-                        (x(e.ts_us + dur_us) - x(e.ts_us)).max(0.8),
-                        LANE - 2.0
-                    );
-                }
-                Kind::Instant => {
-                    let _ = write!(
-                        svg,
-                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#c60\"><title>",
-                        x(e.ts_us),
-                        y + LANE / 2.0
-                    );
-                }
-            }
-            xml_text(&title, &mut svg);
-            svg.push_str(match e.kind {
-                Kind::Span { .. } => "</title></rect>",
-                Kind::Instant => "</title></circle>",
-            });
-            // Name the span inside its box when there is room for a few characters.
-            if let Kind::Span { dur_us } = e.kind {
-                let width = x(e.ts_us + dur_us) - x(e.ts_us);
-                let room = (width / 6.2) as usize;
-                if room >= 6 {
-                    let label: String = if e.name.chars().count() > room {
-                        e.name
-                            .chars()
-                            .take(room.saturating_sub(1))
-                            .chain(['…'])
-                            .collect()
-                    } else {
-                        e.name.clone()
-                    };
-                    let _ = write!(
-                        svg,
-                        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" pointer-events=\"none\">",
-                        x(e.ts_us) + 2.0,
-                        y + LANE - 4.5
-                    );
-                    xml_text(&label, &mut svg);
-                    svg.push_str("</text>");
-                }
-            }
-        }
-        svg.push_str("</svg>");
-        let mut html = String::from(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ntd timeline</title></head>\
-             <body style=\"margin:8px\"><h3 style=\"font-family:sans-serif\">ntd timeline</h3>\
-             <p style=\"font-family:sans-serif;font-size:12px\">Hover a box or dot for details. \
-             The same data as Chrome trace JSON: ",
-        );
-        xml_text(&self.path.display().to_string(), &mut html);
-        html.push_str("</p>\n");
-        html.push_str(&svg);
-        html.push_str("\n</body></html>\n");
-        html
+        let layout = timeline::layout(&d);
+        let mut summary = String::new();
+        layout.summary_html(&mut summary);
+        let mut trace = String::new();
+        xml_text(&self.path.display().to_string(), &mut trace);
+        // Inside <script>, "</" or "<!--" in a string could end or confuse the element: JSON
+        // has '<' only inside strings, where \u003c means the same.
+        let data = layout.to_value().to_json().replace('<', "\\u003c");
+        PAGE.replace("<!--SUMMARY-->", &summary)
+            .replace("<!--TRACE-->", &trace)
+            .replace("<!--SCRIPT-->", SCRIPT)
+            .replace("<!--DATA-->", &data)
     }
 
     /// Write the trace JSON and the HTML timeline (`<file>.html`).
@@ -468,10 +326,10 @@ mod tests {
             .iter()
             .any(|e| e.get("name").and_then(Value::as_str) == Some("subtest: login")));
         let html = t.to_html();
-        assert!(html.contains("<svg") && html.contains("backdoor sentinel"));
+        assert!(html.contains("id=\"timeline\"") && html.contains("backdoor sentinel"));
         assert!(
-            html.contains("fill=\"#e88\""),
-            "a failed command is drawn red"
+            html.contains("\"exec\",\"log\""),
+            "the span is laid out: {html}"
         );
     }
 }

@@ -1,0 +1,7 @@
+# machines: early, late
+
+early.start()
+early.succeed("true")
+late.start()
+late.succeed("true")
+print("both ran")

@@ -1,0 +1,4 @@
+# machines: machine
+
+machine.succeed("true")
+raise RuntimeError("failing on purpose after the boot")

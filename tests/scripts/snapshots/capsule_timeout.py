@@ -1,0 +1,6 @@
+# machines: machine
+
+import time
+
+machine.succeed("echo waited > /root/marker")
+time.sleep(600)
