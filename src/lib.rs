@@ -15,6 +15,7 @@ pub mod json;
 pub mod log;
 pub(crate) mod machine;
 pub(crate) mod nbio;
+pub mod netlink;
 pub(crate) mod procinfo;
 pub mod reactor;
 pub(crate) mod rpc;

@@ -342,7 +342,9 @@ fn send_iovs(ep: &mut Endpoint, iovs: &[[IoSlice<'_>; 1]], which: impl Iterator<
         .zip(controls.iter_mut())
         .map(|(&i, c)| MMsgHdr::new(&iovs[i], c))
         .collect();
-    send_batch(&ep.data, &mut ep.counters, &mut msgs);
+    let frames: SmallVec<[[IoSlice<'_>; 1]; SENDS_PER_TARGET]> =
+        which.iter().map(|&i| iovs[i]).collect();
+    ep.data.send(&mut ep.counters, &mut msgs, &frames);
 }
 
 /// Capture each frame of a batch that was delivered at once; remember the earliest delayed
