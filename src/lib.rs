@@ -8,6 +8,7 @@
 
 pub mod child;
 pub mod cli;
+pub mod container;
 pub mod driver;
 #[cfg(test)]
 mod fuzz;

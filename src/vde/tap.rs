@@ -23,6 +23,7 @@ use rustix::net::{MMsgHdr, SendFlags};
 use super::recv_batch::RecvBatch;
 use super::stats::PortCounters;
 use crate::netlink::msg::valid_ifname;
+use crate::netlink::{Netlink, NetlinkError, VlanBridge};
 
 /// `struct ifreq` is 40 bytes on 64-bit Linux: the name (16) and a 24-byte union.
 const IFREQ_LEN: usize = 40;
@@ -91,6 +92,82 @@ impl Tap {
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// A vlan's link to the host's containers: bridge `br<V>` (upstream's addresses, up) with
+/// ntd's tap `vde-tap<V>` as a port, the tap plugged into the vlan's switch. Create it before
+/// any container of the vlan starts: the containers' start scripts find the bridge and add
+/// their veths. The tap closes with the switch; the bridge goes with [`VlanLink::remove`]
+/// (or, in an isolated run, with the network namespace).
+pub struct VlanLink {
+    bridge: VlanBridge,
+    endpoint: u32,
+}
+
+/// Why a vlan's container link could not be made.
+#[derive(Debug)]
+pub enum LinkError {
+    Netlink(NetlinkError),
+    Tap { name: String, source: io::Error },
+    Switch(super::VdeError),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Netlink(e) => write!(f, "{e}"),
+            LinkError::Tap { name, source } => {
+                write!(f, "cannot create tap {name}: {source}")?;
+                if source.raw_os_error() == Some(Errno::PERM.raw_os_error()) {
+                    write!(
+                        f,
+                        " (containers need root, or CAP_NET_ADMIN, and /dev/net/tun)"
+                    )?;
+                }
+                Ok(())
+            }
+            LinkError::Switch(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+impl VlanLink {
+    /// Create `br<V>`, open `vde-tap<V>`, make it a port of the bridge and of `switch`.
+    /// On failure nothing is left behind.
+    pub fn create(
+        switch: &mut super::Switch,
+        registry: &Registry,
+        nl: &mut Netlink,
+    ) -> Result<VlanLink, LinkError> {
+        let vlan = switch.vlan();
+        let bridge = VlanBridge::create(nl, vlan).map_err(LinkError::Netlink)?;
+        let name = tap_name(vlan);
+        let tap = Tap::open(&name).map_err(|source| LinkError::Tap {
+            name: name.clone(),
+            source,
+        })?;
+        bridge.enslave(nl, &name).map_err(LinkError::Netlink)?;
+        let endpoint = switch
+            .attach_tap(registry, tap)
+            .map_err(LinkError::Switch)?;
+        Ok(VlanLink { bridge, endpoint })
+    }
+
+    /// The switch endpoint of the tap (label it like a machine's port).
+    pub fn endpoint(&self) -> u32 {
+        self.endpoint
+    }
+
+    pub fn bridge_name(&self) -> &str {
+        self.bridge.name()
+    }
+
+    /// Delete the bridge (call after the containers are gone; the tap goes with the switch).
+    pub fn remove(self, nl: &mut Netlink) -> Result<(), NetlinkError> {
+        self.bridge.remove(nl)
     }
 }
 
