@@ -130,6 +130,7 @@ impl ContainerCgroup {
         };
         let mut last_error = None;
         for parent in parents {
+            sweep_stale(&parent);
             let dir = parent.join(leaf);
             match std::fs::create_dir(&dir) {
                 Ok(()) => {}
@@ -199,6 +200,33 @@ pub fn join_fds(fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// The pid of the ntd run that named a cgroup `ntd-<pid>-<n>`.
+pub fn leaf_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("ntd-")?;
+    let (pid, n) = rest.split_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// Remove the cgroups of ntd runs that are gone (killed before their cleanup): best effort,
+/// a cgroup with processes stays.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(leaf_owner) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_tree(&e.path());
+        }
+    }
+}
+
 /// `rmdir` a cgroup directory and its sub-cgroups, deepest first (cgroupfs directories hold
 /// only control files, which go with the directory).
 fn remove_tree(dir: &Path) -> bool {
@@ -259,6 +287,22 @@ mod tests {
                 "/sys/fs/cgroup/system.slice/nix-daemon.service"
             )]
         );
+    }
+
+    #[test]
+    fn leaf_owner_reads_only_ntds_names() {
+        assert_eq!(leaf_owner("ntd-4242-0"), Some(4242));
+        assert_eq!(leaf_owner("ntd-4242-17"), Some(4242));
+        for other in [
+            "ntd-4242",
+            "ntd-x-1",
+            "ntd-0-1",
+            "ntd-12-",
+            "ntd-12-a",
+            "user.slice",
+        ] {
+            assert_eq!(leaf_owner(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -22,13 +22,16 @@ use crate::machine::Machine;
 use crate::netlink::Netlink;
 use crate::reactor::{self, Ctx, LoopMember, Owner};
 use crate::vde::tap::VlanLink;
-use crate::vde::{Switch, SwitchConfig};
+use crate::vde::{Switch, SwitchConfig, SwitchEvent};
 use mio::{Events, Poll};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DIR_ENV: &str = "NTD_CONTAINER_E2E_DIR";
+/// Set: the inner test isolates itself with [`hostenv::isolate`] (it runs single-threaded).
+const ISOLATE_ENV: &str = "NTD_CONTAINER_E2E_ISOLATE";
 const INNER: &str = "container::e2e_tests::inner_container_and_vm_on_one_vlan";
 
 fn repo() -> PathBuf {
@@ -96,21 +99,23 @@ fn container_and_vm_reach_each_other_through_the_switch() {
     let dir = PathBuf::from(format!("/tmp/ntd-e2e-nspawn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let hosts = "vm1:192.168.1.1,c1:192.168.1.2";
-    last_line(Command::new(repo().join("ci/mknspawn")).args([
-        "--name",
-        "c1",
-        "--out",
-        &dir.to_string_lossy(),
-        "--root",
-        &image,
-        "--vlan",
-        "1",
-        "--index",
-        "2",
-        "--hosts",
-        hosts,
-    ]));
+    let hosts = "vm1:192.168.1.1,c1:192.168.1.2,c2:192.168.1.3";
+    let out = dir.to_string_lossy().into_owned();
+    for (name, index) in [("c1", "2"), ("c2", "3")] {
+        let args = [
+            "--name", name, "--out", &out, "--root", &image, "--vlan", "1",
+        ];
+        let more = ["--index", index, "--hosts", hosts];
+        last_line(
+            Command::new(repo().join("ci/mknspawn"))
+                .args(args)
+                .args(more),
+        );
+    }
+    // A start script that fails at once: upstream's message and its output, within seconds.
+    let bad = dir.join("bin/run-bad-nspawn");
+    std::fs::write(&bad, "#!/bin/sh\necho 'no container for you' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
     last_line(Command::new(repo().join("ci/mkvm")).args([
         "--name",
         "vm1",
@@ -130,36 +135,66 @@ fn container_and_vm_reach_each_other_through_the_switch() {
         "256",
     ]));
 
+    // Once in namespaces made by `unshare`, once in the ones ntd makes itself (hostenv::isolate).
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .arg(&exe)
-        .args([
+    let inner = |via_unshare: bool| {
+        let mut cmd = if via_unshare {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--mount", "--propagation", "private", "--"])
+                .arg(&exe);
+            c
+        } else {
+            let mut c = Command::new(&exe);
+            c.env(ISOLATE_ENV, "1");
+            c
+        };
+        cmd.args([
             INNER,
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(DIR_ENV, &dir)
-        .spawn()
-        .expect("unshare");
-    let limit = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the inner test did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        .env(DIR_ENV, &dir);
+        run_with_limit(cmd, Duration::from_secs(300))
     };
+    let first = inner(true);
+    let second = inner(false);
     let left = processes_mentioning(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(status.success(), "the inner test failed ({status})");
+    assert!(
+        first.success(),
+        "the inner test (under unshare) failed ({first})"
+    );
+    assert!(
+        second.success(),
+        "the inner test (isolating itself) failed ({second})"
+    );
     assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(
+        !Path::new("/run/netns/nixos-nspawn-c1").exists() && !have_link("br1"),
+        "the host's network namespace was touched"
+    );
+}
+
+fn have_link(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn run_with_limit(mut cmd: Command, limit: Duration) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().expect("spawn the inner test");
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the inner test did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The members of the mini driver and its loop.
@@ -169,6 +204,10 @@ struct Rig {
     switch: Switch,
     vm: Machine,
     c: Container,
+    c2: Container,
+    bad: Container,
+    /// Endpoints the switch opened for a process (the VM's QEMU).
+    opened_by_pid: Vec<u32>,
 }
 
 impl Rig {
@@ -196,6 +235,8 @@ impl Rig {
                 Owner::Switch(0) => self.switch.handle_event(cx.registry, slot, ev),
                 Owner::Machine(0) => self.vm.on_event(&mut cx, slot, ev),
                 Owner::Machine(1) => self.c.on_event(&mut cx, slot, ev),
+                Owner::Machine(2) => self.c2.on_event(&mut cx, slot, ev),
+                Owner::Machine(3) => self.bad.on_event(&mut cx, slot, ev),
                 other => panic!("event for {other:?}"),
             }
         }
@@ -206,10 +247,21 @@ impl Rig {
         if self.vm.next_deadline().is_some_and(|d| now >= d) {
             self.vm.on_timer(&mut cx, now);
         }
-        if self.c.next_deadline().is_some_and(|d| now >= d) {
-            self.c.on_timer(&mut cx, now);
+        for c in [&mut self.c, &mut self.c2, &mut self.bad] {
+            if c.next_deadline().is_some_and(|d| now >= d) {
+                c.on_timer(&mut cx, now);
+            }
         }
-        let _ = self.switch.drain_events().count();
+        for ev in self.switch.drain_events() {
+            if let SwitchEvent::PortOpened {
+                endpoint,
+                pid: Some(_),
+                ..
+            } = ev
+            {
+                self.opened_by_pid.push(endpoint);
+            }
+        }
     }
 
     fn until(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&mut Rig) -> bool) {
@@ -221,14 +273,31 @@ impl Rig {
     }
 
     fn run_in_container(&mut self, req: ExecRequest) -> ExecResult {
+        self.run_in(1, req)
+    }
+
+    fn container(&mut self, n: usize) -> &mut Container {
+        match n {
+            1 => &mut self.c,
+            2 => &mut self.c2,
+            _ => &mut self.bad,
+        }
+    }
+
+    fn run_in(&mut self, n: usize, req: ExecRequest) -> ExecResult {
         let mut cx = Ctx {
             registry: self.poll.registry(),
             log: &mut self.log,
         };
-        let id = self.c.run(&mut cx, &req).expect("run in the container");
+        let c = match n {
+            1 => &mut self.c,
+            2 => &mut self.c2,
+            _ => &mut self.bad,
+        };
+        let id = c.run(&mut cx, &req).expect("run in the container");
         let mut result = None;
         self.until(req.describe(), Duration::from_secs(60), |r| {
-            result = r.c.take_result(id);
+            result = r.container(n).take_result(id);
             result.is_some()
         });
         result.unwrap()
@@ -258,10 +327,14 @@ impl Rig {
     }
 
     fn leader(&self) -> Option<i32> {
-        match self.c.readiness() {
-            Readiness::Ready(pid) => Some(pid),
-            _ => None,
-        }
+        leader_of(&self.c)
+    }
+}
+
+fn leader_of(c: &Container) -> Option<i32> {
+    match c.readiness() {
+        Readiness::Ready(pid) => Some(pid),
+        _ => None,
     }
 }
 
@@ -269,43 +342,48 @@ impl Rig {
 #[ignore = "run by container_and_vm_reach_each_other_through_the_switch in its own namespaces"]
 fn inner_container_and_vm_on_one_vlan() {
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect("run through the outer test"));
-    hostenv::after_new_netns().expect("prepare the new network namespace");
+    if std::env::var_os(ISOLATE_ENV).is_some() {
+        hostenv::isolate().expect("isolate the run (ntd's own namespaces)");
+    } else {
+        hostenv::after_new_netns().expect("prepare the new network namespace");
+    }
     let mut notes = Vec::new();
     hostenv::prepare(&mut notes).expect("upstream's host preparation");
     let poll = Poll::new().unwrap();
     let log = Logger::new(Level::Debug, vec![Box::new(Terminal::stderr())]);
-    let mut switch = Switch::create(
-        1,
-        &dir.join("vde1.ctl"),
-        Owner::Switch(0).id(),
-        poll.registry(),
-        SwitchConfig::default(),
-    )
-    .expect("switch");
+    let config = SwitchConfig::default();
+    let owner = Owner::Switch(0).id();
+    let mut switch =
+        Switch::create(1, &dir.join("vde1.ctl"), owner, poll.registry(), config).expect("switch");
     let mut nl = Netlink::open().unwrap();
     let link = VlanLink::create(&mut switch, poll.registry(), &mut nl).expect("bridge and tap");
-    let vm = Machine::new(
-        "vm1",
-        0,
-        &dir,
-        &dir,
-        &dir.join("bin/run-vm1-vm").to_string_lossy(),
-    );
-    let c = Container::new(
-        "c1",
-        1,
-        &dir,
-        &dir,
-        &dir.join("bin/run-c1-nspawn").to_string_lossy(),
-        Tools::from_env(),
-    );
+    let vm_script = dir.join("bin/run-vm1-vm");
+    let vm = Machine::new("vm1", 0, &dir, &dir, &vm_script.to_string_lossy());
+    let container = |name: &str, n: usize| {
+        let script = dir.join(format!("bin/run-{name}-nspawn"));
+        Container::new(
+            name,
+            n,
+            &dir,
+            &dir,
+            &script.to_string_lossy(),
+            Tools::from_env(),
+        )
+    };
+    let (c, c2, bad) = (container("c1", 1), container("c2", 2), container("bad", 3));
+    let opened_by_pid = Vec::new();
     let mut r = Rig {
         poll,
         log,
         switch,
         vm,
         c,
+        c2,
+        bad,
+        opened_by_pid,
     };
+    let capture = dir.join("vlan1.pcap");
+    r.switch.start_capture(&capture).expect("capture");
     {
         let mut cx = Ctx {
             registry: r.poll.registry(),
@@ -314,12 +392,27 @@ fn inner_container_and_vm_on_one_vlan() {
         let vde = r.switch.dir().to_string_lossy().into_owned();
         r.vm.start(&mut cx, &[("QEMU_VDE_SOCKET_1".into(), vde)])
             .expect("start the VM");
-        r.c.start(&mut cx).expect("start the container");
+        for c in [&mut r.c, &mut r.c2, &mut r.bad] {
+            c.start(&mut cx).expect("start a container");
+        }
     }
-    r.until("container ready", Duration::from_secs(60), |r| {
-        r.leader().is_some()
+    r.until("containers ready", Duration::from_secs(60), |r| {
+        r.leader().is_some() && leader_of(&r.c2).is_some()
     });
     let first_leader = r.leader();
+    r.until(
+        "the failing script reported",
+        Duration::from_secs(10),
+        |r| matches!(r.bad.readiness(), Readiness::Failed(_)),
+    );
+    let Readiness::Failed(msg) = r.bad.readiness() else {
+        unreachable!()
+    };
+    assert!(
+        msg.starts_with("systemd-nspawn process exited unexpectedly (code 3)"),
+        "{msg}"
+    );
+    assert!(msg.contains("no container for you"), "{msg}");
 
     // Commands: byte-exact output, statuses, a timeout that ends the command's tree.
     let out = r.sh("echo hello; printf '\\000\\001\\377'; hostname");
@@ -351,12 +444,13 @@ fn inner_container_and_vm_on_one_vlan() {
     let cond = WaitCondition::File {
         path: "/tmp/flag".into(),
     };
+    let spec = WaitSpec {
+        budget_secs: 20.0,
+        pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
+    };
     let waited = r.run_in_container(ExecRequest::Wait {
         check: Box::new(cond.guest_check(Schedule::Budget)),
-        spec: Box::new(WaitSpec {
-            budget_secs: 20.0,
-            pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
-        }),
+        spec: Box::new(spec),
     });
     assert!(waited.looped && waited.status == 0, "{waited:?}");
 
@@ -378,16 +472,73 @@ fn inner_container_and_vm_on_one_vlan() {
         "VM → container: {}",
         String::from_utf8_lossy(&ping.output)
     );
-    let tap = r
-        .switch
-        .ports()
-        .into_iter()
+    let ports = r.switch.ports();
+    let tap = ports
+        .iter()
         .find(|p| p.endpoint == link.endpoint())
         .expect("tap port");
     assert!(
         tap.counters.frames_in > 0 && tap.counters.frames_out > 0,
         "{:?}",
         tap.counters
+    );
+
+    // Container to container: through the bridge alone.
+    assert_eq!(r.sh("ping -c 1 -W 10 c2").status, 0, "c1 → c2");
+    let back = r.run_in(
+        2,
+        ExecRequest::Run {
+            command: "ping -c 1 -W 10 c1".into(),
+            timeout: None,
+        },
+    );
+    assert_eq!(back.status, 0, "c2 → c1");
+    // Each container's systemd has a cgroup of its own (not one shared `payload`).
+    let cg = |r: &mut Rig, n: usize| {
+        let req = ExecRequest::Run {
+            command: "cat /proc/1/cgroup".into(),
+            timeout: None,
+        };
+        r.run_in(n, req).output
+    };
+    let (cg1, cg2) = (cg(&mut r, 1), cg(&mut r, 2));
+    let host_view = |pid: Option<i32>| {
+        std::fs::read_to_string(format!("/proc/{}/cgroup", pid.unwrap_or(0))).unwrap_or_default()
+    };
+    let (h1, h2) = (host_view(r.leader()), host_view(leader_of(&r.c2)));
+    assert!(!cg1.is_empty() && !cg2.is_empty());
+    assert_ne!(h1, h2, "both containers in one cgroup");
+    // The shared directory is /tmp/shared inside.
+    r.sh("echo from-c1 > /tmp/shared/hello");
+    assert_eq!(
+        std::fs::read(dir.join("shared-xchg/hello")).unwrap(),
+        b"from-c1\n"
+    );
+
+    // Network faults see the tap like any port: a partition between the containers' tap and
+    // the VM cuts container ↔ VM traffic; container ↔ container traffic keeps flowing.
+    let vm_port = *r.opened_by_pid.first().expect("the VM's port");
+    r.switch.label_endpoint(vm_port, 1).unwrap();
+    r.switch.label_endpoint(link.endpoint(), 2).unwrap();
+    r.switch.partition(vec![vec![1], vec![2]]).unwrap();
+    assert_ne!(
+        r.sh("ping -c 1 -W 2 vm1").status,
+        0,
+        "the partition let frames through"
+    );
+    assert_eq!(
+        r.sh("ping -c 1 -W 10 c2").status,
+        0,
+        "c1 → c2 under the partition"
+    );
+    r.switch.heal();
+    assert_eq!(r.sh("ping -c 1 -W 10 vm1").status, 0, "after heal");
+    r.switch.stop_capture();
+    let pcap = std::fs::read(&capture).unwrap();
+    assert!(
+        pcap.len() > 24 + 4 * (16 + 98),
+        "the capture lacks the pings: {} bytes",
+        pcap.len()
     );
 
     // Shutdown as upstream (systemctl poweroff), then a restart that finds the new leader.
@@ -410,23 +561,27 @@ fn inner_container_and_vm_on_one_vlan() {
     assert_eq!(r.sh("ping -c 1 -W 10 vm1").status, 0, "after the restart");
 
     // Cleanup: nothing of the run may be left.
-    r.c.terminate(&mut r.log, r.poll.registry(), Duration::from_secs(30));
+    for c in [&mut r.c, &mut r.c2, &mut r.bad] {
+        c.terminate(&mut r.log, r.poll.registry(), Duration::from_secs(30));
+    }
     r.vm.terminate(&mut r.log, Duration::from_secs(10));
     r.until("everything gone", Duration::from_secs(60), |r| {
-        r.c.gone() && r.vm.gone()
+        r.c.gone() && r.c2.gone() && r.bad.gone() && r.vm.gone()
     });
-    let problems = r.c.remove_files(r.poll.registry());
-    assert!(problems.is_empty(), "{problems:?}");
+    for c in [&mut r.c, &mut r.c2, &mut r.bad] {
+        let problems = c.remove_files(r.poll.registry());
+        assert!(problems.is_empty(), "{problems:?}");
+    }
     r.vm.finish_shutdown(r.poll.registry());
     r.vm.remove_files();
     let Rig { poll, switch, .. } = r;
     let _ = switch.shutdown(poll.registry());
     link.remove(&mut nl).expect("remove the bridge");
-    for name in ["br1", "vde-tap1", "c1-eth1"] {
+    for name in ["br1", "vde-tap1", "c1-eth1", "c2-eth1"] {
         assert_eq!(nl.link_index(name).unwrap(), None, "{name} left behind");
     }
-    assert!(
-        !Path::new("/run/netns/nixos-nspawn-c1").exists(),
-        "netns left behind"
-    );
+    for c in ["c1", "c2"] {
+        let netns = format!("/run/netns/nixos-nspawn-{c}");
+        assert!(!Path::new(&netns).exists(), "{netns} left behind");
+    }
 }
