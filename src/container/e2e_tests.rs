@@ -83,10 +83,7 @@ fn container_and_vm_reach_each_other_through_the_switch() {
         "containers need root"
     );
     let status = Command::new("bash")
-        .args([
-            "-c",
-            "source \"$0\" && ensure_packages systemd-container util-linux qemu-system-x86",
-        ])
+        .args(["-c", "source \"$0\" && ensure_packages \"${NTD_CONTAINER_PACKAGES[@]}\""])
         .arg(repo().join("ci/lib.sh"))
         .status()
         .expect("bash");
