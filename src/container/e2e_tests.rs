@@ -83,7 +83,10 @@ fn container_and_vm_reach_each_other_through_the_switch() {
         "containers need root"
     );
     let status = Command::new("bash")
-        .args(["-c", "source \"$0\" && ensure_packages \"${NTD_CONTAINER_PACKAGES[@]}\""])
+        .args([
+            "-c",
+            "source \"$0\" && ensure_packages \"${NTD_CONTAINER_PACKAGES[@]}\"",
+        ])
         .arg(repo().join("ci/lib.sh"))
         .status()
         .expect("bash");
@@ -450,6 +453,21 @@ fn inner_container_and_vm_on_one_vlan() {
         spec: Box::new(spec),
     });
     assert!(waited.looped && waited.status == 0, "{waited:?}");
+    // A wait whose condition never holds ends by itself when its budget is spent.
+    let never = WaitCondition::File {
+        path: "/nonexistent".into(),
+    };
+    let spec = WaitSpec {
+        budget_secs: 1.0,
+        pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
+    };
+    let t0 = Instant::now();
+    let gave_up = r.run_in_container(ExecRequest::Wait {
+        check: Box::new(never.guest_check(Schedule::Budget)),
+        spec: Box::new(spec),
+    });
+    assert!(gave_up.looped && gave_up.status != 0, "{gave_up:?}");
+    assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(10));
 
     // Both ways through bridge, tap and switch.
     r.until("VM shell ready", Duration::from_secs(120), |r| {

@@ -24,10 +24,6 @@ pub const UPSTREAM_PREFIX: &str =
 pub const NSENTER_NAMESPACES: [&str; 6] =
     ["--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup"];
 
-/// The fd a wait loop pauses on (`read -t … -u 7`): a pipe whose writing end ntd holds open
-/// and never writes, so every pause times out; the loop is ended by killing it.
-pub const PAUSE_FD: i32 = 7;
-
 /// Upstream's script for `command`.
 pub fn wrap_command(command: &str) -> String {
     let mut s = String::with_capacity(UPSTREAM_PREFIX.len() + command.len());
@@ -56,9 +52,11 @@ fn kill_function() -> &'static str {
     &text[start..end]
 }
 
-/// The script of a wait: the loop's functions, fds 3 (the loop's output: stdout) and 5
-/// (every attempt's stdin: `/dev/null`), the environment every upstream command gets, then
-/// one run of the loop and its end marker. The caller passes fd [`PAUSE_FD`].
+/// The script of a wait: the environment every upstream command gets, fds 3 (the loop's
+/// output: stdout), 5 (every attempt's stdin: `/dev/null`) and 7 (what the loop pauses on,
+/// `read -t … -u 7`: an anonymous pipe the shell holds both ends of, so every pause times out
+/// without a fork; in a VM it is the watchdog's), the loop's functions, then one run of the
+/// loop and its end marker. ntd ends a loop that overruns by killing its process group.
 pub fn wait_script(
     nonce: &[u8; NONCE_LEN],
     check: &GuestCheck,
@@ -71,7 +69,7 @@ pub fn wait_script(
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let mut s = String::with_capacity(4096 + call.len());
     s.push_str("export USER=root HOME=/root DISPLAY=:0.0; source /etc/profile\n");
-    s.push_str("exec 3>&1 5</dev/null\n");
+    s.push_str("exec 3>&1 5</dev/null 7<> <(:)\n");
     s.push_str(kill_function());
     s.push_str(guest::setup_text(SetupPart::Waits));
     s.push_str(&format!("{WIRE_PREFIX}loop {call}"));
@@ -268,6 +266,7 @@ mod tests {
         };
         let s = wait_script(N, &file_check(), spec).unwrap();
         assert!(s.starts_with("export USER=root HOME=/root DISPLAY=:0.0; source /etc/profile\n"));
+        assert!(s.contains("\nexec 3>&1 5</dev/null 7<> <(:)\n"));
         assert!(s.contains("_Nloop() {"));
         assert!(s.contains("_Nkill() {"));
         assert!(s.contains("\n_Nloop 0123456789abcdef 2.5 0 2000000 '[ -e /x ]' '' 0 "));
