@@ -10,9 +10,10 @@
 //! and SIGKILL [`KILL_GRACE`] later. The container owns the fds' registrations and routes
 //! their events here; this type never blocks.
 
-use super::exec::{self, ExecRequest, ExecResult, OutputCollector};
+use super::exec::{self, OutputCollector};
 use crate::child::{self, Child, ExitInfo, SpawnOptions};
 use crate::log::{py_bytes_repr, Logger};
+use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::shell::NonceSource;
 use crate::nbio::{read_available, FdReader};
 use mio::unix::SourceFd;
@@ -57,7 +58,9 @@ pub struct RunningCommand {
     kill_at: Option<Instant>,
     timed_out: bool,
     exit: Option<ExitInfo>,
-    result: Option<ExecResult>,
+    result: Option<ShellResult>,
+    /// Nobody waits for the result: it is dropped when it comes.
+    discarded: bool,
 }
 
 impl RunningCommand {
@@ -65,14 +68,14 @@ impl RunningCommand {
     pub fn spawn(
         nsenter: &Path,
         leader: i32,
-        request: &ExecRequest,
+        request: &ShellRequest,
         nonces: &mut NonceSource,
         id: u64,
         registry: &Registry,
         tokens: CommandTokens,
     ) -> io::Result<RunningCommand> {
         let (script, collector) = match request {
-            ExecRequest::Run { command, .. } => {
+            ShellRequest::Run { command, .. } => {
                 if command.contains('\0') {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -81,7 +84,7 @@ impl RunningCommand {
                 }
                 (exec::wrap_command(command), OutputCollector::plain())
             }
-            ExecRequest::Wait { check, spec } => {
+            ShellRequest::Wait { check, spec } => {
                 let nonce = nonces.next_nonce();
                 let script = exec::wait_script(&nonce, check, **spec)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -106,17 +109,18 @@ impl RunningCommand {
         let started = Instant::now();
         let mut rc = RunningCommand {
             id,
-            what: request.describe().to_owned(),
+            what: request.command().to_owned(),
             child,
             stdout: None,
             stderr: None,
             collector: Some(collector),
             err_line: Vec::new(),
-            deadline: request.time_limit().map(|t| started + t),
+            deadline: exec::time_limit(request).map(|t| started + t),
             kill_at: None,
             timed_out: false,
             exit: None,
             result: None,
+            discarded: false,
         };
         for (fd, token) in [(&out_r, tokens.stdout), (&err_r, tokens.stderr)] {
             child::set_nonblocking(fd)?;
@@ -239,11 +243,20 @@ impl RunningCommand {
         let (Some(info), Some(collector)) = (self.exit, self.collector.take()) else {
             return;
         };
-        self.result = Some(collector.finish(info.shell_status(), self.timed_out));
+        if !self.discarded {
+            self.result = Some(collector.finish(info.shell_status(), self.timed_out));
+        }
+    }
+
+    /// Nobody will take the result: drop it (now, or when the command ends). The command
+    /// keeps running; its late output is still logged.
+    pub fn discard(&mut self) {
+        self.discarded = true;
+        self.result = None;
     }
 
     /// The result, once (after the child exited).
-    pub fn take_result(&mut self) -> Option<ExecResult> {
+    pub fn take_result(&mut self) -> Option<ShellResult> {
         self.result.take()
     }
 

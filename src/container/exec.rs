@@ -1,7 +1,7 @@
 //! What a container command is, as text and as a result: upstream's command wrapper, the
 //! `nsenter` argument list, the script of a guest-side wait loop (the very loop ntd sends to
 //! VM guests, [`crate::machine::guest::SETUP_WAITS`], run by the container's `/bin/sh`), and
-//! the collection of one command's stdout into an [`ExecResult`] ([`OutputCollector`]).
+//! the collection of one command's stdout into its result ([`OutputCollector`]).
 //!
 //! Every command is one `nsenter --target <leader> --mount --uts --ipc --net --pid --cgroup
 //! /bin/sh -c <script>` child with an empty environment, as upstream runs it. A plain command's
@@ -11,6 +11,7 @@
 //! [`crate::machine::shell::ShellFraming`] cuts, exactly as for a VM. This module is pure.
 
 use crate::machine::guest::{self, EncodeError, SetupPart, WaitSpec, WIRE_PREFIX};
+use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::shell::{ShellEvent, ShellFraming, MAX_OUTPUT, NONCE_LEN};
 use crate::machine::waits::GuestCheck;
 use std::time::Duration;
@@ -77,52 +78,13 @@ pub fn wait_script(
     Ok(s)
 }
 
-/// What to run in a container.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ExecRequest {
-    /// Run `command` once (upstream's wrapper); `timeout` ends it with status 124.
-    Run {
-        command: String,
-        timeout: Option<Duration>,
-    },
-    /// Run `check` in the guest-side wait loop until it holds or `spec`'s budget is spent.
-    Wait {
-        check: Box<GuestCheck>,
-        spec: Box<WaitSpec>,
-    },
-}
-
-impl ExecRequest {
-    pub fn describe(&self) -> &str {
-        match self {
-            ExecRequest::Run { command, .. } => command,
-            ExecRequest::Wait { check, .. } => check.describe(),
-        }
+/// How long ntd lets the child of `request` run before it kills it (status 124): the
+/// command's timeout, or a wait's budget plus the grace the VM watchdog gives a hanging attempt.
+pub fn time_limit(request: &ShellRequest) -> Option<Duration> {
+    match request {
+        ShellRequest::Run { timeout, .. } => *timeout,
+        ShellRequest::Wait { spec, .. } => Some(spec.budget.saturating_add(guest::WAIT_GRACE)),
     }
-
-    /// How long ntd lets the child run before it kills it (status 124): the command's
-    /// timeout, or a wait's budget plus the grace the VM watchdog gives a hanging attempt.
-    pub fn time_limit(&self) -> Option<Duration> {
-        match self {
-            ExecRequest::Run { timeout, .. } => *timeout,
-            ExecRequest::Wait { spec, .. } => Some(Duration::from_secs_f64(
-                (spec.budget_secs.max(0.0) + guest::WAIT_GRACE_SECS).min(1e9),
-            )),
-        }
-    }
-}
-
-/// The outcome of one container command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecResult {
-    pub status: i32,
-    pub output: Vec<u8>,
-    /// Output bytes dropped beyond [`MAX_OUTPUT`].
-    pub truncated: usize,
-    /// Failed attempts of a wait loop that forked.
-    pub attempts: u32,
-    /// False when ntd had to kill a wait (it did not end by itself) or a command timed out.
-    pub looped: bool,
 }
 
 /// Turns one command's stdout into its result. A plain command's bytes are its output; a
@@ -203,7 +165,7 @@ impl OutputCollector {
 
     /// The result, once the child has exited with `exit_status` (shell style). `killed`: ntd
     /// ended it at its time limit.
-    pub fn finish(self, exit_status: i32, killed: bool) -> ExecResult {
+    pub fn finish(self, exit_status: i32, killed: bool) -> ShellResult {
         let (status, looped) = match (self.framing.is_some(), self.done) {
             (_, _) if killed => (124, false),
             (false, _) => (exit_status, true),
@@ -211,12 +173,13 @@ impl OutputCollector {
             // The loop's shell died without its end marker.
             (true, None) => (exit_status, false),
         };
-        ExecResult {
+        ShellResult {
             status,
             output: self.output,
             truncated: self.truncated,
             attempts: self.attempts,
             looped,
+            lost: 0,
         }
     }
 }
@@ -261,7 +224,7 @@ mod tests {
     #[test]
     fn wait_script_defines_the_loop_and_calls_it_once() {
         let spec = WaitSpec {
-            budget_secs: 2.0,
+            budget: Duration::from_secs(2),
             pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
         };
         let s = wait_script(N, &file_check(), spec).unwrap();
@@ -279,19 +242,19 @@ mod tests {
 
     #[test]
     fn time_limit_of_a_wait_is_its_budget_plus_the_grace() {
-        let wait = ExecRequest::Wait {
+        let wait = ShellRequest::Wait {
             check: Box::new(file_check()),
             spec: Box::new(WaitSpec {
-                budget_secs: 3.0,
+                budget: Duration::from_secs(3),
                 pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
             }),
         };
-        assert_eq!(wait.time_limit(), Some(Duration::from_millis(3500)));
-        let run = ExecRequest::Run {
+        assert_eq!(time_limit(&wait), Some(Duration::from_millis(3500)));
+        let run = ShellRequest::Run {
             command: "true".into(),
             timeout: None,
         };
-        assert_eq!(run.time_limit(), None);
+        assert_eq!(time_limit(&run), None);
     }
 
     #[test]

@@ -23,8 +23,7 @@
 
 pub mod cgroup;
 pub mod command;
-#[cfg(test)]
-mod e2e_tests;
+mod control;
 mod error;
 pub mod exec;
 pub mod hostenv;
@@ -35,13 +34,13 @@ mod tools;
 
 use crate::child::{self, Child, ExitInfo, SpawnOptions};
 use crate::log::Logger;
+use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::shell::NonceSource;
 use crate::nbio::{read_available, FdReader};
 use crate::reactor::{Ctx, LoopMember, Owner};
 use cgroup::ContainerCgroup;
 use command::{CommandFd, CommandTokens, RunningCommand};
 pub use error::ContainerError;
-pub use exec::{ExecRequest, ExecResult};
 use journal::{Journal, JournalFd};
 use mio::event::Event;
 use mio::net::UnixDatagram;
@@ -127,6 +126,8 @@ pub struct Container {
     ready: bool,
     commands: Vec<Option<RunningCommand>>,
     next_command: u64,
+    /// The driver's command in flight ([`Container::send`]).
+    in_flight: Option<u64>,
     nonces: NonceSource,
     journal: Journal,
     cgroup: Option<ContainerCgroup>,
@@ -172,6 +173,7 @@ impl Container {
             ready: false,
             commands: Vec::new(),
             next_command: 1,
+            in_flight: None,
             nonces: NonceSource::new(),
             journal,
             cgroup: None,
@@ -209,13 +211,7 @@ impl Container {
             Phase::Stopped => Readiness::NotStarted,
             Phase::Starting => Readiness::Starting,
             Phase::Ready => self.leader.map_or(Readiness::Starting, Readiness::Ready),
-            Phase::Exited => Readiness::Failed(
-                ContainerError::ExitedEarly {
-                    exit: self.exit.unwrap_or(ExitInfo::Code(-1)),
-                    output: self.console_text(),
-                }
-                .to_string(),
-            ),
+            Phase::Exited => Readiness::Failed(self.exit_report()),
         }
     }
 
@@ -351,7 +347,11 @@ impl Container {
     }
 
     /// Start `request` in the ready container; its result comes from [`Container::take_result`].
-    pub fn run(&mut self, cx: &mut Ctx<'_>, request: &ExecRequest) -> Result<u64, ContainerError> {
+    pub fn run(
+        &mut self,
+        registry: &Registry,
+        request: &ShellRequest,
+    ) -> Result<u64, ContainerError> {
         let leader = match self.readiness() {
             Readiness::Ready(pid) => pid,
             Readiness::NotStarted => return Err(ContainerError::NotRunning),
@@ -384,7 +384,7 @@ impl Container {
             request,
             &mut self.nonces,
             id,
-            cx.registry,
+            registry,
             tokens,
         )
         .map_err(ContainerError::Command)?;
@@ -393,7 +393,7 @@ impl Container {
     }
 
     /// The result of command `id`, once it has finished.
-    pub fn take_result(&mut self, id: u64) -> Option<ExecResult> {
+    pub fn take_result(&mut self, id: u64) -> Option<ShellResult> {
         let slot = self
             .commands
             .iter_mut()
@@ -468,6 +468,7 @@ impl Container {
             let _ = registry.deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
         }
         self.journal.stop(registry);
+        self.in_flight = None;
         for slot in self.commands.iter_mut() {
             if let Some(c) = slot.as_mut() {
                 c.abort(registry);

@@ -13,7 +13,6 @@ use smallvec::SmallVec;
 use super::fdb::Destination;
 use super::impaired::{capture_first_deliveries, Deliveries, FirstDelivery};
 use super::recv_batch::RecvBatch;
-use super::send::send_batch;
 use super::{
     Endpoint, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP, MAX_FRAME,
     MIN_FRAME,

@@ -22,7 +22,6 @@ use super::delay_queue::{Queued, SWITCH_QUEUE_MAX_BYTES};
 use super::faults::{Decision, Duplicate, FaultEngine, Peer, Release, Route};
 use super::fdb::Destination;
 use super::impair::{ImpairError, Label, Partition, Rule, Scope};
-use super::send::send_batch;
 use super::{
     Capture, Endpoint, FaultCounters, QueueTotals, Switch, VdeError, CAPTURE_FLUSH_INTERVAL,
     FRAMES_PER_WAKEUP,

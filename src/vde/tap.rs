@@ -18,9 +18,10 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use rustix::net::{MMsgHdr, SendFlags};
+use rustix::net::MMsgHdr;
 
 use super::recv_batch::RecvBatch;
+use super::send::send_batch;
 use super::stats::PortCounters;
 use crate::netlink::msg::valid_ifname;
 use crate::netlink::{Netlink, NetlinkError, VlanBridge};
@@ -213,36 +214,8 @@ impl DataPort {
         frames: &[[IoSlice<'_>; 1]],
     ) {
         match self {
-            DataPort::Socket(s) => send_mmsg(s, counters, msgs),
+            DataPort::Socket(s) => send_batch(s, counters, msgs),
             DataPort::Tap(t) => write_each(&t.fd, counters, frames),
-        }
-    }
-}
-
-/// `sendmmsg` to a data socket: as few calls as possible, the rest counted by reason.
-fn send_mmsg(data: &UnixDatagram, counters: &mut PortCounters, msgs: &mut [MMsgHdr<'_>]) {
-    let mut sent = 0;
-    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-    while sent < msgs.len() {
-        match rustix::net::sendmmsg(data, &mut msgs[sent..], flags) {
-            Ok(n) if n > 0 => {
-                for m in &msgs[sent..sent + n] {
-                    counters.bytes_out += m.bytes_sent() as u64;
-                }
-                counters.frames_out += n as u64;
-                sent += n;
-            }
-            Err(Errno::INTR) => {}
-            result => {
-                let rest = (msgs.len() - sent) as u64;
-                let drops = &mut counters.drops;
-                match result {
-                    Err(Errno::AGAIN) => drops.receiver_full += rest,
-                    Err(Errno::CONNREFUSED) | Err(Errno::NOTCONN) => drops.receiver_gone += rest,
-                    _ => drops.send_error += rest,
-                }
-                return;
-            }
         }
     }
 }
