@@ -295,6 +295,11 @@ impl RunningCommand {
         }
     }
 
+    /// SIGKILL to the command's process group (its pipes close as they reach their end).
+    pub fn kill(&self) {
+        self.child.signal(Signal::KILL);
+    }
+
     /// End the command now (the container stops): SIGKILL to its group, fds deregistered.
     pub fn abort(&mut self, registry: &Registry) {
         self.child.signal(Signal::KILL);

@@ -1,6 +1,6 @@
 //! The container as the driver's pending ops use it: one command at a time that the op waits
 //! for ([`Container::send`], [`Container::take_sent_result`]), given up on
-//! ([`Container::abandon`]) or left to finish unobserved (a later `send`), and the words for
+//! ([`Container::abandon_in_flight`]) or left to finish unobserved (a later `send`), and the words for
 //! why it cannot run one. The commands themselves are [`super::command`]'s; several may run
 //! at once, this only tracks the one the driver waits for.
 
@@ -32,14 +32,15 @@ impl Container {
         Some(result)
     }
 
-    /// Give up on the driver's command: its process group is killed, its result dropped.
-    pub fn abandon(&mut self, registry: &Registry) {
+    /// Give up on the driver's command: its process group is killed, its result dropped (its
+    /// pipes close and deregister as they reach their end).
+    pub fn abandon_in_flight(&mut self) {
         let Some(id) = self.in_flight.take() else {
             return;
         };
         for c in self.commands.iter_mut().flatten().filter(|c| c.id == id) {
             c.discard();
-            c.abort(registry);
+            c.kill();
         }
     }
 

@@ -8,9 +8,11 @@
 //! that is re-checked after every event. Cleanup (every exit path) runs the same routing until
 //! every process group it started is gone, then removes the files it made.
 
+mod containers;
 mod control;
 mod deadline;
 mod dirs;
+mod node;
 mod pending;
 mod serve;
 mod shell_op;
@@ -18,18 +20,22 @@ mod shim;
 mod vlans;
 
 use crate::cli::Options;
+use crate::container::hostenv::HostEnvError;
 use crate::log::{LineKind, Logger};
 use crate::machine::{Machine, MachineError};
+use crate::netlink::Netlink;
 use crate::reactor::{self, Ctx, LoopMember, Owner};
 use crate::rpc::ops::{dispatch, Request};
 use crate::rpc::wire::Answer;
 use crate::signals;
 use crate::trace::Trace;
+use crate::vde::tap::{LinkError, VlanLink};
 use crate::vde::{Switch, VdeError};
 use control::Env;
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use node::Node;
 use pending::{Pending, Polled};
 use serve::Served;
 use shim::ShimLink;
@@ -50,6 +56,9 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const KILL_GIVE_UP: Duration = Duration::from_secs(3);
 /// SIGTERM → SIGKILL grace when the global timeout ends the run.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
+/// The same for a container's start script: its `run-nspawn` removes veths and the netns on
+/// SIGTERM, which takes a moment (upstream waits 30 s at every cleanup).
+const TIMEOUT_CONTAINER_GRACE: Duration = Duration::from_secs(5);
 /// Longest single poll during cleanup (process exits are noticed through pidfds; this only
 /// bounds how late the give-up check runs).
 const CLEANUP_TICK: Duration = Duration::from_millis(50);
@@ -65,6 +74,10 @@ pub enum DriverError {
     Machine(MachineError),
     /// The Python shim could not start.
     Shim(crate::shim::ShimError),
+    /// The host cannot run containers (not root) or could not be prepared for them.
+    ContainerHost(HostEnvError),
+    /// Vlan `nr` could not get its bridge and tap for containers.
+    Tap { nr: u32, source: LinkError },
 }
 
 impl fmt::Display for DriverError {
@@ -74,6 +87,10 @@ impl fmt::Display for DriverError {
             DriverError::Vlan { nr, source } => write!(f, "cannot start vlan {nr}: {source}"),
             DriverError::Machine(e) => write!(f, "{e}"),
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
+            DriverError::ContainerHost(e) => write!(f, "{e}"),
+            DriverError::Tap { nr, source } => {
+                write!(f, "cannot connect containers to vlan {nr}: {source}")
+            }
         }
     }
 }
@@ -85,6 +102,8 @@ impl std::error::Error for DriverError {
             DriverError::Vlan { source, .. } => Some(source),
             DriverError::Machine(e) => Some(e),
             DriverError::Shim(e) => Some(e),
+            DriverError::ContainerHost(e) => Some(e),
+            DriverError::Tap { source, .. } => Some(source),
         }
     }
 }
@@ -102,8 +121,13 @@ pub struct Driver {
     opts: Options,
     tmp_dir: PathBuf,
     sockets: dirs::SocketDirs,
-    machines: Vec<Machine>,
+    /// VMs and containers; a machine's index is its owner id on the loop and its label on
+    /// the switches.
+    machines: Vec<Node>,
     switches: Vec<Switch>,
+    /// In a run with containers: the netlink socket for bridges, and each switch's tap.
+    netlink: Option<Netlink>,
+    links: Vec<Option<VlanLink>>,
     /// `QEMU_VDE_SOCKET_<n>` for start scripts and the shim.
     extra_env: Vec<(String, String)>,
     shim: Option<ShimLink>,
@@ -147,6 +171,8 @@ impl Driver {
             tmp_dir,
             machines: Vec::new(),
             switches: Vec::new(),
+            netlink: None,
+            links: Vec::new(),
             extra_env: Vec::new(),
             shim: None,
             sigfd,
@@ -169,10 +195,17 @@ impl Driver {
                 "Machine state will be reset. To keep it, pass {flag}"
             ));
         }
+        if !d.opts.containers.is_empty() {
+            d.prepare_container_host()?;
+        }
         d.start_vlans()?;
+        let keep = d.opts.keep_machine_state;
         for spec in d.opts.vms.clone() {
-            let keep = d.opts.keep_machine_state;
             d.add_machine(&spec.name, &spec.start_script, keep)
+                .map_err(DriverError::Machine)?;
+        }
+        for spec in d.opts.containers.clone() {
+            d.add_container(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
         Ok(d)
@@ -202,7 +235,7 @@ impl Driver {
         let mut m = Machine::new(name, index, &self.tmp_dir, &socket_base, start_command);
         m.keep_state = keep;
         m.reset_state_dir(&mut self.log)?;
-        self.machines.push(m);
+        self.machines.push(Node::Vm(m));
         Ok(index)
     }
 
@@ -362,8 +395,13 @@ impl Driver {
                 "the global timeout of {} seconds ran out",
                 crate::machine::guest::format_seconds(self.opts.global_timeout)
             ));
+            let registry = self.poll.registry();
             for m in &mut self.machines {
-                m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+                let grace = match m {
+                    Node::Vm(_) => TIMEOUT_KILL_GRACE,
+                    Node::Container(_) => TIMEOUT_CONTAINER_GRACE,
+                };
+                m.terminate(&mut self.log, registry, grace);
             }
             self.log.end(true);
             self.termination = Some(Termination::GlobalTimeout);
@@ -398,8 +436,10 @@ impl Driver {
     fn trace_milestones(&mut self) {
         if let Some(t) = &self.trace {
             for m in &mut self.machines {
-                for &(at, what) in m.boot.untraced() {
-                    t.instant(&m.name, what.name(), at);
+                if let Node::Vm(m) = m {
+                    for &(at, what) in m.boot.untraced() {
+                        t.instant(&m.name, what.name(), at);
+                    }
                 }
             }
         }
@@ -479,15 +519,21 @@ impl Driver {
         self.log.unwind_to(0);
         self.log.begin(None, "cleanup");
         let mut order: Vec<usize> = (0..self.machines.len()).collect();
-        order.sort_by(|a, b| self.machines[*a].name.cmp(&self.machines[*b].name));
+        order.sort_by(|a, b| self.machines[*a].name().cmp(self.machines[*b].name()));
+        let mut longest = KILL_GRACE;
         for i in order {
-            self.machines[i].terminate(&mut self.log, KILL_GRACE);
+            let grace = match self.machines[i] {
+                Node::Vm(_) => KILL_GRACE,
+                Node::Container(_) => crate::container::TERMINATE_GRACE,
+            };
+            longest = longest.max(grace);
+            self.machines[i].terminate(&mut self.log, self.poll.registry(), grace);
         }
-        let give_up = Instant::now() + KILL_GRACE + KILL_GIVE_UP;
+        let give_up = Instant::now() + longest + KILL_GIVE_UP;
         let mut events = Events::with_capacity(64);
         loop {
             let shim_done = self.shim.is_none() || self.shim_exit().is_some();
-            let machines_done = self.machines.iter().all(Machine::gone);
+            let machines_done = self.machines.iter_mut().all(Node::gone);
             if (shim_done && machines_done) || Instant::now() >= give_up {
                 break;
             }
@@ -501,17 +547,23 @@ impl Driver {
             self.poll_once(&mut events, Some(timeout));
             self.member_timers(Instant::now());
         }
-        self.stop_vlans();
         for m in &mut self.machines {
             if !m.gone() {
+                let what = match m {
+                    Node::Vm(_) => "QEMU process group",
+                    Node::Container(_) => "the container's start script or a command",
+                };
                 self.log.warning(
-                    Some(&m.name),
-                    "QEMU process group still alive after SIGKILL; giving up on it",
+                    Some(m.name()),
+                    &format!("{what} still alive after SIGKILL; giving up on it"),
                 );
             }
-            m.release_fds(self.poll.registry());
-            m.remove_files();
+            m.remove_files(self.poll.registry(), &mut self.log);
         }
+        // Bridges go after the containers' veths (their start scripts removed them), taps
+        // with their switches.
+        self.unlink_vlans();
+        self.stop_vlans();
         if let Some(s) = self.shim.as_mut() {
             s.close(self.poll.registry());
         }
@@ -558,8 +610,21 @@ impl Driver {
         };
         self.log.line(kind, None, &line);
         for m in &self.machines {
-            if let Some(phases) = m.boot.phases() {
-                self.log.line(kind, Some(&m.name), &phases);
+            match m {
+                Node::Vm(m) => {
+                    if let Some(phases) = m.boot.phases() {
+                        self.log.line(kind, Some(&m.name), &phases);
+                    }
+                }
+                Node::Container(c) => {
+                    if let (Some(a), Some(b)) = (c.started_at, c.ready_at) {
+                        let line = format!(
+                            "container ready {:.2} s after its start script ran",
+                            b.saturating_duration_since(a).as_secs_f64()
+                        );
+                        self.log.line(kind, Some(&c.name), &line);
+                    }
+                }
             }
         }
     }
