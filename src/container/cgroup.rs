@@ -170,6 +170,16 @@ impl ContainerCgroup {
         &self.dirs
     }
 
+    /// SIGKILL every process left in the cgroups (a start script that exited without waiting
+    /// for its nspawn, as upstream's run-nspawn does on SIGTERM). True if none was left.
+    pub fn kill_all(&self) -> bool {
+        let mut empty = true;
+        for dir in &self.dirs {
+            empty &= kill_tree(dir);
+        }
+        empty
+    }
+
     /// Remove the directories and whatever nspawn left below them (`supervisor`, `payload`),
     /// deepest first. A cgroup that still has processes stays (EBUSY): returns false then.
     pub fn remove(&mut self) -> bool {
@@ -210,8 +220,9 @@ pub fn leaf_owner(name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&p| p > 0)
 }
 
-/// Remove the cgroups of ntd runs that are gone (killed before their cleanup): best effort,
-/// a cgroup with processes stays.
+/// Remove the cgroups of ntd runs that are gone (killed before their cleanup, SIGKILL
+/// included), ending what still runs in them first (an nspawn whose start script did not tie
+/// it to itself): best effort, a cgroup whose processes do not die at once stays.
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -222,9 +233,38 @@ fn sweep_stale(parent: &Path) {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            kill_tree(&e.path());
             remove_tree(&e.path());
         }
     }
+}
+
+/// The pids in a `cgroup.procs` text.
+pub fn parse_procs(text: &str) -> Vec<i32> {
+    text.split_ascii_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .filter(|&p| p > 0)
+        .collect()
+}
+
+/// SIGKILL every process of `dir` and its sub-cgroups; true if there was none.
+fn kill_tree(dir: &Path) -> bool {
+    let mut empty = true;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                empty &= kill_tree(&e.path());
+            }
+        }
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in parse_procs(&procs) {
+        empty = false;
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    empty
 }
 
 /// `rmdir` a cgroup directory and its sub-cgroups, deepest first (cgroupfs directories hold
@@ -256,6 +296,12 @@ mod tests {
 28 26 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
 29 26 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
 ";
+
+    #[test]
+    fn procs_lists_pids_and_skips_junk() {
+        assert_eq!(parse_procs("12\n345\n\nx\n0\n"), vec![12, 345]);
+        assert!(parse_procs("").is_empty());
+    }
 
     #[test]
     fn hybrid_host_yields_unified_and_named_systemd_dirs() {

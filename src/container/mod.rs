@@ -25,24 +25,24 @@ pub mod cgroup;
 pub mod command;
 mod control;
 mod error;
+mod events;
 pub mod exec;
 pub mod hostenv;
 mod journal;
 pub mod notify;
 mod paths;
+pub mod ready;
 mod tools;
 
 use crate::child::{self, Child, ExitInfo, SpawnOptions};
 use crate::log::Logger;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::shell::NonceSource;
-use crate::nbio::{read_available, FdReader};
-use crate::reactor::{Ctx, LoopMember, Owner};
+use crate::reactor::{Ctx, Owner};
 use cgroup::ContainerCgroup;
 use command::{CommandFd, CommandTokens, RunningCommand};
 pub use error::ContainerError;
-use journal::{Journal, JournalFd};
-use mio::event::Event;
+use journal::Journal;
 use mio::net::UnixDatagram;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
@@ -124,6 +124,8 @@ pub struct Container {
     notify: Option<UnixDatagram>,
     leader: Option<i32>,
     ready: bool,
+    /// After READY: waiting for the container's service manager ([`ready`]).
+    probe: Option<ready::ManagerProbe>,
     commands: Vec<Option<RunningCommand>>,
     next_command: u64,
     /// The driver's command in flight ([`Container::send`]).
@@ -171,6 +173,7 @@ impl Container {
             notify: None,
             leader: None,
             ready: false,
+            probe: None,
             commands: Vec::new(),
             next_command: 1,
             in_flight: None,
@@ -303,6 +306,7 @@ impl Container {
         self.exit = None;
         self.leader = None;
         self.ready = false;
+        self.probe = None;
         self.console_tail.clear();
         self.kill_deadline = None;
         self.killed = false;
@@ -445,7 +449,9 @@ impl Container {
             }
         };
         let commands_gone = self.commands.iter_mut().flatten().all(|c| !c.alive());
-        script_gone && commands_gone && self.journal.idle()
+        // Whatever the script left in its cgroup is killed (again) until it is empty.
+        let cgroup_empty = !script_gone || self.cgroup.as_ref().map_or(true, |cg| cg.kill_all());
+        script_gone && commands_gone && cgroup_empty && self.journal.idle()
     }
 
     /// Close every fd (after the script exited) and forget the process: `Stopped`, so that
@@ -455,6 +461,7 @@ impl Container {
         self.phase = Phase::Stopped;
         self.leader = None;
         self.ready = false;
+        self.probe = None;
     }
 
     fn release_fds(&mut self, registry: &Registry) {
@@ -499,154 +506,6 @@ impl Container {
             }
         }
         problems
-    }
-
-    fn drain_notify(&mut self, log: &mut Logger) {
-        let Some(sock) = self.notify.as_ref() else {
-            return;
-        };
-        let mut buf = [0u8; notify::MAX_DATAGRAM];
-        loop {
-            match sock.recv(&mut buf) {
-                Ok(n) => {
-                    let notice = notify::parse(&buf[..n]);
-                    if let Some(pid) = notice.leader {
-                        self.leader = Some(pid);
-                    }
-                    self.ready |= notice.ready;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        if self.phase == Phase::Starting && self.ready && self.leader.is_some() {
-            self.phase = Phase::Ready;
-            let now = Instant::now();
-            self.ready_at = Some(now);
-            if let (Some(t0), Some(pid)) = (self.started_at, self.leader) {
-                log.debug(
-                    Some(&self.name),
-                    &format!(
-                        "container ready (leader pid {pid}) after {} ms",
-                        now.duration_since(t0).as_millis()
-                    ),
-                );
-            }
-        }
-    }
-
-    fn read_console(&mut self, log: &mut Logger) {
-        let Some(fd) = self.process.as_mut().and_then(|p| p.console.as_ref()) else {
-            return;
-        };
-        let tail = &mut self.console_tail;
-        let eof = read_available(&mut FdReader(fd), &mut self.read_buf, |chunk| {
-            tail.extend(chunk.iter().copied());
-            let over = tail.len().saturating_sub(CONSOLE_TAIL);
-            tail.drain(..over);
-            for line in String::from_utf8_lossy(chunk).lines() {
-                log.debug(Some(&self.name), &format!("console: {line}"));
-            }
-        });
-        if eof {
-            if let Some(fd) = self.process.as_mut().and_then(|p| p.console.take()) {
-                let _ = log; // the pipe is closed by dropping it; nothing more will come
-                drop(fd);
-            }
-        }
-    }
-
-    fn check_exit(&mut self, cx: &mut Ctx<'_>) {
-        let Some(p) = self.process.as_ref() else {
-            return;
-        };
-        let Some(info) = p.child.try_reap() else {
-            return;
-        };
-        let _ = cx
-            .registry
-            .deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
-        // Leftovers of the script's group (a wrapper that did not wait for nspawn) go now.
-        p.child.signal(Signal::KILL);
-        self.exit = Some(info);
-        self.phase = Phase::Exited;
-        if !self.killed {
-            cx.log
-                .machine(&self.name, &format!("systemd-nspawn exited ({info})"));
-        }
-        self.read_console(cx.log);
-        self.drain_notify(cx.log);
-        self.journal.container_exited(Instant::now());
-    }
-}
-
-impl LoopMember for Container {
-    fn on_event(&mut self, cx: &mut Ctx<'_>, slot: usize, _ev: &Event) {
-        let name = self.name.clone();
-        match slot {
-            s if s == Slot::Notify as usize => self.drain_notify(cx.log),
-            s if s == Slot::Console as usize => self.read_console(cx.log),
-            s if s == Slot::Pidfd as usize => self.check_exit(cx),
-            s if s == Slot::JournalOutput as usize || s == Slot::JournalPidfd as usize => {
-                let fd = if s == Slot::JournalOutput as usize {
-                    JournalFd::Output
-                } else {
-                    JournalFd::Pidfd
-                };
-                self.journal
-                    .on_event(fd, cx.registry, cx.log, &name, &mut self.read_buf);
-            }
-            s if s >= COMMAND_BASE => {
-                let (index, fd) = ((s - COMMAND_BASE) / 4, (s - COMMAND_BASE) % 4);
-                let fd = match fd {
-                    0 => CommandFd::Stdout,
-                    1 => CommandFd::Stderr,
-                    _ => CommandFd::Pidfd,
-                };
-                let buf = &mut self.read_buf;
-                if let Some(c) = self.commands.get_mut(index).and_then(Option::as_mut) {
-                    c.on_event(fd, cx.registry, cx.log, &name, buf);
-                    if c.done() {
-                        self.commands[index] = None;
-                    }
-                }
-            }
-            other => cx.log.warning(
-                Some(&self.name),
-                &format!("event for unknown container slot {other} ignored"),
-            ),
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let commands = self
-            .commands
-            .iter()
-            .flatten()
-            .filter_map(RunningCommand::next_deadline);
-        [self.kill_deadline, self.journal.next_deadline()]
-            .into_iter()
-            .flatten()
-            .chain(commands)
-            .min()
-    }
-
-    fn on_timer(&mut self, cx: &mut Ctx<'_>, now: Instant) {
-        for c in self.commands.iter_mut().flatten() {
-            c.on_timer(now);
-        }
-        self.journal.on_timer(now, cx.registry, cx.log, &self.name);
-        if self.kill_deadline.is_some_and(|t| now >= t) {
-            self.kill_deadline = None;
-            if let Some(p) = self.process.as_ref().filter(|p| p.child.alive()) {
-                cx.log.error(&format!(
-                    "NspawnMachine {} (pid {}) did not exit after SIGTERM; sending SIGKILL",
-                    self.name,
-                    p.child.raw_pid()
-                ));
-                p.child.signal(Signal::KILL);
-            }
-        }
     }
 }
 

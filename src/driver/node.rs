@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const CONTAINER_REMINDER: Duration = Duration::from_secs(10);
 
 /// One machine of the run.
+// A handful per run, made once and never moved: boxing the VM would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Node {
     Vm(Machine),
     Container(Container),

@@ -108,6 +108,7 @@ class Driver:
     tests: str
     vlans: list[VLan]
     machines_qemu: list[QemuMachine]
+    machines_nspawn: list[NspawnMachine]
     polling_conditions: list[PollingCondition]
     global_timeout: float
     logger: AbstractLogger
@@ -131,8 +132,11 @@ class Driver:
             # The driver decides where sockets live (a short directory if tmp_dir is long).
             vlan.socket_dir = Path(v["socket_dir"])
             self.vlans.append(vlan)
-        self.machines_qemu = [
-            QemuMachine(
+        self.machines_qemu = []
+        self.machines_nspawn = []
+        for m in hello["machines"]:
+            kind = NspawnMachine if m["kind"] == "nspawn" else QemuMachine
+            machine = kind(
                 name=m["name"],
                 start_command=m["start_command"],
                 state_dir=Path(m["state_dir"]),
@@ -143,14 +147,18 @@ class Driver:
                 callbacks=[self.check_polling_conditions],
                 logger=self.logger,
             )
-            for m in hello["machines"]
-        ]
-        self.machines_nspawn: list[BaseMachine] = []
+            if isinstance(machine, NspawnMachine):
+                self.machines_nspawn.append(machine)
+            else:
+                self.machines_qemu.append(machine)
         set_polling_slice(self._polling_slice)
 
     @property
-    def machines(self) -> list[QemuMachine]:
-        return sorted(self.machines_qemu, key=lambda m: m.name)
+    def machines(self) -> list[BaseMachine]:
+        """VMs and containers, sorted by name (as upstream, for consistency with the test
+        framework's `nodesAndContainers`)."""
+        both: list[BaseMachine] = [*self.machines_qemu, *self.machines_nspawn]
+        return sorted(both, key=lambda m: m.name)
 
     def __enter__(self) -> "Driver":
         return self
