@@ -15,7 +15,6 @@
 //! run too. Only the calling thread changes namespaces: call it while ntd is single-threaded,
 //! before spawning anything. This module never blocks and never spawns.
 
-use super::cgroup::{parse_mountinfo, Mount};
 use rustix::fs::{Access, Mode};
 use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::thread::UnshareFlags;
@@ -67,14 +66,23 @@ pub fn check_root() -> Result<(), HostEnvError> {
     Ok(())
 }
 
-/// A cgroup file system is mounted at `/sys/fs/cgroup` or below it (cgroup2 alone, or a
-/// hybrid/legacy tree). Upstream only accepts cgroup2 at `/sys/fs/cgroup` itself and mounts one
-/// over anything else; nspawn runs on hybrid hosts too, so ntd leaves those alone.
-pub fn has_cgroup_tree(mounts: &[Mount]) -> bool {
-    mounts.iter().any(|m| {
-        (m.fs_type == "cgroup2" || m.fs_type == "cgroup")
-            && m.mount_point.starts_with("/sys/fs/cgroup")
-    })
+/// `statfs` magic of a cgroup2 file system.
+pub const CGROUP2_MAGIC: i64 = 0x6367_7270;
+/// `statfs` magic of a cgroup (v1) file system.
+pub const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
+
+/// Which cgroup hierarchy is visible, from the `statfs` types of `/sys/fs/cgroup` and of its
+/// `unified` and `systemd` entries (systemd decides the same way; a hidden mount, which
+/// `/proc/self/mountinfo` still lists, does not count). Upstream only accepts cgroup2 at
+/// `/sys/fs/cgroup` itself and mounts one over anything else; nspawn runs on hybrid and legacy
+/// hosts too, so ntd leaves those alone and mounts cgroup2 only where there is none.
+pub fn cgroup_tree_visible(root: Option<i64>, unified: Option<i64>, systemd: Option<i64>) -> bool {
+    root == Some(CGROUP2_MAGIC) || unified == Some(CGROUP2_MAGIC) || systemd == Some(CGROUP1_MAGIC)
+}
+
+fn fs_type(path: &str) -> Option<i64> {
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
 }
 
 /// A machine id as `systemd-machine-id-setup` writes a random one: 32 lowercase hex digits.
@@ -111,11 +119,12 @@ pub fn prepare(notes: &mut Vec<String>) -> Result<(), HostEnvError> {
         )?;
         notes.push("linked /var/run to /run".into());
     }
-    let mountinfo = step(
-        || "read /proc/self/mountinfo".into(),
-        std::fs::read_to_string("/proc/self/mountinfo"),
-    )?;
-    if !has_cgroup_tree(&parse_mountinfo(&mountinfo)) {
+    let visible = cgroup_tree_visible(
+        fs_type("/sys/fs/cgroup"),
+        fs_type("/sys/fs/cgroup/unified"),
+        fs_type("/sys/fs/cgroup/systemd"),
+    );
+    if !visible {
         step(
             || "create /sys/fs/cgroup".into(),
             std::fs::create_dir_all("/sys/fs/cgroup"),
@@ -171,8 +180,16 @@ fn mount_tmpfs(dir: &str) -> Result<(), HostEnvError> {
 /// Move the calling thread (ntd, single-threaded) into a private mount namespace and a new
 /// network namespace, then [`after_new_netns`].
 pub fn isolate() -> Result<(), HostEnvError> {
-    // SAFETY: neither flag touches the fd table (no CLONE_FILES); ntd is single-threaded here,
-    // so no other thread observes the change.
+    private_mounts()?;
+    private_network()
+}
+
+/// Move the calling thread (ntd, single-threaded) into a mount namespace of its own, whose
+/// mounts do not propagate back: [`prepare`]'s repairs (a tmpfs on a read-only `/run`) then
+/// stay with the run.
+pub fn private_mounts() -> Result<(), HostEnvError> {
+    // SAFETY: the flag does not touch the fd table (no CLONE_FILES); ntd is single-threaded
+    // here, so no other thread observes the change.
     step(|| "create a mount namespace".into(), unsafe {
         rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)
     })?;
@@ -182,8 +199,13 @@ pub fn isolate() -> Result<(), HostEnvError> {
             "/",
             MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
         ),
-    )?;
-    // SAFETY: as above.
+    )
+}
+
+/// After [`private_mounts`] (and [`prepare`]): a new network namespace, then
+/// [`after_new_netns`].
+pub fn private_network() -> Result<(), HostEnvError> {
+    // SAFETY: as in private_mounts.
     step(|| "create a network namespace".into(), unsafe {
         rustix::thread::unshare_unsafe(UnshareFlags::NEWNET)
     })?;
@@ -251,16 +273,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cgroup_tree_found_for_unified_hybrid_but_not_elsewhere() {
-        let unified = parse_mountinfo("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
-        assert!(has_cgroup_tree(&unified));
-        let hybrid = parse_mountinfo(
-            "1 0 0:1 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
-             2 1 0:2 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
-        );
-        assert!(has_cgroup_tree(&hybrid));
-        let elsewhere = parse_mountinfo("1 0 0:1 / /mnt/cg rw - cgroup2 cgroup2 rw\n");
-        assert!(!has_cgroup_tree(&elsewhere));
+    fn cgroup_tree_is_unified_hybrid_or_legacy_but_not_a_bare_directory() {
+        const TMPFS: i64 = 0x0102_1994;
+        const SYSFS: i64 = 0x6265_6572;
+        assert!(cgroup_tree_visible(Some(CGROUP2_MAGIC), None, None));
+        assert!(cgroup_tree_visible(
+            Some(TMPFS),
+            Some(CGROUP2_MAGIC),
+            Some(CGROUP1_MAGIC)
+        ));
+        assert!(cgroup_tree_visible(Some(TMPFS), None, Some(CGROUP1_MAGIC)));
+        assert!(!cgroup_tree_visible(Some(SYSFS), None, None));
+        assert!(!cgroup_tree_visible(Some(TMPFS), None, None));
+        assert!(!cgroup_tree_visible(None, None, None));
     }
 
     #[test]

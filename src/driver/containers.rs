@@ -35,22 +35,25 @@ impl Driver {
     pub(super) fn prepare_container_host(&mut self) -> Result<(), DriverError> {
         hostenv::check_root().map_err(DriverError::ContainerHost)?;
         let shared = std::env::var(NETNS_ENV).is_ok_and(|v| v == "host");
+        if !shared {
+            hostenv::private_mounts().map_err(DriverError::ContainerHost)?;
+        }
+        let mut notes = Vec::new();
+        hostenv::prepare(&mut notes).map_err(DriverError::ContainerHost)?;
+        for n in notes {
+            self.log.info(&format!("container host: {n}"));
+        }
         if shared {
             self.log.info(&format!(
                 "{NETNS_ENV}=host: the containers' bridges and taps are made in the host's \
                  network namespace"
             ));
         } else {
-            hostenv::isolate().map_err(DriverError::ContainerHost)?;
+            hostenv::private_network().map_err(DriverError::ContainerHost)?;
             self.log.debug(
                 None,
                 "containers: the run has a network and mount namespace of its own",
             );
-        }
-        let mut notes = Vec::new();
-        hostenv::prepare(&mut notes).map_err(DriverError::ContainerHost)?;
-        for n in notes {
-            self.log.info(&format!("container host: {n}"));
         }
         let nl = Netlink::open()
             .map_err(|e| DriverError::Setup("cannot open netlink", std::io::Error::other(e)))?;
