@@ -60,6 +60,7 @@ in
     two-vlans = tests.two-vlans.test;
     extra-python = tests.extra-python.test;
     ocr = tests.ocr.test;
+    containers = tests.containers.test;
     # driverInteractive: the wrapper's --interactive opens the REPL of the driver's Python
     # environment (ptpython, the stand-in of stubs.nix) on standard input.
     interactive = runDriver "interactive" {
@@ -83,7 +84,6 @@ in
   };
 
   fail = {
-    containers = tests.containers.driver;
     type-error = tests.type-error.driver;
     lint-error = tests.lint-error.driver;
     # A nixpkgs from before PR #503686: the overlay must refuse, not do nothing.
