@@ -93,11 +93,20 @@ fn main() {
     }
     print!("{table}");
     let summary = ntd::json::obj([
-        ("machine", Value::from(common::machine_description().as_str())),
-        ("container_first_start_s", Value::from(num("container_first_start"))),
+        (
+            "machine",
+            Value::from(common::machine_description().as_str()),
+        ),
+        (
+            "container_first_start_s",
+            Value::from(num("container_first_start")),
+        ),
         ("container_restart_median_s", Value::from(median(&restarts))),
         ("vm_boot_s", Value::from(num("vm_boot"))),
-        ("container_command_median_ms", Value::from(median(&cc) * 1e3)),
+        (
+            "container_command_median_ms",
+            Value::from(median(&cc) * 1e3),
+        ),
         ("vm_command_median_ms", Value::from(median(&vc) * 1e3)),
     ]);
     let path =

@@ -206,3 +206,19 @@ fn containers_run_in_an_emulated_nix_sandbox() {
     );
     assert_nothing_left(&dir);
 }
+
+#[test]
+fn a_nodes_toml_directory_declares_containers() {
+    require_containers();
+    let dir = TestDir::new("ct-nodes");
+    let test =
+        common::repo().join("tests/scripts/containers/a_nodes_toml_directory_declares_containers");
+    let mut cmd = Command::new(common::repo().join("ci/run-test"));
+    cmd.arg(&test)
+        .env("NTD", common::NTD)
+        .env("TMPDIR", &dir.path)
+        .env("NTD_COLOR", "never");
+    let r = common::run_with_limit(cmd, LIMIT);
+    expect(&r, 0, &["NODES.TOML CONTAINERS DONE"]);
+    assert_nothing_left(&dir);
+}

@@ -53,11 +53,12 @@ fn kill_function() -> &'static str {
     &text[start..end]
 }
 
-/// The script of a wait: the environment every upstream command gets, fds 3 (the loop's
-/// output: stdout), 5 (every attempt's stdin: `/dev/null`) and 7 (what the loop pauses on,
-/// `read -t … -u 7`: an anonymous pipe the shell holds both ends of, so every pause times out
-/// without a fork; in a VM it is the watchdog's), the loop's functions, then one run of the
-/// loop and its end marker. ntd ends a loop that overruns by killing its process group.
+/// The script of a wait: bash out of POSIX mode, the environment every upstream command gets,
+/// fds 3 (the loop's output: stdout), 5 (every attempt's stdin: `/dev/null`) and 7 (what the
+/// loop pauses on, `read -t … -u 7`: an anonymous pipe the shell holds both ends of, so every
+/// pause times out without a fork; in a VM it is the watchdog's), the loop's functions, then
+/// one run of the loop and its end marker. ntd ends a loop that overruns by killing its
+/// process group.
 pub fn wait_script(
     nonce: &[u8; NONCE_LEN],
     check: &GuestCheck,
@@ -69,6 +70,9 @@ pub fn wait_script(
         .unwrap_or(&line);
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let mut s = String::with_capacity(4096 + call.len());
+    // /bin/sh is bash in POSIX mode, where a failed redirection of a special builtin (the
+    // loop's `: </dev/tcp/…` port probe) ends the whole shell: the loop runs as plain bash.
+    s.push_str("set +o posix\n");
     s.push_str("export USER=root HOME=/root DISPLAY=:0.0; source /etc/profile\n");
     s.push_str("exec 3>&1 5</dev/null 7<> <(:)\n");
     s.push_str(kill_function());
@@ -228,7 +232,9 @@ mod tests {
             pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
         };
         let s = wait_script(N, &file_check(), spec).unwrap();
-        assert!(s.starts_with("export USER=root HOME=/root DISPLAY=:0.0; source /etc/profile\n"));
+        assert!(s.starts_with(
+            "set +o posix\nexport USER=root HOME=/root DISPLAY=:0.0; source /etc/profile\n"
+        ));
         assert!(s.contains("\nexec 3>&1 5</dev/null 7<> <(:)\n"));
         assert!(s.contains("_Nloop() {"));
         assert!(s.contains("_Nkill() {"));

@@ -44,8 +44,10 @@ except RequestedAssertionFailed as e:
     assert "action timed out after" in str(e), e
 assert time.monotonic() - t0 < 15
 
-# systemd: units, state, a listener the others reach.
-c1.succeed("systemd-run --unit=listener nc -lk -p 8080")
+# systemd: units, state, a listener the others reach (it opens its port a second later: the
+# port wait's loop has to wait for it).
+c1.succeed("(sleep 1; systemd-run --unit=listener nc -lk -p 8080) >/dev/null 2>&1 &")
+c1.wait_for_open_port(8080, timeout=30)
 c1.wait_for_unit("listener.service")
 c1.require_unit_state("listener.service", "active")
 status, out = c1.systemctl("is-active listener.service")
