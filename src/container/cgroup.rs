@@ -2,7 +2,7 @@
 //! itself into `<its cgroup>/supervisor` and the container into `<its cgroup>/payload`; two
 //! containers started from the same cgroup therefore share one `payload`, and each one's
 //! systemd then manages (and on shutdown kills) the other's units. ntd creates
-//! `ntd-<driver pid>-<n>` below its own cgroup in each hierarchy nspawn uses (the unified
+//! `ntd-<pid namespace>-<driver pid>-<n>` below its own cgroup in each hierarchy nspawn uses (the unified
 //! one, and the named `systemd` one on hybrid hosts), moves the start script there before it
 //! execs ([`ContainerCgroup::join_in_child`]), and removes the directories when the container
 //! is gone. Parsing `/proc/self/cgroup` and `/proc/self/mountinfo` is pure and unit-tested.
@@ -65,9 +65,22 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
+/// `statfs` magic of a cgroup2 file system (the unified hierarchy).
+pub const CGROUP2_MAGIC: i64 = 0x6367_7270;
+/// `statfs` magic of a cgroup (v1) file system (the named `systemd` hierarchy).
+pub const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
+
+/// The `statfs` type of `path`, if it can be read.
+pub fn fs_type(path: &Path) -> Option<i64> {
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+    rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
+}
+
 /// Where this process's cgroup lives in each hierarchy nspawn uses: the unified (`0::`) one
-/// and the named `name=systemd` one, as directories under their mount points.
-pub fn own_cgroup_dirs(proc_cgroup: &str, mounts: &[Mount]) -> Vec<PathBuf> {
+/// and the named `name=systemd` one, as directories under their mount points, each with the
+/// `statfs` type it must have (a mount that a later one hides is still listed in mountinfo:
+/// its path then leads somewhere else).
+pub fn own_cgroup_dirs(proc_cgroup: &str, mounts: &[Mount]) -> Vec<(PathBuf, i64)> {
     let mut dirs = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -90,11 +103,17 @@ pub fn own_cgroup_dirs(proc_cgroup: &str, mounts: &[Mount]) -> Vec<PathBuf> {
             .max_by_key(|m| m.root.len());
         if let Some(m) = best {
             let rel = path[m.root.len()..].trim_start_matches('/');
-            dirs.push(if rel.is_empty() {
+            let dir = if rel.is_empty() {
                 m.mount_point.clone()
             } else {
                 m.mount_point.join(rel)
-            });
+            };
+            let magic = if controllers.is_empty() {
+                CGROUP2_MAGIC
+            } else {
+                CGROUP1_MAGIC
+            };
+            dirs.push((dir, magic));
         }
     }
     dirs
@@ -129,7 +148,10 @@ impl ContainerCgroup {
             procs: Vec::new(),
         };
         let mut last_error = None;
-        for parent in parents {
+        for (parent, magic) in parents {
+            if fs_type(&parent) != Some(magic) {
+                continue;
+            }
             sweep_stale(&parent);
             let dir = parent.join(leaf);
             match std::fs::create_dir(&dir) {
@@ -210,29 +232,51 @@ pub fn join_fds(fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// The pid of the ntd run that named a cgroup `ntd-<pid>-<n>`.
-pub fn leaf_owner(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("ntd-")?;
-    let (pid, n) = rest.split_once('-')?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+/// The cgroup of container `n` of the ntd run with pid `pid` in pid namespace `pidns`:
+/// `ntd-<pidns>-<pid>-<n>` (a pid alone names no process outside its namespace).
+pub fn leaf_name(pidns: u64, pid: u32, n: usize) -> String {
+    format!("ntd-{pidns}-{pid}-{n}")
+}
+
+/// The pid namespace and pid of the ntd run that named a cgroup (see [`leaf_name`]).
+pub fn leaf_owner(name: &str) -> Option<(u64, u32)> {
+    let mut parts = name.strip_prefix("ntd-")?.split('-');
+    let (ns, pid, n) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if parts.next().is_some() || !digits(ns) || !digits(n) {
         return None;
     }
-    pid.parse().ok().filter(|&p| p > 0)
+    let pid = pid.parse().ok().filter(|&p| p > 0)?;
+    Some((ns.parse().ok()?, pid))
+}
+
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`; 0 if unreadable).
+pub fn own_pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Remove the cgroups of ntd runs that are gone (killed before their cleanup, SIGKILL
 /// included), ending what still runs in them first (an nspawn whose start script did not tie
-/// it to itself): best effort, a cgroup whose processes do not die at once stays.
+/// it to itself): best effort, a cgroup whose processes do not die at once stays. Only runs
+/// of this pid namespace are judged: whether another one's pid lives cannot be seen here.
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
+    let ns = own_pid_namespace();
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(leaf_owner) else {
+        let Some((owner_ns, pid)) = name.to_str().and_then(leaf_owner) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        let dead = !Path::new(&format!("/proc/{pid}")).exists();
+        if owner_ns == ns && pid != std::process::id() && dead {
             kill_tree(&e.path());
             remove_tree(&e.path());
         }
@@ -310,8 +354,8 @@ mod tests {
         assert_eq!(
             dirs,
             [
-                PathBuf::from("/sys/fs/cgroup/systemd"),
-                PathBuf::from("/sys/fs/cgroup/unified")
+                (PathBuf::from("/sys/fs/cgroup/systemd"), CGROUP1_MAGIC),
+                (PathBuf::from("/sys/fs/cgroup/unified"), CGROUP2_MAGIC)
             ]
         );
     }
@@ -325,26 +369,34 @@ mod tests {
         let mounts = parse_mountinfo(text);
         assert_eq!(mounts[1].mount_point, PathBuf::from("/mnt/cg x"));
         let dirs = own_cgroup_dirs("0::/user.slice/session-1.scope\n", &mounts);
-        assert_eq!(dirs, [PathBuf::from("/mnt/cg x/session-1.scope")]);
+        assert_eq!(
+            dirs,
+            [(PathBuf::from("/mnt/cg x/session-1.scope"), CGROUP2_MAGIC)]
+        );
         let dirs = own_cgroup_dirs("0::/system.slice/nix-daemon.service\n", &mounts);
         assert_eq!(
             dirs,
-            [PathBuf::from(
-                "/sys/fs/cgroup/system.slice/nix-daemon.service"
+            [(
+                PathBuf::from("/sys/fs/cgroup/system.slice/nix-daemon.service"),
+                CGROUP2_MAGIC
             )]
         );
     }
 
     #[test]
     fn leaf_owner_reads_only_ntds_names() {
-        assert_eq!(leaf_owner("ntd-4242-0"), Some(4242));
-        assert_eq!(leaf_owner("ntd-4242-17"), Some(4242));
+        assert_eq!(
+            leaf_owner(&leaf_name(4026531836, 4242, 0)),
+            Some((4026531836, 4242))
+        );
+        assert_eq!(leaf_owner("ntd-7-4242-17"), Some((7, 4242)));
         for other in [
-            "ntd-4242",
-            "ntd-x-1",
-            "ntd-0-1",
-            "ntd-12-",
-            "ntd-12-a",
+            "ntd-4242-0",
+            "ntd-7-x-1",
+            "ntd-7-0-1",
+            "ntd-7-12-",
+            "ntd-7-12-a",
+            "ntd-7-12-1-2",
             "user.slice",
         ] {
             assert_eq!(leaf_owner(other), None, "{other}");

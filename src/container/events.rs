@@ -29,7 +29,7 @@ impl Container {
                 Ok(n) => {
                     let notice = notify::parse(&buf[..n]);
                     if let Some(pid) = notice.leader {
-                        self.leader = Some(pid);
+                        self.leader = self.leader_as_seen_here(pid, log);
                     }
                     self.ready |= notice.ready;
                 }
@@ -47,6 +47,26 @@ impl Container {
                 self.probe = Some(probe);
             }
         }
+    }
+
+    /// The leader's pid as ntd sees it: nspawn numbers it in the start script's PID namespace
+    /// when the script runs in one of its own (see `super::pidns`).
+    fn leader_as_seen_here(&self, reported: i32, log: &mut Logger) -> Option<i32> {
+        if self.tools.unshare.is_none() {
+            return Some(reported);
+        }
+        let wrapper = self.process.as_ref()?.child.raw_pid();
+        let found = super::pidns::host_pid(wrapper, reported);
+        if found.is_none() {
+            log.warning(
+                Some(&self.name),
+                &format!(
+                    "systemd-nspawn reported leader pid {reported}, which no process below \
+                     the start script has in its PID namespace"
+                ),
+            );
+        }
+        found
     }
 
     /// Look for the container's service manager; ready once it listens (or never will).

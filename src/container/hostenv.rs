@@ -15,6 +15,7 @@
 //! run too. Only the calling thread changes namespaces: call it while ntd is single-threaded,
 //! before spawning anything. This module never blocks and never spawns.
 
+use super::cgroup::{CGROUP1_MAGIC, CGROUP2_MAGIC};
 use rustix::fs::{Access, Mode};
 use rustix::mount::{MountFlags, MountPropagationFlags};
 use rustix::thread::UnshareFlags;
@@ -66,11 +67,6 @@ pub fn check_root() -> Result<(), HostEnvError> {
     Ok(())
 }
 
-/// `statfs` magic of a cgroup2 file system.
-pub const CGROUP2_MAGIC: i64 = 0x6367_7270;
-/// `statfs` magic of a cgroup (v1) file system.
-pub const CGROUP1_MAGIC: i64 = 0x0027_e0eb;
-
 /// Which cgroup hierarchy is visible, from the `statfs` types of `/sys/fs/cgroup` and of its
 /// `unified` and `systemd` entries (systemd decides the same way; a hidden mount, which
 /// `/proc/self/mountinfo` still lists, does not count). Upstream only accepts cgroup2 at
@@ -81,8 +77,7 @@ pub fn cgroup_tree_visible(root: Option<i64>, unified: Option<i64>, systemd: Opt
 }
 
 fn fs_type(path: &str) -> Option<i64> {
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
-    rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
+    super::cgroup::fs_type(Path::new(path))
 }
 
 /// A machine id as `systemd-machine-id-setup` writes a random one: 32 lowercase hex digits.

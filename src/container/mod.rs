@@ -31,6 +31,7 @@ pub mod hostenv;
 mod journal;
 pub mod notify;
 mod paths;
+pub mod pidns;
 pub mod ready;
 mod tools;
 
@@ -270,7 +271,8 @@ impl Container {
             .map_err(|e| ContainerError::Prepare("register the notify socket".into(), e))?;
         self.notify = Some(notify);
         if self.cgroup.is_none() {
-            let leaf = format!("ntd-{}-{}", std::process::id(), self.index);
+            let leaf =
+                cgroup::leaf_name(cgroup::own_pid_namespace(), std::process::id(), self.index);
             match ContainerCgroup::create(&leaf) {
                 Ok(cg) => self.cgroup = Some(cg),
                 Err(e) => cx.log.warning(
@@ -321,7 +323,16 @@ impl Container {
         let (in_r, in_w) = child::cloexec_pipe().map_err(pipe_err)?;
         let (out_r, out_w) = child::cloexec_pipe().map_err(pipe_err)?;
         let out_w2 = out_w.try_clone().map_err(pipe_err)?;
-        let mut cmd = std::process::Command::new(&self.start_script);
+        // In a PID namespace of its own when unshare is there (see `pidns`), else as upstream.
+        let mut cmd = match self.tools.unshare.as_ref() {
+            Some(unshare) => {
+                let mut c = std::process::Command::new(unshare);
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+                    .arg(&self.start_script);
+                c
+            }
+            None => std::process::Command::new(&self.start_script),
+        };
         cmd.env_clear()
             .envs(self.paths.start_env())
             .current_dir(&self.paths.state_dir)
@@ -426,7 +437,9 @@ impl Container {
         }
         self.killed = true;
         p.child.signal(Signal::TERM);
-        self.kill_deadline = Some(Instant::now() + grace);
+        // A second call (cleanup after the global timeout) never postpones the SIGKILL.
+        let at = Instant::now() + grace;
+        self.kill_deadline = Some(self.kill_deadline.map_or(at, |t| t.min(at)));
     }
 
     /// SIGKILL every group now (global timeout, second signal).

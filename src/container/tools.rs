@@ -1,5 +1,6 @@
 //! The host programs a container needs, found once in the driver's `PATH` (as upstream's
-//! `shutil.which`): `nsenter` for every command, `journalctl` for the log. Their children get
+//! `shutil.which`): `nsenter` for every command, `journalctl` for the log, `unshare` for the
+//! start script's PID namespace. Their children get
 //! an empty environment (`nsenter`, as upstream) or ntd's own (`journalctl`), so the path is
 //! resolved here, not by the child. Pure apart from the `stat` of each candidate.
 
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub struct Tools {
     pub nsenter: Option<PathBuf>,
     pub journalctl: Option<PathBuf>,
+    /// util-linux `unshare`: start scripts run in a PID namespace of their own.
+    pub unshare: Option<PathBuf>,
 }
 
 impl Tools {
@@ -21,6 +24,7 @@ impl Tools {
         Tools {
             nsenter: find_in_path(&path, "nsenter"),
             journalctl: find_in_path(&path, "journalctl"),
+            unshare: find_in_path(&path, "unshare"),
         }
     }
 }

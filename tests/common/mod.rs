@@ -338,7 +338,8 @@ impl TestDir {
         run_with_limit(cmd, limit)
     }
 
-    /// Processes still alive whose command line mentions this directory.
+    /// Processes still alive whose command line mentions this directory, or whose working or
+    /// root directory lies in it (a container's processes).
     pub fn leftovers(&self) -> Vec<String> {
         let needle = self.path.to_string_lossy().into_owned();
         let mut found = Vec::new();
@@ -353,7 +354,11 @@ impl TestDir {
                 continue;
             };
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) {
+            let inside = |link: &str| {
+                std::fs::read_link(entry.path().join(link))
+                    .is_ok_and(|p| p.starts_with(&self.path) && p != Path::new("/"))
+            };
+            if text.contains(&needle) || inside("cwd") || inside("root") {
                 found.push(format!("{pid}: {text}"));
             }
         }
