@@ -116,6 +116,19 @@ fn containers_and_a_vm_share_vlans() {
     );
     // The journal follower's lines are the containers' serial lines.
     assert!(r.stderr.contains("c1 # "), "{}", r.log());
+    // The tap's traffic is counted with the vlan's (logged at cleanup).
+    let counted = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vlan 2: ") && l.contains(" frames in, "))
+        .unwrap_or_else(|| panic!("no counters of vlan 2\n{}", r.log()));
+    let delivered: u64 = counted
+        .split(", ")
+        .nth(1)
+        .and_then(|w| w.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(delivered > 0, "{counted}");
     assert_nothing_left(&dir);
 }
 

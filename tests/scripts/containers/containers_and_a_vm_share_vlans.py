@@ -70,11 +70,19 @@ c1.succeed("ping -c 1 -W 10 c2")
 c2.succeed("ping -c 1 -W 10 c1")
 c2.wait_for_open_port(8080, "c1")
 
-# Container <-> VM through br2, vde-tap2 and the switch, both ways (ICMP and TCP).
+# Container <-> VM through br2, vde-tap2 and the switch, both ways (ICMP and TCP), captured.
 vm.succeed("true")  # the tiny guest has no systemd: wait for its shell
+capture = os.path.join(driver.out_dir, "vlan2.pcap")
+vlan2.start_capture(capture)
 c1.succeed("ping -c 1 -W 10 192.168.2.1")
 vm.succeed("ping -c 1 -W 10 192.168.2.2")
 vm.wait_for_open_port(8080, "192.168.2.2")
+vlan2.stop_capture()
+with open(capture, "rb") as f:
+    pcap = f.read()
+# Both pings' echo requests and replies (98 bytes each, 16 bytes of record header) at least.
+assert len(pcap) >= 24 + 4 * (16 + 98), len(pcap)
+assert bytes([192, 168, 2, 2]) in pcap and bytes([192, 168, 2, 1]) in pcap
 
 # Network faults between a container and a VM: partition, then loss between the two, heal.
 vlan2.partition([c1], [vm])
