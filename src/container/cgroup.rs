@@ -4,7 +4,7 @@
 //! systemd then manages (and on shutdown kills) the other's units. ntd creates
 //! `ntd-<pid namespace>-<driver pid>-<n>` below its own cgroup in each hierarchy nspawn uses (the unified
 //! one, and the named `systemd` one on hybrid hosts), moves the start script there before it
-//! execs ([`ContainerCgroup::join_in_child`]), and removes the directories when the container
+//! execs ([`join_fds`] in the forked child), and removes the directories when the container
 //! is gone. Parsing `/proc/self/cgroup` and `/proc/self/mountinfo` is pure and unit-tested.
 
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};

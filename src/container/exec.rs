@@ -1,6 +1,6 @@
 //! What a container command is, as text and as a result: upstream's command wrapper, the
 //! `nsenter` argument list, the script of a guest-side wait loop (the very loop ntd sends to
-//! VM guests, [`crate::machine::guest::SETUP_WAITS`], run by the container's `/bin/sh`), and
+//! VM guests, `machine::guest::SETUP_WAITS`, run by the container's `/bin/sh`), and
 //! the collection of one command's stdout into its result ([`OutputCollector`]).
 //!
 //! Every command is one `nsenter --target <leader> --mount --uts --ipc --net --pid --cgroup
@@ -8,7 +8,7 @@
 //! script is upstream's wrapper around it and its result is the child's stdout and exit
 //! status. A wait's script defines the loop and runs it once; the loop reports failed
 //! attempts (`\x01A<nonce> <status>\x01`) and its end (`\x01D…`, then `\x01E…`) on stdout, which
-//! [`crate::machine::shell::ShellFraming`] cuts, exactly as for a VM. This module is pure.
+//! `machine::shell::ShellFraming` cuts, exactly as for a VM. This module is pure.
 
 use crate::machine::guest::{self, EncodeError, SetupPart, WaitSpec, WIRE_PREFIX};
 use crate::machine::session::{ShellRequest, ShellResult};

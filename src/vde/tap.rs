@@ -2,7 +2,7 @@
 //! `/dev/net/tun` (upstream runs `vde_plug2tap`), so that frames from the host's bridge `br<V>`
 //! — where systemd-nspawn containers attach their veths — and frames from the VMs' VDE ports
 //! meet in one switch. To the switch it is one more endpoint: counted, captured, labelled and
-//! impaired like any other; only its data path differs ([`DataPort`]): one `read(2)` or
+//! impaired like any other; only its data path differs (`DataPort`): one `read(2)` or
 //! `write(2)` per frame instead of `recvmmsg`/`sendmmsg`, and it has no control stream.
 //!
 //! The device is not persistent: it exists while ntd holds its fd and vanishes with it on
