@@ -78,8 +78,8 @@ c1.succeed("ping -c 1 -W 10 192.168.2.1")
 vm.succeed("ping -c 1 -W 10 192.168.2.2")
 vm.wait_for_open_port(8080, "192.168.2.2")
 vlan2.stop_capture()
-with open(capture, "rb") as f:
-    pcap = f.read()
+with open(capture, "rb") as capture_file:
+    pcap = capture_file.read()
 # Both pings' echo requests and replies (98 bytes each, 16 bytes of record header) at least.
 assert len(pcap) >= 24 + 4 * (16 + 98), len(pcap)
 assert bytes([192, 168, 2, 2]) in pcap and bytes([192, 168, 2, 1]) in pcap
