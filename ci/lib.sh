@@ -53,6 +53,11 @@ ensure_cargo() {
 # The packages every run of ntd and its tests needs on the host.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 NTD_HOST_PACKAGES=(qemu-system-x86 python3 vde2 busybox-static bash-static netcat-openbsd kmod)
+# What systemd-nspawn containers need on the host (run as root): nspawn itself, nsenter and
+# unshare, ip (the run-<name>-nspawn scripts), journalctl (ships with systemd), and mmdebstrap
+# for ci/build-container-root; newuidmap (uidmap) for the emulated Nix sandbox of tests/containers.rs.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+NTD_CONTAINER_PACKAGES=(systemd-container util-linux iproute2 mmdebstrap uidmap)
 
 repo_root() {
 	cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd

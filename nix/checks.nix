@@ -41,15 +41,20 @@ let
       two-vlans
       extra-python
       ocr
+      containers
       ;
     inherit numpy;
   };
   tests = builtins.mapAttrs (_: pkgs.testers.runNixOSTest) mustBuild;
 
-  # The driver of a test run without its `kvm` requirement: no script here boots a machine.
+  # The driver of a test run without its `kvm` requirement: no script here boots a machine. A
+  # test with containers keeps the framework's `uid-range` (ntd prepares the host for
+  # containers as root of the sandbox even when none starts).
   runWithoutVm =
     name: test:
-    pkgs.runCommand "ntd-contract-run-${name}" { } ''
+    pkgs.runCommand "ntd-contract-run-${name}" (lib.optionalAttrs (name == "containers") {
+      requiredSystemFeatures = [ "uid-range" ];
+    }) ''
       mkdir -p $out
       export LOGFILE=/dev/null
       ${test.driver}/bin/nixos-test-driver -o $out
@@ -62,11 +67,7 @@ let
       touch $out
     '';
 
-  containersRefused =
-    !(builtins.tryEval (pkgs.testers.runNixOSTest cases.containers).driver.drvPath).success;
-
   contract =
-    assert lib.assertMsg containersRefused "ntd-contract: a test with containers evaluated";
     pkgs.linkFarm "ntd-contract" (
       lib.mapAttrsToList (name: test: {
         name = "driver-${name}";

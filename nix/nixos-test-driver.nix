@@ -12,6 +12,7 @@
   coreutils,
   netpbm,
   socat,
+  systemd,
   util-linux,
   vde2,
   vhost-device-vsock,
@@ -23,11 +24,6 @@
   enableNspawn ? false,
   extraPythonPackages ? (_: [ ]),
 }:
-
-assert lib.assertMsg (!enableNspawn) ''
-  ntd does not support systemd-nspawn containers, and this test declares `containers`:
-  ntd is the nixos-test-driver of this package set (the ntd overlay). Evaluate the test
-  without the ntd overlay, or turn its containers into `nodes`.'';
 
 let
   # What upstream's driver package offers test scripts (colour output, JUnit, the -I REPL,
@@ -60,6 +56,9 @@ let
       # The SSH backdoor's vsock backend (enable_ssh_backdoor), as upstream's driver has it.
       vhost-device-vsock
     ]
+    # Containers: journalctl follows their journals (nsenter comes with util-linux), as
+    # upstream's package adds systemd with enableNspawn.
+    ++ lib.optionals enableNspawn [ systemd ]
     ++ lib.optionals enableOCR [
       imagemagick_light
       tesseract4

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod child;
 pub mod cli;
+pub mod container;
 pub mod driver;
 #[cfg(test)]
 mod fuzz;
@@ -16,6 +17,7 @@ pub mod json;
 pub mod log;
 pub(crate) mod machine;
 pub(crate) mod nbio;
+pub mod netlink;
 pub(crate) mod procinfo;
 pub mod reactor;
 pub(crate) mod rpc;

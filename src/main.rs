@@ -154,6 +154,7 @@ fn resume(args: &[String]) -> i32 {
                 start_script: m.start_command.clone(),
             })
             .collect(),
+        containers: Vec::new(),
         vlans: capsule.vlans.clone(),
         global_timeout: cli::DEFAULT_GLOBAL_TIMEOUT,
         test_script: None,

@@ -6,9 +6,15 @@ driver, like `extraPythonPackages`). This module reads the description, packs
 each node's files and enabled units into a tar that the guest initrd unpacks
 over the throw-away root overlay (handed over as fw_cfg `opt/ntd/node.tar`),
 writes the `run-<name>-vm` start scripts through ci/mkvm and the driver
-configuration JSON in the upstream format. Used by ci/run-test.
+configuration JSON in the upstream format. A node with `container = true` is a
+systemd-nspawn container instead (upstream's `containers.<name>`): its start
+script `run-<name>-nspawn` comes from ci/mknspawn around ci/build-container-root's
+root, and its tar is unpacked into the container's root at its first start.
+Used by ci/run-test.
 
 nodes.toml keys per node (all optional):
+  container = false        a systemd-nspawn container, not a VM (then memory,
+                           cores and kernel_params do not apply)
   vlans = [1]              vlan numbers, NIC order (default [1])
   units = ["x.service"]    units enabled as their [Install] section says
                            (WantedBy=multi-user.target when there is none)
@@ -41,8 +47,9 @@ CI_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(CI_DIR)
 sys.path.insert(0, CI_DIR)
 import cilib  # noqa: E402 (ci/cilib.py: the cache directory, python-packages.txt)
-NODE_KEYS = {"vlans", "units", "kernel_params", "memory", "cores", "files", "efi",
+NODE_KEYS = {"container", "vlans", "units", "kernel_params", "memory", "cores", "files", "efi",
              "ssh_backdoor"}
+VM_ONLY_KEYS = {"kernel_params", "memory", "cores", "efi", "ssh_backdoor"}
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 FW_CFG_NAME = "opt/ntd/node.tar"
@@ -64,6 +71,7 @@ class Node:
     efi: bool = False
     ssh_backdoor: bool = False
     files: dict = field(default_factory=dict)  # guest path -> (bytes, mode)
+    container: bool = False
 
     @property
     def ipv4(self):
@@ -140,7 +148,16 @@ def load(test_dir):
         if not isinstance(units, list) or not all(isinstance(u, str) and u for u in units):
             raise NodesError(f"{path}: node {name!r}: units must be a list of unit names")
         units = [u if "." in u else f"{u}.service" for u in units]
-        node = Node(name=name, index=index, vlans=vlans, units=units)
+        container = spec.get("container", False)
+        if not isinstance(container, bool):
+            raise NodesError(f"{path}: node {name!r}: container must be true or false")
+        if container and VM_ONLY_KEYS & set(spec):
+            raise NodesError(f"{path}: node {name!r}: {sorted(VM_ONLY_KEYS & set(spec))}"
+                             " do not apply to a container")
+        if container and len(name) > 10:
+            raise NodesError(f"{path}: node {name!r}: a container's name has at most 10"
+                             " characters (its veths are <name>-ethN, at most 15)")
+        node = Node(name=name, index=index, vlans=vlans, units=units, container=container)
         node.kernel_params = str(spec.get("kernel_params", ""))
         for key in ("memory", "cores"):
             value = spec.get(key, getattr(node, key))
@@ -172,6 +189,45 @@ def build_image():
     if not out or not os.path.isfile(os.path.join(out[-1], "root.img")):
         raise NodesError("ci/build-debian-guest printed no image directory")
     return out[-1]
+
+
+def build_container_root():
+    """Run ci/build-container-root; its last stdout line is the image directory."""
+    out = subprocess.run([os.path.join(CI_DIR, "build-container-root")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.split()
+    if not out or not os.path.isdir(os.path.join(out[-1], "root")):
+        raise NodesError("ci/build-container-root printed no image directory")
+    return out[-1]
+
+
+@dataclass
+class Images:
+    """What the nodes boot: the Debian guest image (VMs), the container root (containers);
+    each built only if a node needs it."""
+    vm: str | None = None
+    container: str | None = None
+
+
+def build_images(node_list):
+    return Images(
+        vm=build_image() if any(not n.container for n in node_list) else None,
+        container=build_container_root() if any(n.container for n in node_list) else None,
+    )
+
+
+def unit_install(root):
+    """Path and [Install] section of every unit of the root directory ROOT, as the guest
+    image's unit-install.json lists them (ci/build-debian-guest)."""
+    units = {}
+    for d in ("usr/lib/systemd/system", "etc/systemd/system"):
+        base = os.path.join(root, d)
+        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            path = os.path.join(base, name)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                units[name] = {"path": f"/{d}/{name}", "install": _parse_install(f.read())}
+    return units
 
 
 def _parse_install(text):
@@ -233,9 +289,14 @@ TAR_MTIME = 1704067200
 
 
 def write_node_tar(node, image, path):
-    """The tar the initrd unpacks into the root: files, enable links, machine id, hostname."""
-    with open(os.path.join(image, "unit-install.json")) as f:
-        image_units = json.load(f)
+    """The tar the initrd (or a container's start script) unpacks into the root: files,
+    enable links, machine id, hostname. IMAGE is the guest image, or for a container the
+    container root's image directory."""
+    if node.container:
+        image_units = unit_install(os.path.join(image, "root"))
+    else:
+        with open(os.path.join(image, "unit-install.json")) as f:
+            image_units = json.load(f)
     entries = dict(node.files)
     # A machine id per node (the base image has one shared default).
     machine_id = hashlib.md5(f"ntd-node-{node.name}".encode()).hexdigest()
@@ -279,16 +340,32 @@ def efi_kernel(image):
     return path
 
 
-def write_start_scripts(nodes, image, work_dir):
-    """Write work_dir/<name>/bin/run-<name>-vm for every node; returns {name: script}."""
-    with open(os.path.join(image, "kernel-params")) as f:
-        base_params = f.read().strip()
+def write_start_scripts(nodes, images, work_dir):
+    """Write work_dir/<name>/bin/run-<name>-vm (run-<name>-nspawn for a container) for every
+    node; returns {name: script}. IMAGES: an `Images` (a plain path: the VM image)."""
+    if isinstance(images, str):
+        images = Images(vm=images)
+    base_params = ""
+    if images.vm is not None:
+        with open(os.path.join(images.vm, "kernel-params")) as f:
+            base_params = f.read().strip()
     hosts = hosts_param(nodes)
     scripts = {}
     for node in nodes:
         node_dir = os.path.join(work_dir, node.name)
         os.makedirs(node_dir, exist_ok=True)
         tar = os.path.join(node_dir, "node.tar")
+        if node.container:
+            write_node_tar(node, images.container, tar)
+            cmd = [os.path.join(CI_DIR, "mknspawn"), "--name", node.name, "--out", node_dir,
+                   "--root", images.container, "--index", str(node.index), "--tar", tar,
+                   "--hosts", hosts]
+            for vlan in node.vlans:
+                cmd += ["--vlan", str(vlan)]
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            scripts[node.name] = out.split()[-1]
+            continue
+        image = images.vm
         write_node_tar(node, image, tar)
         cmd = [os.path.join(CI_DIR, "mkvm"), "--name", node.name, "--out", node_dir,
                "--kernel", efi_kernel(image) if node.efi else os.path.join(image, "kernel"),
@@ -315,9 +392,13 @@ def write_driver_config(nodes, scripts, test_script, path, global_timeout=3600):
     """The upstream (newest generation) driver configuration file, every key that
     nixpkgs' driver-configuration.nix writes (upstream's schema requires `containers` and
     `enable_ssh_backdoor`, so the real upstream driver loads it too)."""
+    def entries(container):
+        return {n.name: {"name": n.name, "start_script": scripts[n.name]}
+                for n in nodes if n.container == container}
+
     config = {
-        "vms": {n.name: {"name": n.name, "start_script": scripts[n.name]} for n in nodes},
-        "containers": {},
+        "vms": entries(False),
+        "containers": entries(True),
         "vlans": sorted({v for n in nodes for v in n.vlans}),
         "global_timeout": global_timeout,
         "enable_ssh_backdoor": any(n.ssh_backdoor for n in nodes),

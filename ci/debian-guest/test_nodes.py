@@ -158,5 +158,48 @@ class NodesTest(unittest.TestCase):
         self.assertTrue(os.path.isabs(config["test_script"]))
 
 
+    def test_container_nodes_load_and_refuse_what_only_a_vm_has(self):
+        self.write("nodes.toml", '[c]\ncontainer = true\nvlans = [2]\n[vm]\n')
+
+        got = nodes.load(self.dir)
+
+        self.assertEqual([(n.name, n.container) for n in got], [("c", True), ("vm", False)])
+        self.assertEqual(got[0].vlans, [2])
+        self.write("nodes.toml", '[c]\ncontainer = true\nmemory = 512\n')
+        with self.assertRaisesRegex(nodes.NodesError, r"\['memory'\] do not apply to a container"):
+            nodes.load(self.dir)
+        self.write("nodes.toml", '[averylongname]\ncontainer = true\n')
+        with self.assertRaisesRegex(nodes.NodesError, "at most 10 characters"):
+            nodes.load(self.dir)
+
+    def test_driver_config_lists_containers_apart(self):
+        self.write("nodes.toml", '[c]\ncontainer = true\n[vm]\nvlans = [2]\n')
+        got = nodes.load(self.dir)
+        path = os.path.join(self.dir, "driver.json")
+
+        nodes.write_driver_config(got, {"c": "/x/run-c-nspawn", "vm": "/x/run-vm-vm"}, "t.py", path)
+
+        with open(path) as f:
+            config = json.load(f)
+        self.assertEqual(config["containers"], {"c": {"name": "c", "start_script": "/x/run-c-nspawn"}})
+        self.assertEqual(list(config["vms"]), ["vm"])
+        self.assertEqual(config["vlans"], [1, 2])
+
+    def test_container_tar_enables_units_of_the_container_root(self):
+        units = os.path.join(self.image, "root", "usr", "lib", "systemd", "system")
+        os.makedirs(units)
+        with open(os.path.join(units, "web.service"), "w") as f:
+            f.write("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+        self.write("nodes.toml", '[c]\ncontainer = true\nunits = ["web"]\n')
+        node = nodes.load(self.dir)[0]
+        path = os.path.join(self.dir, "c.tar")
+
+        nodes.write_node_tar(node, self.image, path)
+
+        with tarfile.open(path) as tar:
+            link = tar.getmember("etc/systemd/system/multi-user.target.wants/web.service")
+        self.assertEqual(link.linkname, "/usr/lib/systemd/system/web.service")
+
+
 if __name__ == "__main__":
     unittest.main()

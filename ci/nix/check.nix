@@ -74,6 +74,7 @@ in
     ocr = tests.ocr.test;
     ssh-backdoor = tests.ssh-backdoor.test;
     debug-hook = tests.debug-hook.test;
+    containers = tests.containers.test;
     # driverInteractive: the wrapper's --interactive opens the REPL of the driver's Python
     # environment (ptpython, the stand-in of stubs.nix) on standard input.
     interactive = runDriver "interactive" {
@@ -113,7 +114,6 @@ in
   };
 
   fail = {
-    containers = tests.containers.driver;
     type-error = tests.type-error.driver;
     lint-error = tests.lint-error.driver;
     # A node that cannot boot: the checkpoint's build fails (no empty checkpoint).

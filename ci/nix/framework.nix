@@ -89,16 +89,18 @@ let
   };
   configurationFile = hostPkgs.writers.writeJSON "driverConfiguration.json" configuration;
 
-  # `machine` is also declared when there is exactly one node and none is called machine.
+  # `machine` is also declared when there is exactly one machine (a node or a container) and
+  # none is called machine; it has that machine's type.
   nodeNames = attrNames nodes;
-  vmNames =
-    nodeNames
-    ++ lib.optional (length nodeNames == 1 && !(elem "machine" nodeNames)) "machine";
-  vmHints = map (n: "${pythonize n}: QemuMachine;") vmNames;
   containerNames = attrNames containers;
-  containerHints = map (n: "${pythonize n}: NspawnMachine;") containerNames;
+  onlyOne =
+    length (nodeNames ++ containerNames) == 1 && !(elem "machine" (nodeNames ++ containerNames));
+  vmNames = nodeNames ++ lib.optional (onlyOne && nodeNames != [ ]) "machine";
+  vmHints = map (n: "${pythonize n}: QemuMachine;") vmNames;
+  containerAliases = containerNames ++ lib.optional (onlyOne && containerNames != [ ]) "machine";
+  containerHints = map (n: "${pythonize n}: NspawnMachine;") containerAliases;
   vlanHints = lib.concatMapStringsSep "\n" (v: "vlan${toString v}: VLan") vlans;
-  lintNames = lib.concatStringsSep "," (map pythonize (vmNames ++ containerNames));
+  lintNames = lib.concatStringsSep "," (map pythonize (vmNames ++ containerAliases));
 
   driverFor =
     { qemuPackage, driverArgs }:

@@ -309,6 +309,7 @@ let
       netpbm = tool "netpbm" [ ] 0;
       socat = tool "socat" [ ] 0;
       util-linux = tool "util-linux" [ ] 0;
+      systemd = tool "systemd" [ "journalctl" ] 0;
       vde2 = tool "vde2" [ ] 0;
       imagemagick_light = tool "imagemagick" [ "magick" ] 0;
       tesseract4 = tool "tesseract" [ "tesseract" ] 0;

@@ -10,6 +10,8 @@
 //! links no compressor) as QEMU writes them. A machine whose shell was busy, or with a 9p
 //! share ntd does not manage, is listed with the reason. A successful run leaves nothing.
 
+use super::control::Controlled;
+use super::node::Node;
 use super::save_group::{GroupState, SaveGroup, CHECKSUM_STEP};
 use super::{Driver, Termination};
 use crate::checkpoint::capsule::{self, Capsule, CapsuleMachine};
@@ -180,7 +182,9 @@ impl Driver {
         let mut results: Vec<Result<(), String>> = vec![Ok(()); self.machines.len()];
         let mut reqs = Vec::new();
         for (i, m) in self.machines.iter().enumerate() {
-            results[i] = if !m.booted() {
+            results[i] = if m.as_vm().is_none() {
+                Err("a container is not saved (it boots again in well under a second)".into())
+            } else if !m.booted() {
                 Err("it was not running".into())
             } else if !m.connected() {
                 Err("its shell was not connected (still booting?)".into())
@@ -191,7 +195,7 @@ impl Driver {
                         .into(),
                 )
             } else {
-                let tmp = dir.join(format!(".tmp-{}", m.name));
+                let tmp = dir.join(format!(".tmp-{}", m.name()));
                 match std::fs::create_dir_all(&tmp) {
                     Ok(()) => {
                         reqs.push((
@@ -230,7 +234,7 @@ impl Driver {
         for (i, o) in outcomes {
             results[i] = match o {
                 SaveOutcome::Saved { manifest, tmp } => {
-                    let target = dir.join(capsule::MACHINES).join(&self.machines[i].name);
+                    let target = dir.join(capsule::MACHINES).join(self.machines[i].name());
                     place_entry(&tmp, &manifest, &target).map_err(|e| {
                         let _ = std::fs::remove_dir_all(&tmp);
                         format!("cannot store it: {e}")
@@ -243,20 +247,23 @@ impl Driver {
             .machines
             .iter()
             .zip(results)
-            .map(|(m, saved)| {
+            .filter_map(|(m, saved)| {
                 match &saved {
-                    Ok(()) => self.log.machine(&m.name, "saved into the failure capsule"),
-                    Err(why) => self
-                        .log
-                        .warning(Some(&m.name), &format!("not in the failure capsule: {why}")),
+                    Ok(()) => self.log.machine(m.name(), "saved into the failure capsule"),
+                    Err(why) => self.log.warning(
+                        Some(m.name()),
+                        &format!("not in the failure capsule: {why}"),
+                    ),
                 }
-                CapsuleMachine {
+                // A capsule describes its VMs only: `ntd resume` starts QEMU machines.
+                let m = m.as_vm()?;
+                Some(CapsuleMachine {
                     name: m.name.clone(),
                     start_command: m.start_command.clone(),
                     saved,
                     vmgenid: m.vmgenid(),
                     allow_reboot: m.allow_reboot,
-                }
+                })
             })
             .collect();
         let script = self
@@ -386,7 +393,12 @@ impl Driver {
             desc.reason
         )];
         for cm in &desc.machines {
-            let Some(m) = self.machines.iter_mut().find(|m| m.name == cm.name) else {
+            let Some(m) = self
+                .machines
+                .iter_mut()
+                .filter_map(Node::as_vm_mut)
+                .find(|m| m.name == cm.name)
+            else {
                 continue;
             };
             m.set_vmgenid(cm.vmgenid);
@@ -432,7 +444,7 @@ impl Driver {
             registry: self.poll.registry(),
             log: &mut self.log,
         };
-        for m in &mut self.machines {
+        for m in self.machines.iter_mut().filter_map(Node::as_vm_mut) {
             if m.has_restore_plan() {
                 if let Err(e) = m.start(&mut cx, &self.extra_env) {
                     cx.log.error(&format!("{}: {e}", m.name));

@@ -8,6 +8,8 @@
 //! used or written is a warning and a normal boot.
 
 use super::gate::Checkpoints;
+use super::node::Node;
+use super::save_group::Checkpointable;
 use super::Driver;
 use crate::checkpoint::key::{self, FileCache, Identity};
 use crate::checkpoint::plan::{self, Candidate};
@@ -34,7 +36,7 @@ impl Driver {
         if !saved && !script_snapshots {
             return;
         }
-        for m in &mut self.machines {
+        for m in self.machines.iter_mut().filter_map(Node::as_vm_mut) {
             m.set_vmgenid(!key::names_vmgenid(&m.start_command));
         }
     }
@@ -78,6 +80,13 @@ impl Driver {
         let mut owns = Vec::new();
         let mut vlans = Vec::new();
         for (index, m) in self.machines.iter_mut().enumerate() {
+            let Some(m) = m.as_vm_mut() else {
+                // A container is not saved (it boots in well under a second); it is no
+                // VM's peer in a key either.
+                owns.push(None);
+                vlans.push(Vec::new());
+                continue;
+            };
             if !m.extra_args.is_empty() {
                 // QEMU refuses to migrate a vhost-user vsock device (the SSH backdoor).
                 self.log.warning(
@@ -155,7 +164,7 @@ impl Driver {
                     replay_console: true,
                 })),
                 Err(e) => self.log.warning(
-                    Some(&self.machines[i].name),
+                    Some(self.machines[i].name()),
                     &format!("the checkpoint is unusable ({e}); booting normally"),
                 ),
             }
@@ -163,7 +172,7 @@ impl Driver {
         for (m, k) in self.machines.iter().zip(&keys) {
             if let Some(k) = k {
                 self.log
-                    .debug(Some(&m.name), &format!("checkpoint key {k}"));
+                    .debug(Some(m.name()), &format!("checkpoint key {k}"));
             }
         }
         self.checkpoints = Some(Checkpoints::new(store, keys, comp));

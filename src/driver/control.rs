@@ -6,7 +6,8 @@
 //! shell is gone and how to say why. A [`Machine`] (a QEMU VM) implements the trait here; a
 //! second kind of machine (a container) implements the same methods and its ops work
 //! unchanged (methods that need what it lacks, QMP or a serial console, answer "nothing"
-//! or an error that says so). The tests drive the controller with a scripted machine.
+//! or an error that says so; [`ConnectWords`] says how waiting for it is logged). The tests
+//! drive the controller with a scripted machine; `super::node` has the container's side.
 
 use crate::json::Value;
 use crate::machine::qmp::QmpFailure;
@@ -28,10 +29,31 @@ pub enum StartProgress {
     Failed(String),
 }
 
+/// How waiting for a machine's shell is logged and bounded: a VM waits for its backdoor
+/// (upstream's reminders, the shell timeout), a container for its notify socket (upstream's
+/// reminder, no limit but the global timeout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectWords {
+    /// The log block opened while waiting.
+    pub waiting: &'static str,
+    /// The line logged once the shell answers (then how long it took).
+    pub connected: &'static str,
+    /// How often the reminder is logged.
+    pub reminder_every: Duration,
+    /// The reminder's lines.
+    pub reminder: Vec<String>,
+    /// Whether the shell timeout ([`Env::shell_timeout`]) applies.
+    pub gives_up: bool,
+}
+
 /// A machine as the pending-op controller drives it. See the module documentation.
 pub trait Controlled {
     /// The machine's name (log lines, messages).
     fn name(&self) -> &str;
+    /// The process whose exit ends the machine, for messages (`QEMU`, `systemd-nspawn`).
+    fn process_name(&self) -> &'static str;
+    /// How waiting for its shell is logged and bounded.
+    fn connect_words(&self) -> ConnectWords;
     /// Started and not yet seen to stop (upstream's `booted`).
     fn booted(&self) -> bool;
     /// The process ended (whether or not anybody asked for it) and was not yet acknowledged.
@@ -90,9 +112,27 @@ pub struct Env<'a, M> {
     pub trace: Option<&'a Trace>,
 }
 
+/// Upstream logs a reminder every 30 s while a VM's shell is silent.
+pub const VM_CONNECT_REMINDER: Duration = Duration::from_secs(30);
+
 impl Controlled for Machine {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn process_name(&self) -> &'static str {
+        "QEMU"
+    }
+    fn connect_words(&self) -> ConnectWords {
+        ConnectWords {
+            waiting: "waiting for the VM to finish booting",
+            connected: "connected to guest root shell",
+            reminder_every: VM_CONNECT_REMINDER,
+            reminder: vec![
+                "Guest root shell did not produce any data yet...".to_owned(),
+                "  To debug, enter the VM and run 'systemctl status backdoor.service'.".to_owned(),
+            ],
+            gives_up: true,
+        }
     }
     fn booted(&self) -> bool {
         Machine::booted(self)

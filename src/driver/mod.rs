@@ -10,11 +10,14 @@
 
 mod capsule;
 mod checkpoints;
+mod containers;
 mod control;
 mod deadline;
 mod dirs;
 mod gate;
+mod node;
 mod pending;
+mod report;
 mod save_group;
 mod serve;
 mod shell_op;
@@ -24,18 +27,22 @@ mod vlans;
 pub mod vsock;
 
 use crate::cli::Options;
-use crate::log::{LineKind, Logger};
+use crate::container::hostenv::HostEnvError;
+use crate::log::Logger;
 use crate::machine::{Machine, MachineError};
+use crate::netlink::Netlink;
 use crate::reactor::{self, Ctx, LoopMember, Owner};
 use crate::rpc::ops::{dispatch, Request};
 use crate::rpc::wire::Answer;
 use crate::signals;
 use crate::trace::Trace;
+use crate::vde::tap::{LinkError, VlanLink};
 use crate::vde::{Switch, VdeError};
 use control::Env;
 use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
+use node::Node;
 use pending::{Pending, Polled};
 use serve::Served;
 use shim::ShimLink;
@@ -56,6 +63,9 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const KILL_GIVE_UP: Duration = Duration::from_secs(3);
 /// SIGTERM → SIGKILL grace when the global timeout ends the run.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
+/// The same for a container's start script: its `run-nspawn` removes veths and the netns on
+/// SIGTERM, which takes a moment (upstream waits 30 s at every cleanup).
+const TIMEOUT_CONTAINER_GRACE: Duration = Duration::from_secs(5);
 /// Longest single poll during cleanup (process exits are noticed through pidfds; this only
 /// bounds how late the give-up check runs).
 const CLEANUP_TICK: Duration = Duration::from_millis(50);
@@ -75,6 +85,10 @@ pub enum DriverError {
     Vsock(vsock::VsockError),
     /// `ntd resume DIR`: the capsule cannot be used.
     Resume(String),
+    /// The host cannot run containers (not root) or could not be prepared for them.
+    ContainerHost(HostEnvError),
+    /// Vlan `nr` could not get its bridge and tap for containers.
+    Tap { nr: u32, source: LinkError },
 }
 
 impl fmt::Display for DriverError {
@@ -86,6 +100,10 @@ impl fmt::Display for DriverError {
             DriverError::Shim(e) => write!(f, "cannot start the Python shim: {e}"),
             DriverError::Vsock(e) => write!(f, "{e}"),
             DriverError::Resume(e) => write!(f, "cannot resume the failure capsule: {e}"),
+            DriverError::ContainerHost(e) => write!(f, "{e}"),
+            DriverError::Tap { nr, source } => {
+                write!(f, "cannot connect containers to vlan {nr}: {source}")
+            }
         }
     }
 }
@@ -99,6 +117,8 @@ impl std::error::Error for DriverError {
             DriverError::Shim(e) => Some(e),
             DriverError::Vsock(e) => Some(e),
             DriverError::Resume(_) => None,
+            DriverError::ContainerHost(e) => Some(e),
+            DriverError::Tap { source, .. } => Some(source),
         }
     }
 }
@@ -116,8 +136,13 @@ pub struct Driver {
     opts: Options,
     tmp_dir: PathBuf,
     sockets: dirs::SocketDirs,
-    machines: Vec<Machine>,
+    /// VMs and containers; a machine's index is its owner id on the loop and its label on
+    /// the switches.
+    machines: Vec<Node>,
     switches: Vec<Switch>,
+    /// In a run with containers: the netlink socket for bridges, and each switch's tap.
+    netlink: Option<Netlink>,
+    links: Vec<Option<VlanLink>>,
     /// `QEMU_VDE_SOCKET_<n>` for start scripts and the shim.
     extra_env: Vec<(String, String)>,
     shim: Option<ShimLink>,
@@ -169,6 +194,8 @@ impl Driver {
             tmp_dir,
             machines: Vec::new(),
             switches: Vec::new(),
+            netlink: None,
+            links: Vec::new(),
             extra_env: Vec::new(),
             shim: None,
             sigfd,
@@ -195,13 +222,20 @@ impl Driver {
                 "Machine state will be reset. To keep it, pass {flag}"
             ));
         }
+        if !d.opts.containers.is_empty() {
+            d.prepare_container_host()?;
+        }
         d.start_vlans()?;
         if d.opts.enable_ssh_backdoor && !d.opts.vms.is_empty() {
             d.start_vsock()?;
         }
+        let keep = d.opts.keep_machine_state;
         for spec in d.opts.vms.clone() {
-            let keep = d.opts.keep_machine_state;
             d.add_machine(&spec.name, &spec.start_script, keep)
+                .map_err(DriverError::Machine)?;
+        }
+        for spec in d.opts.containers.clone() {
+            d.add_container(&spec.name, &spec.start_script, keep)
                 .map_err(DriverError::Machine)?;
         }
         d.setup_vmgenid();
@@ -263,7 +297,7 @@ impl Driver {
         }
         m.force_accel = self.opts.force_accel;
         m.reset_state_dir(&mut self.log)?;
-        self.machines.push(m);
+        self.machines.push(Node::Vm(m));
         Ok(index)
     }
 
@@ -441,8 +475,13 @@ impl Driver {
             ));
             // With --keep-failed the machines are saved first; cleanup ends them after.
             if self.capsule.is_none() {
+                let registry = self.poll.registry();
                 for m in &mut self.machines {
-                    m.terminate(&mut self.log, TIMEOUT_KILL_GRACE);
+                    let grace = match m {
+                        Node::Vm(_) => TIMEOUT_KILL_GRACE,
+                        Node::Container(_) => TIMEOUT_CONTAINER_GRACE,
+                    };
+                    m.terminate(&mut self.log, registry, grace);
                 }
             }
             self.log.end(true);
@@ -472,16 +511,6 @@ impl Driver {
     fn kill_shim(&mut self) {
         if let Some(s) = &self.shim {
             s.kill();
-        }
-    }
-
-    fn trace_milestones(&mut self) {
-        if let Some(t) = &self.trace {
-            for m in &mut self.machines {
-                for &(at, what) in m.boot.untraced() {
-                    t.instant(&m.name, what.name(), at);
-                }
-            }
         }
     }
 
@@ -571,15 +600,21 @@ impl Driver {
         self.log.unwind_to(0);
         self.log.begin(None, "cleanup");
         let mut order: Vec<usize> = (0..self.machines.len()).collect();
-        order.sort_by(|a, b| self.machines[*a].name.cmp(&self.machines[*b].name));
+        order.sort_by(|a, b| self.machines[*a].name().cmp(self.machines[*b].name()));
+        let mut longest = KILL_GRACE;
         for i in order {
-            self.machines[i].terminate(&mut self.log, KILL_GRACE);
+            let grace = match self.machines[i] {
+                Node::Vm(_) => KILL_GRACE,
+                Node::Container(_) => crate::container::TERMINATE_GRACE,
+            };
+            longest = longest.max(grace);
+            self.machines[i].terminate(&mut self.log, self.poll.registry(), grace);
         }
-        let give_up = Instant::now() + KILL_GRACE + KILL_GIVE_UP;
+        let give_up = Instant::now() + longest + KILL_GIVE_UP;
         let mut events = Events::with_capacity(64);
         loop {
             let shim_done = self.shim.is_none() || self.shim_exit().is_some();
-            let machines_done = self.machines.iter().all(Machine::gone);
+            let machines_done = self.machines.iter_mut().all(Node::gone);
             if (shim_done && machines_done) || Instant::now() >= give_up {
                 break;
             }
@@ -595,20 +630,26 @@ impl Driver {
         }
         self.checkpoint_cleanup();
         self.remove_snapshots();
-        self.stop_vlans();
         if let Some(v) = self.vsock.as_mut() {
             v.stop();
         }
         for m in &mut self.machines {
             if !m.gone() {
+                let what = match m {
+                    Node::Vm(_) => "QEMU process group",
+                    Node::Container(_) => "the container's start script or a command",
+                };
                 self.log.warning(
-                    Some(&m.name),
-                    "QEMU process group still alive after SIGKILL; giving up on it",
+                    Some(m.name()),
+                    &format!("{what} still alive after SIGKILL; giving up on it"),
                 );
             }
-            m.release_fds(self.poll.registry());
-            m.remove_files();
+            m.remove_files(self.poll.registry(), &mut self.log);
         }
+        // Bridges go after the containers' veths (their start scripts removed them), taps
+        // with their switches.
+        self.unlink_vlans();
+        self.stop_vlans();
         if let Some(s) = self.shim.as_mut() {
             s.close(self.poll.registry());
         }
@@ -618,54 +659,6 @@ impl Driver {
         self.report_usage();
         self.log.finish();
         self.write_trace();
-    }
-
-    fn write_trace(&mut self) {
-        let Some(t) = self.trace.take() else {
-            return;
-        };
-        let written = t.write();
-        if let Ok(html) = &written {
-            self.note_trace_files(vec![t.path().to_path_buf(), html.clone()]);
-        }
-        if self.trace_for_capsule_only() {
-            return;
-        }
-        match written {
-            Ok(html) => self.log.info(&format!(
-                "trace written to {} (timeline: {})",
-                t.path().display(),
-                html.display()
-            )),
-            Err(e) => self.log.warning(
-                None,
-                &format!("cannot write the trace to {}: {e}", t.path().display()),
-            ),
-        }
-    }
-
-    /// The driver's own cost and each machine's boot phases: at debug level, or always when
-    /// a trace is recorded.
-    fn report_usage(&mut self) {
-        self.trace_milestones();
-        let line = format!(
-            "driver ran for {:.2} s; its own peak RSS {} KiB, CPU {:.3} s \
-             (QEMU and Python not included)",
-            self.started.elapsed().as_secs_f64(),
-            crate::procinfo::peak_rss_kib().unwrap_or(0),
-            crate::procinfo::cpu_seconds().unwrap_or(0.0)
-        );
-        let kind = if self.trace.is_some() {
-            LineKind::Log
-        } else {
-            LineKind::Debug
-        };
-        self.log.line(kind, None, &line);
-        for m in &self.machines {
-            if let Some(phases) = m.boot.phases() {
-                self.log.line(kind, Some(&m.name), &phases);
-            }
-        }
     }
 }
 

@@ -95,6 +95,13 @@ pub enum Pending {
         work: Box<RestoreWork>,
         out: Responder<()>,
     },
+    /// A container's `shutdown()`: `systemctl poweroff` in it (as upstream; its status does
+    /// not matter), then its exit as [`Pending::WaitExit`] waits for it.
+    PowerOff {
+        op: ShellOp,
+        deadline: Option<Deadline>,
+        out: Responder<()>,
+    },
     /// The machine's exit (`shutdown`, `crash`, `wait_for_shutdown`).
     WaitExit {
         m: usize,
@@ -210,6 +217,23 @@ impl Pending {
                 Some(r) => Polled::Done(out.finish(r)),
                 None => Polled::Waiting(Pending::Restore { work, out }),
             },
+            Pending::PowerOff {
+                mut op,
+                deadline,
+                out,
+            } => match poll_shell(env, &mut op, false) {
+                ShellStep::Waiting | ShellStep::Sent => {
+                    Polled::Waiting(Pending::PowerOff { op, deadline, out })
+                }
+                // Answered, or the container went before it could answer: wait for the exit.
+                ShellStep::Answered(_) | ShellStep::Failed(_) => Pending::WaitExit {
+                    m: op.m,
+                    deadline,
+                    drain: None,
+                    out,
+                }
+                .poll(env),
+            },
             Pending::WaitExit {
                 m,
                 deadline,
@@ -225,7 +249,11 @@ impl Pending {
                         return Polled::Done(out.ok(()));
                     }
                 } else if deadline.is_some_and(|d| d.passed(now)) {
-                    let msg = format!("{}: QEMU did not exit in time", machine.name());
+                    let msg = format!(
+                        "{}: {} did not exit in time",
+                        machine.name(),
+                        machine.process_name()
+                    );
                     return Polled::Done(out.fail(ErrorType::Timeout, msg));
                 }
                 Polled::Waiting(Pending::WaitExit {
@@ -242,7 +270,9 @@ impl Pending {
     pub fn wake_at(&self) -> Option<Instant> {
         match self {
             Pending::Connect { stage: Some(c), .. } => c.wake_at(),
-            Pending::Run { op, .. } | Pending::Wait { op, .. } => op.wake_at(),
+            Pending::Run { op, .. } | Pending::Wait { op, .. } | Pending::PowerOff { op, .. } => {
+                op.wake_at()
+            }
             Pending::ConsoleWait { deadline, .. } | Pending::QmpEvent { deadline, .. } => {
                 deadline.and_then(|d| d.wake_at())
             }
@@ -266,7 +296,8 @@ impl Pending {
             | Pending::Connect { out, .. }
             | Pending::WaitExit { out, .. }
             | Pending::Snapshot { out, .. }
-            | Pending::Restore { out, .. } => out.id(),
+            | Pending::Restore { out, .. }
+            | Pending::PowerOff { out, .. } => out.id(),
             Pending::Run { out, .. } => out.id(),
             Pending::Wait { out, .. } => out.id(),
             Pending::ConsoleWait { out, .. } => out.id(),

@@ -2,6 +2,7 @@
 //! implements [`Controlled`], time is whatever instant the test passes as the loop's `now`.
 
 use super::*;
+use crate::driver::control::ConnectWords;
 use crate::json::Value;
 use crate::log::{Level, LogEvent, Logger, Sink};
 use crate::machine::guest::WaitSpec;
@@ -9,13 +10,14 @@ use crate::machine::qmp::QmpFailure;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::waits::WaitCondition;
 use crate::machine::waits::{Pacing, Schedule};
-use crate::machine::MachineError;
 use crate::machine::ShellDown;
+use crate::machine::{Machine, MachineError};
 use crate::reactor::Ctx;
 use crate::rpc::requests::WaitLimits;
 use mio::{Poll, Registry};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::path::Path;
 use std::rc::Rc;
 
 #[path = "gate_tests.rs"]
@@ -43,6 +45,7 @@ struct Fake {
     finished_shutdown: bool,
     /// Saving and restoring (see `gate_tests.rs`).
     ckpt: FakeCkpt,
+    words: ConnectWords,
 }
 
 impl Fake {
@@ -66,6 +69,7 @@ impl Fake {
             qmp: None,
             finished_shutdown: false,
             ckpt: FakeCkpt::default(),
+            words: Machine::new("m", 0, Path::new("/"), Path::new("/"), "x").connect_words(),
         }
     }
 
@@ -82,6 +86,12 @@ impl Fake {
 impl Controlled for Fake {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn process_name(&self) -> &'static str {
+        "QEMU"
+    }
+    fn connect_words(&self) -> ConnectWords {
+        self.words.clone()
     }
     fn booted(&self) -> bool {
         self.booted
@@ -291,6 +301,38 @@ fn connect_boots_a_stopped_machine_reminds_every_30_s_and_gives_up_at_the_shell_
         .lines
         .contains("end waiting for the VM to finish booting ok=false"));
     assert_eq!(w.machines[0].starts, 1);
+}
+
+#[test]
+fn connect_without_give_up_reminds_with_its_own_words_until_ready() {
+    let mut stopped = Fake::stopped("c");
+    stopped.words = ConnectWords {
+        waiting: "waiting for the container",
+        connected: "container ready",
+        reminder_every: Duration::from_secs(10),
+        reminder: vec!["still waiting for container 'c'".into()],
+        gives_up: false,
+    };
+    let mut w = World::new(vec![stopped]);
+    let op = Pending::Connect {
+        m: 0,
+        stage: None,
+        out: Responder::new(Some(1)),
+    };
+    let op = waiting(w.poll_at(op, 0.0));
+    assert!(w.lines.contains("begin waiting for the container"));
+    assert_eq!(op.wake_at(), Some(w.at(10.0)));
+    let op = waiting(w.poll_at(op, 10.0));
+    let op = waiting(w.poll_at(op, 500.0));
+    assert_eq!(w.lines.count("still waiting for container 'c'"), 2);
+    assert_eq!(
+        op.wake_at(),
+        Some(w.at(510.0)),
+        "no give-up at the shell timeout"
+    );
+    w.machines[0].connected = true;
+    assert_eq!(line(w.poll_at(op, 501.0)), "{\"id\":1,\"ok\":null}\n");
+    assert!(w.lines.contains("container ready"));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! it to a [`Pending`] op that answers later ([`super::pending`]); the responder only takes
 //! the reply type its op declares. Network faults are served in [`super::vlans`].
 
+use super::control::Controlled;
 use super::deadline::Deadline;
+use super::node::{Kind, Node};
 use super::pending::Pending;
 use super::shell_op::{ShellOp, WaitOp};
 use super::Driver;
@@ -11,7 +13,7 @@ use crate::json::Value;
 use crate::machine::guest::{format_seconds, WaitSpec};
 use crate::machine::session::ShellRequest;
 use crate::machine::waits::{retry_step, Pacing, Schedule};
-use crate::machine::{self, qemu, words, Machine, Phase};
+use crate::machine::{self, qemu, words};
 use crate::reactor::Ctx;
 use crate::rpc::ops::Serve;
 use crate::rpc::replies::{
@@ -35,6 +37,9 @@ pub enum Served {
     Later(Pending),
 }
 
+/// How long a container's `systemctl poweroff` may take (it only queues the job).
+const POWEROFF_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// How a shutdown op ends the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShutdownKind {
@@ -50,7 +55,7 @@ impl Driver {
     pub(super) fn machine_index(&self, name: &str) -> Result<usize, OpError> {
         self.machines
             .iter()
-            .position(|m| m.name == name)
+            .position(|m| m.name() == name)
             .ok_or_else(|| OpError::new(ErrorType::Value, format!("no machine named '{name}'")))
     }
 
@@ -64,7 +69,8 @@ impl Driver {
         match self.machine_index(machine) {
             Ok(m) => Served::Later(Pending::Run {
                 op: ShellOp::new(m, req, Instant::now()),
-                check_output,
+                // Upstream's containers ignore check_output: every command is waited for.
+                check_output: check_output || self.machines[m].kind() == Kind::Nspawn,
                 out,
             }),
             Err(e) => Served::Now(out.err(e)),
@@ -110,10 +116,42 @@ impl Driver {
             Err(e) => return Served::Now(out.err(e)),
         };
         let reg = self.poll.registry();
-        let machine = &mut self.machines[m];
-        if machine.phase() == Phase::Stopped {
+        if self.machines[m].stopped() {
             return Served::Now(out.ok(()));
         }
+        let deadline = Deadline::within(Instant::now(), timeout);
+        let machine = match &mut self.machines[m] {
+            Node::Vm(vm) => vm,
+            Node::Container(c) => {
+                return match how {
+                    // Upstream: `systemctl poweroff` in the container, then wait.
+                    ShutdownKind::Poweroff if c.is_up() => {
+                        let req = ShellRequest::Run {
+                            command: words::systemctl("poweroff", None),
+                            timeout: Some(POWEROFF_COMMAND_TIMEOUT),
+                        };
+                        Served::Later(Pending::PowerOff {
+                            op: ShellOp::new(m, req, Instant::now()),
+                            deadline,
+                            out,
+                        })
+                    }
+                    ShutdownKind::Crash => Served::Now(out.err(OpError::new(
+                        ErrorType::Machine,
+                        format!(
+                            "{} is a systemd-nspawn container: it cannot crash()",
+                            c.name
+                        ),
+                    ))),
+                    _ => Served::Later(Pending::WaitExit {
+                        m,
+                        deadline,
+                        drain: None,
+                        out,
+                    }),
+                };
+            }
+        };
         // An exit nobody asked for (Phase::Exited) is acknowledged by waiting for it: the
         // machine is then stopped, and the next command boots it again, as upstream.
         match how {
@@ -128,7 +166,7 @@ impl Driver {
         }
         Served::Later(Pending::WaitExit {
             m,
-            deadline: Deadline::within(Instant::now(), timeout),
+            deadline,
             drain: None,
             out,
         })
@@ -143,6 +181,7 @@ impl Driver {
     ) -> Result<(usize, u64), OpError> {
         let m = self.machine_index(machine)?;
         self.machines[m]
+            .vm_mut("QMP")?
             .qmp_execute(self.poll.registry(), name, args)
             .map(|qid| (m, qid))
             .map_err(|e| OpError::new(ErrorType::Runtime, e.to_string()))
@@ -160,7 +199,7 @@ impl Driver {
                 format!("invalid machine name '{name}'"),
             ));
         }
-        if self.machines.iter().any(|m| m.name == name) {
+        if self.machines.iter().any(|m| m.name() == name) {
             return Err(OpError::new(
                 ErrorType::Value,
                 format!(
@@ -320,10 +359,12 @@ impl Serve for Driver {
         };
         for i in indices {
             let m = &mut self.machines[i];
-            if !m.booted() {
-                m.allow_reboot = req.allow_reboot;
+            if let Node::Vm(vm) = m {
+                if !vm.booted() {
+                    vm.allow_reboot = req.allow_reboot;
+                }
             }
-            match m.start(&mut cx, &self.extra_env) {
+            match Controlled::start(m, &mut cx, &self.extra_env) {
                 Ok(()) => machines.push(i),
                 Err(e) => errors.push((i, e.to_string())),
             }
@@ -421,18 +462,23 @@ impl Serve for Driver {
     }
 
     fn console_log(&mut self, req: ConsoleLog, out: Responder<String>) -> Served {
-        let log = self
-            .machine_index(&req.machine)
-            .map(|m| self.machines[m].console_log());
+        let log = self.machine_index(&req.machine).and_then(|m| {
+            self.machines[m]
+                .vm("the serial console")
+                .map(|vm| vm.console_log())
+        });
         Served::Now(out.finish(log))
     }
 
     fn send_console(&mut self, req: SendConsole, out: Responder<()>) -> Served {
         match self.machine_index(&req.machine) {
-            Ok(m) => {
-                self.machines[m].send_console(self.poll.registry(), req.data.as_bytes());
-                Served::Now(out.ok(()))
-            }
+            Ok(m) => match self.machines[m].vm_mut("the serial console") {
+                Ok(vm) => {
+                    vm.send_console(self.poll.registry(), req.data.as_bytes());
+                    Served::Now(out.ok(()))
+                }
+                Err(e) => Served::Now(out.err(e)),
+            },
             Err(e) => Served::Now(out.err(e)),
         }
     }
@@ -457,8 +503,11 @@ impl Serve for Driver {
             Ok(m) => m,
             Err(e) => return Served::Now(out.err(e)),
         };
-        let machine = &self.machines[m];
-        if !machine.qmp_ready() && machine.phase() != Phase::Running {
+        let machine = match self.machines[m].vm("QMP") {
+            Ok(vm) => vm,
+            Err(e) => return Served::Now(out.err(e)),
+        };
+        if !machine.qmp_ready() && machine.phase() != machine::Phase::Running {
             return Served::Now(out.err(OpError::new(
                 ErrorType::Runtime,
                 machine::qmp::NotReady.to_string(),
@@ -492,10 +541,13 @@ impl Serve for Driver {
 
     fn mark_disconnected(&mut self, req: MarkDisconnected, out: Responder<()>) -> Served {
         match self.machine_index(&req.machine) {
-            Ok(m) => {
-                self.machines[m].mark_disconnected();
-                Served::Now(out.ok(()))
-            }
+            Ok(m) => match self.machines[m].vm_mut("reconnecting the shell") {
+                Ok(vm) => {
+                    vm.mark_disconnected();
+                    Served::Now(out.ok(()))
+                }
+                Err(e) => Served::Now(out.err(e)),
+            },
             Err(e) => Served::Now(out.err(e)),
         }
     }
@@ -530,21 +582,45 @@ impl Serve for Driver {
 }
 
 /// What the shim's machine objects are built from (hello, `create_machine`).
-fn machine_info(m: &Machine) -> MachineInfo {
+fn machine_info(node: &Node) -> MachineInfo {
+    let (start_command, paths) = match node {
+        Node::Vm(m) => (&m.start_command, (&m.paths.state_dir, &m.paths.shared_dir)),
+        Node::Container(c) => (&c.start_script, (&c.paths.state_dir, &c.paths.shared_dir)),
+    };
     MachineInfo {
-        name: m.name.clone(),
-        start_command: m.start_command.clone(),
-        state_dir: m.paths.state_dir.display().to_string(),
-        shared_dir: m.paths.shared_dir.display().to_string(),
-        keep_machine_state: m.keep_state,
+        name: node.name().to_owned(),
+        kind: node.kind().name().to_owned(),
+        start_command: start_command.clone(),
+        state_dir: paths.0.display().to_string(),
+        shared_dir: paths.1.display().to_string(),
+        keep_machine_state: node.keep_state(),
     }
 }
 
-fn machine_state(m: &Machine) -> MachineState {
-    use machine::boot::Milestone;
-    let between = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+fn between(a: Option<Instant>, b: Option<Instant>) -> Option<Seconds> {
+    match (a, b) {
         (Some(a), Some(b)) if b >= a => Some(Seconds(b - a)),
         _ => None,
+    }
+}
+
+fn machine_state(node: &Node) -> MachineState {
+    use machine::boot::Milestone;
+    let m = match node {
+        Node::Vm(m) => m,
+        Node::Container(c) => {
+            return MachineState {
+                booted: c.is_up(),
+                connected: c.connected(),
+                pid: c.pid(),
+                accelerator: None,
+                boot_secs: between(c.started_at, c.ready_at),
+                setup_secs: None,
+                monitor_path: String::new(),
+                shell_path: String::new(),
+                qmp_path: String::new(),
+            }
+        }
     };
     let spawned = m.boot.at(Milestone::Spawned);
     let sentinel = m.boot.at(Milestone::Sentinel);

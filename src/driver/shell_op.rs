@@ -26,9 +26,6 @@ use crate::rpc::wire::Base64;
 use crate::rpc::{ErrorType, OpError};
 use std::time::{Duration, Instant};
 
-/// Upstream logs a reminder every 30 s while the shell is silent (and gives up after 10, the
-/// default of [`crate::cli::Options::shell_timeout`]).
-pub const CONNECT_REMINDER: Duration = Duration::from_secs(30);
 /// How long the host waits for a command's answer beyond the command's own timeout (which the
 /// guest enforces) before it declares the guest stuck: a base plus a share of the timeout.
 pub const ANSWER_GRACE: Duration = Duration::from_secs(15);
@@ -40,8 +37,10 @@ const ANSWER_GRACE_DIVISOR: u32 = 20;
 pub struct Connecting {
     began: Instant,
     next_reminder: Instant,
-    give_up: Deadline,
-    /// The log block "waiting for the VM to finish booting" is open.
+    reminder_every: Duration,
+    /// None: the machine waits as long as the run may (a container, as upstream).
+    give_up: Option<Deadline>,
+    /// The log block ("waiting for the VM to finish booting") is open.
     nested: bool,
 }
 
@@ -50,7 +49,7 @@ impl Connecting {
     pub fn wake_at(&self) -> Option<Instant> {
         Some(self.next_reminder)
             .into_iter()
-            .chain(self.give_up.wake_at())
+            .chain(self.give_up.and_then(|d| d.wake_at()))
             .min()
     }
 }
@@ -143,7 +142,7 @@ pub fn poll_connect<M: Controlled>(
     let log = &mut *env.cx.log;
     if machine.connected() {
         if let Some(c) = stage.take().filter(|c| c.nested) {
-            log.machine(machine.name(), "connected to guest root shell");
+            log.machine(machine.name(), machine.connect_words().connected);
             log.machine(
                 machine.name(),
                 &format!(
@@ -156,11 +155,15 @@ pub fn poll_connect<M: Controlled>(
         return Some(Ok(()));
     }
     let patience = env.shell_timeout;
-    let c = stage.get_or_insert_with(|| Connecting {
-        began: now,
-        next_reminder: now + CONNECT_REMINDER,
-        give_up: Deadline::after(now, patience),
-        nested: false,
+    let c = stage.get_or_insert_with(|| {
+        let words = machine.connect_words();
+        Connecting {
+            began: now,
+            next_reminder: now + words.reminder_every,
+            reminder_every: words.reminder_every,
+            give_up: words.gives_up.then(|| Deadline::after(now, patience)),
+            nested: false,
+        }
     });
     let fail = |stage: &mut Option<Connecting>, log: &mut crate::log::Logger, e: OpError| {
         if stage.take().is_some_and(|c| c.nested) {
@@ -180,7 +183,7 @@ pub fn poll_connect<M: Controlled>(
     }
     if !c.nested {
         c.nested = true;
-        log.begin(Some(machine.name()), "waiting for the VM to finish booting");
+        log.begin(Some(machine.name()), machine.connect_words().waiting);
         if !machine.booted() {
             let mut cx = crate::reactor::Ctx {
                 registry: env.cx.registry,
@@ -199,7 +202,7 @@ pub fn poll_connect<M: Controlled>(
     if let Some(msg) = failed {
         return fail(stage, log, OpError::new(ErrorType::Machine, msg));
     }
-    if c.give_up.passed(now) {
+    if c.give_up.is_some_and(|d| d.passed(now)) {
         let msg = format!(
             "Shell did not start in time ({} s): the guest never printed the backdoor's \
              sentinel (check 'systemctl status backdoor.service' in the guest). {}",
@@ -209,15 +212,10 @@ pub fn poll_connect<M: Controlled>(
         return fail(stage, log, OpError::new(ErrorType::Runtime, msg));
     }
     if now >= c.next_reminder {
-        c.next_reminder = now + CONNECT_REMINDER;
-        log.machine(
-            machine.name(),
-            "Guest root shell did not produce any data yet...",
-        );
-        log.machine(
-            machine.name(),
-            "  To debug, enter the VM and run 'systemctl status backdoor.service'.",
-        );
+        c.next_reminder = now + c.reminder_every;
+        for line in machine.connect_words().reminder {
+            log.machine(machine.name(), &line);
+        }
     }
     None
 }

@@ -11,7 +11,7 @@
 //! overlays back and starts it from the stream, as a boot checkpoint does, but a failure is
 //! an error (the machine stays stopped), not a normal boot; the console is not replayed.
 
-use super::control::Env;
+use super::control::{Controlled, Env};
 use super::deadline::Deadline;
 use super::save_group::{Checkpointable, GroupState, SaveGroup, CHECKSUM_STEP};
 use super::vlans::VlanView;
@@ -353,17 +353,25 @@ impl Driver {
         }
         for &i in &set {
             let m = &self.machines[i];
+            if m.as_vm().is_none() {
+                return Err(machine_error(format!(
+                    "{what}: '{}' is a container, which has no saved form (snapshots are of \
+                     VMs; a test with containers cannot use snapshot_all)",
+                    m.name()
+                )));
+            }
             if !m.booted() {
                 return Err(machine_error(format!(
                     "{what}: machine '{}' is not running (start it first)",
-                    m.name
+                    m.name()
                 )));
             }
             if !m.connected() {
                 return Err(machine_error(format!(
                     "{what}: the shell of machine '{}' is not connected yet (call {}.connect() \
                      first)",
-                    m.name, m.name
+                    m.name(),
+                    m.name()
                 )));
             }
         }
@@ -404,7 +412,7 @@ impl Driver {
         // shares come back); the op reports all of it.
         let refused: Vec<String> = refused
             .iter()
-            .map(|(i, e)| format!("machine '{}': {e}", self.machines[*i].name))
+            .map(|(i, e)| format!("machine '{}': {e}", self.machines[*i].name()))
             .collect();
         if group.is_empty() {
             return Err(machine_error(format!(
@@ -445,7 +453,7 @@ impl Driver {
                     };
                     return Err(value_error(format!(
                         "machine '{}' has no snapshot named '{name}' (it has: {have})",
-                        self.machines[i].name
+                        self.machines[i].name()
                     )));
                 };
                 steps.push(step(i, entry, manifest));
@@ -477,7 +485,8 @@ impl Driver {
                                 "restore_all('{name}'): the snapshot '{name}' of machine '{}' \
                                  was replaced by {}.snapshot('{name}') after \
                                  snapshot_all('{name}')",
-                                self.machines[i].name, self.machines[i].name
+                                self.machines[i].name(),
+                                self.machines[i].name()
                             )))
                         }
                         None => steps.push(Step {

@@ -7,6 +7,7 @@
 //! the peer's process group), every change is logged and becomes a span on the vlan's track
 //! of the trace, and the counters are reported at cleanup.
 
+use super::node::Kind;
 use super::{Driver, DriverError};
 use crate::log::Logger;
 use crate::reactor::{Ctx, LoopMember, Owner};
@@ -101,6 +102,10 @@ impl Driver {
                 sw.dir().display().to_string(),
             ));
             self.switches.push(sw);
+            if let Err(e) = self.link_vlan(i) {
+                self.log.end(false);
+                return Err(e);
+            }
         }
         self.log.end(true);
         Ok(())
@@ -183,17 +188,26 @@ impl Driver {
     fn machine_name(&self, label: Label) -> String {
         self.machines
             .get(label as usize)
-            .map_or_else(|| format!("port {label}"), |m| m.name.clone())
+            .map_or_else(|| format!("port {label}"), |m| m.name().to_owned())
     }
 
-    /// A machine of the test by name, which must have a port on vlan `nr` now.
-    fn label_on_vlan(&self, nr: u32, name: &str, arg: &str) -> Result<Label, OpError> {
+    /// A machine of the test by name, which must have a port on vlan `nr` now; with the
+    /// containers that share its port (a container's port is the vlan's tap).
+    fn port_on_vlan(
+        &mut self,
+        nr: u32,
+        name: &str,
+        arg: &str,
+    ) -> Result<(Label, Vec<String>), OpError> {
         let value_error = |msg: String| OpError::new(ErrorType::Value, msg);
         let index = self
             .machines
             .iter()
-            .position(|m| m.name == name)
+            .position(|m| m.name() == name)
             .ok_or_else(|| value_error(format!("{arg}: no machine named '{name}'")))?;
+        if self.machines[index].kind() == Kind::Nspawn {
+            return self.container_on_vlan(nr, index, arg);
+        }
         let label =
             Label::try_from(index).map_err(|_| value_error(format!("{arg}: too many machines")))?;
         let on_vlan = self
@@ -206,6 +220,16 @@ impl Driver {
                 "{arg}: machine '{name}' has no port on vlan{nr} (is it started, and does \
                  its start script connect it to vlan {nr}?)"
             )));
+        }
+        Ok((label, vec![name.to_owned()]))
+    }
+
+    /// [`Driver::port_on_vlan`] for a fault that singles `name` out: it must not share its
+    /// port with another container.
+    fn label_on_vlan(&mut self, nr: u32, name: &str, arg: &str) -> Result<Label, OpError> {
+        let (label, mates) = self.port_on_vlan(nr, name, arg)?;
+        if mates.len() > 1 {
+            return Err(shared_tap_error(nr, &mates, arg));
         }
         Ok(label)
     }
@@ -261,17 +285,23 @@ impl Driver {
         Ok(())
     }
 
-    /// `vlanN.partition(groups…)`.
+    /// `vlanN.partition(groups…)`. Containers behind one tap must be in one group together.
     pub(super) fn op_partition(&mut self, nr: u32, groups: &[Vec<String>]) -> Result<(), OpError> {
         self.vlan_exists(nr)?;
-        let labels = groups
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|name| self.label_on_vlan(nr, name, "partition"))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut labels = Vec::with_capacity(groups.len());
+        for g in groups {
+            let mut group: Vec<Label> = Vec::with_capacity(g.len());
+            for name in g {
+                let (label, mates) = self.port_on_vlan(nr, name, "partition")?;
+                if !mates.iter().all(|m| g.contains(m)) {
+                    return Err(shared_tap_error(nr, &mates, "partition"));
+                }
+                if !group.contains(&label) {
+                    group.push(label);
+                }
+            }
+            labels.push(group);
+        }
         let applied = self
             .switch_mut(nr)
             .map(|sw| sw.partition(labels))
@@ -417,6 +447,19 @@ impl Driver {
             }
         }
     }
+}
+
+/// A fault that would single out one of several containers behind vlan `nr`'s tap.
+fn shared_tap_error(nr: u32, mates: &[String], arg: &str) -> OpError {
+    OpError::new(
+        ErrorType::Value,
+        format!(
+            "{arg}: containers {} reach vlan{nr}'s switch through one tap (they talk to each \
+             other through the bridge, past the switch), so a network fault can only name \
+             them together: put them in one partition group, or on different vlans",
+            mates.join(", ")
+        ),
+    )
 }
 
 /// A seed for a run that did not pass `--net-seed`.

@@ -113,6 +113,8 @@ pub enum MachineError {
     Session(SessionError),
     /// QMP is not ready yet.
     QmpNotReady,
+    /// A systemd-nspawn container could not start or run a command.
+    Container(crate::container::ContainerError),
 }
 
 impl fmt::Display for MachineError {
@@ -126,6 +128,7 @@ impl fmt::Display for MachineError {
             ),
             MachineError::Session(e) => write!(f, "{e}"),
             MachineError::QmpNotReady => write!(f, "{}", qmp::NotReady),
+            MachineError::Container(e) => write!(f, "{e}"),
         }
     }
 }
@@ -137,6 +140,7 @@ impl std::error::Error for MachineError {
             MachineError::Io(_, e) | MachineError::SocketDir { source: e, .. } => Some(e),
             MachineError::Session(e) => Some(e),
             MachineError::QmpNotReady => None,
+            MachineError::Container(e) => Some(e),
         }
     }
 }

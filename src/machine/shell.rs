@@ -142,6 +142,15 @@ impl ShellFraming {
         }
     }
 
+    /// A framing whose stream has no sentinel (a container command's stdout, which carries
+    /// one wait loop's frame): idle from the start.
+    pub fn new_connected() -> Self {
+        ShellFraming {
+            state: State::Idle,
+            ..Self::new()
+        }
+    }
+
     /// True once the sentinel has been seen (and until [`Self::await_sentinel`]).
     #[cfg(test)]
     pub fn connected(&self) -> bool {

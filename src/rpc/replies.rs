@@ -72,6 +72,8 @@ reply_records! {
     /// What a machine object of the shim is built from.
     pub struct MachineInfo {
         pub name: String,
+        /// `qemu` (a `QemuMachine`) or `nspawn` (an `NspawnMachine`).
+        pub kind: String,
         pub start_command: String,
         pub state_dir: String,
         pub shared_dir: String,

@@ -87,6 +87,18 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("test_driver/machine/__init__.py"),
     ),
     (
+        "test_driver/machine/base.py",
+        include_str!("test_driver/machine/base.py"),
+    ),
+    (
+        "test_driver/machine/qemu.py",
+        include_str!("test_driver/machine/qemu.py"),
+    ),
+    (
+        "test_driver/machine/nspawn.py",
+        include_str!("test_driver/machine/nspawn.py"),
+    ),
+    (
         "test_driver/machine/qmp.py",
         include_str!("test_driver/machine/qmp.py"),
     ),

@@ -5,7 +5,6 @@
 //! are in force the batch goes to [`super::impaired`] instead, after the same receive step.
 
 use std::io::{self, IoSlice};
-use std::os::fd::AsFd;
 use std::time::{Instant, SystemTime};
 
 use rustix::net::{MMsgHdr, SendAncillaryBuffer};
@@ -14,7 +13,6 @@ use smallvec::SmallVec;
 use super::fdb::Destination;
 use super::impaired::{capture_first_deliveries, Deliveries, FirstDelivery};
 use super::recv_batch::RecvBatch;
-use super::send::send_batch;
 use super::{
     Endpoint, Progress, Switch, VdeError, CAPTURE_FLUSH_INTERVAL, FRAMES_PER_WAKEUP, MAX_FRAME,
     MIN_FRAME,
@@ -45,7 +43,7 @@ impl Switch {
         // the client's socket vanished) is reported once and cleared: count it, try again.
         let mut received = 0;
         for _ in 0..3 {
-            match rx.recv(src.data.as_fd(), FRAMES_PER_WAKEUP) {
+            match src.data.recv(rx, FRAMES_PER_WAKEUP) {
                 Ok(n) => {
                     received = n;
                     break;
@@ -200,7 +198,8 @@ fn forward_batch(
                     Destination::Filter => false,
                 };
                 if wanted {
-                    send_batch(&ep.data, &mut ep.counters, &mut msgs[start..end]);
+                    let run = &mut msgs[start..end];
+                    ep.data.send(&mut ep.counters, run, &iovs[start..end]);
                 }
             }
         }

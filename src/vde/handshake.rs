@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::delay_queue::DelayQueue;
+use super::tap::{DataPort, Tap};
 use super::wire::{self, Assembly, PortRequest, Request, RequestBuffer};
 use super::{
     io_err, slot, CloseReason, Endpoint, PortCounters, Progress, Switch, SwitchEvent, VdeError,
@@ -259,8 +260,8 @@ impl Switch {
         self.endpoints[new.index] = Some(Endpoint {
             port: new.port,
             id: new.id,
-            ctl: stream,
-            data: new.data,
+            ctl: Some(stream),
+            data: DataPort::Socket(new.data),
             path: new.path,
             client_path,
             description,
@@ -366,13 +367,66 @@ impl Switch {
         })
     }
 
+    /// Plug `tap` into the switch as one more endpoint on a free port: frames from the host's
+    /// bridge enter the vlan through it, and the vlan's frames reach the bridge. Reported as a
+    /// [`SwitchEvent::PortOpened`] without a pid (label it with [`Switch::label_endpoint`]).
+    /// Returns the endpoint id.
+    pub fn attach_tap(&mut self, registry: &Registry, tap: Tap) -> Result<u32, VdeError> {
+        if self.active.len() >= MAX_ENDPOINTS {
+            return Err(VdeError::TooManyEndpoints { max: MAX_ENDPOINTS });
+        }
+        let port = self.choose_port(PortRequest::Any)?;
+        let index = match self.endpoints.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.endpoints.push(None);
+                self.endpoints.len() - 1
+            }
+        };
+        let description = format!("tap {}", tap.name());
+        let mut data = DataPort::Tap(tap);
+        let token = reactor::token(self.owner, slot(index, KIND_DATA));
+        data.register(registry, token)
+            .map_err(|source| VdeError::Register { source })?;
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        let vlan = self.vlan;
+        self.push_event(SwitchEvent::PortOpened {
+            vlan,
+            port,
+            endpoint: id,
+            description: description.clone(),
+            pid: None,
+        });
+        self.endpoints[index] = Some(Endpoint {
+            port,
+            id,
+            ctl: None,
+            data,
+            path: PathBuf::new(),
+            client_path: PathBuf::new(),
+            description,
+            pid: None,
+            label: self.label_by_port.then_some(port),
+            queue: DelayQueue::new(),
+            counters: PortCounters::default(),
+        });
+        self.active.push(index);
+        Ok(id)
+    }
+
     pub(super) fn read_ctl(&mut self, registry: &Registry, index: usize) -> Progress {
-        let Some(ep) = self.endpoints.get(index).and_then(Option::as_ref) else {
+        let Some(ctl) = self
+            .endpoints
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(|ep| ep.ctl.as_ref())
+        else {
             return Progress::Drained;
         };
         let mut scratch = [0u8; 256];
         for _ in 0..CTL_READS_PER_WAKEUP {
-            match rustix::net::recv(&ep.ctl, &mut scratch[..], RecvFlags::DONTWAIT) {
+            match rustix::net::recv(ctl, &mut scratch[..], RecvFlags::DONTWAIT) {
                 Ok((_, 0)) => {
                     self.close_endpoint(registry, index, CloseReason::ControlClosed);
                     return Progress::Drained;
@@ -398,9 +452,13 @@ impl Switch {
         let Some(mut ep) = self.endpoints.get_mut(index).and_then(Option::take) else {
             return;
         };
-        let _ = registry.deregister(&mut ep.ctl);
-        let _ = registry.deregister(&mut ep.data);
-        let _ = std::fs::remove_file(&ep.path);
+        if let Some(ctl) = ep.ctl.as_mut() {
+            let _ = registry.deregister(ctl);
+        }
+        ep.data.deregister(registry);
+        if !ep.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&ep.path);
+        }
         self.active.retain(|&i| i != index);
         self.backlog.retain(|s| {
             let (i, k) = (*s >> KIND_BITS, *s & ((1 << KIND_BITS) - 1));

@@ -22,7 +22,6 @@ use super::delay_queue::{Queued, SWITCH_QUEUE_MAX_BYTES};
 use super::faults::{Decision, Duplicate, FaultEngine, Peer, Release, Route};
 use super::fdb::Destination;
 use super::impair::{ImpairError, Label, Partition, Rule, Scope};
-use super::send::send_batch;
 use super::{
     Capture, Endpoint, FaultCounters, QueueTotals, Switch, VdeError, CAPTURE_FLUSH_INTERVAL,
     FRAMES_PER_WAKEUP,
@@ -342,7 +341,9 @@ fn send_iovs(ep: &mut Endpoint, iovs: &[[IoSlice<'_>; 1]], which: impl Iterator<
         .zip(controls.iter_mut())
         .map(|(&i, c)| MMsgHdr::new(&iovs[i], c))
         .collect();
-    send_batch(&ep.data, &mut ep.counters, &mut msgs);
+    let frames: SmallVec<[[IoSlice<'_>; 1]; SENDS_PER_TARGET]> =
+        which.iter().map(|&i| iovs[i]).collect();
+    ep.data.send(&mut ep.counters, &mut msgs, &frames);
 }
 
 /// Capture each frame of a batch that was delivered at once; remember the earliest delayed

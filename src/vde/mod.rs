@@ -48,6 +48,7 @@ mod rng;
 mod send;
 pub mod standalone;
 mod stats;
+pub mod tap;
 pub mod wire;
 
 pub use error::VdeError;
@@ -64,7 +65,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::{UnixDatagram, UnixListener, UnixStream};
+use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry};
 use rustix::fs::Mode;
 use rustix::io::Errno;
@@ -167,8 +168,9 @@ enum Progress {
 struct Endpoint {
     port: u32,
     id: u32,
-    ctl: UnixStream,
-    data: UnixDatagram,
+    /// The client's control stream; `None` for the tap port, which has none.
+    ctl: Option<UnixStream>,
+    data: tap::DataPort,
     path: PathBuf,
     client_path: PathBuf,
     description: String,
@@ -552,7 +554,9 @@ impl Switch {
         }
         self.cleaned_up = true;
         for ep in self.endpoints.iter().flatten() {
-            let _ = std::fs::remove_file(&ep.path);
+            if !ep.path.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(&ep.path);
+            }
         }
         self.listener = None;
         let _ = std::fs::remove_file(&self.ctl_path);

@@ -138,6 +138,33 @@ impl RecvBatch {
         Ok(self.received)
     }
 
+    /// Read up to `max` frames with one `read(2)` each, for an fd that is not a socket (a tap
+    /// device returns one frame per read). Same contract as [`RecvBatch::recv`]: `Ok(n)` with
+    /// `n < max` means the fd had nothing more; a read error after some frames ends the batch
+    /// (the next wake-up sees it again).
+    pub fn read_each(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let vlen = max.min(self.headers.len());
+        self.received = 0;
+        let mut i = 0;
+        while i < vlen {
+            let start = i * self.slot_len;
+            let slot = &mut self.buffers[start..start + self.slot_len];
+            match rustix::io::read(fd, slot) {
+                Ok(n) => {
+                    self.headers[i].len = n as c_uint;
+                    self.headers[i].hdr.flags = 0;
+                    i += 1;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) if i == 0 => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        self.received = i;
+        Ok(i)
+    }
+
     /// Real length of datagram `i` of the last call (may exceed the slot when truncated).
     pub fn len(&self, i: usize) -> usize {
         if i < self.received {
@@ -197,6 +224,29 @@ mod tests {
         assert!(batch.truncated(0));
         assert_eq!(batch.len(0), 5000);
         assert_eq!(batch.frame(0).len(), 4096);
+    }
+
+    #[test]
+    fn read_each_reads_one_frame_per_read_until_empty() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        for msg in [&b"one"[..], &[9u8; 1514]] {
+            a.send(msg).unwrap();
+        }
+        let mut batch = RecvBatch::new(4, 2048);
+
+        assert_eq!(batch.read_each(b.as_fd(), 4).unwrap(), 2);
+
+        assert_eq!(batch.frame(0), b"one");
+        assert_eq!(batch.frame(1), &[9u8; 1514][..]);
+        assert!(!batch.truncated(1));
+        assert_eq!(batch.read_each(b.as_fd(), 4).unwrap(), 0, "EAGAIN is Ok(0)");
+        for i in 0..3u8 {
+            a.send(&[i; 20]).unwrap();
+        }
+        assert_eq!(batch.read_each(b.as_fd(), 2).unwrap(), 2, "max respected");
+        assert_eq!(batch.read_each(b.as_fd(), 2).unwrap(), 1);
+        assert_eq!(batch.frame(0), &[2u8; 20][..]);
     }
 
     #[test]

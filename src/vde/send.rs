@@ -1,8 +1,10 @@
-//! Sending a batch of frames to one endpoint: as few `sendmmsg` calls as the kernel allows,
-//! every frame it refuses dropped and counted by reason (a full receiver, a receiver that is
-//! gone, another send error). Both the plain path ([`super::forward`]) and the path with
-//! network faults ([`super::impaired`]) end here. It never blocks and never retries a refused
-//! frame: a slow receiver loses frames, it never slows the loop.
+//! Sending a batch of frames to one VDE endpoint's data socket: as few `sendmmsg` calls as the
+//! kernel allows, every frame it refuses dropped and counted by reason (a full receiver, a
+//! receiver that is gone, another send error). Both the plain path ([`super::forward`]) and
+//! the path with network faults ([`super::impaired`]) end here, through
+//! [`super::tap::DataPort`] (which writes to a tap one frame at a time instead). It never
+//! blocks and never retries a refused frame: a slow receiver loses frames, it never slows the
+//! loop.
 
 use mio::net::UnixDatagram;
 use rustix::io::Errno;

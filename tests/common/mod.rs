@@ -49,6 +49,47 @@ pub fn screen_guest() -> &'static Path {
     })
 }
 
+/// The systemd-nspawn container root (`ci/build-container-root`), built or reused once per
+/// test binary.
+pub fn container_root() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(repo().join("ci/build-container-root"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run ci/build-container-root");
+        assert!(out.status.success(), "ci/build-container-root failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(text.lines().last().expect("image dir").trim())
+    })
+}
+
+/// Containers need root and the host's container packages (ci/lib.sh's
+/// `NTD_CONTAINER_PACKAGES`, installed here if missing); anything else fails the test.
+pub fn require_containers() {
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "systemd-nspawn containers need root"
+    );
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let status = Command::new("bash")
+            .args([
+                "-c",
+                "set -euo pipefail; source \"$0\"; ensure_packages \"${NTD_CONTAINER_PACKAGES[@]}\"",
+            ])
+            .arg(repo().join("ci/lib.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run bash");
+        assert!(status.success(), "cannot install the container packages");
+    });
+    for tool in ["systemd-nspawn", "nsenter", "journalctl", "ip", "unshare"] {
+        ensure_host_tool(tool, "systemd-container");
+    }
+}
+
 /// Make sure a host tool is there: install its Debian package with ci/lib.sh's
 /// `ensure_packages` (as root, else through sudo), else fail with what to install.
 pub fn ensure_host_tool(tool: &str, package: &str) {
@@ -86,7 +127,13 @@ pub fn ensure_host_tool(tool: &str, package: &str) {
 /// The keys of a test script's header lines (`# machines: a, b`, `# vlans: 1`,
 /// `# placeholder: @NAME@ example`, `# typecheck: skip (why)`): ci/typecheck reads them, the
 /// driver never sees them.
-pub const SCRIPT_HEADER_KEYS: &[&str] = &["machines", "vlans", "placeholder", "typecheck"];
+pub const SCRIPT_HEADER_KEYS: &[&str] = &[
+    "machines",
+    "containers",
+    "vlans",
+    "placeholder",
+    "typecheck",
+];
 
 /// A testScript of `tests/scripts/` as the driver runs it: the file without its leading header
 /// lines, so that line numbers in the driver's reports count from the script's own first line.
@@ -190,6 +237,24 @@ impl TestDir {
         self.path.join(format!("vms/bin/run-{name}-vm"))
     }
 
+    /// Write `run-<name>-nspawn` (`ci/mknspawn`) for a container of [`container_root`] on
+    /// `vlans` (eth1, eth2, … in that order) with addresses `192.168.<vlan>.<index>` and
+    /// `hosts` (`name:ip,…`) in its /etc/hosts; returns its path.
+    pub fn container(&self, name: &str, vlans: &[u32], index: u32, hosts: &str) -> PathBuf {
+        let mut cmd = Command::new(repo().join("ci/mknspawn"));
+        cmd.args(["--name", name, "--out"])
+            .arg(self.path.join("containers"))
+            .arg("--root")
+            .arg(container_root())
+            .args(["--index", &index.to_string(), "--hosts", hosts]);
+        for v in vlans {
+            cmd.args(["--vlan", &v.to_string()]);
+        }
+        let status = cmd.stdout(Stdio::null()).status().expect("run ci/mknspawn");
+        assert!(status.success(), "ci/mknspawn failed");
+        self.path.join(format!("containers/bin/run-{name}-nspawn"))
+    }
+
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path.join(name);
         std::fs::write(&p, text).unwrap();
@@ -205,22 +270,38 @@ impl TestDir {
         timeout: u32,
         script: &str,
     ) -> PathBuf {
+        self.config_with(machines, &[], vlans, timeout, script)
+    }
+
+    /// [`TestDir::config`] with systemd-nspawn `containers` too.
+    pub fn config_with(
+        &self,
+        machines: &[(&str, &Path)],
+        containers: &[(&str, &Path)],
+        vlans: &[u32],
+        timeout: u32,
+        script: &str,
+    ) -> PathBuf {
         let script_path = self.write("test.py", script);
-        let vms: Vec<String> = machines
-            .iter()
-            .map(|(n, p)| {
-                format!(
-                    "\"{n}\": {{\"name\": \"{n}\", \"start_script\": \"{}\"}}",
-                    p.display()
-                )
-            })
-            .collect();
+        let entries = |list: &[(&str, &Path)]| -> String {
+            let v: Vec<String> = list
+                .iter()
+                .map(|(n, p)| {
+                    format!(
+                        "\"{n}\": {{\"name\": \"{n}\", \"start_script\": \"{}\"}}",
+                        p.display()
+                    )
+                })
+                .collect();
+            v.join(", ")
+        };
         let vl: Vec<String> = vlans.iter().map(|v| v.to_string()).collect();
         self.write(
             "driver.json",
             &format!(
-                "{{\"vms\": {{{}}}, \"containers\": {{}}, \"vlans\": [{}], \"global_timeout\": {timeout}, \"enable_ssh_backdoor\": false, \"test_script\": \"{}\"}}",
-                vms.join(", "),
+                "{{\"vms\": {{{}}}, \"containers\": {{{}}}, \"vlans\": [{}], \"global_timeout\": {timeout}, \"enable_ssh_backdoor\": false, \"test_script\": \"{}\"}}",
+                entries(machines),
+                entries(containers),
                 vl.join(", "),
                 script_path.display()
             ),
@@ -257,7 +338,8 @@ impl TestDir {
         run_with_limit(cmd, limit)
     }
 
-    /// Processes still alive whose command line mentions this directory.
+    /// Processes still alive whose command line mentions this directory, or whose working or
+    /// root directory lies in it (a container's processes).
     pub fn leftovers(&self) -> Vec<String> {
         let needle = self.path.to_string_lossy().into_owned();
         let mut found = Vec::new();
@@ -272,7 +354,11 @@ impl TestDir {
                 continue;
             };
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) {
+            let inside = |link: &str| {
+                std::fs::read_link(entry.path().join(link))
+                    .is_ok_and(|p| p.starts_with(&self.path) && p != Path::new("/"))
+            };
+            if text.contains(&needle) || inside("cwd") || inside("root") {
                 found.push(format!("{pid}: {text}"));
             }
         }

@@ -146,6 +146,7 @@ class Driver:
     tests: str
     vlans: list[VLan]
     machines_qemu: list[QemuMachine]
+    machines_nspawn: list[NspawnMachine]
     polling_conditions: list[PollingCondition]
     global_timeout: float
     logger: AbstractLogger
@@ -169,8 +170,11 @@ class Driver:
             # The driver decides where sockets live (a short directory if tmp_dir is long).
             vlan.socket_dir = Path(v["socket_dir"])
             self.vlans.append(vlan)
-        self.machines_qemu = [
-            QemuMachine(
+        self.machines_qemu = []
+        self.machines_nspawn = []
+        for m in hello["machines"]:
+            kind = NspawnMachine if m["kind"] == "nspawn" else QemuMachine
+            machine = kind(
                 name=m["name"],
                 start_command=m["start_command"],
                 state_dir=Path(m["state_dir"]),
@@ -181,9 +185,10 @@ class Driver:
                 callbacks=[self.check_polling_conditions],
                 logger=self.logger,
             )
-            for m in hello["machines"]
-        ]
-        self.machines_nspawn: list[BaseMachine] = []
+            if isinstance(machine, NspawnMachine):
+                self.machines_nspawn.append(machine)
+            else:
+                self.machines_qemu.append(machine)
         backdoor = hello["ssh_backdoor"]
         self.enable_ssh_backdoor = backdoor is not None
         self.vsock_offset: int | None = None
@@ -198,15 +203,18 @@ class Driver:
                         for s in sockets
                     }
                 )
-        for machine in self.machines_qemu:
-            pair = self.vhost_vsock.sockets.get(machine.name) if self.vhost_vsock else None
+        for qemu in self.machines_qemu:
+            pair = self.vhost_vsock.sockets.get(qemu.name) if self.vhost_vsock else None
             if pair is not None:
-                machine.vsock_host, machine.vsock_guest = pair.host, pair.guest
+                qemu.vsock_host, qemu.vsock_guest = pair.host, pair.guest
         set_polling_slice(self._polling_slice)
 
     @property
-    def machines(self) -> list[QemuMachine]:
-        return sorted(self.machines_qemu, key=lambda m: m.name)
+    def machines(self) -> list[BaseMachine]:
+        """VMs and containers, sorted by name (as upstream, for consistency with the test
+        framework's `nodesAndContainers`)."""
+        both: list[BaseMachine] = [*self.machines_qemu, *self.machines_nspawn]
+        return sorted(both, key=lambda m: m.name)
 
     def __enter__(self) -> "Driver":
         return self
@@ -394,11 +402,16 @@ class Driver:
         longest = max(len(m.name) for m in self.machines)
         for number, machine in enumerate(self.machines, start=(offset or 0) + 1):
             spaces = " " * (longest - len(machine.name) + 2)
-            command = (
-                machine.ssh_backdoor_command()
-                if self.vhost_vsock is not None
-                else machine.ssh_backdoor_command(number)
-            )
+            if isinstance(machine, QemuMachine):
+                command = (
+                    machine.ssh_backdoor_command()
+                    if self.vhost_vsock is not None
+                    else machine.ssh_backdoor_command(number)
+                )
+            elif isinstance(machine, NspawnMachine):
+                command = machine.ssh_backdoor_command()
+            else:
+                continue
             print(f"    {machine.name}:{spaces}{bright}{command}{reset}")
 
     # -- polling conditions --------------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 import stat
 
 m = machines[0]
+assert isinstance(m, QemuMachine)  # `machines` holds VMs and containers
 start_all()
 m.succeed("true")
 assert not os.path.exists("pwned"), "a machine name was run by a shell"

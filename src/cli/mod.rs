@@ -7,8 +7,10 @@
 //! options taking several values, and exit status 2 with a usage message on errors. This module
 //! reads the configuration file but starts nothing.
 
-use crate::json::Value;
+mod config;
+
 use crate::log::Level;
+use config::load_config;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 /// Upstream's fallback global timeout when none is configured: one week.
 pub const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
+/// A configured machine: its name and its start script.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
     pub name: String,
@@ -25,6 +28,8 @@ pub struct VmSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub vms: Vec<VmSpec>,
+    /// systemd-nspawn containers (`run-<name>-nspawn` start scripts).
+    pub containers: Vec<VmSpec>,
     pub vlans: Vec<u32>,
     pub global_timeout: Duration,
     pub test_script: Option<PathBuf>,
@@ -93,6 +98,7 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
                          [--debug-hook-attach CMD] [-o OUTPUT_DIRECTORY] [--junit-xml PATH]
                          [--log-level {debug,info,warning,error}]
                          [--vm-names NAME ...] [--vm-start-scripts SCRIPT ...]
+                         [--container-names NAME ...] [--container-start-scripts SCRIPT ...]
                          [--start-scripts SCRIPT ...] [--vlans VLAN ...] [--global-timeout SECONDS]
                          [--dump-vsocks OFFSET] [--capture-dir DIR] [--trace FILE]
                          [--net-seed N] [--force-accel]
@@ -102,7 +108,8 @@ usage: nixos-test-driver [-h] [-c CONFIG] [--test-script TEST_SCRIPT] [-K] [-I |
 
 ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
 
-  -c, --config PATH           driver configuration JSON (vms, vlans, global_timeout, test_script)
+  -c, --config PATH           driver configuration JSON (vms, containers, vlans, global_timeout,
+                              test_script)
   --test-script PATH          override the test script of the configuration
   -K, --keep-machine-state    keep vm-state-<name> directories (alias: --keep-vm-state)
   -I, --interactive           start a Python REPL with the test symbols instead of the script
@@ -111,6 +118,8 @@ ntd: a fast re-implementation of the NixOS test driver (upstream-compatible).
   --junit-xml PATH            write JUnit XML (relative to the output directory)
   --log-level LEVEL           debug, info, warning or error (env: logLevel)
   --vm-names / --vm-start-scripts   mid-generation form (env: vmNames / vmStartScripts)
+  --container-names / --container-start-scripts   systemd-nspawn containers, mid-generation
+                              form (env: containerNames / containerStartScripts)
   --start-scripts SCRIPT ...  legacy form; names from run-<name>-vm (env: startScripts)
   --vlans VLAN ...            vlan numbers (env: vlans)
   --global-timeout SECONDS    kill everything after this long (env: globalTimeout)
@@ -294,13 +303,6 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
         print!("{USAGE}");
         return Ok(None);
     }
-    if raw.last("--container-names").is_some_and(|v| !v.is_empty())
-        || env
-            .get("containerNames")
-            .is_some_and(|v| !v.trim().is_empty())
-    {
-        return err("systemd-nspawn containers are not supported by ntd (only QEMU machines)");
-    }
     let log_level = match raw.one("--log-level").or_else(|| env.get("logLevel")) {
         None => Level::Info,
         Some(l) => Level::parse(&l).ok_or_else(|| {
@@ -316,6 +318,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
     };
     let mut o = Options {
         vms: Vec::new(),
+        containers: Vec::new(),
         vlans: Vec::new(),
         global_timeout: DEFAULT_GLOBAL_TIMEOUT,
         test_script: None,
@@ -387,6 +390,10 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
         let names = many("--vm-names", "vmNames");
         let scripts = many("--vm-start-scripts", "vmStartScripts");
         let legacy = many("--start-scripts", "startScripts");
+        o.containers = container_specs(
+            many("--container-names", "containerNames"),
+            many("--container-start-scripts", "containerStartScripts"),
+        )?;
         match (names, scripts, legacy) {
             (Some(n), Some(s), _) => {
                 if n.len() != s.len() {
@@ -425,6 +432,7 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
                     })
                     .collect();
             }
+            (None, None, None) if !o.containers.is_empty() => {}
             (None, None, None) => {
                 return err(
                     "the following arguments are required: -c/--config (or the older \
@@ -478,8 +486,54 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Option<Options>, CliError
         );
     }
     dedup_vlans(&mut o.vlans);
-    check_names(&o.vms)?;
+    check_names(&o.vms, &o.containers)?;
     Ok(Some(o))
+}
+
+/// Containers of the mid generation: names and start scripts pair up; without names, each
+/// comes from its script (`run-<name>-nspawn`, as upstream derives it).
+fn container_specs(
+    names: Option<Vec<String>>,
+    scripts: Option<Vec<String>>,
+) -> Result<Vec<VmSpec>, CliError> {
+    match (names, scripts) {
+        (None, None) => Ok(Vec::new()),
+        (Some(n), None) if n.is_empty() => Ok(Vec::new()),
+        (Some(_), None) => {
+            err("--container-names needs --container-start-scripts (one start script per name)")
+        }
+        (Some(n), Some(s)) if n.len() != s.len() => err(format!(
+            "--container-names has {} entries but --container-start-scripts has {}; they must \
+             pair up",
+            n.len(),
+            s.len()
+        )),
+        (Some(n), Some(s)) => Ok(n
+            .into_iter()
+            .zip(s)
+            .map(|(name, start_script)| VmSpec { name, start_script })
+            .collect()),
+        (None, Some(s)) => s
+            .into_iter()
+            .map(|start_script| {
+                let name = container_name_from_script(&start_script).ok_or_else(|| {
+                    CliError(format!(
+                        "cannot tell the container's name from its start script \
+                         '{start_script}' (expected run-<name>-nspawn); pass --container-names"
+                    ))
+                })?;
+                Ok(VmSpec { name, start_script })
+            })
+            .collect(),
+    }
+}
+
+/// Upstream's `run-(.+)-nspawn` on the script's file name.
+pub fn container_name_from_script(script: &str) -> Option<String> {
+    let base = Path::new(script).file_name()?.to_str()?;
+    let start = base.find("run-")? + 4;
+    let end = base.rfind("-nspawn")?;
+    (end > start).then(|| base[start..end].to_owned())
 }
 
 fn checked_output_dir(d: &Path) -> Result<PathBuf, CliError> {
@@ -553,134 +607,25 @@ fn dedup_vlans(v: &mut Vec<u32>) {
     });
 }
 
-fn check_names(vms: &[VmSpec]) -> Result<(), CliError> {
-    for (i, a) in vms.iter().enumerate() {
+/// Every machine name is valid and used once, across VMs and containers (upstream's test
+/// framework refuses a name in both `nodes` and `containers`).
+fn check_names(vms: &[VmSpec], containers: &[VmSpec]) -> Result<(), CliError> {
+    let all: Vec<&VmSpec> = vms.iter().chain(containers).collect();
+    for (i, a) in all.iter().enumerate() {
         if a.name.is_empty() || a.name.contains('/') || a.name.starts_with('.') {
             return err(format!("invalid machine name '{}'", a.name));
         }
-        if vms[..i].iter().any(|b| b.name == a.name) {
-            return err(format!("machine name '{}' is used twice", a.name));
+        if all[..i].iter().any(|b| b.name == a.name) {
+            let what = if vms.iter().any(|v| v.name == a.name) && i >= vms.len() {
+                "is both a VM and a container"
+            } else {
+                "is used twice"
+            };
+            return err(format!("machine name '{}' {what}", a.name));
         }
     }
     Ok(())
-}
-
-/// Read the newest generation's JSON configuration into `o`.
-fn load_config(path: &Path, o: &mut Options) -> Result<(), CliError> {
-    let text = std::fs::read(path)
-        .map_err(|e| CliError(format!("cannot read configuration {}: {e}", path.display())))?;
-    let bad = |what: &str| CliError(format!("configuration {}: {what}", path.display()));
-    let v = Value::parse(&text).map_err(|e| bad(&e.to_string()))?;
-    if v.as_object().is_none() {
-        return Err(bad("expected a JSON object"));
-    }
-    if let Some(vms) = v.get("vms") {
-        let vms = vms
-            .as_object()
-            .ok_or_else(|| bad("\"vms\" must be an object of name -> {name, start_script}"))?;
-        for (key, spec) in vms {
-            let start_script = spec
-                .get("start_script")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("vms.{key}.start_script must be a string")))?;
-            let name = spec.get("name").and_then(Value::as_str).unwrap_or(key);
-            o.vms.push(VmSpec {
-                name: name.to_owned(),
-                start_script: start_script.to_owned(),
-            });
-        }
-    }
-    if let Some(c) = v.get("containers") {
-        if c.as_object().is_some_and(|c| !c.is_empty()) {
-            return Err(bad(
-                "systemd-nspawn containers are not supported by ntd (only QEMU machines)",
-            ));
-        }
-    }
-    if let Some(vl) = v.get("vlans") {
-        let arr = vl
-            .as_array()
-            .ok_or_else(|| bad("\"vlans\" must be an array of numbers"))?;
-        for n in arr {
-            let n = n
-                .as_i64()
-                .filter(|n| (0..=4095).contains(n))
-                .ok_or_else(|| bad("\"vlans\" must hold numbers 0..4095"))?;
-            o.vlans.push(n as u32);
-        }
-    }
-    if let Some(t) = v.get("global_timeout") {
-        let secs = match t {
-            Value::Str(s) => parse_iso_or_seconds(s),
-            other => other.as_f64(),
-        }
-        .ok_or_else(|| bad("\"global_timeout\" must be a number of seconds"))?;
-        o.global_timeout = crate::rpc::ops::parse_duration(secs)
-            .map_err(|why| bad(&format!("\"global_timeout\" {why}")))?;
-    }
-    if let Some(s) = v.get("test_script").and_then(Value::as_str) {
-        o.test_script = Some(PathBuf::from(s));
-    }
-    if let Some(f) = v.get("force_accel") {
-        o.force_accel |= f
-            .as_bool()
-            .ok_or_else(|| bad("\"force_accel\" must be true or false"))?;
-    }
-    if let Some(b) = v.get("enable_ssh_backdoor") {
-        o.enable_ssh_backdoor = b
-            .as_bool()
-            .ok_or_else(|| bad("\"enable_ssh_backdoor\" must be true or false"))?;
-    }
-    if let Some(c) = v.get("checkpoints") {
-        match c {
-            Value::Null => {}
-            Value::Str(d) => o.checkpoints = Some(PathBuf::from(d)),
-            _ => return Err(bad("\"checkpoints\" must be a directory path")),
-        }
-    }
-    if let Some(c) = v.get("checkpoints_max_size") {
-        let size = match c {
-            Value::Str(s) => parse_size(s),
-            other => other.as_f64().filter(|n| *n >= 0.0).map(|n| n as u64),
-        };
-        o.checkpoints_max_size =
-            size.ok_or_else(|| bad("\"checkpoints_max_size\" must be a size (like \"8G\")"))?;
-    }
-    Ok(())
-}
-
-/// pydantic serialises timedeltas as ISO 8601 durations (`PT3600S`) or seconds.
-fn parse_iso_or_seconds(s: &str) -> Option<f64> {
-    if let Ok(f) = s.parse::<f64>() {
-        return Some(f);
-    }
-    let rest = s.strip_prefix('P')?;
-    let (days, time) = match rest.split_once('T') {
-        Some((d, t)) => (d, t),
-        None => (rest, ""),
-    };
-    let mut total = 0.0;
-    if !days.is_empty() {
-        total += days.strip_suffix('D')?.parse::<f64>().ok()? * 86400.0;
-    }
-    let mut num = String::new();
-    for c in time.chars() {
-        match c {
-            'H' | 'M' | 'S' => {
-                let n: f64 = num.parse().ok()?;
-                num.clear();
-                total += n * match c {
-                    'H' => 3600.0,
-                    'M' => 60.0,
-                    _ => 1.0,
-                };
-            }
-            _ => num.push(c),
-        }
-    }
-    num.is_empty().then_some(total)
 }
 
 #[cfg(test)]
-#[path = "cli_tests.rs"]
 mod tests;

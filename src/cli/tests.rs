@@ -1,5 +1,6 @@
 //! Unit tests of [`super`], byte by byte (kept beside the module to keep it short).
 
+use super::config::parse_iso_or_seconds;
 use super::*;
 use std::collections::HashMap;
 
@@ -171,13 +172,83 @@ fn bad_output_directory_is_rejected() {
 }
 
 #[test]
-fn containers_are_refused_clearly() {
+fn containers_in_the_config_are_read_and_names_must_be_unique_across_kinds() {
+    let p = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"containers":{"c":{"name":"c","start_script":"/x/run-c-nspawn","display_targets":[]}},"vlans":[1],"test_script":"/t"}"#,
+    );
+    let o = parse(&args(&["-c", p.to_str().unwrap()]), &no_env())
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.containers.len(), 1);
+    assert_eq!(
+        (
+            o.containers[0].name.as_str(),
+            o.containers[0].start_script.as_str()
+        ),
+        ("c", "/x/run-c-nspawn")
+    );
+    let p = write_config(
+        r#"{"vms":{"a":{"name":"a","start_script":"/x/run-a-vm"}},"containers":{"a":{"name":"a","start_script":"/x/run-a-nspawn"}},"test_script":"/t"}"#,
+    );
+    let e = parse(&args(&["-c", p.to_str().unwrap()]), &no_env()).unwrap_err();
+    assert_eq!(e.0, "machine name 'a' is both a VM and a container");
+    let p = write_config(r#"{"containers":[],"test_script":"/t"}"#);
+    let e = parse(&args(&["-c", p.to_str().unwrap()]), &no_env()).unwrap_err();
+    assert!(e.0.contains("\"containers\" must be an object"), "{}", e.0);
+}
+
+#[test]
+fn containers_of_the_mid_generation_pair_up_or_take_their_names_from_the_scripts() {
+    let o = parse(
+        &args(&[
+            "t.py",
+            "--vm-names",
+            "v",
+            "--vm-start-scripts",
+            "/s/run-v-vm",
+            "--container-names",
+            "c1",
+            "c2",
+            "--container-start-scripts",
+            "/s/x",
+            "/s/y",
+        ]),
+        &no_env(),
+    )
+    .unwrap()
+    .unwrap();
+    let names: Vec<_> = o.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!((o.vms.len(), names), (1, vec!["c1", "c2"]));
+    let env = MapEnv(HashMap::from([
+        (
+            "containerStartScripts",
+            "/s/run-web-1-nspawn /s/run-db-nspawn",
+        ),
+        ("testScript", "/t"),
+    ]));
+    let o = parse(&args(&[]), &env).unwrap().unwrap();
+    let names: Vec<_> = o.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["web-1", "db"]);
+    assert!(o.vms.is_empty());
     let e = parse(
-        &args(&["--container-names", "c", "--container-start-scripts", "x"]),
+        &args(&["t.py", "--container-start-scripts", "/s/start"]),
         &no_env(),
     )
     .unwrap_err();
-    assert!(e.0.contains("nspawn"));
+    assert!(e.0.contains("expected run-<name>-nspawn"), "{}", e.0);
+    let e = parse(
+        &args(&[
+            "t.py",
+            "--container-names",
+            "a",
+            "b",
+            "--container-start-scripts",
+            "/s/x",
+        ]),
+        &no_env(),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("must pair up"), "{}", e.0);
 }
 
 #[test]
