@@ -11,6 +11,7 @@ pub mod cli;
 pub mod driver;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod hostcpu;
 pub mod json;
 pub mod log;
 pub(crate) mod machine;

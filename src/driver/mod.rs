@@ -11,6 +11,7 @@
 mod control;
 mod deadline;
 mod dirs;
+mod limit;
 mod pending;
 mod serve;
 mod shell_op;
@@ -18,6 +19,7 @@ mod shim;
 mod vlans;
 
 use crate::cli::Options;
+use crate::hostcpu::{HostPressure, RunClock};
 use crate::log::{LineKind, Logger};
 use crate::machine::{Machine, MachineError};
 use crate::reactor::{self, Ctx, LoopMember, Owner};
@@ -120,6 +122,10 @@ pub struct Driver {
     net_seed: u64,
     /// Network faults in force, for the trace timeline (closed when replaced or healed).
     fault_spans: Vec<vlans::FaultSpan>,
+    /// The host's CPU pressure (PSI), for the waits' pacing.
+    host: HostPressure,
+    /// The run's guest clock (calls that belong to no machine: `retry`).
+    run_clock: RunClock,
 }
 
 impl Driver {
@@ -158,6 +164,8 @@ impl Driver {
             panic_on: std::env::var("NTD_TEST_PANIC").ok(),
             net_seed: 0,
             fault_spans: Vec::new(),
+            host: HostPressure::new(),
+            run_clock: RunClock::default(),
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -409,6 +417,7 @@ impl Driver {
     fn advance(&mut self) {
         loop {
             if let Some(op) = self.current.take() {
+                let host_psi = self.host_psi();
                 let mut env = Env {
                     machines: &mut self.machines,
                     cx: Ctx {
@@ -419,6 +428,8 @@ impl Driver {
                     extra_env: &self.extra_env,
                     shell_timeout: self.opts.shell_timeout,
                     trace: self.trace.as_ref(),
+                    host_psi,
+                    epoch: self.started,
                 };
                 match op.poll(&mut env) {
                     Polled::Done(answer) => self.answer(answer),
@@ -441,6 +452,16 @@ impl Driver {
                 },
             }
         }
+    }
+
+    /// The host's CPU pressure now (PSI `some`, per mille), read at most every 100 ms; the
+    /// first time it cannot be read is said once at debug level.
+    fn host_psi(&mut self) -> Option<u32> {
+        self.host.sample(Instant::now());
+        if let Some(note) = self.host.take_note() {
+            self.log.debug(None, &note);
+        }
+        self.host.permille()
     }
 
     /// Send what answering a request gave (a notification's error goes to the log).

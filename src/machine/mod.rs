@@ -24,6 +24,7 @@ pub mod waits;
 pub mod words;
 
 use crate::child::ExitInfo;
+use crate::hostcpu::{Stamp, VcpuClock};
 use crate::log::Logger;
 use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
@@ -186,6 +187,8 @@ pub struct Machine {
     /// When waiting ops should look at a lost shell again (see [`SHELL_LOSS_GRACE`]); cleared
     /// by the timer.
     shell_settle_at: Option<Instant>,
+    /// How much time the host withheld from the vCPUs (timeouts count guest time).
+    vcpu_clock: VcpuClock,
 }
 
 impl Machine {
@@ -229,6 +232,7 @@ impl Machine {
             setup_deadline: None,
             shell_lost_at: None,
             shell_settle_at: None,
+            vcpu_clock: VcpuClock::new(),
         }
     }
 
@@ -264,6 +268,28 @@ impl Machine {
 
     pub fn exit_info(&self) -> Option<ExitInfo> {
         self.exit
+    }
+
+    /// The machine's clock at `now`: how much time the host had withheld from its vCPUs (see
+    /// [`crate::hostcpu`]); `log` hears once, at debug level, when it cannot be measured.
+    pub fn clock(&mut self, now: Instant, log: &mut Logger) -> Stamp {
+        let stamp = self.vcpu_clock.stamp(now);
+        if let Some(note) = self.vcpu_clock.take_note() {
+            log.debug(Some(&self.name), &note);
+        }
+        stamp
+    }
+
+    /// The share (per mille) of the last second in which its vCPUs waited for a host CPU.
+    pub fn vcpu_waiting_share(&self) -> Option<u32> {
+        self.vcpu_clock.waiting_share()
+    }
+
+    /// The host's verdict for this machine's polling (see [`crate::hostcpu::parse::verdict`]):
+    /// the host's PSI share and this machine's vCPU waiting share as of its last clock
+    /// reading, with the machine's previous verdict for hysteresis.
+    pub fn pace_verdict(&mut self, host_psi: Option<u32>) -> crate::hostcpu::parse::Verdict {
+        self.vcpu_clock.verdict(host_psi)
     }
 
     /// Which accelerator QEMU really uses (`kvm`/`tcg`), once QMP is ready.
@@ -446,6 +472,7 @@ impl Machine {
             .registry
             .deregister(&mut SourceFd(&p.child.pidfd().as_raw_fd()));
         self.exit = Some(info);
+        self.vcpu_clock.clear_threads();
         self.boot.mark(Milestone::Exited);
         let was_running = self.phase == Phase::Running;
         self.phase = Phase::Exited;

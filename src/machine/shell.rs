@@ -47,8 +47,9 @@ pub const NONCE_LEN: usize = 16;
 
 /// `\x01` + kind + nonce: the part of a marker that must be complete before it can be matched.
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
-/// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
-const MAX_STATUS_TAIL: usize = 22;
+/// Longest number suffix accepted after a marker head: three numbers (an `A` marker's
+/// status, cost and pause: ` 1 9223372036854775807 9223372036854775807\x01`).
+const MAX_STATUS_TAIL: usize = 44;
 
 /// One thing the shell byte stream told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +62,14 @@ pub enum ShellEvent {
     Stray(Vec<u8>),
     /// A guest-side wait attempt failed with this status; `output` is what it printed (not
     /// part of the wait's result, but never dropped silently: it may hold late output of a
-    /// background process).
-    Attempt { status: i32, output: Vec<u8> },
+    /// background process). `cost_us` is the CPU the loop charged it, `pause_us` the pause
+    /// the loop chose before the next attempt (its pacing decision).
+    Attempt {
+        status: i32,
+        output: Vec<u8>,
+        cost_us: u64,
+        pause_us: u64,
+    },
     /// Answer to `__ntd_count`: the size of the guest's spool of the last frame (-1:
     /// unknown).
     Count { spooled: i64 },
@@ -255,6 +262,7 @@ impl ShellFraming {
                 len,
                 kind,
                 status,
+                extra,
             } => {
                 self.take_output(at);
                 self.consume(len);
@@ -263,9 +271,12 @@ impl ShellFraming {
                 match kind {
                     b'A' => {
                         self.truncated = 0;
+                        let [cost_us, pause_us] = extra.map(|x| u64::try_from(x).unwrap_or(0));
                         events.push(ShellEvent::Attempt {
                             status,
                             output: std::mem::take(&mut self.output),
+                            cost_us,
+                            pause_us,
                         });
                     }
                     b'D' => self.loop_status = Some(status),
@@ -303,12 +314,14 @@ impl ShellFraming {
 }
 
 enum Found {
-    /// A marker of `kind` starts at `at` and is `len` bytes long.
+    /// A marker of `kind` starts at `at` and is `len` bytes long; an `A` marker may carry
+    /// two more numbers (`extra`, else zeros).
     Marker {
         at: usize,
         len: usize,
         kind: u8,
         status: i64,
+        extra: [i64; 2],
     },
     /// No complete marker; the first `safe` bytes can never become part of one.
     NeedMore { safe: usize },
@@ -331,12 +344,14 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
             Tail::Complete { status, .. } if kind != b'C' && i32::try_from(status).is_err() => {
                 continue
             }
-            Tail::Complete { len, status } => {
+            Tail::Complete { extra: Some(_), .. } if kind != b'A' => continue,
+            Tail::Complete { len, status, extra } => {
                 return Found::Marker {
                     at,
                     len: MARKER_HEAD + len,
                     kind,
                     status,
+                    extra: extra.unwrap_or([0, 0]),
                 }
             }
             Tail::Incomplete => return Found::NeedMore { safe: at },
@@ -350,7 +365,11 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
 }
 
 enum Tail {
-    Complete { len: usize, status: i64 },
+    Complete {
+        len: usize,
+        status: i64,
+        extra: Option<[i64; 2]>,
+    },
     Incomplete,
     Invalid,
 }
@@ -368,13 +387,26 @@ fn parse_tail(tail: &[u8]) -> Tail {
             Tail::Invalid
         };
     };
-    match std::str::from_utf8(&tail[1..1 + end])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-    {
-        Some(status) => Tail::Complete {
+    let Some(text) = std::str::from_utf8(&tail[1..1 + end]).ok() else {
+        return Tail::Invalid;
+    };
+    // One number, or three (status, then two more) separated by single spaces.
+    let mut numbers = text.split(' ').map(|n| n.parse::<i64>().ok());
+    let parsed = match (
+        numbers.next(),
+        numbers.next(),
+        numbers.next(),
+        numbers.next(),
+    ) {
+        (Some(Some(status)), None, None, None) => Some((status, None)),
+        (Some(Some(status)), Some(Some(a)), Some(Some(b)), None) => Some((status, Some([a, b]))),
+        _ => None,
+    };
+    match parsed {
+        Some((status, extra)) => Tail::Complete {
             len: end + 2,
             status,
+            extra,
         },
         None => Tail::Invalid,
     }
@@ -437,231 +469,5 @@ impl Default for NonceSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
-
-    fn connected() -> ShellFraming {
-        let mut f = ShellFraming::new();
-        let mut ev = Vec::new();
-        f.feed(b"Spawning backdoor root shell...\n", &mut ev);
-        assert_eq!(ev.last(), Some(&ShellEvent::Connected));
-        f
-    }
-
-    fn frame(body: &[u8], status: i32) -> Vec<u8> {
-        let mut v = body.to_vec();
-        v.extend_from_slice(format!("\x01E0123456789abcdef {status}\x01").as_bytes());
-        v
-    }
-
-    fn done(events: &[ShellEvent]) -> (i32, Vec<u8>) {
-        match events.last() {
-            Some(ShellEvent::Done { status, output, .. }) => (*status, output.clone()),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn sentinel_split_across_chunks_is_found() {
-        let mut f = ShellFraming::new();
-        let mut ev = Vec::new();
-        f.feed(b"noise noise Spawning back", &mut ev);
-        assert!(!f.connected());
-        f.feed(b"door root shell...\n", &mut ev);
-        assert!(f.connected());
-        let greeting: Vec<u8> = ev
-            .iter()
-            .filter_map(|e| match e {
-                ShellEvent::Greeting(g) => Some(g.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(greeting, b"noise noise Spawning backdoor root shell...\n");
-    }
-
-    #[test]
-    fn frame_in_one_chunk_returns_output_and_status() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(&frame(b"hello\n", 3), &mut ev);
-        assert_eq!(done(&ev), (3, b"hello\n".to_vec()));
-        assert!(!f.busy());
-    }
-
-    #[test]
-    fn frame_fed_byte_by_byte_returns_same_result() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        for b in frame(b"a\x01E0123\x01b", 0) {
-            f.feed(&[b], &mut ev);
-        }
-        assert_eq!(done(&ev), (0, b"a\x01E0123\x01b".to_vec()));
-    }
-
-    #[test]
-    fn output_containing_marker_with_other_nonce_stays_output() {
-        let mut f = connected();
-        f.expect(*N);
-        let body = b"\x01S0123456789abcdef\x01\x01Effffffffffffffff 0\x01\x00\xff";
-        let mut ev = Vec::new();
-        f.feed(&frame(body, 1), &mut ev);
-        assert_eq!(done(&ev), (1, body.to_vec()));
-    }
-
-    #[test]
-    fn output_containing_nonce_without_marker_prefix_stays_output() {
-        let mut f = connected();
-        f.expect(*N);
-        let body = b"x0123456789abcdefy \x01E0123456789abcdefz";
-        let mut ev = Vec::new();
-        f.feed(&frame(body, 0), &mut ev);
-        assert_eq!(done(&ev), (0, body.to_vec()));
-    }
-
-    #[test]
-    fn bytes_while_idle_are_stray_and_frame_output_is_not() {
-        let mut f = connected();
-        let mut ev = Vec::new();
-        f.feed(b"late!", &mut ev);
-        assert_eq!(ev, vec![ShellEvent::Stray(b"late!".to_vec())]);
-        f.expect(*N);
-        ev.clear();
-        f.feed(&frame(b"ok", 0), &mut ev);
-        assert_eq!(done(&ev), (0, b"ok".to_vec()));
-    }
-
-    #[test]
-    fn bytes_after_end_marker_are_kept_for_later() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut data = frame(b"", 0);
-        data.extend_from_slice(b"tail");
-        let mut ev = Vec::new();
-        f.feed(&data, &mut ev);
-        assert!(matches!(ev[0], ShellEvent::Done { status: 0, .. }));
-        assert_eq!(ev[1], ShellEvent::Stray(b"tail".to_vec()));
-    }
-
-    #[test]
-    fn wait_attempts_reset_output_and_loop_status_wins() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut data = b"first".to_vec();
-        data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
-        data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
-        let mut ev = Vec::new();
-        f.feed(&data, &mut ev);
-        assert_eq!(
-            ev[0],
-            ShellEvent::Attempt {
-                status: 1,
-                output: b"first".to_vec()
-            }
-        );
-        match &ev[1] {
-            ShellEvent::Done {
-                status,
-                output,
-                looped,
-                ..
-            } => assert_eq!(
-                (*status, output.as_slice(), *looped),
-                (0, &b"second"[..], true)
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn wait_killed_by_wrapper_reports_not_looped() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(b"x\x01E0123456789abcdef 124\x01", &mut ev);
-        assert!(matches!(
-            ev[0],
-            ShellEvent::Done {
-                status: 124,
-                looped: false,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn frame_size_and_spool_count_are_reported() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        let frame_data = frame(b"12345", 0);
-        f.feed(&frame_data, &mut ev);
-        match ev[0] {
-            ShellEvent::Done { frame_bytes, .. } => {
-                assert_eq!(frame_bytes, frame_data.len() as u64)
-            }
-            ref other => panic!("{other:?}"),
-        }
-        f.expect_count(*N);
-        ev.clear();
-        f.feed(b"late\x01C0123456789abcdef 99\x01", &mut ev);
-        assert_eq!(ev[0], ShellEvent::Stray(b"late".to_vec()));
-        assert_eq!(ev[1], ShellEvent::Count { spooled: 99 });
-        assert!(!f.busy());
-    }
-
-    #[test]
-    fn spool_parses_output_and_status() {
-        let mut spool = b"out\x01E1111111111111111 0\x01put".to_vec();
-        spool.extend_from_slice(b"\x01E0123456789abcdef 4\x01");
-        assert_eq!(parse_spool(&spool, N), Some((27, 4)));
-        assert_eq!(parse_spool(b"truncated\x01E0123", N), None);
-    }
-
-    #[test]
-    fn negative_and_large_statuses_parse() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut ev = Vec::new();
-        f.feed(&frame(b"", -2), &mut ev);
-        assert_eq!(done(&ev).0, -2);
-    }
-
-    #[test]
-    fn malformed_status_is_output_not_marker() {
-        let mut f = connected();
-        f.expect(*N);
-        let mut body = b"\x01E0123456789abcdef x\x01".to_vec();
-        body.extend_from_slice(b"\x01E0123456789abcdef 99999999999999\x01");
-        let mut ev = Vec::new();
-        f.feed(&frame(&body, 7), &mut ev);
-        assert_eq!(done(&ev), (7, body));
-    }
-
-    #[test]
-    fn large_output_in_small_chunks_is_byte_exact() {
-        let mut f = connected();
-        f.expect(*N);
-        let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
-        let data = frame(&body, 0);
-        let mut ev = Vec::new();
-        for c in data.chunks(4093) {
-            f.feed(c, &mut ev);
-        }
-        assert_eq!(done(&ev), (0, body));
-        assert!(f.buf.is_empty());
-    }
-
-    #[test]
-    fn nonces_are_hex_and_differ() {
-        let mut s = NonceSource::new();
-        let a = s.next_nonce();
-        let b = s.next_nonce();
-        assert_ne!(a, b);
-        assert!(a.iter().all(|c| c.is_ascii_hexdigit()));
-    }
-}
+#[path = "shell_tests.rs"]
+mod tests;

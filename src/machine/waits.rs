@@ -6,8 +6,9 @@
 //! `/dev/tcp` connect — no fork), then, if the guard passed, a *command* in a subshell
 //! (upstream's `set -euo pipefail` semantics), and for systemd units a D-Bus watcher whose
 //! state-change signals end the wait or trigger the next check. [`Pacing`] is the schedule
-//! between attempts: a CPU budget whose pause grows with the attempt's cost and the wait's
-//! age ([`Schedule::Budget`]), or upstream's one attempt a second for comparisons
+//! between attempts: a pause that grows with the wait's age and the attempt's cost, fast
+//! while the host has idle CPU and stretched by a CPU budget under contention
+//! ([`Schedule::Budget`], [`PaceMode`]), or upstream's one attempt a second for comparisons
 //! ([`Schedule::Reference`], selected by the bench knob [`SCHEDULE_ENV`]). [`verdict`]
 //! turns the loop's final status into met / not yet / an error message with upstream's
 //! wording. This module is pure text and arithmetic: it never touches the guest.
@@ -102,10 +103,11 @@ const UNIT_QUERY_FAILED: u8 = 203;
 /// that `benches/waits.rs` can compare both schedules through the same driver and guest.
 pub const SCHEDULE_ENV: &str = "NTD_WAIT_SCHEDULE";
 
-/// How long a wait counts as young: it may use [`YOUNG_SHARE_PERCENT`] of a vCPU.
+/// How long a wait counts as young: under contention it may use [`YOUNG_SHARE_PERCENT`]
+/// of a vCPU.
 pub const YOUNG_PHASE: Duration = Duration::from_secs(1);
-/// The shortest pause between attempts: a young wait notices a condition within ~20 ms.
-pub const MIN_PAUSE: Duration = Duration::from_millis(20);
+/// The shortest pause between attempts: a young wait notices a condition within ~50 ms.
+pub const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// The pause is at least the wait's age divided by this: noticing late costs at most 1/20 of
 /// the time already waited, and the number of attempts grows only with the logarithm of the
 /// wait's length. Under TCG one wakeup of the loop (timer interrupt, `read -t`, a builtin
@@ -113,19 +115,26 @@ pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 /// guard-only wait stays below 4 % of a vCPU from its first second on and below 1 % after
 /// five.
 pub const AGE_DIVISOR: u32 = 20;
-/// The age-driven pause grows to this and no further: upstream's interval.
+/// The age-driven pause grows to this and no further: upstream's interval. While the host
+/// is idle no pause is longer.
 pub const MAX_AGE_PAUSE: Duration = Duration::from_secs(1);
-/// The largest share of one guest vCPU a young wait's attempts may use (the pause is at least
-/// cost × (100/share − 1) = 3 × cost): fast enough to notice a command that turns true
-/// within the first second in ~50 ms.
+/// While the host has idle CPU, an attempt that forked may use this share of one vCPU
+/// (pause ≥ cost × (100/share − 1) = 4 × cost, and ≤ [`MAX_AGE_PAUSE`]): a wait of an
+/// expensive command (a 0.2 s `curl` under TCG) attempts once a second, like upstream's,
+/// while cheap commands (a `grep`, ~7 ms) attempt every ~50–100 ms early in the wait. Over a
+/// whole wait this stays within what upstream's schedule costs the same guest (measured by
+/// `benches/waits.rs`; see the README).
+pub const FAST_SHARE_PERCENT: u32 = 20;
+/// Under contention, the largest share of one guest vCPU a young wait's attempts may use
+/// (the pause is at least cost × (100/share − 1) = 3 × cost).
 pub const YOUNG_SHARE_PERCENT: u32 = 25;
-/// The largest share of one guest vCPU a wait's attempts may use after [`YOUNG_PHASE`] (pause
-/// ≥ 24 × cost). The promise is 5 %; the guest's own accounting misses a little (the console
-/// copier's wakeups, emulation overhead on the host), hence the margin.
+/// Under contention, the largest share of one guest vCPU a wait's attempts may use after
+/// [`YOUNG_PHASE`] (pause ≥ 24 × cost). The promise is 5 %; the guest's own accounting misses
+/// a little (the console copier's wakeups, emulation overhead on the host), hence the margin.
 pub const OLD_SHARE_PERCENT: u32 = 4;
 /// While a unit wait's D-Bus watcher runs, its polling (only a safety net for a bus where no
 /// one subscribed to systemd's signals: events carry the state) uses [`OLD_SHARE_PERCENT`]
-/// divided by this (1 %, pause ≥ 99 × cost).
+/// divided by this (1 %, pause ≥ 99 × cost), whatever the host's verdict.
 pub const WATCHED_SHARE_DIVISOR: u32 = 4;
 /// An attempt's cost is at most this share of the CPU its own processes and PID 1 used. On an
 /// otherwise idle guest the guest's busy time during an attempt that execs is up to ~2.3
@@ -164,12 +173,43 @@ impl Schedule {
     }
 }
 
+/// How the host wants a wait to poll: its verdict on the host's CPU
+/// ([`crate::hostcpu::parse::verdict`]), sent with the wait and again whenever it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceMode {
+    /// The host has idle CPU: the fast rule.
+    Fast,
+    /// Tasks wait for CPU (or ntd cannot tell): the CPU budget stretches pauses.
+    Budget,
+}
+
+impl PaceMode {
+    /// The mode of a host verdict.
+    pub fn of(v: crate::hostcpu::parse::Verdict) -> PaceMode {
+        match v {
+            crate::hostcpu::parse::Verdict::Idle => PaceMode::Fast,
+            crate::hostcpu::parse::Verdict::Contended => PaceMode::Budget,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PaceMode::Fast => "fast",
+            PaceMode::Budget => "budget",
+        }
+    }
+}
+
 /// The pause rule the guest loop applies after a failed attempt (times in microseconds):
 ///
 /// ```text
-/// pause = max( clamp(age / age_divisor, min_us, max_age_us),  factor(age) × cost )
-/// factor(age) = young_factor while age < young_us,
-///               else watched_factor while a unit watcher runs, else old_factor
+/// fast    = clamp(max(age / age_divisor, fast_factor × cost), min_us, max_age_us)
+/// pause   = fast                                          host idle (PaceMode::Fast)
+///         = max(fast, factor(age) × cost)                 contended (PaceMode::Budget)
+///         = max(clamp(age / age_divisor, min_us, max_age_us), watched(age) × cost)
+///                                                         while a unit watcher runs
+/// factor(age)  = young_factor while age < young_us, else old_factor
+/// watched(age) = young_factor while age < young_us, else watched_factor
 /// ```
 ///
 /// where cost is the CPU time the attempt used: the guest's busy time while it ran (all
@@ -177,7 +217,8 @@ impl Schedule {
 /// `systemctl`, the console copier, the kernel), but at most `own_cost_percent` of what the
 /// attempt's processes and PID 1 used (`/proc/<pid>/stat`), so that a guest busy with other
 /// work (booting) does not make its waits poll less. Only attempts that forked are measured;
-/// builtin-only attempts pause the age-driven minimum.
+/// builtin-only attempts pause the age-driven minimum. While the host is idle no pause is
+/// longer than `max_age_us`; under contention the budget may stretch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
     /// How long the wait has run already (earlier slices of the same wait).
@@ -190,11 +231,14 @@ pub struct Pacing {
     pub old_factor: u32,
     pub watched_factor: u32,
     pub own_cost_percent: u32,
+    pub fast_factor: u32,
+    /// The host's verdict when the wait was sent.
+    pub mode: PaceMode,
 }
 
 impl Pacing {
-    /// The pacing of `schedule` for a wait that began `age` ago.
-    pub fn new(schedule: Schedule, age: Duration) -> Pacing {
+    /// The pacing of `schedule` for a wait that began `age` ago, the host's verdict `mode`.
+    pub fn new(schedule: Schedule, age: Duration, mode: PaceMode) -> Pacing {
         let us = micros;
         let factor = |share: u32| 100 / share - 1;
         match schedule {
@@ -208,6 +252,8 @@ impl Pacing {
                 old_factor: factor(OLD_SHARE_PERCENT),
                 watched_factor: 100 * WATCHED_SHARE_DIVISOR / OLD_SHARE_PERCENT - 1,
                 own_cost_percent: OWN_COST_PERCENT,
+                fast_factor: factor(FAST_SHARE_PERCENT),
+                mode,
             },
             Schedule::Reference => Pacing {
                 age_us: us(age),
@@ -219,38 +265,58 @@ impl Pacing {
                 old_factor: 0,
                 watched_factor: 0,
                 own_cost_percent: OWN_COST_PERCENT,
+                fast_factor: 0,
+                mode,
             },
         }
     }
 
-    /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait: the rule
-    /// the guest loop applies in bash ([`super::guest::SETUP_WAITS`], from this struct's
-    /// fields), and `retry()` through [`retry_pause`].
-    pub fn pause_us(&self, age_us: u64, cost_us: u64) -> u64 {
-        let floor = (age_us / u64::from(self.age_divisor.max(1)))
-            .clamp(self.min_us, self.max_age_us.max(self.min_us));
-        let factor = if age_us < self.young_us {
-            self.young_factor
-        } else {
-            self.old_factor
-        };
-        floor.max(cost_us.saturating_mul(u64::from(factor)))
+    /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait, in
+    /// `mode` (`watched`: a unit watcher runs): the rule the guest loop applies in bash
+    /// ([`super::guest::SETUP_WAITS`], `__ntd_pace`, from this struct's fields), and
+    /// `retry()` through [`retry_pause`].
+    pub fn pause_us(&self, age_us: u64, cost_us: u64, mode: PaceMode, watched: bool) -> u64 {
+        let (lo, hi) = (self.min_us, self.max_age_us.max(self.min_us));
+        let by_age = age_us / u64::from(self.age_divisor.max(1));
+        let young = age_us < self.young_us;
+        let cost = |k: u32| cost_us.saturating_mul(u64::from(k));
+        if watched {
+            let k = if young {
+                self.young_factor
+            } else {
+                self.watched_factor
+            };
+            return by_age.clamp(lo, hi).max(cost(k));
+        }
+        let fast = by_age.max(cost(self.fast_factor)).clamp(lo, hi);
+        match mode {
+            PaceMode::Fast => fast,
+            PaceMode::Budget => {
+                let k = if young {
+                    self.young_factor
+                } else {
+                    self.old_factor
+                };
+                fast.max(cost(k))
+            }
+        }
     }
 }
 
 /// `retry()`'s cost is the callable's wall-clock time (it cannot tell guest work from host
-/// work such as OCR), so a slow callable would pause for 24 times as long; this bounds that
-/// pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
+/// work such as OCR), so a slow callable would pause for 24 times as long under contention;
+/// this bounds that pause. Callables that take longer than this / 24 (0.21 s) use more than
+/// 4 %.
 pub const RETRY_MAX_COST_PAUSE: Duration = Duration::from_secs(5);
 
 /// The pause of the shim's `retry()` after an attempt that took `cost`, `age` into the
-/// retry: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
+/// retry, in `mode`: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
 /// [`RETRY_MAX_COST_PAUSE`]; upstream's fixed second under [`Schedule::Reference`].
-pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration) -> Duration {
-    let p = Pacing::new(schedule, Duration::ZERO);
-    let floor = p.pause_us(micros(age), 0);
+pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration, mode: PaceMode) -> Duration {
+    let p = Pacing::new(schedule, Duration::ZERO, mode);
+    let floor = p.pause_us(micros(age), 0, mode, false);
     let cost_term = p
-        .pause_us(micros(age), micros(cost))
+        .pause_us(micros(age), micros(cost), mode, false)
         .min(micros(RETRY_MAX_COST_PAUSE));
     Duration::from_micros(floor.max(cost_term))
 }

@@ -149,22 +149,128 @@ fn full_unit_name_mangles_like_systemctl_and_refuses_globs_and_paths() {
 }
 
 #[test]
-fn budget_pacing_pauses_grow_with_cost_and_age() {
-    let p = Pacing::new(Schedule::Budget, Duration::ZERO);
-    // Young: at least 20 ms, 3 × cost (25 % of a vCPU).
-    assert_eq!(p.pause_us(0, 0), 20_000);
-    assert_eq!(p.pause_us(500_000, 10_000), 30_000);
-    // Old: at least a twentieth of the age (at most 1 s), 24 × cost (4 % of a vCPU).
-    assert_eq!(p.pause_us(1_000_000, 0), 50_000);
-    assert_eq!(p.pause_us(10_000_000, 0), 500_000);
-    assert_eq!(p.pause_us(600_000_000, 0), 1_000_000);
-    assert_eq!(p.pause_us(5_000_000, 100_000), 2_400_000);
-    let r = Pacing::new(Schedule::Reference, Duration::from_secs(3));
-    assert_eq!(
-        (r.pause_us(0, 0), r.pause_us(9_000_000, 500_000)),
-        (1_000_000, 1_000_000)
-    );
+fn fast_pacing_follows_the_age_within_50_ms_and_1_s_and_a_fifth_of_a_vcpu() {
+    let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast);
+    let fast = |age, cost| p.pause_us(age, cost, PaceMode::Fast, false);
+    // Builtin-only attempts: max(50 ms, age / 20), at most 1 s.
+    assert_eq!(fast(0, 0), 50_000);
+    assert_eq!(fast(3_000_000, 0), 150_000);
+    assert_eq!(fast(600_000_000, 0), 1_000_000);
+    // A 7 ms grep: 4 × cost early, the age later.
+    assert_eq!(fast(500_000, 7_000), 50_000);
+    assert_eq!(fast(500_000, 20_000), 80_000);
+    assert_eq!(fast(4_000_000, 7_000), 200_000);
+    // A 0.2 s curl: never slower than once a second while the host is idle.
+    assert_eq!(fast(0, 200_000), 800_000);
+    assert_eq!(fast(30_000_000, 200_000), 1_000_000);
+    assert_eq!(fast(30_000_000, 5_000_000), 1_000_000);
+}
+
+#[test]
+fn budget_pacing_stretches_pauses_by_cost_under_contention() {
+    let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Budget);
+    let budget = |age, cost| p.pause_us(age, cost, PaceMode::Budget, false);
+    // Never faster than the fast rule.
+    assert_eq!(budget(0, 0), 50_000);
+    assert_eq!(budget(500_000, 10_000), 50_000);
+    assert_eq!(budget(500_000, 20_000), 80_000);
+    // Young: 3 × cost (25 % of a vCPU) beyond the fast rule's 4 × … which already covers it.
+    assert_eq!(budget(500_000, 200_000), 800_000);
+    // Old: 24 × cost (4 % of a vCPU), beyond 1 s if need be.
+    assert_eq!(budget(1_000_000, 0), 50_000);
+    assert_eq!(budget(10_000_000, 0), 500_000);
+    assert_eq!(budget(5_000_000, 100_000), 2_400_000);
+    assert_eq!(budget(5_000_000, 200_000), 4_800_000);
+    // A unit watcher's safety net: 99 × cost after the first second, either way.
+    assert_eq!(p.pause_us(5_000_000, 10_000, PaceMode::Fast, true), 990_000);
+    assert_eq!(p.pause_us(500_000, 10_000, PaceMode::Fast, true), 50_000);
+    let r = Pacing::new(Schedule::Reference, Duration::from_secs(3), PaceMode::Fast);
+    for mode in [PaceMode::Fast, PaceMode::Budget] {
+        assert_eq!(
+            (
+                r.pause_us(0, 0, mode, false),
+                r.pause_us(9_000_000, 500_000, mode, false)
+            ),
+            (1_000_000, 1_000_000)
+        );
+    }
     assert_eq!(r.age_us, 3_000_000);
+}
+
+#[test]
+fn retry_pauses_like_a_wait_and_caps_the_cost_term_under_contention() {
+    let s = |x: f64| Duration::from_secs_f64(x);
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(0.0), s(0.2), PaceMode::Fast),
+        s(0.8)
+    );
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Fast),
+        s(1.0)
+    );
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Budget),
+        RETRY_MAX_COST_PAUSE
+    );
+    assert_eq!(
+        retry_pause(Schedule::Reference, s(10.0), s(2.0), PaceMode::Budget),
+        s(1.0)
+    );
+}
+
+/// The guest loop's `__ntd_pace` (bash) and [`Pacing::pause_us`] agree on a grid of ages,
+/// costs and modes (bash is run once, without a guest).
+#[test]
+fn bash_pause_rule_is_the_rust_one() {
+    let text = super::super::guest::SETUP_WAITS;
+    let start = text.find("__ntd_pace() {").unwrap();
+    let end = start + text[start..].find("\n}\n").unwrap() + 3;
+    let mut script = text[start..end].to_owned();
+    let mut want = Vec::new();
+    for schedule in [Schedule::Budget, Schedule::Reference] {
+        let p = Pacing::new(schedule, Duration::ZERO, PaceMode::Fast);
+        script.push_str(&format!(
+            "__ntd_q=({} {} {} {} {} {} {} {} {} {})\n",
+            p.age_us,
+            p.min_us,
+            p.max_age_us,
+            p.age_divisor,
+            p.young_us,
+            p.young_factor,
+            p.old_factor,
+            p.watched_factor,
+            p.own_cost_percent,
+            p.fast_factor
+        ));
+        for age in [0, 300_000, 999_999, 1_000_000, 4_000_000, 30_000_000] {
+            for cost in [0, 1_000, 7_000, 60_000, 200_000, 2_000_000] {
+                for (mode, md) in [(PaceMode::Fast, 1), (PaceMode::Budget, 0)] {
+                    for (watched, e) in [(false, 7), (true, 4)] {
+                        script.push_str(&format!(
+                            "__ntd_a={age} __ntd_x={cost} __ntd_md={md} __ntd_e={e}; __ntd_pace; echo $__ntd_p\n"
+                        ));
+                        want.push(p.pause_us(age, cost, mode, watched).to_string());
+                    }
+                }
+            }
+        }
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -150,7 +150,8 @@ protocol! {
     wait_unit: WaitUnit -> WaitReply;
     wait_unit_state: WaitUnitState -> WaitReply;
     wait_x11: WaitX11 -> WaitReply;
-    retry_pause: RetryPause -> Seconds;
+    retry_pause: RetryPause -> RetryStep;
+    guest_clock: GuestClock -> Seconds;
     console_wait: ConsoleWait -> ConsoleChunk;
     console_log: ConsoleLog -> String;
     send_console: SendConsole -> ();

@@ -30,6 +30,7 @@ from test_driver._protocol import (
     MachineState,
     RunReply,
     WaitReply,
+    stretch_note,
     timed_out_message,
 )
 from test_driver.duration import Duration, finite_or_none, to_limit, to_seconds
@@ -65,8 +66,17 @@ def _fmt_seconds(secs: float) -> str:
     return repr(float(secs))
 
 
-#: One slice of a wait: ``(timeout, age, slice)`` in seconds to the driver's reply.
-_WaitSlice = Callable[[float | None, float, float | None], WaitReply]
+#: One slice of a wait: ``(timeout, age, withheld, slice)`` in seconds to the driver's reply
+#: (``age``: guest-available time used so far, ``withheld``: time the host withheld meanwhile).
+_WaitSlice = Callable[[float | None, float, float, float | None], WaitReply]
+
+
+def _timed_out(guest: float, total: float, wall: float) -> RequestedAssertionFailed:
+    """The error of a loop whose guest-available time ran out after ``wall`` seconds."""
+    msg = timed_out_message(guest, total)
+    if wall - guest >= 0.1:
+        msg += "; " + stretch_note(total, wall, wall - guest)
+    return RequestedAssertionFailed(msg)
 
 
 def retry(
@@ -81,22 +91,26 @@ def retry(
     and ``retry(fn, timeout=30)``, with numbers or timedeltas. Unlike upstream it does not sleep
     a fixed second between attempts: it follows the wait schedule (the driver computes each
     pause), so a condition is noticed soon after it holds while a slow callable keeps its share
-    of the CPU small.
+    of the CPU small. The timeout counts the run's guest-available time (the time the most
+    starved machine could run), as every timeout of ntd does.
     """
     if timeout_seconds is not None and timeout is not None:
         raise TypeError("retry() takes timeout_seconds or timeout, not both")
     total = to_limit(timeout_seconds if timeout_seconds is not None else timeout, DEFAULT_TIMEOUT)
     start = time.monotonic()
-    while time.monotonic() - start < total:
+    since = _protocol.guest_clock()
+    age = 0.0
+    while age < total:
         t0 = time.monotonic()
         if fn(False):
             return
-        now = time.monotonic()
-        left = total - (now - start)
-        pause = _protocol.retry_pause(age=now - start, cost=now - t0)
-        time.sleep(max(0.0, min(pause, left)))
+        step = _protocol.retry_pause(since=since, cost=time.monotonic() - t0)
+        age = step["age"]
+        if age >= total:
+            break
+        time.sleep(max(0.0, min(step["pause"], total - age)))
     if not fn(True):
-        raise RequestedAssertionFailed(timed_out_message(time.monotonic() - start, total))
+        raise _timed_out(age, total, time.monotonic() - start)
 
 
 class QemuStartCommand(str):
@@ -377,21 +391,26 @@ class BaseMachine:
         into slices so that they are checked as often as upstream checks them."""
         total = finite_or_none(to_limit(timeout, DEFAULT_TIMEOUT))
         start = time.monotonic()
+        age = withheld = 0.0
         while True:
             self.run_callbacks()
-            reply = send(total, time.monotonic() - start, _polling_slice())
+            reply = send(total, age, withheld, _polling_slice())
             if reply["met"]:
                 return reply
+            # Another slice: its age is the machine's guest time since the wait began.
+            age = _protocol.guest_clock(machine=self.name) - reply["started"]
+            withheld = max(0.0, time.monotonic() - start - age)
 
     def _wait_command(self, command: str, until_success: bool, timeout: Duration) -> WaitReply:
         return self._wait(
             timeout,
-            lambda t, age, s: _protocol.wait_command(
+            lambda t, age, w, s: _protocol.wait_command(
                 machine=self.name,
                 command=command,
                 until_success=until_success,
                 timeout=t,
                 age=age,
+                withheld=w,
                 slice=s,
             ),
         )
@@ -399,8 +418,8 @@ class BaseMachine:
     def _wait_port(self, addr: str, port: int | str, open: bool, timeout: Duration) -> WaitReply:
         return self._wait(
             timeout,
-            lambda t, age, s: _protocol.wait_port(
-                machine=self.name, addr=addr, port=port, open=open, timeout=t, age=age, slice=s
+            lambda t, age, w, s: _protocol.wait_port(
+                machine=self.name, addr=addr, port=port, open=open, timeout=t, age=age, withheld=w, slice=s
             ),
         )
 
@@ -456,8 +475,8 @@ class BaseMachine:
         with self.nested(f"waiting for file '{filename}'"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_file(
-                    machine=self.name, path=filename, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_file(
+                    machine=self.name, path=filename, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -480,8 +499,8 @@ class BaseMachine:
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unix_socket(
-                    machine=self.name, path=addr, datagram=is_datagram, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_unix_socket(
+                    machine=self.name, path=addr, datagram=is_datagram, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -558,8 +577,8 @@ class BaseMachine:
         with self.nested(f"waiting for unit {unit}{with_user}"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unit(
-                    machine=self.name, unit=unit, user=user, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_unit(
+                    machine=self.name, unit=unit, user=user, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -580,7 +599,7 @@ class BaseMachine:
         with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unit_state(
+                lambda t, age, w, s: _protocol.wait_unit_state(
                     machine=self.name,
                     unit=unit,
                     state=state,
@@ -597,12 +616,15 @@ class BaseMachine:
         """Wait until ``regex`` matches the serial output printed since the last such wait."""
         total = to_seconds(timeout)
         start = time.monotonic()
+        since = _protocol.guest_clock(machine=self.name)
+        used = 0.0
         seen = ""
         pattern = re.compile(regex)
         with self.nested(f"waiting for {regex} to appear on console"):
             while True:
-                left = None if total is None else max(0.0, total - (time.monotonic() - start))
+                left = None if total is None else max(0.0, total - used)
                 reply = _protocol.console_wait(machine=self.name, timeout=left)
+                used = reply["clock"] - since
                 for line in reply["lines"]:
                     seen += line
                     if pattern.search(seen):
@@ -612,8 +634,7 @@ class BaseMachine:
                         f"{self.name} stopped before {regex!r} appeared on its console"
                     )
                 if reply["timed_out"] and total is not None:
-                    elapsed = time.monotonic() - start
-                    raise RequestedAssertionFailed(timed_out_message(elapsed, total))
+                    raise _timed_out(used, total, time.monotonic() - start)
 
     def get_console_log(self) -> str:
         """Everything the serial console printed since the last start, one line per line."""
@@ -650,13 +671,15 @@ class BaseMachine:
         timeout: Duration = DEFAULT_QMP_EVENT_TIMEOUT,
     ) -> dict[str, Any]:
         total = to_seconds(timeout)
-        start = time.monotonic()
+        since = _protocol.guest_clock(machine=self.name)
+        used = 0.0
         while True:
-            left = None if total is None else max(0.0, total - (time.monotonic() - start))
+            left = None if total is None else max(0.0, total - used)
             event = _protocol.qmp_event(machine=self.name, timeout=left)
             if isinstance(event, dict) and event_filter(event):
                 return event
-            if total is not None and time.monotonic() - start >= total:
+            used = _protocol.guest_clock(machine=self.name) - since
+            if total is not None and used >= total:
                 raise TimeoutError(f"no matching QMP event within {_fmt_seconds(total)} s")
 
     def send_key(
@@ -856,8 +879,8 @@ class BaseMachine:
         with self.nested("waiting for the X11 server"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_x11(
-                    machine=self.name, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_x11(
+                    machine=self.name, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
