@@ -228,7 +228,7 @@ mod tests {
             ),
             spec: Box::new(WaitSpec {
                 budget: Duration::from_secs(2),
-                pacing: Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast),
+                pacing: Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, false),
             }),
         };
         let mut l = Limit::of(&req, at(t0, 0.0, 0.0)).unwrap();

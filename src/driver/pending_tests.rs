@@ -441,7 +441,7 @@ fn wait_op(w: &World, limits: WaitLimits) -> Pending {
         check: Box::new(condition.guest_check(Schedule::Budget)),
         spec: Box::new(WaitSpec {
             budget,
-            pacing: Pacing::new(Schedule::Budget, limits.age, PaceMode::Budget),
+            pacing: Pacing::new(Schedule::Budget, limits.age, PaceMode::Budget, false),
         }),
     };
     Pending::Wait {

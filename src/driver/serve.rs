@@ -85,11 +85,12 @@ impl Driver {
         let machine = &mut self.machines[m];
         machine.clock(Instant::now(), &mut self.log);
         let mode = PaceMode::of(machine.pace_verdict(psi));
+        let kvm = machine.accelerator() == Some("kvm");
         let req = ShellRequest::Wait {
             check: Box::new(condition.guest_check(schedule)),
             spec: Box::new(WaitSpec {
                 budget,
-                pacing: Pacing::new(schedule, limits.age, mode),
+                pacing: Pacing::new(schedule, limits.age, mode, kvm),
             }),
         };
         Served::Later(Pending::Wait {
@@ -398,7 +399,11 @@ impl Serve for Driver {
             false => Verdict::Idle,
         };
         let mode = PaceMode::of(verdict);
-        let pause = retry_pause(Schedule::from_env(), age, req.cost, mode);
+        // Upstream's cheaper KVM attempts (longer fast pauses) only when some machine runs and
+        // every running one has KVM; otherwise TCG's, the shorter pauses.
+        let mut running = self.machines.iter().filter(|m| m.booted()).peekable();
+        let kvm = running.peek().is_some() && running.all(|m| m.accelerator() == Some("kvm"));
+        let pause = retry_pause(Schedule::from_env(), age, req.cost, mode, kvm);
         Served::Now(out.ok(RetryStep {
             pause: Seconds(pause),
             age: Seconds(age),

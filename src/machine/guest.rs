@@ -189,11 +189,12 @@ impl HostMessage {
 ///   where `/proc` is missing.
 /// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule (`__ntd_pace`),
 ///   from the pacing argument (`age min max_age divisor young_us k_young k_old k_watched own%
-///   k_fast fast?`, microseconds; `k = 0`: no cost term, the reference schedule's fixed
-///   second). It sleeps with `read -t` on fd 7 (the watchdog's: the host's pacing verdicts
-///   `f`/`b` recompute the pause, `s` ends the wait as "not yet", `k` means killed) or on
-///   fd 4, a unit watcher (then fd 7 is looked at after each wakeup), so pausing costs no
-///   fork.
+///   overhead fast?`, microseconds; `overhead` is upstream's per-attempt overhead of the fast
+///   rule's `1 s × cost / (cost + overhead)`; `k = 0` and `overhead = 0`: no cost term, the
+///   reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the watchdog's:
+///   the host's pacing verdicts `f`/`b` recompute the pause, `s` ends the wait as "not yet",
+///   `k` means killed) or on fd 4, a unit watcher (then fd 7 is looked at after each
+///   wakeup), so pausing costs no fork.
 /// - Under the watchdog the loop has no deadline of its own: the host stops it when the
 ///   wait's guest-available time is spent. Without the watchdog (it died) the loop stops
 ///   itself after its budget on the guest's clock, under `timeout`.
@@ -239,7 +240,8 @@ __ntd_pace() {
   if (( __ntd_e == 4 )); then
     (( __ntd_k = __ntd_a < __ntd_q[4] ? __ntd_q[5] : __ntd_q[7] ))
   else
-    (( __ntd_k = __ntd_x * __ntd_q[9], __ntd_p < __ntd_k && (__ntd_p = __ntd_k),
+    (( __ntd_k = __ntd_q[9] ? 1000000 * __ntd_x / (__ntd_x + __ntd_q[9]) : 0,
+       __ntd_p < __ntd_k && (__ntd_p = __ntd_k),
        __ntd_k = __ntd_md ? 0 : __ntd_a < __ntd_q[4] ? __ntd_q[5] : __ntd_q[6] ))
   fi
   (( __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p,
@@ -521,7 +523,7 @@ pub fn encode_wait(
         p.old_factor,
         p.watched_factor,
         p.own_cost_percent,
-        p.fast_factor,
+        p.overhead_us,
         u8::from(p.mode == PaceMode::Fast)
     );
     shell_quote(unit, &mut line);
@@ -622,13 +624,18 @@ mod tests {
         };
         let spec = WaitSpec {
             budget: Duration::from_millis(1500),
-            pacing: Pacing::new(Schedule::Budget, Duration::from_millis(250), PaceMode::Fast),
+            pacing: Pacing::new(
+                Schedule::Budget,
+                Duration::from_millis(250),
+                PaceMode::Fast,
+                false,
+            ),
         };
         let line = encode_wait(N, &check, spec).unwrap();
         assert_eq!(
             line,
             "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
-             '250000 50000 1000000 20 1000000 3 24 99 250 4 1' '' 'u'\n"
+             '250000 50000 1000000 20 1000000 3 24 99 250 30000 1' '' 'u'\n"
         );
         let unit = GuestCheck {
             guard: String::new(),
@@ -642,7 +649,7 @@ mod tests {
         };
         let spec = WaitSpec {
             budget: Duration::from_secs(900),
-            pacing: Pacing::new(Schedule::Reference, Duration::ZERO, PaceMode::Budget),
+            pacing: Pacing::new(Schedule::Reference, Duration::ZERO, PaceMode::Budget, false),
         };
         let line = encode_wait(N, &unit, spec).unwrap();
         assert!(

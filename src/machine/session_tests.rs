@@ -66,6 +66,7 @@ fn wait_request(command: &str) -> ShellRequest {
                 Schedule::Budget,
                 std::time::Duration::ZERO,
                 crate::machine::waits::PaceMode::Budget,
+                false,
             ),
         }),
     }

@@ -118,13 +118,19 @@ pub const AGE_DIVISOR: u32 = 20;
 /// The age-driven pause grows to this and no further: upstream's interval. While the host
 /// is idle no pause is longer.
 pub const MAX_AGE_PAUSE: Duration = Duration::from_secs(1);
-/// While the host has idle CPU, an attempt that forked may use this share of one vCPU
-/// (pause ≥ cost × (100/share − 1) = 4 × cost, and ≤ [`MAX_AGE_PAUSE`]): a wait of an
-/// expensive command (a 0.2 s `curl` under TCG) attempts once a second, like upstream's,
-/// while cheap commands (a `grep`, ~7 ms) attempt every ~50–100 ms early in the wait. Over a
-/// whole wait this stays within what upstream's schedule costs the same guest (measured by
-/// `benches/waits.rs`; see the README).
-pub const FAST_SHARE_PERCENT: u32 = 20;
+/// What upstream's once-a-second schedule spends on every attempt beyond the command itself
+/// (its pipeline: `timeout`, `bash -c`, a subshell with `base64`, and a second round trip for
+/// the status: three fork+execs and two forks), in a TCG guest: 30 ms (measured with
+/// `benches/waits.rs`: 40 ms per reference attempt of a `grep` that costs ntd's loop 10 ms).
+/// While the host has idle CPU, an attempt that cost `c` is followed by a pause of at least
+/// `1 s × c / (c + overhead)`: then ntd's attempts cost the guest no larger share of a vCPU
+/// than upstream's (`(c + overhead) / (c + overhead + 1 s)`) — a 10 ms `grep` attempts every
+/// 0.25 s, a 0.2 s `curl` every 0.87 s (upstream: every 1.2 s), never slower than once a
+/// second — and the age-driven pause makes a whole wait cheaper still.
+pub const UPSTREAM_ATTEMPT_OVERHEAD_TCG: Duration = Duration::from_millis(30);
+/// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`] under KVM, where a fork+exec costs a tenth as much (an
+/// estimate: no KVM on this project's machines).
+pub const UPSTREAM_ATTEMPT_OVERHEAD_KVM: Duration = Duration::from_millis(3);
 /// Under contention, the largest share of one guest vCPU a young wait's attempts may use
 /// (the pause is at least cost × (100/share − 1) = 3 × cost).
 pub const YOUNG_SHARE_PERCENT: u32 = 25;
@@ -203,7 +209,7 @@ impl PaceMode {
 /// The pause rule the guest loop applies after a failed attempt (times in microseconds):
 ///
 /// ```text
-/// fast    = clamp(max(age / age_divisor, fast_factor × cost), min_us, max_age_us)
+/// fast    = clamp(max(age / age_divisor, 1 s × cost / (cost + overhead)), min_us, max_age_us)
 /// pause   = fast                                          host idle (PaceMode::Fast)
 ///         = max(fast, factor(age) × cost)                 contended (PaceMode::Budget)
 ///         = max(clamp(age / age_divisor, min_us, max_age_us), watched(age) × cost)
@@ -231,14 +237,17 @@ pub struct Pacing {
     pub old_factor: u32,
     pub watched_factor: u32,
     pub own_cost_percent: u32,
-    pub fast_factor: u32,
+    /// Upstream's per-attempt overhead on this machine (see
+    /// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`]); 0: no cost term in the fast rule.
+    pub overhead_us: u64,
     /// The host's verdict when the wait was sent.
     pub mode: PaceMode,
 }
 
 impl Pacing {
-    /// The pacing of `schedule` for a wait that began `age` ago, the host's verdict `mode`.
-    pub fn new(schedule: Schedule, age: Duration, mode: PaceMode) -> Pacing {
+    /// The pacing of `schedule` for a wait that began `age` ago on a machine that runs under
+    /// KVM (`kvm`) or not, the host's verdict `mode`.
+    pub fn new(schedule: Schedule, age: Duration, mode: PaceMode, kvm: bool) -> Pacing {
         let us = micros;
         let factor = |share: u32| 100 / share - 1;
         match schedule {
@@ -252,7 +261,11 @@ impl Pacing {
                 old_factor: factor(OLD_SHARE_PERCENT),
                 watched_factor: 100 * WATCHED_SHARE_DIVISOR / OLD_SHARE_PERCENT - 1,
                 own_cost_percent: OWN_COST_PERCENT,
-                fast_factor: factor(FAST_SHARE_PERCENT),
+                overhead_us: us(if kvm {
+                    UPSTREAM_ATTEMPT_OVERHEAD_KVM
+                } else {
+                    UPSTREAM_ATTEMPT_OVERHEAD_TCG
+                }),
                 mode,
             },
             Schedule::Reference => Pacing {
@@ -265,7 +278,7 @@ impl Pacing {
                 old_factor: 0,
                 watched_factor: 0,
                 own_cost_percent: OWN_COST_PERCENT,
-                fast_factor: 0,
+                overhead_us: 0,
                 mode,
             },
         }
@@ -288,7 +301,12 @@ impl Pacing {
             };
             return by_age.clamp(lo, hi).max(cost(k));
         }
-        let fast = by_age.max(cost(self.fast_factor)).clamp(lo, hi);
+        // 1 s × c / (c + overhead), in microseconds.
+        let by_cost = match self.overhead_us {
+            0 => 0,
+            o => cost_us.saturating_mul(1_000_000) / cost_us.saturating_add(o),
+        };
+        let fast = by_age.max(by_cost).clamp(lo, hi);
         match mode {
             PaceMode::Fast => fast,
             PaceMode::Budget => {
@@ -312,8 +330,14 @@ pub const RETRY_MAX_COST_PAUSE: Duration = Duration::from_secs(5);
 /// The pause of the shim's `retry()` after an attempt that took `cost`, `age` into the
 /// retry, in `mode`: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
 /// [`RETRY_MAX_COST_PAUSE`]; upstream's fixed second under [`Schedule::Reference`].
-pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration, mode: PaceMode) -> Duration {
-    let p = Pacing::new(schedule, Duration::ZERO, mode);
+pub fn retry_pause(
+    schedule: Schedule,
+    age: Duration,
+    cost: Duration,
+    mode: PaceMode,
+    kvm: bool,
+) -> Duration {
+    let p = Pacing::new(schedule, Duration::ZERO, mode, kvm);
     let floor = p.pause_us(micros(age), 0, mode, false);
     let cost_term = p
         .pause_us(micros(age), micros(cost), mode, false)
