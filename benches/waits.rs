@@ -4,11 +4,14 @@
 //! Every figure is a ratio measured alternately in one run (the machine is shared: absolute
 //! numbers drift with the load, printed with each section).
 //!
-//! - **cpu**: the CPU a wait costs per second of waiting after its first second, per wait
-//!   kind, minus an idle window of the same machine: host side (QEMU's utime+stime, what a
-//!   builder pays) and guest side (`/proc/stat`); and the detection latency of a condition
-//!   that turns true 0.3 s into the wait (tiny guest: file, port, command; Debian guest:
-//!   unit). Script: tests/scripts/bench/waits_cpu.py.
+//! - **cpu**: the CPU a wait costs per wait kind, minus an idle window of the same machine,
+//!   over the whole wait (first second included: issue 18's measure) and per second after
+//!   its first second: host side (QEMU's utime+stime, what a builder pays) and guest side
+//!   (`/proc/stat`); and the detection latency of a condition that turns true 0.3 s into the
+//!   wait (tiny guest: file, port, command; Debian guest: unit). With `--peer CMD` the same
+//!   script also runs under that driver (the real upstream driver: its own schedule, its own
+//!   guest protocol), beside ntd's reference schedule. Script:
+//!   tests/scripts/bench/waits_cpu.py.
 //! - **neighbour**: two Debian guests pinned to one host CPU; `server` boots (fresh overlay)
 //!   to nginx active while `client` waits for its port 80 (`wait_for_open_port`, or
 //!   `wait_until_succeeds("curl …")`, the issue's two seed scenarios): the boot's slowdown
@@ -16,16 +19,23 @@
 //!   Script: waits_neighbour.py on bench/waits-neighbour.
 //! - **parallel**: N = 1, 2, 4 small tiny-guest tests (waits_test.py) started at once, each
 //!   its own `ntd`: tests completed per minute, ntd's schedule over the reference.
+//! - **todo** (only with `--peer CMD`, and by default then): issue 18's waits row, the
+//!   `todo-api` scenario run whole, alternately by ntd and the peer: the client's
+//!   `wait_until_succeeds(curl …)` noticing the server's REST service (detection after the
+//!   port opened, on the server's and the host's clock) and the test's wall time, with the
+//!   issue's verdict (ntd ≤ the peer's median on both). See `benches/scenario/mod.rs`.
 //!
 //! Prints a table and writes `target/bench-waits.json`.
 //!
 //! Usage: `cargo bench --bench waits -- [--quick] [--reps N] [--secs S] [--no-debian]
-//! [--only cpu,neighbour,parallel]`.
+//! [--peer CMD] [--only cpu,neighbour,parallel,todo]`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "scenario/mod.rs"]
+mod scenario;
 
 use common::{run_with_limit, test_script, RunResult, TestDir, NTD};
 use ntd::json::{obj, Value};
@@ -58,6 +68,9 @@ struct Args {
     parallel: Vec<usize>,
     debian: bool,
     only: Vec<String>,
+    /// Another driver command (`--peer`): the cpu section runs under it too, and the todo
+    /// section compares with it.
+    peer: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +82,7 @@ fn parse_args() -> Args {
         parallel: vec![1, 2, 4],
         debian: true,
         only: Vec::new(),
+        peer: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -84,6 +98,7 @@ fn parse_args() -> Args {
             "--reps" => a.reps = num(3),
             "--secs" => a.secs = num(10) as u32,
             "--no-debian" => a.debian = false,
+            "--peer" => a.peer = it.next(),
             "--only" => {
                 a.only = it
                     .next()
@@ -189,11 +204,13 @@ fn rounded(x: f64, decimals: i32) -> Value {
     Value::Float((x * scale).round() / scale)
 }
 
-/// Per kind: values of each repetition (host %, guest % above idle) and detection latencies.
+/// Per kind: values of each repetition (host %, guest % above idle; after the first second
+/// and over the whole wait) and detection latencies.
 #[derive(Default)]
 struct CpuFigures {
     host: Vec<f64>,
     guest: Vec<f64>,
+    guest_whole: Vec<f64>,
     detection_ms: Vec<f64>,
 }
 
@@ -229,6 +246,8 @@ fn collect_cpu(bench: &Value, figures: &mut Vec<(String, CpuFigures)>) {
         if !host.is_nan() {
             f.host.push(host);
             f.guest.push(share(&kind, "guest") - share("idle", "guest"));
+            f.guest_whole
+                .push(share(&kind, "guest_whole") - share("idle", "guest_whole"));
         }
         let det = detection.and_then(|d| d.get(&kind));
         f.detection_ms
@@ -247,6 +266,17 @@ fn cpu_script(kinds: &[&str], secs: u32, detect: u32) -> String {
 /// Run `script` as the test.py of a copy of the Debian test directory `nodes` (a directory
 /// of tests/scripts/bench with a nodes.toml) through ci/run-test.
 fn run_debian(dir: &TestDir, nodes: &str, script: &str, sched: &str) -> RunResult {
+    run_debian_with(dir, nodes, script, sched, None)
+}
+
+/// [`run_debian`] with another driver command (`ci/run-test --driver`), or ntd's.
+fn run_debian_with(
+    dir: &TestDir,
+    nodes: &str,
+    script: &str,
+    sched: &str,
+    peer: Option<&str>,
+) -> RunResult {
     let test = dir.path.join(nodes);
     std::fs::create_dir_all(&test).unwrap();
     let root = common::repo();
@@ -259,8 +289,11 @@ fn run_debian(dir: &TestDir, nodes: &str, script: &str, sched: &str) -> RunResul
     .unwrap();
     std::fs::write(test.join("test.py"), script).unwrap();
     let mut cmd = Command::new(root.join("ci/run-test"));
-    cmd.arg(&test)
-        .env("NTD", NTD)
+    cmd.arg(&test);
+    if let Some(p) = peer {
+        cmd.arg("--driver").arg(p);
+    }
+    cmd.env("NTD", NTD)
         .env("TMPDIR", &dir.path)
         .env("NTD_COLOR", "never")
         .env("NTD_WAIT_SCHEDULE", sched)
@@ -284,15 +317,36 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
             Vec::new()
         };
         let script = cpu_script(&kinds, a.secs, a.detect);
-        let mut per: [Vec<(String, CpuFigures)>; 2] = [Vec::new(), Vec::new()];
+        // ntd, the reference schedule, and the peer driver if there is one.
+        let mut per: [Vec<(String, CpuFigures)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for rep in 0..a.reps {
-            for (label, sched) in schedules(rep) {
-                let r = if guest == "tiny" {
-                    run_with_limit(ntd_command(&dir, &machines, &script, sched), LIMIT)
-                } else {
-                    run_debian(&dir, "waits-debian", &script, sched)
+            let mut runs: Vec<(&str, &str)> = schedules(rep).to_vec();
+            if a.peer.is_some() {
+                runs.insert(rep % 3, ("peer", "budget"));
+            }
+            for (label, sched) in runs {
+                let peer = a.peer.as_deref().filter(|_| label == "peer");
+                let r = match (guest, peer) {
+                    ("tiny", None) => {
+                        run_with_limit(ntd_command(&dir, &machines, &script, sched), LIMIT)
+                    }
+                    ("tiny", Some(p)) => {
+                        let pairs: Vec<(&str, &Path)> = machines
+                            .iter()
+                            .map(|(n, p)| (n.as_str(), p.as_path()))
+                            .collect();
+                        let cfg = dir.config(&pairs, &[1], 1200, &script);
+                        let mut cmd = dir.peer(p, &cfg);
+                        cmd.stdin(Stdio::null());
+                        run_with_limit(cmd, LIMIT)
+                    }
+                    (_, p) => run_debian_with(&dir, "waits-debian", &script, sched, p),
                 };
-                let slot = usize::from(label != "ntd");
+                let slot = match label {
+                    "ntd" => 0,
+                    "ref" => 1,
+                    _ => 2,
+                };
                 collect_cpu(
                     &bench_line(&format!("cpu {guest} {label}"), &r),
                     &mut per[slot],
@@ -302,22 +356,31 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
         dir.assert_clean();
         let _ = writeln!(
             table,
-            "\ncpu per second of waiting after the first second, above idle ({guest} guest, {} s waits, \
-             {} reps, load {load0:.2}..{:.2}); detection: condition true 0.3 s into the wait \
-             (unit_2s: 2 s)",
+            "\ncpu above idle ({guest} guest, {} s waits, {} reps, load {load0:.2}..{:.2}): per \
+             second of waiting after the first second (host, guest) and over the whole wait \
+             (guest whole: issue 18's measure; ref = ntd's reference schedule{}); detection: \
+             condition true 0.3 s into the wait (unit_2s: 2 s)",
             a.secs,
             a.reps,
-            load()
+            load(),
+            if a.peer.is_some() {
+                ", peer = the --peer driver"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             table,
-            "  {:13} {:>16} {:>16} {:>7} {:>16} {:>16} {:>18}",
+            "  {:13} {:>16} {:>16} {:>7} {:>16} {:>16} {:>16} {:>16} {:>16} {:>18}",
             "kind",
             "host ntd %",
             "host ref %",
             "ratio",
             "guest ntd %",
             "guest ref %",
+            "whole ntd %",
+            "whole ref %",
+            "whole peer %",
             "detect ntd/ref ms"
         );
         let mut kinds_json = Vec::new();
@@ -349,13 +412,17 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
                     median(r.detection_ms.clone())
                 )
             };
+            let peer = per[2].iter().find(|(k, _)| k == kind).map(|(_, f)| f);
             let _ = writeln!(
                 table,
-                "  {kind:13} {:>16} {:>16} {ratio:>7} {:>16} {:>16} {det:>18}",
+                "  {kind:13} {:>16} {:>16} {ratio:>7} {:>16} {:>16} {:>16} {:>16} {:>16} {det:>18}",
                 reps(&n.host),
                 reps(&r.host),
                 reps(&n.guest),
                 reps(&r.guest),
+                reps(&n.guest_whole),
+                reps(&r.guest_whole),
+                peer.map_or_else(|| "-".to_owned(), |p| reps(&p.guest_whole)),
             );
             let figures = |f: &CpuFigures| {
                 obj([
@@ -368,15 +435,23 @@ fn section_cpu(a: &Args, table: &mut String) -> Value {
                         Value::Array(f.guest.iter().map(|x| rounded(*x, 2)).collect()),
                     ),
                     (
+                        "guest_whole_pct",
+                        Value::Array(f.guest_whole.iter().map(|x| rounded(*x, 2)).collect()),
+                    ),
+                    (
                         "detection_ms",
                         Value::Array(f.detection_ms.iter().map(|x| rounded(*x, 1)).collect()),
                     ),
                 ])
             };
-            kinds_json.push((
-                kind.clone(),
-                obj([("ntd", figures(n)), ("ref", figures(r))]),
-            ));
+            let mut entry = vec![
+                ("ntd".to_owned(), figures(n)),
+                ("ref".to_owned(), figures(r)),
+            ];
+            if let Some(p) = peer {
+                entry.push(("peer".to_owned(), figures(p)));
+            }
+            kinds_json.push((kind.clone(), Value::Object(entry)));
         }
         json.push((
             guest.to_owned(),
@@ -547,17 +622,49 @@ fn section_parallel(a: &Args, table: &mut String) -> Value {
     Value::Object(json)
 }
 
+/// Issue 18's waits row: `todo-api` whole, ntd against the peer driver, alternating.
+fn section_todo(a: &Args, table: &mut String) -> Value {
+    let Some(peer) = a.peer.as_deref() else {
+        panic!(
+            "the todo section compares with the real upstream driver: give --peer CMD \
+             (ci/bench --peer \"$PWD/ci/upstream-peer\", see the README)"
+        );
+    };
+    let drivers = [("ntd", None), ("peer", Some(peer))];
+    let reps = a.reps.max(3);
+    let samples = scenario::run_scenario("todo-api", &drivers, reps);
+    let loads: Vec<f64> = samples.iter().flatten().map(|s| s.load).collect();
+    let _ = writeln!(
+        table,
+        "\ntodo: issue 18's waits row, the todo-api scenario whole, ntd and the peer alternating \
+         ({reps} runs each, load {:.1}..{:.1} after the runs)",
+        loads.iter().copied().fold(f64::INFINITY, f64::min),
+        loads.iter().copied().fold(0.0, f64::max)
+    );
+    let (fields, _) = scenario::report_scenario("todo-api", &drivers, &samples, table);
+    let json = vec![("todo-api".to_owned(), Value::Object(fields))];
+    scenario::issue_18_verdict(&json, table);
+    Value::Object(json)
+}
+
 fn main() {
     let args = parse_args();
-    let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let wanted = |s: &str| {
+        if args.only.is_empty() {
+            s != "todo" || args.peer.is_some()
+        } else {
+            args.only.iter().any(|o| o == s)
+        }
+    };
     let machine = common::machine_description();
     let mut table = format!("ntd waits bench ({machine}; ratios are ntd / reference)\n");
     let mut json = vec![("machine".to_owned(), Value::from(machine.as_str()))];
     type Section = fn(&Args, &mut String) -> Value;
-    let sections: [(&str, Section); 3] = [
+    let sections: [(&str, Section); 4] = [
         ("cpu", section_cpu),
         ("neighbour", section_neighbour),
         ("parallel", section_parallel),
+        ("todo", section_todo),
     ];
     for (name, section) in sections {
         if wanted(name) {

@@ -13,6 +13,7 @@ pub mod container;
 pub mod driver;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod hostcpu;
 pub mod json;
 pub mod log;
 pub(crate) mod machine;

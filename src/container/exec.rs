@@ -138,7 +138,7 @@ impl OutputCollector {
         framing.feed(data, &mut events);
         for ev in events {
             match ev {
-                ShellEvent::Attempt { status, output } => {
+                ShellEvent::Attempt { status, output, .. } => {
                     self.attempts += 1;
                     self.attempt_output.push((status, output));
                 }
@@ -191,7 +191,7 @@ impl OutputCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::waits::{Pacing, Schedule};
+    use crate::machine::waits::{PaceMode, Pacing, Schedule};
 
     const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
 
@@ -229,7 +229,7 @@ mod tests {
     fn wait_script_defines_the_loop_and_calls_it_once() {
         let spec = WaitSpec {
             budget: Duration::from_secs(2),
-            pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
+            pacing: Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Budget, false),
         };
         let s = wait_script(N, &file_check(), spec).unwrap();
         assert!(s.starts_with(
@@ -252,7 +252,7 @@ mod tests {
             check: Box::new(file_check()),
             spec: Box::new(WaitSpec {
                 budget: Duration::from_secs(3),
-                pacing: Pacing::new(Schedule::Budget, Duration::ZERO),
+                pacing: Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Budget, false),
             }),
         };
         assert_eq!(time_limit(&wait), Some(Duration::from_millis(3500)));

@@ -9,7 +9,11 @@
 //! or an error that says so; [`ConnectWords`] says how waiting for it is logged). The tests
 //! drive the controller with a scripted machine; `super::node` has the container's side.
 
+use crate::hostcpu::parse::Verdict;
+use crate::hostcpu::Stamp;
 use crate::json::Value;
+use crate::log::Logger;
+use crate::machine::guest::HostMessage;
 use crate::machine::qmp::QmpFailure;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::{Machine, MachineError, Phase, ShellDown};
@@ -84,6 +88,19 @@ pub trait Controlled {
     fn take_shell_result(&mut self) -> Option<ShellResult>;
     /// Give up on the request in flight (the guest stopped answering).
     fn abandon_shell(&mut self, reason: String);
+    /// Tell the timed request in flight something (pace, stop, kill); false when none runs
+    /// under the guest's watchdog.
+    fn tell_shell(&mut self, registry: &Registry, m: HostMessage) -> bool;
+
+    /// The machine's clock at `now` (wall time and the time the host withheld from it);
+    /// `log` hears once when it cannot be measured.
+    fn clock(&mut self, now: Instant, log: &mut Logger) -> Stamp;
+    /// The host's verdict for this machine's polling, given the host's CPU pressure (per
+    /// mille; `None`: unknown) and the machine's own vCPU waiting share as of its last clock
+    /// reading (with hysteresis: the machine keeps its last verdict).
+    fn pace_verdict(&mut self, host_psi: Option<u32>) -> Verdict;
+    /// The share (per mille) of the last second in which its vCPUs waited for a host CPU.
+    fn vcpu_waiting_share(&self) -> Option<u32>;
     /// `machine '<name>'` and the console's last lines (a shell that never came).
     fn console_report(&self) -> String;
     /// `; its last console lines:` and the lines, for errors about a stuck guest.
@@ -110,6 +127,17 @@ pub struct Env<'a, M> {
     pub shell_timeout: Duration,
     /// The run's trace, if recorded (commands and waits become spans).
     pub trace: Option<&'a Trace>,
+    /// The host's CPU pressure (PSI `some`, per mille) as last sampled; `None`: unknown.
+    pub host_psi: Option<u32>,
+    /// The driver's start: guest clock readings for the shim count from here.
+    pub epoch: Instant,
+}
+
+impl<M: Controlled> Env<'_, M> {
+    /// Machine `m`'s clock now.
+    pub fn stamp(&mut self, m: usize) -> Stamp {
+        self.machines[m].clock(self.now, self.cx.log)
+    }
 }
 
 /// Upstream logs a reminder every 30 s while a VM's shell is silent.
@@ -186,6 +214,18 @@ impl Controlled for Machine {
     }
     fn abandon_shell(&mut self, reason: String) {
         Machine::abandon_shell(self, reason)
+    }
+    fn tell_shell(&mut self, registry: &Registry, m: HostMessage) -> bool {
+        Machine::tell_shell(self, registry, m)
+    }
+    fn clock(&mut self, now: Instant, log: &mut Logger) -> Stamp {
+        Machine::clock(self, now, log)
+    }
+    fn pace_verdict(&mut self, host_psi: Option<u32>) -> Verdict {
+        Machine::pace_verdict(self, host_psi)
+    }
+    fn vcpu_waiting_share(&self) -> Option<u32> {
+        Machine::vcpu_waiting_share(self)
     }
     fn console_report(&self) -> String {
         Machine::console_report(self)

@@ -86,6 +86,16 @@ fn make_short_dir() -> io::Result<PathBuf> {
     Err(last)
 }
 
+/// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
+pub fn runtime_dir() -> PathBuf {
+    for var in ["XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(v);
+        }
+    }
+    PathBuf::from("/tmp")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

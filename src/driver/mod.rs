@@ -15,6 +15,7 @@ mod control;
 mod deadline;
 mod dirs;
 mod gate;
+mod limit;
 mod node;
 mod pending;
 mod report;
@@ -26,8 +27,11 @@ mod snapshots;
 mod vlans;
 pub mod vsock;
 
+pub use dirs::runtime_dir;
+
 use crate::cli::Options;
 use crate::container::hostenv::HostEnvError;
+use crate::hostcpu::{HostPressure, RunClock};
 use crate::log::Logger;
 use crate::machine::{Machine, MachineError};
 use crate::netlink::Netlink;
@@ -167,6 +171,10 @@ pub struct Driver {
     snapshots: Option<snapshots::Snapshots>,
     /// The failure capsule to write if the test fails (`--keep-failed`).
     capsule: Option<capsule::CapsuleState>,
+    /// The host's CPU pressure (PSI), for the waits' pacing.
+    host: HostPressure,
+    /// The run's guest clock (calls that belong to no machine: `retry`).
+    run_clock: RunClock,
 }
 
 impl Driver {
@@ -211,6 +219,8 @@ impl Driver {
             checkpoints: None,
             snapshots: None,
             capsule: None,
+            host: HostPressure::new(),
+            run_clock: RunClock::default(),
         };
         if !d.opts.keep_machine_state {
             let flag = if d.opts.legacy_state_flag {
@@ -519,6 +529,7 @@ impl Driver {
         self.checkpoint_turn();
         loop {
             if let Some(op) = self.current.take() {
+                let host_psi = self.host_psi();
                 let mut env = Env {
                     machines: &mut self.machines,
                     cx: Ctx {
@@ -529,6 +540,8 @@ impl Driver {
                     extra_env: &self.extra_env,
                     shell_timeout: self.opts.shell_timeout,
                     trace: self.trace.as_ref(),
+                    host_psi,
+                    epoch: self.started,
                 };
                 match op.poll(&mut env) {
                     Polled::Done(answer) => self.answer(answer),
@@ -562,6 +575,16 @@ impl Driver {
                 },
             }
         }
+    }
+
+    /// The host's CPU pressure now (PSI `some`, per mille), read at most every 100 ms; the
+    /// first time it cannot be read is said once at debug level.
+    fn host_psi(&mut self) -> Option<u32> {
+        self.host.sample(Instant::now());
+        if let Some(note) = self.host.take_note() {
+            self.log.debug(None, &note);
+        }
+        self.host.permille()
     }
 
     /// Send what answering a request gave (a notification's error goes to the log).
@@ -667,14 +690,4 @@ impl Driver {
 #[allow(clippy::panic)]
 fn injected_panic(op: &str) -> ! {
     panic!("NTD_TEST_PANIC: a panic injected while handling '{op}'")
-}
-
-/// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
-pub fn runtime_dir() -> PathBuf {
-    for var in ["XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return PathBuf::from(v);
-        }
-    }
-    PathBuf::from("/tmp")
 }

@@ -13,8 +13,11 @@ use super::control::{ConnectWords, Controlled, StartProgress};
 use super::save_group::Checkpointable;
 use crate::checkpoint::plan::Boot;
 use crate::container::{Container, Phase as ContainerPhase};
+use crate::hostcpu::parse::Verdict;
+use crate::hostcpu::Stamp;
 use crate::json::Value;
 use crate::log::Logger;
+use crate::machine::guest::HostMessage;
 use crate::machine::qmp::QmpFailure;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::{
@@ -232,6 +235,18 @@ impl Controlled for Node {
     fn abandon_shell(&mut self, reason: String) {
         delegate!(self, m => Controlled::abandon_shell(m, reason))
     }
+    fn tell_shell(&mut self, registry: &Registry, message: HostMessage) -> bool {
+        delegate!(self, m => Controlled::tell_shell(m, registry, message))
+    }
+    fn clock(&mut self, now: Instant, log: &mut Logger) -> Stamp {
+        delegate!(self, m => Controlled::clock(m, now, log))
+    }
+    fn pace_verdict(&mut self, host_psi: Option<u32>) -> Verdict {
+        delegate!(self, m => Controlled::pace_verdict(m, host_psi))
+    }
+    fn vcpu_waiting_share(&self) -> Option<u32> {
+        delegate!(self, m => Controlled::vcpu_waiting_share(m))
+    }
     fn console_report(&self) -> String {
         delegate!(self, m => Controlled::console_report(m))
     }
@@ -319,6 +334,21 @@ impl Controlled for Container {
     fn abandon_shell(&mut self, _reason: String) {
         self.abandon_in_flight();
     }
+    /// A container's commands are the driver's own children: their timeouts are its
+    /// timers (wall time: no vCPU is withheld from a container), nothing to tell.
+    fn tell_shell(&mut self, _registry: &Registry, _message: HostMessage) -> bool {
+        false
+    }
+    fn clock(&mut self, now: Instant, _log: &mut Logger) -> Stamp {
+        Stamp::wall(now)
+    }
+    /// The host's pressure alone decides (a container has no vCPU threads to look at).
+    fn pace_verdict(&mut self, host_psi: Option<u32>) -> Verdict {
+        crate::hostcpu::parse::verdict(host_psi, None, Verdict::Contended)
+    }
+    fn vcpu_waiting_share(&self) -> Option<u32> {
+        None
+    }
     fn console_report(&self) -> String {
         format!(
             "machine '{}'{}",
@@ -341,6 +371,11 @@ impl Controlled for Container {
 }
 
 impl Node {
+    /// Which accelerator a VM's QEMU really uses (`kvm`/`tcg`); none for a container.
+    pub fn accelerator(&self) -> Option<&'static str> {
+        self.as_vm().and_then(Machine::accelerator)
+    }
+
     /// The VM, if it is one (checkpoints and snapshots save VMs only).
     pub fn as_vm(&self) -> Option<&Machine> {
         match self {

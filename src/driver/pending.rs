@@ -24,9 +24,10 @@ use super::shell_op::{
     poll_connect, poll_shell, run_reply, wait_reply, Connecting, ShellOp, ShellStep, WaitOp,
 };
 use super::snapshots::{RestoreWork, SnapshotWork};
+use crate::hostcpu::Stamp;
 use crate::json::Value;
 use crate::rpc::replies::{ConsoleChunk, RunReply, WaitReply};
-use crate::rpc::wire::{Answer, Base64, Responder};
+use crate::rpc::wire::{Answer, Base64, Responder, Seconds};
 use crate::rpc::{ErrorType, OpError};
 use std::time::{Duration, Instant};
 
@@ -171,11 +172,16 @@ impl Pending {
                 ShellStep::Failed(e) => Polled::Done(out.err(e)),
                 ShellStep::Answered(r) => Polled::Done(out.finish(wait_reply(env, &op, &wait, r))),
             },
-            Pending::ConsoleWait { m, deadline, out } => {
+            Pending::ConsoleWait {
+                m,
+                mut deadline,
+                out,
+            } => {
+                let clock = env.stamp(m);
                 let machine = &mut env.machines[m];
                 let lines = machine.take_console_lines();
                 let exited = !machine.booted();
-                let timed_out = deadline.is_some_and(|d| d.passed(env.now));
+                let timed_out = deadline.as_mut().is_some_and(|d| d.passed(clock));
                 if lines.is_empty() && !exited && !timed_out {
                     return Polled::Waiting(Pending::ConsoleWait { m, deadline, out });
                 }
@@ -183,14 +189,20 @@ impl Pending {
                     lines,
                     exited,
                     timed_out,
+                    clock: Seconds(clock.guest_since(env.epoch)),
                 }))
             }
-            Pending::QmpEvent { m, deadline, out } => {
+            Pending::QmpEvent {
+                m,
+                mut deadline,
+                out,
+            } => {
+                let clock = env.stamp(m);
                 let machine = &mut env.machines[m];
                 if let Some(ev) = machine.next_qmp_event() {
                     return Polled::Done(out.ok(Some(ev)));
                 }
-                let expired = deadline.is_some_and(|d| d.passed(env.now));
+                let expired = deadline.as_mut().is_some_and(|d| d.passed(clock));
                 if expired || !machine.booted() {
                     return Polled::Done(out.ok(None));
                 }
@@ -236,21 +248,28 @@ impl Pending {
             },
             Pending::WaitExit {
                 m,
-                deadline,
+                mut deadline,
                 mut drain,
                 out,
             } => {
                 let now = env.now;
+                let clock = env.stamp(m);
                 let machine = &mut env.machines[m];
                 if machine.exited() {
-                    let until = *drain.get_or_insert(Deadline::after(now, STDOUT_DRAIN_AFTER_EXIT));
-                    if machine.fully_exited() || until.passed(now) {
+                    // Nothing runs any more: the drain counts wall time.
+                    let until = drain
+                        .get_or_insert(Deadline::after(Stamp::wall(now), STDOUT_DRAIN_AFTER_EXIT));
+                    if machine.fully_exited() || until.passed(Stamp::wall(now)) {
                         machine.finish_shutdown(env.cx.registry);
                         return Polled::Done(out.ok(()));
                     }
-                } else if deadline.is_some_and(|d| d.passed(now)) {
+                } else if deadline.as_mut().is_some_and(|d| d.passed(clock)) {
+                    let stretched = deadline
+                        .and_then(|d| d.stretch_note(clock))
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default();
                     let msg = format!(
-                        "{}: {} did not exit in time",
+                        "{}: {} did not exit in time{stretched}",
                         machine.name(),
                         machine.process_name()
                     );

@@ -3,13 +3,15 @@
 
 use super::*;
 use crate::driver::control::ConnectWords;
+use crate::hostcpu::parse::Verdict;
+use crate::hostcpu::Stamp;
 use crate::json::Value;
 use crate::log::{Level, LogEvent, Logger, Sink};
-use crate::machine::guest::WaitSpec;
+use crate::machine::guest::{HostMessage, WaitSpec};
 use crate::machine::qmp::QmpFailure;
 use crate::machine::session::{ShellRequest, ShellResult};
 use crate::machine::waits::WaitCondition;
-use crate::machine::waits::{Pacing, Schedule};
+use crate::machine::waits::{PaceMode, Pacing, Schedule};
 use crate::machine::ShellDown;
 use crate::machine::{Machine, MachineError};
 use crate::reactor::Ctx;
@@ -46,6 +48,11 @@ struct Fake {
     /// Saving and restoring (see `gate_tests.rs`).
     ckpt: FakeCkpt,
     words: ConnectWords,
+    /// What the host told the request in flight.
+    told: Vec<HostMessage>,
+    /// The time the host withheld so far (the test moves it).
+    withheld: Duration,
+    verdict: Verdict,
 }
 
 impl Fake {
@@ -70,6 +77,9 @@ impl Fake {
             finished_shutdown: false,
             ckpt: FakeCkpt::default(),
             words: Machine::new("m", 0, Path::new("/"), Path::new("/"), "x").connect_words(),
+            told: Vec::new(),
+            withheld: Duration::ZERO,
+            verdict: Verdict::Contended,
         }
     }
 
@@ -138,6 +148,22 @@ impl Controlled for Fake {
     }
     fn abandon_shell(&mut self, reason: String) {
         self.abandoned = Some(reason);
+    }
+    fn tell_shell(&mut self, _: &Registry, m: HostMessage) -> bool {
+        self.told.push(m);
+        true
+    }
+    fn clock(&mut self, now: Instant, _: &mut Logger) -> Stamp {
+        Stamp {
+            wall: now,
+            withheld: self.withheld,
+        }
+    }
+    fn pace_verdict(&mut self, _: Option<u32>) -> Verdict {
+        self.verdict
+    }
+    fn vcpu_waiting_share(&self) -> Option<u32> {
+        None
     }
     fn console_report(&self) -> String {
         format!("machine '{}'; its last console lines: …", self.name)
@@ -218,12 +244,19 @@ impl World {
             extra_env: &[],
             shell_timeout: Duration::from_secs(100),
             trace: None,
+            host_psi: None,
+            epoch: self.t0,
         };
         op.poll(&mut env)
     }
 
     fn at(&self, secs: f64) -> Instant {
         self.t0 + Duration::from_secs_f64(secs)
+    }
+
+    /// A reading of a clock nothing withholds, at the start.
+    fn start(&self) -> Stamp {
+        Stamp::wall(self.t0)
     }
 }
 
@@ -399,11 +432,15 @@ fn command_without_check_output_answers_once_sent_without_a_status() {
 }
 
 #[test]
-fn unanswered_command_is_abandoned_after_its_timeout_and_grace() {
+fn unanswered_command_is_killed_at_its_timeout_and_abandoned_after_the_grace() {
     let mut w = World::new(vec![Fake::new("m")]);
     let op = run(&w, "sleep 99", Some(Duration::from_secs(10)), true);
     let op = waiting(w.poll_at(op, 0.0));
-    // 10 s, plus 15 s, plus 1/20 of 10 s.
+    assert_eq!(op.wake_at(), Some(w.at(10.0)));
+    let op = waiting(w.poll_at(op, 10.0));
+    assert_eq!(w.machines[0].told, vec![HostMessage::Kill]);
+    assert!(!w.lines.contains("withheld"), "not stretched, not said");
+    // Then 15 s, plus 1/20 of 10 s, for the answer.
     assert_eq!(op.wake_at(), Some(w.at(25.5)));
     let op = waiting(w.poll_at(op, 25.4));
     assert!(w.machines[0].abandoned.is_none());
@@ -414,6 +451,7 @@ fn unanswered_command_is_abandoned_after_its_timeout_and_grace() {
         "{reply}"
     );
     assert!(w.machines[0].abandoned.is_some());
+    assert_eq!(w.machines[0].told.len(), 1, "killed once");
 }
 
 #[test]
@@ -452,7 +490,7 @@ fn wait_op(w: &World, limits: WaitLimits) -> Pending {
         check: Box::new(condition.guest_check(Schedule::Budget)),
         spec: Box::new(WaitSpec {
             budget,
-            pacing: Pacing::new(Schedule::Budget, limits.age),
+            pacing: Pacing::new(Schedule::Budget, limits.age, PaceMode::Budget, false),
         }),
     };
     Pending::Wait {
@@ -471,6 +509,7 @@ fn wait_slice_is_the_time_left_or_a_polling_slice() {
     let limits = |timeout: Option<u64>, age: u64, slice: Option<u64>| WaitLimits {
         timeout: timeout.map(Duration::from_secs),
         age: Duration::from_secs(age),
+        withheld: Duration::ZERO,
         slice: slice.map(Duration::from_secs),
     };
     assert_eq!(
@@ -498,13 +537,14 @@ fn wait_met_not_yet_and_timed_out_are_a_reply_a_reply_and_an_error() {
     let sliced = WaitLimits {
         timeout: Some(Duration::from_secs(10)),
         age: Duration::from_secs(1),
+        withheld: Duration::ZERO,
         slice: Some(Duration::from_secs(2)),
     };
     let op = waiting(w.poll_at(wait_op(&w, sliced), 0.0));
     w.machines[0].result = Some(result(1, b""));
     assert_eq!(
         line(w.poll_at(op, 2.0)),
-        "{\"id\":3,\"ok\":{\"met\":false,\"output\":\"\"}}\n"
+        "{\"id\":3,\"ok\":{\"met\":false,\"output\":\"\",\"started\":0.0}}\n"
     );
     w.machines[0].ready = true;
     let op = waiting(w.poll_at(wait_op(&w, sliced), 0.0));
@@ -530,14 +570,14 @@ fn console_wait_answers_lines_an_exit_or_its_timeout() {
     let mut w = World::new(vec![Fake::new("m")]);
     let op = |w: &World| Pending::ConsoleWait {
         m: 0,
-        deadline: Deadline::within(w.t0, Some(Duration::from_secs(2))),
+        deadline: Deadline::within(w.start(), Some(Duration::from_secs(2))),
         out: Responder::new(Some(4)),
     };
     let pending = waiting(w.poll_at(op(&w), 1.0));
     assert_eq!(pending.wake_at(), Some(w.at(2.0)));
     assert_eq!(
         line(w.poll_at(pending, 2.0)),
-        "{\"id\":4,\"ok\":{\"lines\":[],\"exited\":false,\"timed_out\":true}}\n"
+        "{\"id\":4,\"ok\":{\"lines\":[],\"exited\":false,\"timed_out\":true,\"clock\":2.0}}\n"
     );
     w.machines[0].console.push("login:".into());
     assert!(line(w.poll_at(op(&w), 0.5))
@@ -551,7 +591,7 @@ fn qmp_event_and_results_answer_the_event_none_or_qemus_error() {
     let mut w = World::new(vec![Fake::new("m")]);
     let event = |w: &World| Pending::QmpEvent {
         m: 0,
-        deadline: Deadline::within(w.t0, Some(Duration::from_secs(1))),
+        deadline: Deadline::within(w.start(), Some(Duration::from_secs(1))),
         out: Responder::new(Some(5)),
     };
     let pending = waiting(w.poll_at(event(&w), 0.5));
@@ -586,7 +626,7 @@ fn wait_exit_drains_output_then_forgets_the_process_or_times_out() {
     let mut w = World::new(vec![Fake::new("m")]);
     let op = |w: &World| Pending::WaitExit {
         m: 0,
-        deadline: Deadline::within(w.t0, Some(Duration::from_secs(5))),
+        deadline: Deadline::within(w.start(), Some(Duration::from_secs(5))),
         drain: None,
         out: Responder::new(Some(8)),
     };
@@ -630,3 +670,6 @@ fn start_waits_for_every_machine_and_lists_every_failure_for_start_all() {
     w.machines[1].progress = StartProgress::Up;
     assert_eq!(line(w.poll_at(op(false), 0.0)), "{\"id\":9,\"ok\":null}\n");
 }
+
+#[path = "pending_time_tests.rs"]
+mod time;

@@ -9,10 +9,12 @@ use super::node::{Kind, Node};
 use super::pending::Pending;
 use super::shell_op::{ShellOp, WaitOp};
 use super::Driver;
+use crate::hostcpu::parse::Verdict;
+use crate::hostcpu::Stamp;
 use crate::json::Value;
 use crate::machine::guest::{format_seconds, WaitSpec};
 use crate::machine::session::ShellRequest;
-use crate::machine::waits::{retry_step, Pacing, Schedule};
+use crate::machine::waits::{retry_step, PaceMode, Pacing, Schedule};
 use crate::machine::{self, qemu, words};
 use crate::reactor::Ctx;
 use crate::rpc::ops::Serve;
@@ -86,11 +88,16 @@ impl Driver {
         };
         let schedule = Schedule::from_env();
         let (budget, final_slice) = WaitOp::slice(limits);
+        let psi = self.host_psi();
+        let machine = &mut self.machines[m];
+        machine.clock(Instant::now(), &mut self.log);
+        let mode = PaceMode::of(machine.pace_verdict(psi));
+        let kvm = machine.accelerator() == Some("kvm");
         let req = ShellRequest::Wait {
             check: Box::new(condition.guest_check(schedule)),
             spec: Box::new(WaitSpec {
                 budget,
-                pacing: Pacing::new(schedule, limits.age),
+                pacing: Pacing::new(schedule, limits.age, mode, kvm),
             }),
         };
         Served::Later(Pending::Wait {
@@ -119,7 +126,8 @@ impl Driver {
         if self.machines[m].stopped() {
             return Served::Now(out.ok(()));
         }
-        let deadline = Deadline::within(Instant::now(), timeout);
+        let clock = self.machines[m].clock(Instant::now(), &mut self.log);
+        let deadline = Deadline::within(clock, timeout);
         let machine = match &mut self.machines[m] {
             Node::Vm(vm) => vm,
             Node::Container(c) => {
@@ -211,6 +219,18 @@ impl Driver {
             .add_machine(&name, &req.start_command, req.keep_machine_state)
             .map_err(|e| OpError::new(ErrorType::Machine, e.to_string()))?;
         Ok(machine_info(&self.machines[i]))
+    }
+
+    /// The run's clock now: every machine read, the most-starved one's withheld time of
+    /// this interval added (see [`crate::hostcpu::RunClock`]).
+    fn run_stamp(&mut self) -> Stamp {
+        let now = Instant::now();
+        let withheld: Vec<_> = self
+            .machines
+            .iter_mut()
+            .map(|m| m.clock(now, &mut self.log).withheld)
+            .collect();
+        self.run_clock.stamp(now, withheld.into_iter())
     }
 
     fn hello_reply(&self) -> HelloReply {
@@ -433,17 +453,51 @@ impl Serve for Driver {
     }
 
     fn retry_step(&mut self, req: RetryStep, out: Responder<NextAttempt>) -> Served {
+        let now = self.run_stamp();
+        let age = now.guest_since(self.started).saturating_sub(req.since);
+        // The run is as contended as its most contended running machine (the host alone
+        // decides while none runs).
+        let psi = self.host_psi();
+        let verdicts: Vec<Verdict> = self
+            .machines
+            .iter_mut()
+            .filter(|m| m.booted())
+            .map(|m| m.pace_verdict(psi))
+            .collect();
+        let verdict = match verdicts.is_empty() {
+            true => crate::hostcpu::parse::verdict(psi, None, Verdict::Contended),
+            false if verdicts.contains(&Verdict::Contended) => Verdict::Contended,
+            false => Verdict::Idle,
+        };
+        let mode = PaceMode::of(verdict);
+        // Upstream's cheaper KVM attempts (longer fast pauses) only when some machine runs and
+        // every running one has KVM; otherwise TCG's, the shorter pauses.
+        let mut running = self.machines.iter().filter(|m| m.booted()).peekable();
+        let kvm = running.peek().is_some() && running.all(|m| m.accelerator() == Some("kvm"));
         let step = retry_step(
             Schedule::from_env(),
             req.first,
-            req.age,
+            age,
             req.cost,
             req.timeout,
+            (mode, kvm),
         );
         Served::Now(out.ok(NextAttempt {
             pause: Seconds(step.pause),
             last: step.last,
+            age: Seconds(age),
         }))
+    }
+
+    fn guest_clock(&mut self, req: GuestClock, out: Responder<Seconds>) -> Served {
+        let stamp = match req.machine {
+            None => self.run_stamp(),
+            Some(name) => match self.machine_index(&name) {
+                Ok(m) => self.machines[m].clock(Instant::now(), &mut self.log),
+                Err(e) => return Served::Now(out.err(e)),
+            },
+        };
+        Served::Now(out.ok(Seconds(stamp.guest_since(self.started))))
     }
 
     fn console_wait(
@@ -452,11 +506,14 @@ impl Serve for Driver {
         out: Responder<crate::rpc::replies::ConsoleChunk>,
     ) -> Served {
         match self.machine_index(&req.machine) {
-            Ok(m) => Served::Later(Pending::ConsoleWait {
-                m,
-                deadline: Deadline::within(Instant::now(), req.timeout),
-                out,
-            }),
+            Ok(m) => {
+                let clock = self.machines[m].clock(Instant::now(), &mut self.log);
+                Served::Later(Pending::ConsoleWait {
+                    m,
+                    deadline: Deadline::within(clock, req.timeout),
+                    out,
+                })
+            }
             Err(e) => Served::Now(out.err(e)),
         }
     }
@@ -513,9 +570,10 @@ impl Serve for Driver {
                 machine::qmp::NotReady.to_string(),
             )));
         }
+        let clock = self.machines[m].clock(Instant::now(), &mut self.log);
         Served::Later(Pending::QmpEvent {
             m,
-            deadline: Deadline::within(Instant::now(), req.timeout),
+            deadline: Deadline::within(clock, req.timeout),
             out,
         })
     }

@@ -5,7 +5,8 @@
 //! responders and turns what these steps give into replies.
 //!
 //! Like the rest of the controller it sees machines only through [`Controlled`] and time only
-//! as the loop's `now`; it never blocks.
+//! as the loop's `now` and its machine's clock; it never blocks. Once a timed request is
+//! sent, [`super::limit`] decides when the host ends it and how a wait paces.
 #![deny(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
@@ -14,23 +15,19 @@
 )]
 
 use super::control::{Controlled, Env};
-use super::deadline::Deadline;
+use super::deadline::{stretch_note, Deadline, STRETCH_WORTH_SAYING};
+use super::limit::{Limit, LimitStep, Pace};
+use crate::hostcpu::Stamp;
 use crate::json::Value;
-use crate::machine::guest::WAIT_GRACE;
+use crate::machine::guest::HostMessage;
 use crate::machine::session::{ShellRequest, ShellResult};
-use crate::machine::waits::{Verdict, WaitCondition};
+use crate::machine::waits::{PaceMode, Verdict, WaitCondition};
 use crate::machine::ShellDown;
 use crate::rpc::replies::{timed_out, RunReply, WaitReply};
 use crate::rpc::requests::WaitLimits;
-use crate::rpc::wire::Base64;
+use crate::rpc::wire::{Base64, Seconds};
 use crate::rpc::{ErrorType, OpError};
 use std::time::{Duration, Instant};
-
-/// How long the host waits for a command's answer beyond the command's own timeout (which the
-/// guest enforces) before it declares the guest stuck: a base plus a share of the timeout.
-pub const ANSWER_GRACE: Duration = Duration::from_secs(15);
-/// The share of the timeout added to [`ANSWER_GRACE`]: 1/20 (5 %).
-const ANSWER_GRACE_DIVISOR: u32 = 20;
 
 /// Progress of a "wait for the guest shell" step (upstream `connect()`).
 #[derive(Debug)]
@@ -72,18 +69,27 @@ pub struct ShellOp {
     pub req: ShellRequest,
     pub stage: ShellStage,
     pub started: Instant,
-    /// When the host stops waiting for the answer (set once the request is sent; none for a
-    /// command without a timeout).
-    pub answer_by: Option<Deadline>,
+    /// The machine's clock when the request was sent.
+    pub sent: Option<Stamp>,
+    /// When the host ends the request (set once it is sent; none for a command without a
+    /// timeout).
+    pub limit: Option<Limit>,
+    /// A wait's pacing as last told.
+    pub pace: Option<Pace>,
 }
 
 impl ShellOp {
-    /// When the op needs the loop: a reminder or the give-up while connecting, the answer's
-    /// deadline once sent.
+    /// When the op needs the loop: a reminder or the give-up while connecting; once sent,
+    /// the request's limit and a wait's next look at the host.
     pub fn wake_at(&self) -> Option<Instant> {
         match &self.stage {
             ShellStage::Connect(Some(c)) => c.wake_at(),
-            _ => self.answer_by.and_then(|d| d.wake_at()),
+            _ => self
+                .limit
+                .and_then(|l| l.wake_at())
+                .into_iter()
+                .chain(self.pace.map(|p| p.wake_at()))
+                .min(),
         }
     }
 
@@ -94,7 +100,9 @@ impl ShellOp {
             req,
             stage: ShellStage::Connect(None),
             started: now,
-            answer_by: None,
+            sent: None,
+            limit: None,
+            pace: None,
         }
     }
 }
@@ -155,13 +163,14 @@ pub fn poll_connect<M: Controlled>(
         return Some(Ok(()));
     }
     let patience = env.shell_timeout;
+    let clock = machine.clock(now, log);
     let c = stage.get_or_insert_with(|| {
         let words = machine.connect_words();
         Connecting {
             began: now,
             next_reminder: now + words.reminder_every,
             reminder_every: words.reminder_every,
-            give_up: words.gives_up.then(|| Deadline::after(now, patience)),
+            give_up: words.gives_up.then(|| Deadline::after(clock, patience)),
             nested: false,
         }
     });
@@ -202,10 +211,16 @@ pub fn poll_connect<M: Controlled>(
     if let Some(msg) = failed {
         return fail(stage, log, OpError::new(ErrorType::Machine, msg));
     }
-    if c.give_up.is_some_and(|d| d.passed(now)) {
+    if c.give_up.as_mut().is_some_and(|d| d.passed(clock)) {
+        let stretched = c
+            .give_up
+            .as_ref()
+            .and_then(|d| d.stretch_note(clock))
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         let msg = format!(
-            "Shell did not start in time ({} s): the guest never printed the backdoor's \
-             sentinel (check 'systemctl status backdoor.service' in the guest). {}",
+            "Shell did not start in time ({} s{stretched}): the guest never printed the \
+             backdoor's sentinel (check 'systemctl status backdoor.service' in the guest). {}",
             patience.as_secs(),
             machine.console_report()
         );
@@ -246,9 +261,14 @@ pub fn poll_shell<M: Controlled>(
                     return ShellStep::Failed(OpError::new(ErrorType::Machine, e.to_string()));
                 }
                 op.stage = ShellStage::Sent;
-                op.answer_by = answer_deadline(&op.req, env.now);
                 if no_answer {
                     return ShellStep::Sent;
+                }
+                let stamp = env.stamp(op.m);
+                op.sent = Some(stamp);
+                op.limit = Limit::of(&op.req, stamp);
+                if let ShellRequest::Wait { spec, .. } = &op.req {
+                    op.pace = Some(Pace::new(spec.pacing.mode, env.now));
                 }
             }
             ShellStage::Sent => return poll_answer(env, op),
@@ -256,16 +276,22 @@ pub fn poll_shell<M: Controlled>(
     }
 }
 
-/// A sent request: its result, or why it will never come.
-fn poll_answer<M: Controlled>(env: &mut Env<'_, M>, op: &ShellOp) -> ShellStep {
+/// A sent request: its result, or why it will never come; meanwhile the host ends it when
+/// its time is up and tells a wait how to pace.
+fn poll_answer<M: Controlled>(env: &mut Env<'_, M>, op: &mut ShellOp) -> ShellStep {
     let machine = &mut env.machines[op.m];
     if let Some(r) = machine.take_shell_result() {
         if let Some(t) = env.trace {
-            trace_shell(t, machine.name(), &op.req, &r, op.started, env.now);
+            let withheld = op.sent.map(|s| {
+                let now = machine.clock(env.now, env.cx.log);
+                now.withheld_since(&s)
+            });
+            let pace = op.pace.map(|p| p.mode());
+            trace_shell(t, machine.name(), op, &r, env.now, withheld, pace);
         }
         return ShellStep::Answered(r);
     }
-    let command = op.req.command();
+    let command = op.req.command().to_owned();
     match machine.shell_down(env.now) {
         ShellDown::No => {}
         ShellDown::Settling(_) => return ShellStep::Waiting,
@@ -276,33 +302,87 @@ fn poll_answer<M: Controlled>(env: &mut Env<'_, M>, op: &ShellOp) -> ShellStep {
             ))
         }
     }
-    if op.answer_by.is_some_and(|d| d.passed(env.now)) {
-        let reason = format!(
-            "the guest shell did not answer `{command}` within {:.0} s, although the guest \
-             enforces the command's own timeout: the guest is stuck (a kernel hang?) or its \
-             shell exited",
-            env.now.saturating_duration_since(op.started).as_secs_f64()
-        );
-        machine.abandon_shell(reason.clone());
-        let msg = format!(
-            "machine '{}': {reason}{}",
-            machine.name(),
-            machine.console_tail_text()
-        );
-        return ShellStep::Failed(OpError::new(ErrorType::Machine, msg));
+    let stamp = env.stamp(op.m);
+    if let Some(step) = op.limit.as_mut().and_then(|l| l.check(stamp)) {
+        match step {
+            LimitStep::Tell { message, reached } => {
+                let machine = &mut env.machines[op.m];
+                machine.tell_shell(env.cx.registry, message);
+                let what = if matches!(op.req, ShellRequest::Wait { .. }) {
+                    "wait for"
+                } else {
+                    "command"
+                };
+                match reached {
+                    Some(Some(note)) => env
+                        .cx
+                        .log
+                        .machine(machine.name(), &format!("{what} `{command}`: {note}")),
+                    Some(None) => env.cx.log.debug(
+                        Some(machine.name()),
+                        &format!("{what} `{command}`: its time is up"),
+                    ),
+                    None => env.cx.log.debug(
+                        Some(machine.name()),
+                        &format!("{what} `{command}` did not stop: ending it"),
+                    ),
+                }
+            }
+            LimitStep::Overdue { grace } => {
+                let machine = &mut env.machines[op.m];
+                let reason = format!(
+                    "the guest shell did not answer `{command}` within {:.0} s, although ntd \
+                     told the guest to end it {:.0} s of guest time before: the guest is stuck \
+                     (a kernel hang?) or its shell exited",
+                    env.now.saturating_duration_since(op.started).as_secs_f64(),
+                    grace.as_secs_f64()
+                );
+                machine.abandon_shell(reason.clone());
+                let msg = format!(
+                    "machine '{}': {reason}{}",
+                    machine.name(),
+                    machine.console_tail_text()
+                );
+                return ShellStep::Failed(OpError::new(ErrorType::Machine, msg));
+            }
+        }
+    }
+    if let Some(pace) = op.pace.as_mut().filter(|p| p.due(env.now)) {
+        let machine = &mut env.machines[op.m];
+        let verdict = machine.pace_verdict(env.host_psi);
+        if let Some(message) = pace.update(PaceMode::of(verdict), env.now) {
+            machine.tell_shell(env.cx.registry, message);
+            let why = format!(
+                "host CPU pressure {}, this machine's vCPUs waited {}",
+                permille_text(env.host_psi),
+                permille_text(machine.vcpu_waiting_share())
+            );
+            let how = match message {
+                HostMessage::PaceFast => "fast (the host has idle CPU",
+                _ => "by the CPU budget (the host is short of CPU",
+            };
+            env.cx.log.debug(
+                Some(machine.name()),
+                &format!("pacing the wait for `{command}` {how}: {why})"),
+            );
+            if let Some(t) = env.trace {
+                t.instant(
+                    machine.name(),
+                    &format!("pacing {}", PaceMode::of(verdict).name()),
+                    env.now,
+                );
+            }
+        }
     }
     ShellStep::Waiting
 }
 
-/// When the host gives up on the answer to `req` sent at `now`: its own timeout (enforced
-/// in the guest) plus a grace; never for a command without a timeout.
-pub fn answer_deadline(req: &ShellRequest, now: Instant) -> Option<Deadline> {
-    let own = match req {
-        ShellRequest::Run { timeout, .. } => (*timeout)?,
-        ShellRequest::Wait { spec, .. } => spec.budget.saturating_add(WAIT_GRACE),
-    };
-    let grace = ANSWER_GRACE.saturating_add(own / ANSWER_GRACE_DIVISOR);
-    Some(Deadline::after(now, own.saturating_add(grace)))
+/// A share in per mille as a percentage, or "unknown".
+fn permille_text(p: Option<u32>) -> String {
+    p.map_or_else(
+        || "unknown".to_owned(),
+        |p| format!("{:.1} %", f64::from(p) / 10.0),
+    )
 }
 
 /// Output the console dropped and that could not be fetched again is an error.
@@ -339,20 +419,30 @@ pub fn run_reply<M: Controlled>(
 /// A wait slice's end: met, not yet, or an error (it can never be met, or its timeout ran
 /// out).
 pub fn wait_reply<M: Controlled>(
-    env: &Env<'_, M>,
+    env: &mut Env<'_, M>,
     op: &ShellOp,
     wait: &WaitOp,
     r: ShellResult,
 ) -> Result<WaitReply, OpError> {
     complete(env, op, &r)?;
+    let sent = op.sent.unwrap_or(Stamp::wall(op.started));
+    let stamp = env.stamp(op.m);
     let met = match wait.condition.verdict(r.status, r.looped) {
         Verdict::Met => true,
         Verdict::NotYet if wait.final_slice => {
-            let elapsed = wait.limits.age + env.now.saturating_duration_since(op.started);
-            return Err(OpError::new(
-                ErrorType::Assertion,
-                timed_out(elapsed, wait.limits.timeout),
-            ));
+            let elapsed = wait.limits.age + stamp.available_since(&sent);
+            let withheld = wait.limits.withheld + stamp.withheld_since(&sent);
+            let wall = elapsed + withheld;
+            let mut msg = timed_out(elapsed, wait.limits.timeout);
+            if let Some(t) = wait
+                .limits
+                .timeout
+                .filter(|_| withheld >= STRETCH_WORTH_SAYING)
+            {
+                msg.push_str("; ");
+                msg.push_str(&stretch_note(t, wall, withheld));
+            }
+            return Err(OpError::new(ErrorType::Assertion, msg));
         }
         Verdict::NotYet => false,
         Verdict::Impossible(msg) => return Err(OpError::new(ErrorType::Assertion, msg)),
@@ -360,23 +450,25 @@ pub fn wait_reply<M: Controlled>(
     Ok(WaitReply {
         met,
         output: Base64(r.output),
+        started: Seconds(sent.guest_since(env.epoch).saturating_sub(wait.limits.age)),
     })
 }
 
 fn trace_shell(
     t: &crate::trace::Trace,
     machine: &str,
-    req: &ShellRequest,
+    op: &ShellOp,
     r: &ShellResult,
-    started: Instant,
     now: Instant,
+    withheld: Option<Duration>,
+    pace: Option<PaceMode>,
 ) {
-    let name = match req {
+    let name = match op.req {
         ShellRequest::Run { .. } => "command",
         ShellRequest::Wait { .. } => "wait",
     };
     let mut args = vec![
-        ("command".to_owned(), Value::from(req.command())),
+        ("command".to_owned(), Value::from(op.req.command())),
         ("status".to_owned(), Value::Int(r.status.into())),
         (
             "bytes".to_owned(),
@@ -386,5 +478,13 @@ fn trace_shell(
     if name == "wait" {
         args.push(("attempts".to_owned(), Value::Int(r.attempts.into())));
     }
-    t.span(machine, name, started, now, args);
+    if let Some(p) = pace {
+        args.push(("pacing".to_owned(), Value::from(p.name())));
+    }
+    if let Some(w) = withheld {
+        // Milliseconds the host withheld from the machine while it ran.
+        let ms = i64::try_from(w.as_millis()).unwrap_or(i64::MAX);
+        args.push(("withheld_ms".to_owned(), Value::Int(ms)));
+    }
+    t.span(machine, name, op.started, now, args);
 }

@@ -19,6 +19,7 @@ use super::Driver;
 use crate::checkpoint::codec::Codec;
 use crate::checkpoint::manifest::Manifest;
 use crate::checkpoint::{store, MANIFEST};
+use crate::hostcpu::Stamp;
 use crate::machine::{RestorePlan, SaveOutcome, SaveRequest};
 use crate::rpc::{ErrorType, OpError};
 use std::path::{Path, PathBuf};
@@ -223,7 +224,7 @@ impl RestoreWork {
         &mut self,
         env: &mut Env<'_, M>,
     ) -> Option<Result<(), OpError>> {
-        let timed_out = self.deadline.passed(env.now);
+        let timed_out = self.deadline.passed(Stamp::wall(env.now));
         for s in &mut self.steps {
             let machine = &mut env.machines[s.m];
             s.stage = match std::mem::replace(&mut s.stage, Stage::Done) {
@@ -511,7 +512,7 @@ impl Driver {
         Ok(Box::new(RestoreWork {
             name: name.to_owned(),
             steps,
-            deadline: Deadline::after(Instant::now(), RESTORE_PATIENCE),
+            deadline: Deadline::after(Stamp::wall(Instant::now()), RESTORE_PATIENCE),
         }))
     }
 
@@ -573,7 +574,7 @@ impl RestoreWork {
                     stage: Stage::Ending { killed: false },
                 })
                 .collect(),
-            deadline: Deadline::after(now, RESTORE_PATIENCE),
+            deadline: Deadline::after(Stamp::wall(now), RESTORE_PATIENCE),
         }
     }
 }

@@ -114,6 +114,20 @@ impl Machine {
             SessionNote::StdoutHeld { command, report } => {
                 log.warning(Some(name), &held_stdout_warning(&command, &report))
             }
+            SessionNote::Attempt {
+                attempt,
+                status,
+                cost_us,
+                pause_us,
+            } => log.debug(
+                Some(name),
+                &format!(
+                    "wait attempt {attempt} failed (status {status}); it cost {:.1} ms of CPU, \
+                     next one in {:.0} ms",
+                    cost_us as f64 / 1e3,
+                    pause_us as f64 / 1e3
+                ),
+            ),
             SessionNote::AttemptOutput {
                 attempt,
                 status,
@@ -153,6 +167,14 @@ impl Machine {
         self.session.submit(req).map_err(MachineError::Session)?;
         self.flush_session(registry);
         Ok(())
+    }
+
+    /// Tell the timed request in flight something (see [`super::guest::HostMessage`]); false
+    /// when none runs under the guest's watchdog.
+    pub fn tell_shell(&mut self, registry: &Registry, m: super::guest::HostMessage) -> bool {
+        let told = self.session.tell(m);
+        self.flush_session(registry);
+        told
     }
 
     /// Write raw bytes to the shell (upstream's `shutdown()` sends `poweroff\n` this way).
@@ -213,6 +235,13 @@ impl Machine {
                          the guest is 10-50x slower than with KVM",
                     );
                 }
+            }
+            QmpNote::VcpuThreads(tids) => {
+                log.debug(
+                    Some(&self.name),
+                    &format!("vCPU threads (timeouts count their guest time): {tids:?}"),
+                );
+                self.vcpu_clock.set_threads(&tids);
             }
             QmpNote::Protocol(e) => log.warning(Some(&self.name), &e.to_string()),
             QmpNote::UnsolicitedError(e) => {

@@ -14,7 +14,8 @@
 )]
 
 use super::shell::NONCE_LEN;
-use super::waits::{micros, GuestCheck, Pacing};
+use super::waits::{micros, GuestCheck, PaceMode, Pacing};
+pub use super::watchdog::{HostMessage, SETUP_TIMEOUTS};
 use super::words::shell_quote;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -130,7 +131,10 @@ __ntd_held() {
     [[ $__ntd_d ]] && (( __ntd_z > __ntd_d - __ntd_u )) && (( __ntd_z = __ntd_d - __ntd_u ))
     printf -v __ntd_x '%d.%06d' $(( __ntd_z / 1000000 )) $(( __ntd_z % 1000000 ))
     if [[ ${__ntd_wd_PID:-} ]] && kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-      read -t "$__ntd_x" -r -u 7 __ntd_x
+      if read -t "$__ntd_x" -r -u 7 __ntd_x && [[ $__ntd_x == k ]]; then
+        kill -TERM "${__ntd_h[@]}" 2>/dev/null
+        return 124
+      fi
     else
       sleep "$__ntd_x"
     fi
@@ -167,75 +171,27 @@ pub const SETUP_CHECK: &str = "exit $_Nm";
 /// [`SETUP_CHECK`]'s status when the guest has no spool.
 pub const SETUP_NO_SPOOL: i32 = 3;
 
-/// Sent in front of the first timed command: fds 6/7 become a watchdog coprocess that
-/// enforces timeouts without exec'ing `timeout`. A timed command's subshell writes `<its pid>
-/// <seconds>` to fd 6 and the shell writes a line when the command is over; if that line does
-/// not come in time the watchdog writes `fired` (fd 7) and SIGTERMs the subshell and all its
-/// descendants, and the status becomes 124 like `timeout`'s. Should the watchdog be gone,
-/// `timeout` is exec'd instead.
-pub const SETUP_TIMEOUTS: &str = r#"__ntd_kill() {
-  local __ntd_all=("$1") __ntd_i=0 __ntd_f __ntd_k
-  while (( __ntd_i < ${#__ntd_all[@]} )); do
-    for __ntd_f in /proc/${__ntd_all[__ntd_i]}/task/*/children; do
-      __ntd_k=()
-      # The file has no trailing newline, so read reports EOF but fills the array.
-      [[ -r $__ntd_f ]] && { read -r -a __ntd_k < "$__ntd_f" || :; }
-      __ntd_all+=("${__ntd_k[@]}")
-    done
-    __ntd_i=$(( __ntd_i + 1 ))
-  done
-  kill -TERM "${__ntd_all[@]}" 2>/dev/null
-}
-__ntd_watch() {
-  local __ntd_p __ntd_t __ntd_x __ntd_r
-  while read -r __ntd_p __ntd_t; do
-    read -t "$__ntd_t" -r __ntd_x
-    __ntd_r=$?
-    (( __ntd_r == 0 )) && continue
-    (( __ntd_r <= 128 )) && break
-    printf 'fired\n'
-    __ntd_kill "$__ntd_p"
-    read -r __ntd_x || break
-  done
-}
-coproc __ntd_wd { __ntd_watch; }
-exec 6>&"${__ntd_wd[1]}" 7<&"${__ntd_wd[0]}"
-__ntd_disarm() {
-  printf 'x\n' >&6
-  if read -t 0 -u 7; then read -r -u 7 __ntd_x; (( __ntd_s == 143 )) && __ntd_s=124; fi
-}
-__ntd_rt() {
-  local __ntd_t1=${EPOCHREALTIME/./}
-  if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$__ntd_t" >&6; exec 6>&- 7<&-; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&-
-    __ntd_s=$?
-    __ntd_disarm
-  else
-    ( exec timeout "$__ntd_t" bash -c "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 5<&- 6>&- 7<&-
-    __ntd_s=$?
-  fi
-  if read -r __ntd_q __ntd_q __ntd_q __ntd_q __ntd_q </proc/loadavg; then
-    (( __ntd_q - __ntd_pl == 1 )) || __ntd_new "$__ntd_t1" "$__ntd_t" || __ntd_s=124
-    __ntd_pl=$__ntd_q
-  fi
-  printf '\001E%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-}
-"#;
-
 /// Sent in front of the first wait (after [`SETUP_TIMEOUTS`]): `__ntd_loop` is the guest-side
 /// wait loop (see [`super::waits`] for what an attempt is and the schedule it follows).
 ///
 /// - An attempt evaluates its *guard* in the loop's own shell (bash builtins only, no fork:
 ///   `[ -e ]`, a `/dev/tcp` connect through `__ntd_port`) and, if that passed, runs its
-///   *command* in a subshell. Only an attempt that forked reports itself (`A` marker: its
-///   output is not the wait's) and has a CPU cost (see [`super::waits::Pacing`]), read from
-///   `/proc` in 10 ms ticks as the difference to the previous reading, so that nothing is
-///   lost to rounding; wall time where `/proc` is missing.
-/// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule, from the pacing
-///   argument (`age min max_age divisor young_us k_young k_old k_watched own%`,
-///   microseconds; `k = 0`: no cost term, the reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the
-///   watchdog's, which only ever carries `fired`: then the wait is over anyway) or on fd 4,
-///   a unit watcher, so pausing costs no fork.
+///   *command* in a subshell. Only an attempt that forked reports itself (`A` marker with
+///   its status, its cost and the pause chosen after it: its output is not the wait's) and
+///   has a CPU cost (see [`super::waits::Pacing`]), read from `/proc` in 10 ms ticks as the
+///   difference to the previous reading, so that nothing is lost to rounding; wall time
+///   where `/proc` is missing.
+/// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule (`__ntd_pace`),
+///   from the pacing argument (`age min max_age divisor young_us k_young k_old k_watched own%
+///   overhead fast?`, microseconds; `overhead` is upstream's per-attempt overhead of the fast
+///   rule's `1 s × cost / (cost + overhead)`; `k = 0` and `overhead = 0`: no cost term, the
+///   reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the watchdog's:
+///   the host's pacing verdicts `f`/`b` recompute the pause, `s` ends the wait as "not yet",
+///   `k` means killed) or on fd 4, a unit watcher (then fd 7 is looked at after each
+///   wakeup), so pausing costs no fork.
+/// - Under the watchdog the loop has no deadline of its own: the host stops it when the
+///   wait's guest-available time is spent. Without the watchdog (it died) the loop stops
+///   itself after its budget on the guest's clock, under `timeout`.
 /// - A unit wait starts, after its first failed check, a watcher: `busctl monitor` of the
 ///   unit's `PropertiesChanged` signals (object path from `LoadUnit`, so aliases work), cut
 ///   by `grep` to `Monitoring…` (subscribed: check now, closing the race with the first
@@ -272,11 +228,25 @@ __ntd_unitsrc() {
     --match "$__ntd_m,path='${__ntd_p%\"}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',arg0='org.freedesktop.systemd1.Unit'" \
     --match "$__ntd_m,interface='org.freedesktop.systemd1.Manager',member='StartupFinished'"
 }
+__ntd_pace() {
+  local __ntd_k
+  (( __ntd_p = __ntd_a / __ntd_q[3] ))
+  if (( __ntd_e == 4 )); then
+    (( __ntd_k = __ntd_a < __ntd_q[4] ? __ntd_q[5] : __ntd_q[7] ))
+  else
+    (( __ntd_k = __ntd_q[9] ? 1000000 * __ntd_x / (__ntd_x + __ntd_q[9]) : 0,
+       __ntd_p < __ntd_k && (__ntd_p = __ntd_k),
+       __ntd_k = __ntd_md ? 0 : __ntd_a < __ntd_q[4] ? __ntd_q[5] : __ntd_q[6] ))
+  fi
+  (( __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p,
+     __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
+}
 __ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_k __ntd_x __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp=
+  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_x=0 __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp= __ntd_a=0 __ntd_md __ntd_end
   local -a __ntd_q=($8)
+  __ntd_md=${__ntd_q[10]:-0}
   __ntd_t1=${EPOCHREALTIME/./}
-  (( __ntd_d = __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
+  (( __ntd_d = ${__ntd_h:-0} ? 0 : __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
   __ntd_cpu
   while :; do
     __ntd_r=0 __ntd_s=0
@@ -288,12 +258,9 @@ __ntd_loop() {
     fi
     (( (__ntd_w ? __ntd_s : !__ntd_s) || ($7 && __ntd_s >= $7) )) && break
     __ntd_t1=${EPOCHREALTIME/./}
-    (( __ntd_t1 >= __ntd_d )) && break
-    (( __ntd_p = (__ntd_t1 - __ntd_t0) / __ntd_q[3],
-       __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p ))
+    (( __ntd_d && __ntd_t1 >= __ntd_d )) && break
+    __ntd_x=0
     if (( __ntd_r )); then
-      printf '\001A%s %d\001' "$__ntd_n" "$__ntd_s" >&3
-      (( __ntd_k = __ntd_t1 - __ntd_t0 < __ntd_q[4] ? __ntd_q[5] : __ntd_e == 4 ? __ntd_q[7] : __ntd_q[6] ))
       __ntd_o=$__ntd_u __ntd_z=$__ntd_y
       if __ntd_cpu; then
         (( __ntd_x = __ntd_u - __ntd_o, __ntd_z = (__ntd_y - __ntd_z) * __ntd_q[8] / 100,
@@ -301,18 +268,23 @@ __ntd_loop() {
       else
         (( __ntd_x = __ntd_t1 - __ntd_ts ))
       fi
-      (( __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
     fi
+    (( __ntd_a = __ntd_t1 - __ntd_t0 ))
+    __ntd_pace
+    (( __ntd_r )) && printf '\001A%s %d %d %d\001' "$__ntd_n" "$__ntd_s" "$__ntd_x" "$__ntd_p" >&3
     if [[ $9 && ! $__ntd_wp ]]; then
       exec 4< <(exec 3>&- 7<&-; __ntd_unitsrc "$9" | grep --line-buffered -o -e '^Monitoring' -e StartupFinished -e '"ActiveState":{"type":"s","data":"[a-z-]*"}' 2>/dev/null)
       __ntd_wp=$! __ntd_e=4
     fi
-    (( __ntd_p = __ntd_t1 + __ntd_p > __ntd_d ? __ntd_d - __ntd_t1 : __ntd_p, __ntd_x = __ntd_t1 + __ntd_p ))
+    (( __ntd_d && __ntd_t1 + __ntd_p > __ntd_d && (__ntd_p = __ntd_d - __ntd_t1), __ntd_end = __ntd_t1 + __ntd_p ))
     while (( __ntd_p > 0 )); do
       printf -v __ntd_f '%d.%06d' $(( __ntd_p / 1000000 )) $(( __ntd_p % 1000000 ))
       read -t "$__ntd_f" -u $__ntd_e __ntd_v 2>/dev/null
       case $?,$__ntd_e in
-        0,7) exit 124 ;;
+        0,7)
+          case $__ntd_v in s) break 2 ;; k) exit 124 ;; f) __ntd_md=1 ;; b) __ntd_md=0 ;; esac
+          __ntd_pace
+          (( __ntd_end = __ntd_t1 + __ntd_p )) ;;
         0,4)
           [[ $__ntd_v == [MS]* ]] && break
           __ntd_v=${__ntd_v%\"*}
@@ -326,25 +298,33 @@ __ntd_loop() {
         1,7) sleep "$__ntd_f"; break ;;
         *) break ;;
       esac
-      (( __ntd_p = __ntd_x - ${EPOCHREALTIME/./} ))
+      (( __ntd_p = __ntd_end - ${EPOCHREALTIME/./} ))
     done
+    if (( __ntd_e == 4 )); then
+      while read -t 0 -u 7 2>/dev/null && read -r -u 7 __ntd_v; do
+        case $__ntd_v in s) break 2 ;; k) exit 124 ;; f) __ntd_md=1 ;; b) __ntd_md=0 ;; esac
+      done
+    fi
   done
   [[ $__ntd_wp ]] && { exec 4<&-; __ntd_kill "$__ntd_wp"; }
   printf '\001D%s %d\001' "$__ntd_n" "$__ntd_s" >&3
 }
 __ntd_wait() {
   if kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-    ( printf '%s %s\n' "$BASHPID" "$2" >&6; exec 6>&-; __ntd_loop "$@" ) <&5 >&3
+    ( printf '%s\n' "$BASHPID" >&6; exec 6>&-; __ntd_h=1; __ntd_loop "$@" ) <&5 >&3
     __ntd_s=$?
-    __ntd_disarm
+    __ntd_fired
+    read -r __ntd_pl __ntd_pl __ntd_pl __ntd_pl __ntd_pl </proc/loadavg || __ntd_pl=
+    printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
+    __ntd_rel
   else
-    timeout "$2" bash -c "$(declare -f __ntd_loop __ntd_port __ntd_cpu __ntd_unitsrc __ntd_kill)
+    timeout "$2" bash -c "$(declare -f __ntd_loop __ntd_pace __ntd_port __ntd_cpu __ntd_unitsrc __ntd_kill)
 __ntd_tcp=$__ntd_tcp"'
 __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
     __ntd_s=$?
+    read -r __ntd_pl __ntd_pl __ntd_pl __ntd_pl __ntd_pl </proc/loadavg || __ntd_pl=
+    printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
   fi
-  read -r __ntd_pl __ntd_pl __ntd_pl __ntd_pl __ntd_pl </proc/loadavg || __ntd_pl=
-  printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
 }
 "#;
 
@@ -472,21 +452,24 @@ pub fn encode_count(nonce: &[u8; NONCE_LEN]) -> String {
     )
 }
 
-/// How long a wait's watchdog lets a hanging attempt run past the wait's budget.
+/// How long a wait's loop may take to stop after the host told it to (an attempt may be
+/// running) before the host kills it; also how long the fallback `timeout` lets a hanging
+/// attempt run past the loop's own budget.
 pub const WAIT_GRACE: Duration = Duration::from_millis(500);
 
 /// Parameters of a guest-side wait loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WaitSpec {
-    /// How long the loop may run before it stops by itself.
+    /// How long the wait may run: the host stops the loop once the machine had this much
+    /// guest-available time (only a loop without the watchdog measures it itself).
     pub budget: Duration,
     /// The pause rule between attempts.
     pub pacing: Pacing,
 }
 
-/// The line that runs `check` repeatedly in the guest until it succeeds/fails or the budget
-/// is spent. The loop runs under the watchdog (budget + grace) so a hanging attempt cannot
-/// outlive the wait:
+/// The line that runs `check` repeatedly in the guest until it succeeds/fails or the host
+/// stops it (the budget and the `timeout` wrapper of budget + grace only apply where the
+/// watchdog is gone):
 /// `_Nwait NONCE WRAPPER UNTIL BUDGET_US 'GUARD' 'COMMAND' FATAL 'PACING' 'UNIT' 'MODE'`.
 pub fn encode_wait(
     nonce: &[u8; NONCE_LEN],
@@ -510,8 +493,8 @@ pub fn encode_wait(
     }
     let nonce = std::str::from_utf8(nonce).unwrap_or("0000000000000000");
     let budget_us = micros(spec.budget);
-    // The watchdog fires only if an attempt hangs past the loop's own deadline (whole
-    // milliseconds: every byte is a read() in the guest).
+    // The fallback `timeout` fires only if an attempt hangs past the loop's own deadline
+    // (whole milliseconds: every byte is a read() in the guest).
     let wrapper = round_to_millis(spec.budget.saturating_add(WAIT_GRACE));
     let p = spec.pacing;
     let mut line = String::with_capacity(check.command.len() + check.guard.len() + 96);
@@ -526,7 +509,7 @@ pub fn encode_wait(
     shell_quote(&check.command, &mut line);
     let _ = write!(
         line,
-        " {} '{} {} {} {} {} {} {} {} {}' ",
+        " {} '{} {} {} {} {} {} {} {} {} {} {}' ",
         check.fatal_status,
         p.age_us,
         p.min_us.max(1000),
@@ -536,7 +519,9 @@ pub fn encode_wait(
         p.young_factor,
         p.old_factor,
         p.watched_factor,
-        p.own_cost_percent
+        p.own_cost_percent,
+        p.overhead_us,
+        u8::from(p.mode == PaceMode::Fast)
     );
     shell_quote(unit, &mut line);
     line.push(' ');
@@ -577,6 +562,42 @@ mod tests {
     const N: &[u8; NONCE_LEN] = b"0123456789abcdef";
 
     #[test]
+    fn host_messages_are_blanks_that_bash_skips_and_the_release_is_a_newline() {
+        let all = [
+            HostMessage::PaceFast,
+            HostMessage::PaceBudget,
+            HostMessage::Stop,
+            HostMessage::Kill,
+        ];
+        for m in all {
+            let (last, blanks) = m.bytes().split_last().unwrap();
+            assert_eq!(*last, b'\n', "{m:?}");
+            assert!(!blanks.is_empty(), "{m:?} is not the release");
+            assert!(blanks.iter().all(|b| *b == b' ' || *b == b'\t'), "{m:?}");
+        }
+        let mut lines: Vec<_> = all.iter().map(|m| m.bytes()).collect();
+        lines.dedup();
+        assert_eq!(lines.len(), 4, "distinct lines");
+        assert_eq!(HostMessage::RELEASE, b'\n');
+        // The watchdog's case patterns are the same lines, read with mapfile (bash's read
+        // builtin reads a console ahead, or changes its modes).
+        for (pattern, m) in [
+            ("' ')", HostMessage::PaceFast),
+            ("'  ')", HostMessage::PaceBudget),
+            ("$'\\t')", HostMessage::Stop),
+            ("$'\\t\\t')", HostMessage::Kill),
+        ] {
+            assert!(SETUP_TIMEOUTS.contains(pattern), "{pattern} for {m:?}");
+        }
+        assert!(SETUP_TIMEOUTS.contains("mapfile -t -n 1 -u 9"));
+        assert_eq!(
+            SETUP_TIMEOUTS.matches("-u 9").count(),
+            SETUP_TIMEOUTS.matches("mapfile -t -n 1 -u 9").count(),
+            "the console is read with mapfile only"
+        );
+    }
+
+    #[test]
     fn encode_run_quotes_single_quotes() {
         let line = encode_run(N, "echo 'a'\"b\"", None).unwrap();
         assert_eq!(
@@ -600,13 +621,18 @@ mod tests {
         };
         let spec = WaitSpec {
             budget: Duration::from_millis(1500),
-            pacing: Pacing::new(Schedule::Budget, Duration::from_millis(250)),
+            pacing: Pacing::new(
+                Schedule::Budget,
+                Duration::from_millis(250),
+                PaceMode::Fast,
+                false,
+            ),
         };
         let line = encode_wait(N, &check, spec).unwrap();
         assert_eq!(
             line,
             "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
-             '250000 20000 1000000 20 1000000 3 24 99 250' '' 'u'\n"
+             '250000 50000 1000000 20 1000000 3 24 99 250 30000 1' '' 'u'\n"
         );
         let unit = GuestCheck {
             guard: String::new(),
@@ -620,12 +646,12 @@ mod tests {
         };
         let spec = WaitSpec {
             budget: Duration::from_secs(900),
-            pacing: Pacing::new(Schedule::Reference, Duration::ZERO),
+            pacing: Pacing::new(Schedule::Reference, Duration::ZERO, PaceMode::Budget, false),
         };
         let line = encode_wait(N, &unit, spec).unwrap();
         assert!(
             line.ends_with(
-                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250' 'a.service' 'sfailed'\n"
+                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250 0 0' 'a.service' 'sfailed'\n"
             ),
             "{line}"
         );

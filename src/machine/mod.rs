@@ -15,6 +15,7 @@ pub mod boot;
 mod channels;
 mod checkpoint;
 pub mod console;
+mod error;
 pub mod guest;
 mod link;
 pub mod qemu;
@@ -23,9 +24,13 @@ mod report;
 pub mod session;
 pub mod shell;
 pub mod waits;
+mod watchdog;
 pub mod words;
 
+pub use error::MachineError;
+
 use crate::child::ExitInfo;
+use crate::hostcpu::{Stamp, VcpuClock};
 use crate::log::Logger;
 use crate::nbio::{Registration, WriteBuffer};
 use crate::reactor::{Ctx, LoopMember, Owner};
@@ -41,10 +46,9 @@ use qemu::{MachinePaths, QemuProcess};
 use qmp::QmpClient;
 pub use report::ShellDown;
 use rustix::process::Signal;
-use session::{SessionError, ShellSession};
+use session::ShellSession;
 use shell::NonceSource;
 use std::collections::VecDeque;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -100,57 +104,6 @@ impl TryFrom<usize> for Slot {
     }
 }
 
-/// Why a machine operation failed (shown to the test author as `MachineError`).
-#[derive(Debug)]
-pub enum MachineError {
-    /// Preparing or spawning QEMU failed.
-    Qemu(qemu::QemuError),
-    /// A socket or poll operation failed; the text says which.
-    Io(&'static str, io::Error),
-    /// No directory for the machine's sockets could be made.
-    SocketDir { name: String, source: io::Error },
-    /// The guest shell cannot take the request.
-    Session(SessionError),
-    /// QMP is not ready yet.
-    QmpNotReady,
-    /// A systemd-nspawn container could not start or run a command.
-    Container(crate::container::ContainerError),
-}
-
-impl fmt::Display for MachineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MachineError::Qemu(e) => write!(f, "{e}"),
-            MachineError::Io(what, e) => write!(f, "{what}: {e}"),
-            MachineError::SocketDir { name, source } => write!(
-                f,
-                "cannot create a directory for the sockets of {name}: {source}"
-            ),
-            MachineError::Session(e) => write!(f, "{e}"),
-            MachineError::QmpNotReady => write!(f, "{}", qmp::NotReady),
-            MachineError::Container(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for MachineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            MachineError::Qemu(e) => Some(e),
-            MachineError::Io(_, e) | MachineError::SocketDir { source: e, .. } => Some(e),
-            MachineError::Session(e) => Some(e),
-            MachineError::QmpNotReady => None,
-            MachineError::Container(e) => Some(e),
-        }
-    }
-}
-
-impl From<qemu::QemuError> for MachineError {
-    fn from(e: qemu::QemuError) -> Self {
-        MachineError::Qemu(e)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Stopped,
@@ -202,6 +155,8 @@ pub struct Machine {
     shell_settle_at: Option<Instant>,
     /// Boot checkpoints: a restore to do, a save in progress (see `checkpoint`).
     ckpt: checkpoint::Checkpointing,
+    /// How much time the host withheld from the vCPUs (timeouts count guest time).
+    vcpu_clock: VcpuClock,
 }
 
 impl Machine {
@@ -249,6 +204,7 @@ impl Machine {
             shell_lost_at: None,
             shell_settle_at: None,
             ckpt: checkpoint::Checkpointing::default(),
+            vcpu_clock: VcpuClock::new(),
         }
     }
 
@@ -284,6 +240,28 @@ impl Machine {
 
     pub fn exit_info(&self) -> Option<ExitInfo> {
         self.exit
+    }
+
+    /// The machine's clock at `now`: how much time the host had withheld from its vCPUs (see
+    /// [`crate::hostcpu`]); `log` hears once, at debug level, when it cannot be measured.
+    pub fn clock(&mut self, now: Instant, log: &mut Logger) -> Stamp {
+        let stamp = self.vcpu_clock.stamp(now);
+        if let Some(note) = self.vcpu_clock.take_note() {
+            log.debug(Some(&self.name), &note);
+        }
+        stamp
+    }
+
+    /// The share (per mille) of the last second in which its vCPUs waited for a host CPU.
+    pub fn vcpu_waiting_share(&self) -> Option<u32> {
+        self.vcpu_clock.waiting_share()
+    }
+
+    /// The host's verdict for this machine's polling (see [`crate::hostcpu::parse::verdict`]):
+    /// the host's PSI share and this machine's vCPU waiting share as of its last clock
+    /// reading, with the machine's previous verdict for hysteresis.
+    pub fn pace_verdict(&mut self, host_psi: Option<u32>) -> crate::hostcpu::parse::Verdict {
+        self.vcpu_clock.verdict(host_psi)
     }
 
     /// Which accelerator QEMU really uses (`kvm`/`tcg`), once QMP is ready.
@@ -484,6 +462,7 @@ impl Machine {
             return;
         }
         self.exit = Some(info);
+        self.vcpu_clock.clear_threads();
         self.boot.mark(Milestone::Exited);
         let was_running = self.phase == Phase::Running;
         self.phase = Phase::Exited;

@@ -149,6 +149,8 @@ enum Handshake {
 pub enum QmpNote {
     /// The handshake is complete; `kvm` tells whether QEMU runs the guest with KVM.
     Ready { kvm: bool },
+    /// The thread ids of QEMU's vCPUs (`query-cpus-fast`, asked right after the handshake).
+    VcpuThreads(Vec<i32>),
     /// A line QEMU sent could not be understood (the stream stays usable).
     Protocol(QmpError),
     /// An error reply nobody waits for (an internal command failed).
@@ -207,14 +209,18 @@ impl fmt::Display for QmpFailure {
 
 impl std::error::Error for QmpFailure {}
 
+/// The id of the internal `query-cpus-fast` (user commands count up from 1).
+pub const CPUS_ID: u64 = 0x7fff_ffff_ffff_ffff;
+
 /// Queued QMP events kept for `wait_for_qmp_event`; older ones are dropped.
 pub const MAX_EVENTS: usize = 4096;
 
 /// The QMP client of one QEMU connection, without I/O: bytes from QEMU go into
 /// [`QmpClient::feed`], bytes for QEMU come out of [`QmpClient::take_outbox`].
 ///
-/// It answers the greeting with `qmp_capabilities`, asks `query-kvm`, then numbers user
-/// commands from 1 (internal commands use id 0), keeps their results until taken and queues
+/// It answers the greeting with `qmp_capabilities`, asks `query-kvm`, then (once ready)
+/// `query-cpus-fast` for the vCPU threads ([`CPUS_ID`]), numbers user commands from 1
+/// (handshake commands use id 0), keeps their results until taken and queues
 /// events (bounded by [`MAX_EVENTS`]).
 #[derive(Debug)]
 pub struct QmpClient {
@@ -325,7 +331,14 @@ impl QmpClient {
                 self.kvm = Some(kvm);
                 self.state = Handshake::Ready;
                 notes.push(QmpNote::Ready { kvm });
+                self.send(CPUS_ID, "query-cpus-fast", None);
             }
+            (Some(CPUS_ID), _) => match result {
+                Ok(v) => notes.push(QmpNote::VcpuThreads(crate::hostcpu::parse::vcpu_threads(
+                    &v,
+                ))),
+                Err(e) => notes.push(QmpNote::UnsolicitedError(e)),
+            },
             (Some(id), _) if self.pending.remove(&id) => {
                 self.results.insert(id, result);
             }
@@ -462,6 +475,21 @@ mod tests {
     }
 
     #[test]
+    fn client_asks_for_the_vcpu_threads_once_ready() {
+        let (mut c, mut notes) = handshake(false);
+        assert_eq!(
+            c.take_outbox(),
+            format!("{{\"execute\":\"query-cpus-fast\",\"id\":{CPUS_ID}}}\n").into_bytes()
+        );
+        let reply = format!(
+            "{{\"return\": [{{\"cpu-index\": 0, \"thread-id\": 41}}], \"id\": {CPUS_ID}}}\r\n"
+        );
+        c.feed(reply.as_bytes(), &mut notes);
+        assert_eq!(notes.last(), Some(&QmpNote::VcpuThreads(vec![41])));
+        assert_eq!(c.execute("stop", None), Ok(1), "user ids are unaffected");
+    }
+
+    #[test]
     fn client_execute_before_ready_is_refused() {
         let mut c = QmpClient::new();
         assert_eq!(c.execute("stop", None), Err(NotReady));
@@ -471,6 +499,7 @@ mod tests {
     #[test]
     fn client_results_match_ids_even_when_events_come_first() {
         let (mut c, _) = handshake(false);
+        c.take_outbox();
         let a = c.execute("stop", None).unwrap();
         let b = c.execute("cont", None).unwrap();
         assert_eq!((a, b), (1, 2));

@@ -50,6 +50,11 @@ impl ShellRequest {
         matches!(self, ShellRequest::Wait { .. })
     }
 
+    /// Whether the request runs under the guest's watchdog, so that the host ends it.
+    pub fn watched(&self) -> bool {
+        self.needs_timeouts()
+    }
+
     fn needs_timeouts(&self) -> bool {
         matches!(
             self,
@@ -96,6 +101,14 @@ pub enum SessionNote {
     /// `command` ended 10 s ago, but these guest processes still hold its stdout, so the
     /// request waits for them (`report`: `<pid> <command line>` lines from the guest).
     StdoutHeld { command: String, report: Vec<u8> },
+    /// A wait attempt that forked failed: its status, the CPU the loop charged it and the
+    /// pause it chose before the next one (logged at debug level: the pacing decisions).
+    Attempt {
+        attempt: u32,
+        status: i32,
+        cost_us: u64,
+        pause_us: u64,
+    },
     /// A failed attempt of a wait printed this (kept out of the result, logged at debug level).
     AttemptOutput {
         attempt: u32,
@@ -192,6 +205,9 @@ pub struct ShellSession {
     request_nonce: [u8; NONCE_LEN],
     request_command: String,
     request_is_wait: bool,
+    /// The request in flight runs under the guest's watchdog (a timed command, a wait): the
+    /// host may tell it things ([`Self::tell`]) and releases the watchdog after its end.
+    request_watched: bool,
     /// `framing.consumed()` when the spool was last emptied.
     spool_base: u64,
     /// Bytes consumed by fetch frames since `spool_base` (they bypass the spool).
@@ -223,6 +239,7 @@ impl ShellSession {
             request_nonce: [b'0'; NONCE_LEN],
             request_command: String::new(),
             request_is_wait: false,
+            request_watched: false,
             spool_base: 0,
             spool_fetched: 0,
             request_spool_offset: 0,
@@ -238,6 +255,7 @@ impl ShellSession {
     pub fn restart(&mut self) {
         self.framing.await_sentinel();
         self.stage = Stage::Booting;
+        self.request_watched = false;
         self.outbox.clear();
         self.result = None;
         self.unverified = None;
@@ -250,6 +268,7 @@ impl ShellSession {
     pub fn await_sentinel(&mut self) {
         self.framing.await_sentinel();
         self.stage = Stage::Booting;
+        self.request_watched = false;
         self.unusable = None;
     }
 
@@ -315,6 +334,7 @@ impl ShellSession {
     /// The connection is gone (EOF or error).
     pub fn connection_lost(&mut self) {
         self.stage = Stage::Booting;
+        self.request_watched = false;
         self.outbox.clear();
         self.lost = true;
     }
@@ -385,6 +405,7 @@ impl ShellSession {
         self.request_nonce = nonce;
         self.request_is_wait = req.is_wait();
         req.command().clone_into(&mut self.request_command);
+        self.request_watched = req.watched();
         self.attempts = 0;
         self.result = None;
         self.stage = Stage::Busy;
@@ -404,8 +425,19 @@ impl ShellSession {
                 command: self.request_command.clone(),
                 report,
             }),
-            ShellEvent::Attempt { status, output } => {
+            ShellEvent::Attempt {
+                status,
+                output,
+                cost_us,
+                pause_us,
+            } => {
                 self.attempts += 1;
+                notes.push(SessionNote::Attempt {
+                    attempt: self.attempts,
+                    status,
+                    cost_us,
+                    pause_us,
+                });
                 if !output.is_empty() {
                     notes.push(SessionNote::AttemptOutput {
                         attempt: self.attempts,
@@ -445,10 +477,12 @@ impl ShellSession {
                 }
                 Stage::Stuck => {
                     // The abandoned request ended after all: the shell answers again.
+                    self.release();
                     self.stage = Stage::Ready;
                     self.unusable = None;
                 }
                 _ => {
+                    self.release();
                     let result = ShellResult {
                         status,
                         output,
@@ -460,6 +494,24 @@ impl ShellSession {
                     self.finish(result, frame_bytes);
                 }
             },
+        }
+    }
+
+    /// Tell the request in flight something (pace, stop, kill); false when no watched
+    /// request runs (it ended, or it is not under the watchdog).
+    pub fn tell(&mut self, m: guest::HostMessage) -> bool {
+        if !(self.request_watched && matches!(self.stage, Stage::Busy | Stage::Stuck)) {
+            return false;
+        }
+        self.outbox.extend_from_slice(m.bytes());
+        true
+    }
+
+    /// The watched request's end marker arrived: release the guest's watchdog, before
+    /// anything else is sent (see [`guest::SETUP_TIMEOUTS`]).
+    fn release(&mut self) {
+        if std::mem::take(&mut self.request_watched) {
+            self.outbox.push(guest::HostMessage::RELEASE);
         }
     }
 

@@ -62,7 +62,12 @@ fn wait_request(command: &str) -> ShellRequest {
         }),
         spec: Box::new(WaitSpec {
             budget: std::time::Duration::from_secs(1),
-            pacing: Pacing::new(Schedule::Budget, std::time::Duration::ZERO),
+            pacing: Pacing::new(
+                Schedule::Budget,
+                std::time::Duration::ZERO,
+                crate::machine::waits::PaceMode::Budget,
+                false,
+            ),
         }),
     }
 }
@@ -172,11 +177,13 @@ fn first_timed_run_and_first_wait_carry_their_setup_once() {
     let mut notes = Vec::new();
     s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
     s.take_result().unwrap();
+    assert_eq!(s.take_outbox(), b"\n", "the watchdog is released");
     s.submit(&timed).unwrap();
     let out = String::from_utf8(s.take_outbox()).unwrap();
     assert!(!out.contains(guest::setup_text(SetupPart::Timeouts)));
     s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
     s.take_result().unwrap();
+    assert_eq!(s.take_outbox(), b"\n");
     let wait = wait_request("test -e /x");
     s.submit(&wait).unwrap();
     let out = String::from_utf8(s.take_outbox()).unwrap();
@@ -189,6 +196,42 @@ fn first_timed_run_and_first_wait_carry_their_setup_once() {
     s.feed(&data, &mut notes);
     let r = s.take_result().unwrap();
     assert_eq!((r.status, r.attempts, r.looped), (0, 2, true));
+    assert_eq!(s.take_outbox(), b"\n");
+}
+
+#[test]
+fn host_messages_reach_only_a_watched_request_in_flight_and_its_end_releases_the_watchdog() {
+    use guest::HostMessage;
+    let (mut s, mut twin) = ready();
+    let mut notes = Vec::new();
+    assert!(!s.tell(HostMessage::Kill), "nothing runs");
+    // An untimed command runs without the watchdog: nothing to tell, nothing to release.
+    s.submit(&ShellRequest::Run {
+        command: "true".into(),
+        timeout: None,
+    })
+    .unwrap();
+    s.take_outbox();
+    assert!(!s.tell(HostMessage::Kill));
+    s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
+    s.take_result().unwrap();
+    assert!(s.take_outbox().is_empty());
+    // A wait hears its pacing and its stop as lines of blanks, in order.
+    s.submit(&wait_request("test -e /x")).unwrap();
+    s.take_outbox();
+    assert!(s.tell(HostMessage::PaceFast));
+    assert!(s.tell(HostMessage::Stop));
+    assert_eq!(s.take_outbox(), b" \n\t\n");
+    let n = twin.next_nonce();
+    let mut data = marker('D', &n, 1);
+    data.extend(marker('E', &n, 1));
+    s.feed(&data, &mut notes);
+    assert_eq!(s.take_outbox(), b"\n");
+    assert!(
+        !s.tell(HostMessage::Kill),
+        "ended: released, nothing more to say"
+    );
+    assert!(s.take_outbox().is_empty());
 }
 
 #[test]

@@ -50,8 +50,9 @@ pub const NONCE_LEN: usize = 16;
 
 /// `\x01` + kind + nonce: the part of a marker that must be complete before it can be matched.
 const MARKER_HEAD: usize = 2 + NONCE_LEN;
-/// Longest number suffix (` -9223372036854775808\x01`) accepted after a marker head.
-const MAX_STATUS_TAIL: usize = 22;
+/// Longest number suffix accepted after a marker head: three numbers (an `A` marker's
+/// status, cost and pause: ` 1 9223372036854775807 9223372036854775807\x01`).
+const MAX_STATUS_TAIL: usize = 44;
 /// Largest report of processes holding a command's stdout kept (the guest sends at most
 /// 16 KiB; beyond this, bytes are consumed and dropped).
 pub const MAX_HELD_REPORT: usize = 64 * 1024;
@@ -67,8 +68,14 @@ pub enum ShellEvent {
     Stray(Vec<u8>),
     /// A guest-side wait attempt failed with this status; `output` is what it printed (not
     /// part of the wait's result, but never dropped silently: it may hold late output of a
-    /// background process).
-    Attempt { status: i32, output: Vec<u8> },
+    /// background process). `cost_us` is the CPU the loop charged it, `pause_us` the pause
+    /// the loop chose before the next attempt (its pacing decision).
+    Attempt {
+        status: i32,
+        output: Vec<u8>,
+        cost_us: u64,
+        pause_us: u64,
+    },
     /// Answer to `__ntd_count`: the size of the guest's spool of the last frame (-1:
     /// unknown).
     Count { spooled: i64 },
@@ -308,6 +315,7 @@ impl ShellFraming {
                 len,
                 kind,
                 status,
+                extra,
             } => {
                 self.take_output(at);
                 self.consume(len);
@@ -316,9 +324,12 @@ impl ShellFraming {
                 match kind {
                     b'A' => {
                         self.truncated = 0;
+                        let [cost_us, pause_us] = extra.map(|x| u64::try_from(x).unwrap_or(0));
                         events.push(ShellEvent::Attempt {
                             status,
                             output: std::mem::take(&mut self.output),
+                            cost_us,
+                            pause_us,
                         });
                     }
                     b'D' => self.loop_status = Some(status),
@@ -361,12 +372,14 @@ impl ShellFraming {
 }
 
 enum Found {
-    /// A marker of `kind` starts at `at` and is `len` bytes long.
+    /// A marker of `kind` starts at `at` and is `len` bytes long; an `A` marker may carry
+    /// two more numbers (`extra`, else zeros).
     Marker {
         at: usize,
         len: usize,
         kind: u8,
         status: i64,
+        extra: [i64; 2],
     },
     /// No complete marker; the first `safe` bytes can never become part of one.
     NeedMore { safe: usize },
@@ -389,12 +402,14 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
             Tail::Complete { status, .. } if kind != b'C' && i32::try_from(status).is_err() => {
                 continue
             }
-            Tail::Complete { len, status } => {
+            Tail::Complete { extra: Some(_), .. } if kind != b'A' => continue,
+            Tail::Complete { len, status, extra } => {
                 return Found::Marker {
                     at,
                     len: MARKER_HEAD + len,
                     kind,
                     status,
+                    extra: extra.unwrap_or([0, 0]),
                 }
             }
             Tail::Incomplete => return Found::NeedMore { safe: at },
@@ -408,7 +423,11 @@ fn find_marker(hay: &[u8], nonce: &[u8; NONCE_LEN], kinds: &[u8]) -> Found {
 }
 
 enum Tail {
-    Complete { len: usize, status: i64 },
+    Complete {
+        len: usize,
+        status: i64,
+        extra: Option<[i64; 2]>,
+    },
     Incomplete,
     Invalid,
 }
@@ -426,13 +445,26 @@ fn parse_tail(tail: &[u8]) -> Tail {
             Tail::Invalid
         };
     };
-    match std::str::from_utf8(&tail[1..1 + end])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-    {
-        Some(status) => Tail::Complete {
+    let Some(text) = std::str::from_utf8(&tail[1..1 + end]).ok() else {
+        return Tail::Invalid;
+    };
+    // One number, or three (status, then two more) separated by single spaces.
+    let mut numbers = text.split(' ').map(|n| n.parse::<i64>().ok());
+    let parsed = match (
+        numbers.next(),
+        numbers.next(),
+        numbers.next(),
+        numbers.next(),
+    ) {
+        (Some(Some(status)), None, None, None) => Some((status, None)),
+        (Some(Some(status)), Some(Some(a)), Some(Some(b)), None) => Some((status, Some([a, b]))),
+        _ => None,
+    };
+    match parsed {
+        Some((status, extra)) => Tail::Complete {
             len: end + 2,
             status,
+            extra,
         },
         None => Tail::Invalid,
     }

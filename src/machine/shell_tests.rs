@@ -1,4 +1,4 @@
-//! Unit tests of [`super`], byte by byte (kept beside the module to keep it short).
+//! Unit tests of [`super`]: the framing of every marker kind, fed whole and byte by byte.
 
 use super::*;
 
@@ -115,6 +115,7 @@ fn wait_attempts_reset_output_and_loop_status_wins() {
     f.expect(*N);
     let mut data = b"first".to_vec();
     data.extend_from_slice(b"\x01A0123456789abcdef 1\x01second");
+    data.extend_from_slice(b"\x01A0123456789abcdef 2 7000 190000\x01third");
     data.extend_from_slice(b"\x01D0123456789abcdef 0\x01\x01E0123456789abcdef 0\x01");
     let mut ev = Vec::new();
     f.feed(&data, &mut ev);
@@ -122,10 +123,21 @@ fn wait_attempts_reset_output_and_loop_status_wins() {
         ev[0],
         ShellEvent::Attempt {
             status: 1,
-            output: b"first".to_vec()
+            output: b"first".to_vec(),
+            cost_us: 0,
+            pause_us: 0,
         }
     );
-    match &ev[1] {
+    assert_eq!(
+        ev[1],
+        ShellEvent::Attempt {
+            status: 2,
+            output: b"second".to_vec(),
+            cost_us: 7000,
+            pause_us: 190_000,
+        }
+    );
+    match &ev[2] {
         ShellEvent::Done {
             status,
             output,
@@ -133,7 +145,7 @@ fn wait_attempts_reset_output_and_loop_status_wins() {
             ..
         } => assert_eq!(
             (*status, output.as_slice(), *looped),
-            (0, &b"second"[..], true)
+            (0, &b"third"[..], true)
         ),
         other => panic!("{other:?}"),
     }
@@ -199,6 +211,9 @@ fn malformed_status_is_output_not_marker() {
     f.expect(*N);
     let mut body = b"\x01E0123456789abcdef x\x01".to_vec();
     body.extend_from_slice(b"\x01E0123456789abcdef 99999999999999\x01");
+    // Only an attempt marker carries three numbers; two or four are nobody's.
+    body.extend_from_slice(b"\x01E0123456789abcdef 1 2 3\x01");
+    body.extend_from_slice(b"\x01E0123456789abcdef 1 2\x01\x01E0123456789abcdef 1  2\x01");
     let mut ev = Vec::new();
     f.feed(&frame(&body, 7), &mut ev);
     assert_eq!(done(&ev), (7, body));

@@ -6,8 +6,9 @@
 //! `/dev/tcp` connect — no fork), then, if the guard passed, a *command* in a subshell
 //! (upstream's `set -euo pipefail` semantics), and for systemd units a D-Bus watcher whose
 //! state-change signals end the wait or trigger the next check. [`Pacing`] is the schedule
-//! between attempts: a CPU budget whose pause grows with the attempt's cost and the wait's
-//! age ([`Schedule::Budget`]), or upstream's one attempt a second for comparisons
+//! between attempts: a pause that grows with the wait's age and the attempt's cost, fast
+//! while the host has idle CPU and stretched by a CPU budget under contention
+//! ([`Schedule::Budget`], [`PaceMode`]), or upstream's one attempt a second for comparisons
 //! ([`Schedule::Reference`], selected by the bench knob [`SCHEDULE_ENV`]). [`verdict`]
 //! turns the loop's final status into met / not yet / an error message with upstream's
 //! wording. This module is pure text and arithmetic: it never touches the guest.
@@ -102,10 +103,11 @@ const UNIT_QUERY_FAILED: u8 = 203;
 /// that `benches/waits.rs` can compare both schedules through the same driver and guest.
 pub const SCHEDULE_ENV: &str = "NTD_WAIT_SCHEDULE";
 
-/// How long a wait counts as young: it may use [`YOUNG_SHARE_PERCENT`] of a vCPU.
+/// How long a wait counts as young: under contention it may use [`YOUNG_SHARE_PERCENT`]
+/// of a vCPU.
 pub const YOUNG_PHASE: Duration = Duration::from_secs(1);
-/// The shortest pause between attempts: a young wait notices a condition within ~20 ms.
-pub const MIN_PAUSE: Duration = Duration::from_millis(20);
+/// The shortest pause between attempts: a young wait notices a condition within ~50 ms.
+pub const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// The pause is at least the wait's age divided by this: noticing late costs at most 1/20 of
 /// the time already waited, and the number of attempts grows only with the logarithm of the
 /// wait's length. Under TCG one wakeup of the loop (timer interrupt, `read -t`, a builtin
@@ -113,19 +115,32 @@ pub const MIN_PAUSE: Duration = Duration::from_millis(20);
 /// guard-only wait stays below 4 % of a vCPU from its first second on and below 1 % after
 /// five.
 pub const AGE_DIVISOR: u32 = 20;
-/// The age-driven pause grows to this and no further: upstream's interval.
+/// The age-driven pause grows to this and no further: upstream's interval. While the host
+/// is idle no pause is longer.
 pub const MAX_AGE_PAUSE: Duration = Duration::from_secs(1);
-/// The largest share of one guest vCPU a young wait's attempts may use (the pause is at least
-/// cost × (100/share − 1) = 3 × cost): fast enough to notice a command that turns true
-/// within the first second in ~50 ms.
+/// What upstream's once-a-second schedule spends on every attempt beyond the command itself
+/// (its pipeline: `timeout`, `bash -c`, a subshell with `base64`, and a second round trip for
+/// the status: three fork+execs and two forks), in a TCG guest: 30 ms (measured with
+/// `benches/waits.rs`: 40 ms per reference attempt of a `grep` that costs ntd's loop 10 ms).
+/// While the host has idle CPU, an attempt that cost `c` is followed by a pause of at least
+/// `1 s × c / (c + overhead)`: then ntd's attempts cost the guest no larger share of a vCPU
+/// than upstream's (`(c + overhead) / (c + overhead + 1 s)`) — a 10 ms `grep` attempts every
+/// 0.25 s, a 0.2 s `curl` every 0.87 s (upstream: every 1.2 s), never slower than once a
+/// second — and the age-driven pause makes a whole wait cheaper still.
+pub const UPSTREAM_ATTEMPT_OVERHEAD_TCG: Duration = Duration::from_millis(30);
+/// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`] under KVM, where a fork+exec costs a tenth as much (an
+/// estimate: no KVM on this project's machines).
+pub const UPSTREAM_ATTEMPT_OVERHEAD_KVM: Duration = Duration::from_millis(3);
+/// Under contention, the largest share of one guest vCPU a young wait's attempts may use
+/// (the pause is at least cost × (100/share − 1) = 3 × cost).
 pub const YOUNG_SHARE_PERCENT: u32 = 25;
-/// The largest share of one guest vCPU a wait's attempts may use after [`YOUNG_PHASE`] (pause
-/// ≥ 24 × cost). The promise is 5 %; the guest's own accounting misses a little (the console
-/// copier's wakeups, emulation overhead on the host), hence the margin.
+/// Under contention, the largest share of one guest vCPU a wait's attempts may use after
+/// [`YOUNG_PHASE`] (pause ≥ 24 × cost). The promise is 5 %; the guest's own accounting misses
+/// a little (the console copier's wakeups, emulation overhead on the host), hence the margin.
 pub const OLD_SHARE_PERCENT: u32 = 4;
 /// While a unit wait's D-Bus watcher runs, its polling (only a safety net for a bus where no
 /// one subscribed to systemd's signals: events carry the state) uses [`OLD_SHARE_PERCENT`]
-/// divided by this (1 %, pause ≥ 99 × cost).
+/// divided by this (1 %, pause ≥ 99 × cost), whatever the host's verdict.
 pub const WATCHED_SHARE_DIVISOR: u32 = 4;
 /// An attempt's cost is at most this share of the CPU its own processes and PID 1 used. On an
 /// otherwise idle guest the guest's busy time during an attempt that execs is up to ~2.3
@@ -164,12 +179,43 @@ impl Schedule {
     }
 }
 
+/// How the host wants a wait to poll: its verdict on the host's CPU
+/// ([`crate::hostcpu::parse::verdict`]), sent with the wait and again whenever it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceMode {
+    /// The host has idle CPU: the fast rule.
+    Fast,
+    /// Tasks wait for CPU (or ntd cannot tell): the CPU budget stretches pauses.
+    Budget,
+}
+
+impl PaceMode {
+    /// The mode of a host verdict.
+    pub fn of(v: crate::hostcpu::parse::Verdict) -> PaceMode {
+        match v {
+            crate::hostcpu::parse::Verdict::Idle => PaceMode::Fast,
+            crate::hostcpu::parse::Verdict::Contended => PaceMode::Budget,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PaceMode::Fast => "fast",
+            PaceMode::Budget => "budget",
+        }
+    }
+}
+
 /// The pause rule the guest loop applies after a failed attempt (times in microseconds):
 ///
 /// ```text
-/// pause = max( clamp(age / age_divisor, min_us, max_age_us),  factor(age) × cost )
-/// factor(age) = young_factor while age < young_us,
-///               else watched_factor while a unit watcher runs, else old_factor
+/// fast    = clamp(max(age / age_divisor, 1 s × cost / (cost + overhead)), min_us, max_age_us)
+/// pause   = fast                                          host idle (PaceMode::Fast)
+///         = max(fast, factor(age) × cost)                 contended (PaceMode::Budget)
+///         = max(clamp(age / age_divisor, min_us, max_age_us), watched(age) × cost)
+///                                                         while a unit watcher runs
+/// factor(age)  = young_factor while age < young_us, else old_factor
+/// watched(age) = young_factor while age < young_us, else watched_factor
 /// ```
 ///
 /// where cost is the CPU time the attempt used: the guest's busy time while it ran (all
@@ -177,7 +223,8 @@ impl Schedule {
 /// `systemctl`, the console copier, the kernel), but at most `own_cost_percent` of what the
 /// attempt's processes and PID 1 used (`/proc/<pid>/stat`), so that a guest busy with other
 /// work (booting) does not make its waits poll less. Only attempts that forked are measured;
-/// builtin-only attempts pause the age-driven minimum.
+/// builtin-only attempts pause the age-driven minimum. While the host is idle no pause is
+/// longer than `max_age_us`; under contention the budget may stretch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
     /// How long the wait has run already (earlier slices of the same wait).
@@ -190,11 +237,17 @@ pub struct Pacing {
     pub old_factor: u32,
     pub watched_factor: u32,
     pub own_cost_percent: u32,
+    /// Upstream's per-attempt overhead on this machine (see
+    /// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`]); 0: no cost term in the fast rule.
+    pub overhead_us: u64,
+    /// The host's verdict when the wait was sent.
+    pub mode: PaceMode,
 }
 
 impl Pacing {
-    /// The pacing of `schedule` for a wait that began `age` ago.
-    pub fn new(schedule: Schedule, age: Duration) -> Pacing {
+    /// The pacing of `schedule` for a wait that began `age` ago on a machine that runs under
+    /// KVM (`kvm`) or not, the host's verdict `mode`.
+    pub fn new(schedule: Schedule, age: Duration, mode: PaceMode, kvm: bool) -> Pacing {
         let us = micros;
         let factor = |share: u32| 100 / share - 1;
         match schedule {
@@ -208,6 +261,12 @@ impl Pacing {
                 old_factor: factor(OLD_SHARE_PERCENT),
                 watched_factor: 100 * WATCHED_SHARE_DIVISOR / OLD_SHARE_PERCENT - 1,
                 own_cost_percent: OWN_COST_PERCENT,
+                overhead_us: us(if kvm {
+                    UPSTREAM_ATTEMPT_OVERHEAD_KVM
+                } else {
+                    UPSTREAM_ATTEMPT_OVERHEAD_TCG
+                }),
+                mode,
             },
             Schedule::Reference => Pacing {
                 age_us: us(age),
@@ -219,38 +278,69 @@ impl Pacing {
                 old_factor: 0,
                 watched_factor: 0,
                 own_cost_percent: OWN_COST_PERCENT,
+                overhead_us: 0,
+                mode,
             },
         }
     }
 
-    /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait: the rule
-    /// the guest loop applies in bash ([`super::guest::SETUP_WAITS`], from this struct's
-    /// fields), and `retry()` through [`retry_pause`].
-    pub fn pause_us(&self, age_us: u64, cost_us: u64) -> u64 {
-        let floor = (age_us / u64::from(self.age_divisor.max(1)))
-            .clamp(self.min_us, self.max_age_us.max(self.min_us));
-        let factor = if age_us < self.young_us {
-            self.young_factor
-        } else {
-            self.old_factor
+    /// The pause after an attempt that cost `cost_us` of CPU, `age_us` into the wait, in
+    /// `mode` (`watched`: a unit watcher runs): the rule the guest loop applies in bash
+    /// ([`super::guest::SETUP_WAITS`], `__ntd_pace`, from this struct's fields), and
+    /// `retry()` through [`retry_pause`].
+    pub fn pause_us(&self, age_us: u64, cost_us: u64, mode: PaceMode, watched: bool) -> u64 {
+        let (lo, hi) = (self.min_us, self.max_age_us.max(self.min_us));
+        let by_age = age_us / u64::from(self.age_divisor.max(1));
+        let young = age_us < self.young_us;
+        let cost = |k: u32| cost_us.saturating_mul(u64::from(k));
+        if watched {
+            let k = if young {
+                self.young_factor
+            } else {
+                self.watched_factor
+            };
+            return by_age.clamp(lo, hi).max(cost(k));
+        }
+        // 1 s × c / (c + overhead), in microseconds.
+        let by_cost = match self.overhead_us {
+            0 => 0,
+            o => cost_us.saturating_mul(1_000_000) / cost_us.saturating_add(o),
         };
-        floor.max(cost_us.saturating_mul(u64::from(factor)))
+        let fast = by_age.max(by_cost).clamp(lo, hi);
+        match mode {
+            PaceMode::Fast => fast,
+            PaceMode::Budget => {
+                let k = if young {
+                    self.young_factor
+                } else {
+                    self.old_factor
+                };
+                fast.max(cost(k))
+            }
+        }
     }
 }
 
 /// `retry()`'s cost is the callable's wall-clock time (it cannot tell guest work from host
-/// work such as OCR), so a slow callable would pause for 24 times as long; this bounds that
-/// pause. Callables that take longer than this / 24 (0.21 s) use more than 4 %.
+/// work such as OCR), so a slow callable would pause for 24 times as long under contention;
+/// this bounds that pause. Callables that take longer than this / 24 (0.21 s) use more than
+/// 4 %.
 pub const RETRY_MAX_COST_PAUSE: Duration = Duration::from_secs(5);
 
 /// The pause of the shim's `retry()` after an attempt that took `cost`, `age` into the
-/// retry: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
+/// retry, in `mode`: the wait schedule's rule ([`Pacing::pause_us`]), its cost term capped at
 /// [`RETRY_MAX_COST_PAUSE`]; upstream's fixed second under [`Schedule::Reference`].
-pub fn retry_pause(schedule: Schedule, age: Duration, cost: Duration) -> Duration {
-    let p = Pacing::new(schedule, Duration::ZERO);
-    let floor = p.pause_us(micros(age), 0);
+pub fn retry_pause(
+    schedule: Schedule,
+    age: Duration,
+    cost: Duration,
+    mode: PaceMode,
+    kvm: bool,
+) -> Duration {
+    let p = Pacing::new(schedule, Duration::ZERO, mode, kvm);
+    let floor = p.pause_us(micros(age), 0, mode, false);
     let cost_term = p
-        .pause_us(micros(age), micros(cost))
+        .pause_us(micros(age), micros(cost), mode, false)
         .min(micros(RETRY_MAX_COST_PAUSE));
     Duration::from_micros(floor.max(cost_term))
 }
@@ -272,7 +362,8 @@ pub struct RetryStep {
 }
 
 /// `retry()`'s next step, `age` into a retry of `timeout` (`None`: no limit) whose previous
-/// attempt took `cost` (`first`: none ran yet, no pause). The pause is [`retry_pause`], cut
+/// attempt took `cost` (`first`: none ran yet, no pause), paced in `mode` for a run whose
+/// machines all have KVM or not (`kvm`). The pause is [`retry_pause`], cut
 /// to end [`RETRY_LAST_MARGIN`] before the deadline; the attempt after it is the last if,
 /// costing as much as the previous one and followed by its own pause, the one after it
 /// could not start by then.
@@ -282,11 +373,12 @@ pub fn retry_step(
     age: Duration,
     cost: Duration,
     timeout: Option<Duration>,
+    (mode, kvm): (PaceMode, bool),
 ) -> RetryStep {
     let pause = if first {
         Duration::ZERO
     } else {
-        retry_pause(schedule, age, cost)
+        retry_pause(schedule, age, cost, mode, kvm)
     };
     let Some(total) = timeout else {
         return RetryStep { pause, last: false };
@@ -295,7 +387,7 @@ pub fn retry_step(
     let latest_start = total.saturating_sub(margin);
     let pause = pause.min(latest_start.saturating_sub(age));
     let ends = age + pause + cost;
-    let last = ends + retry_pause(schedule, ends, cost) + margin >= total;
+    let last = ends + retry_pause(schedule, ends, cost, mode, kvm) + margin >= total;
     RetryStep { pause, last }
 }
 

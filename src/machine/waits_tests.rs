@@ -149,22 +149,177 @@ fn full_unit_name_mangles_like_systemctl_and_refuses_globs_and_paths() {
 }
 
 #[test]
-fn budget_pacing_pauses_grow_with_cost_and_age() {
-    let p = Pacing::new(Schedule::Budget, Duration::ZERO);
-    // Young: at least 20 ms, 3 × cost (25 % of a vCPU).
-    assert_eq!(p.pause_us(0, 0), 20_000);
-    assert_eq!(p.pause_us(500_000, 10_000), 30_000);
-    // Old: at least a twentieth of the age (at most 1 s), 24 × cost (4 % of a vCPU).
-    assert_eq!(p.pause_us(1_000_000, 0), 50_000);
-    assert_eq!(p.pause_us(10_000_000, 0), 500_000);
-    assert_eq!(p.pause_us(600_000_000, 0), 1_000_000);
-    assert_eq!(p.pause_us(5_000_000, 100_000), 2_400_000);
-    let r = Pacing::new(Schedule::Reference, Duration::from_secs(3));
-    assert_eq!(
-        (r.pause_us(0, 0), r.pause_us(9_000_000, 500_000)),
-        (1_000_000, 1_000_000)
+fn fast_pacing_follows_the_age_within_50_ms_and_1_s_and_costs_no_more_than_upstream() {
+    let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, false);
+    let fast = |age, cost| p.pause_us(age, cost, PaceMode::Fast, false);
+    // Builtin-only attempts: max(50 ms, age / 20), at most 1 s.
+    assert_eq!(fast(0, 0), 50_000);
+    assert_eq!(fast(3_000_000, 0), 150_000);
+    assert_eq!(fast(600_000_000, 0), 1_000_000);
+    // A 10 ms grep: 1 s × 10 / (10 + 30), then the age once it is longer.
+    assert_eq!(fast(500_000, 10_000), 250_000);
+    assert_eq!(fast(8_000_000, 10_000), 400_000);
+    // A 0.2 s curl: 1 s × 200 / 230; never slower than once a second while the host is idle.
+    assert_eq!(fast(0, 200_000), 869_565);
+    assert_eq!(fast(30_000_000, 200_000), 1_000_000);
+    assert_eq!(fast(0, 5_000_000), 994_035);
+    // Under KVM upstream's pipeline is cheaper, and so are ntd's pauses longer.
+    let kvm = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, true);
+    assert_eq!(kvm.pause_us(0, 1_000, PaceMode::Fast, false), 250_000);
+    // Per attempt (and so over a whole wait, at any age), the share of a vCPU is never above
+    // what upstream's once-a-second schedule spends on the same command: its attempt costs
+    // the command plus its pipeline's overhead, then it sleeps 1 s (to the microsecond the
+    // integer division rounds off).
+    for (p, overhead) in [(p, 30_000u64), (kvm, 3_000)] {
+        for cost in [
+            1u64, 1_000, 7_000, 10_000, 60_000, 200_000, 1_000_000, 30_000_000,
+        ] {
+            for age in [0, 500_000, 1_000_000, 8_000_000, 600_000_000] {
+                let pause = p.pause_us(age, cost, PaceMode::Fast, false);
+                // cost / (cost + pause + 1) ≤ (cost + o) / (cost + o + 1 s), cross-multiplied.
+                let (c, o) = (u128::from(cost), u128::from(overhead));
+                let ours = c * (c + o + 1_000_000);
+                let upstream = (c + o) * (c + u128::from(pause) + 1);
+                assert!(
+                    ours <= upstream,
+                    "overhead {overhead}, cost {cost}, age {age}: {pause}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn budget_pacing_stretches_pauses_by_cost_under_contention() {
+    let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Budget, false);
+    let budget = |age, cost| p.pause_us(age, cost, PaceMode::Budget, false);
+    // Never faster than the fast rule.
+    assert_eq!(budget(0, 0), 50_000);
+    assert_eq!(budget(500_000, 10_000), 250_000);
+    // Young: 3 × cost (25 % of a vCPU), which the fast rule covers up to a 0.3 s attempt.
+    assert_eq!(budget(500_000, 300_000), 909_090);
+    assert_eq!(budget(500_000, 400_000), 1_200_000);
+    // Old: 24 × cost (4 % of a vCPU), beyond 1 s if need be.
+    assert_eq!(budget(1_000_000, 0), 50_000);
+    assert_eq!(budget(10_000_000, 0), 500_000);
+    assert_eq!(budget(5_000_000, 10_000), 250_000);
+    assert_eq!(budget(5_000_000, 100_000), 2_400_000);
+    assert_eq!(budget(5_000_000, 200_000), 4_800_000);
+    // A unit watcher's safety net: 3 × cost in the first second, 99 × after, either way.
+    assert_eq!(p.pause_us(5_000_000, 10_000, PaceMode::Fast, true), 990_000);
+    assert_eq!(p.pause_us(500_000, 30_000, PaceMode::Fast, true), 90_000);
+    let r = Pacing::new(
+        Schedule::Reference,
+        Duration::from_secs(3),
+        PaceMode::Fast,
+        false,
     );
+    for mode in [PaceMode::Fast, PaceMode::Budget] {
+        assert_eq!(
+            (
+                r.pause_us(0, 0, mode, false),
+                r.pause_us(9_000_000, 500_000, mode, false)
+            ),
+            (1_000_000, 1_000_000)
+        );
+    }
     assert_eq!(r.age_us, 3_000_000);
+}
+
+#[test]
+fn retry_pauses_like_a_wait_and_caps_the_cost_term_under_contention() {
+    let s = |x: f64| Duration::from_secs_f64(x);
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(0.0), s(0.01), PaceMode::Fast, false),
+        s(0.25)
+    );
+    // A slow callable: 1 s × 2 / 2.03 while the host is idle, at most 1 s (the age's).
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Fast, false),
+        Duration::from_micros(985_221)
+    );
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(30.0), s(2.0), PaceMode::Fast, false),
+        s(1.0)
+    );
+    // Under KVM: 1 s × 10 / 13.
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(0.0), s(0.01), PaceMode::Fast, true),
+        Duration::from_micros(769_230)
+    );
+    assert_eq!(
+        retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Budget, false),
+        RETRY_MAX_COST_PAUSE
+    );
+    assert_eq!(
+        retry_pause(
+            Schedule::Reference,
+            s(10.0),
+            s(2.0),
+            PaceMode::Budget,
+            false
+        ),
+        s(1.0)
+    );
+}
+
+/// The guest loop's `__ntd_pace` (bash) and [`Pacing::pause_us`] agree on a grid of ages,
+/// costs and modes (bash is run once, without a guest).
+#[test]
+fn bash_pause_rule_is_the_rust_one() {
+    let text = super::super::guest::SETUP_WAITS;
+    let start = text.find("__ntd_pace() {").unwrap();
+    let end = start + text[start..].find("\n}\n").unwrap() + 3;
+    let mut script = text[start..end].to_owned();
+    let mut want = Vec::new();
+    for (schedule, kvm) in [
+        (Schedule::Budget, false),
+        (Schedule::Budget, true),
+        (Schedule::Reference, false),
+    ] {
+        let p = Pacing::new(schedule, Duration::ZERO, PaceMode::Fast, kvm);
+        script.push_str(&format!(
+            "__ntd_q=({} {} {} {} {} {} {} {} {} {})\n",
+            p.age_us,
+            p.min_us,
+            p.max_age_us,
+            p.age_divisor,
+            p.young_us,
+            p.young_factor,
+            p.old_factor,
+            p.watched_factor,
+            p.own_cost_percent,
+            p.overhead_us
+        ));
+        for age in [0, 300_000, 999_999, 1_000_000, 4_000_000, 30_000_000] {
+            for cost in [0, 1_000, 7_000, 10_000, 60_000, 200_000, 400_000, 2_000_000] {
+                for (mode, md) in [(PaceMode::Fast, 1), (PaceMode::Budget, 0)] {
+                    for (watched, e) in [(false, 7), (true, 4)] {
+                        script.push_str(&format!(
+                            "__ntd_a={age} __ntd_x={cost} __ntd_md={md} __ntd_e={e}; __ntd_pace; echo $__ntd_p\n"
+                        ));
+                        want.push(p.pause_us(age, cost, mode, watched).to_string());
+                    }
+                }
+            }
+        }
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, want);
 }
 
 #[test]
@@ -215,7 +370,16 @@ fn until_failure_is_met_by_a_non_zero_status() {
 #[test]
 fn retry_steps_pause_by_the_schedule_and_flag_the_last_attempt_that_fits() {
     let ms = Duration::from_millis;
-    let step = |first, age, cost, timeout| retry_step(Schedule::Budget, first, age, cost, timeout);
+    let step = |first, age, cost, timeout| {
+        retry_step(
+            Schedule::Budget,
+            first,
+            age,
+            cost,
+            timeout,
+            (PaceMode::Budget, false),
+        )
+    };
     // Before the first attempt: no pause; it is the last only if nothing could follow it.
     assert_eq!(
         step(true, ms(0), ms(0), Some(ms(60_000))),
@@ -238,9 +402,10 @@ fn retry_steps_pause_by_the_schedule_and_flag_the_last_attempt_that_fits() {
     let s = step(false, ms(9_800), ms(10), Some(ms(10_000)));
     assert_eq!(s.pause, ms(150));
     assert!(s.last);
-    // Far from the deadline: the schedule's own pause, not the last.
+    // Far from the deadline: the schedule's own pause (the fast rule's 1 s × 10 / (10 + 30)
+    // beats the budget's 24 × 10 ms), not the last.
     let s = step(false, ms(2_000), ms(10), Some(ms(10_000)));
-    assert_eq!(s.pause, ms(240));
+    assert_eq!(s.pause, ms(250));
     assert!(!s.last);
     // An attempt slower than the margin widens it: it must start a cost before the end.
     let s = step(false, ms(9_000), ms(500), Some(ms(10_000)));

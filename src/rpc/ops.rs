@@ -22,7 +22,7 @@ pub use super::args::{parse_duration, MAX_DURATION};
 use super::args::{ArgSpec, Args, Decode};
 use super::replies::*;
 use super::requests::*;
-use super::wire::{Responder, Wire};
+use super::wire::{Responder, Seconds, Wire};
 use super::{ErrorType, OpError};
 use crate::json::Value;
 use std::time::Duration;
@@ -152,6 +152,7 @@ protocol! {
     wait_unit_state: WaitUnitState -> WaitReply;
     wait_x11: WaitX11 -> WaitReply;
     retry_step: RetryStep -> NextAttempt;
+    guest_clock: GuestClock -> Seconds;
     console_wait: ConsoleWait -> ConsoleChunk;
     console_log: ConsoleLog -> String;
     send_console: SendConsole -> ();

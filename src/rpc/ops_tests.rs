@@ -137,7 +137,7 @@ fn missing_and_mistyped_arguments_are_value_errors() {
 fn wait_requests_decode_to_conditions_and_limits_and_ports_are_checked() {
     use crate::rpc::requests::{WaitLimits, WaitRequest};
     let r = ok(
-        r#"{"id":1,"op":"wait_port","machine":"m","addr":"10.0.0.1","port":80,"timeout":5,"slice":1.5}"#,
+        r#"{"id":1,"op":"wait_port","machine":"m","addr":"10.0.0.1","port":80,"timeout":5,"withheld":0.25,"slice":1.5}"#,
     );
     let Op::WaitPort(w) = r.op else {
         panic!("{:?}", r.op)
@@ -154,6 +154,7 @@ fn wait_requests_decode_to_conditions_and_limits_and_ports_are_checked() {
             WaitLimits {
                 timeout: Some(Duration::from_secs(5)),
                 age: Duration::ZERO,
+                withheld: Duration::from_millis(250),
                 slice: Some(Duration::from_millis(1500)),
             }
         )

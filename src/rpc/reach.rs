@@ -39,6 +39,7 @@ impl Op {
             | Op::Start(_)
             | Op::Connect(_)
             | Op::RetryStep(_)
+            | Op::GuestClock(_)
             | Op::ConsoleWait(_)
             | Op::ConsoleLog(_)
             | Op::QmpEvent(_)

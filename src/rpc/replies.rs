@@ -29,6 +29,31 @@ pub fn timed_out(elapsed: Duration, timeout: Option<Duration>) -> String {
     )
 }
 
+/// The words for a timeout the host stretched, in pieces the generated module joins the
+/// same way (`stretch_note`): `[0]`, the timeout as Python's `repr` writes it, `[1]`, the
+/// wall seconds with one decimal, `[2]`, the withheld seconds with one decimal, `[3]`.
+pub const STRETCHED: [&str; 4] = [
+    "timeout ",
+    " s reached after ",
+    " s wall; the host withheld the CPU for ",
+    " s",
+];
+
+/// [`STRETCHED`] for a timeout `limit` that was reached after `wall`, of which the host
+/// withheld `withheld` from the machine.
+pub fn stretch_note(limit: Duration, wall: Duration, withheld: Duration) -> String {
+    format!(
+        "{}{}{}{:.1}{}{:.1}{}",
+        STRETCHED[0],
+        format_seconds(limit),
+        STRETCHED[1],
+        wall.as_secs_f64(),
+        STRETCHED[2],
+        withheld.as_secs_f64(),
+        STRETCHED[3]
+    )
+}
+
 reply_records! {
     /// The run, as the shim builds its namespace from it.
     pub struct HelloReply {
@@ -121,6 +146,9 @@ reply_records! {
         pub met: bool,
         /// The output of the attempt that met it (`wait_until_succeeds` returns it).
         pub output: Base64,
+        /// The machine's guest clock when the wait began (the shim measures the age of
+        /// later slices from it).
+        pub started: Seconds,
     }
 
     /// What `retry()` does next ([`crate::machine::waits::retry_step`]).
@@ -129,6 +157,9 @@ reply_records! {
         pub pause: Seconds,
         /// The attempt is the last that fits before the deadline.
         pub last: bool,
+        /// The run's guest-available time since the retry began (its age, which the
+        /// deadline is counted in).
+        pub age: Seconds,
     }
 
     /// Serial lines since the last call.
@@ -138,5 +169,7 @@ reply_records! {
         pub exited: bool,
         /// The call's timeout passed.
         pub timed_out: bool,
+        /// The machine's guest clock now (the shim counts the timeout of its loop with it).
+        pub clock: Seconds,
     }
 }

@@ -169,7 +169,10 @@ requests! {
         pub command: String = kind::STR,
         pub until_success: bool = kind::TRUE,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -178,7 +181,10 @@ requests! {
         pub machine: String = kind::STR,
         pub path: String = kind::STR,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -189,7 +195,10 @@ requests! {
         pub port: String = kind::PORT,
         pub open: bool = kind::TRUE,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -199,7 +208,10 @@ requests! {
         pub path: String = kind::STR,
         pub datagram: bool = kind::FALSE,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -209,7 +221,10 @@ requests! {
         pub unit: String = kind::STR,
         pub user: Option<String> = kind::OPT_STR,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -220,7 +235,10 @@ requests! {
         pub state: String = kind::STR,
         pub user: Option<String> = kind::OPT_STR,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
@@ -228,21 +246,32 @@ requests! {
     pub struct WaitX11 {
         pub machine: String = kind::STR,
         pub timeout: Option<Duration> = kind::TIMEOUT,
+        /// Guest-available seconds the wait's earlier slices used.
         pub age: Duration = kind::SECONDS,
+        /// Seconds the host withheld from the machine during the earlier slices.
+        pub withheld: Duration = kind::SECONDS,
         pub slice: Option<Duration> = kind::TIMEOUT,
     }
 
     /// `retry()` before its next attempt: how long to pause, and whether that attempt is
-    /// the last that fits before the deadline (the wait schedule's rule; one home for it).
+    /// the last that fits before the deadline (the wait schedule's rule, paced by the host's
+    /// CPU; one home for it). The retry's age is the run's guest-available time since
+    /// `since`.
     pub struct RetryStep {
-        /// How long the retry has run.
-        pub age: Duration = kind::SECONDS,
+        /// The run's guest clock when the retry began (a `guest_clock()` reading).
+        pub since: Duration = kind::SECONDS,
         /// How long the previous attempt took.
         pub cost: Duration = kind::SECONDS,
         /// The retry's time limit (`None`: no limit, no attempt is the last).
         pub timeout: Option<Duration> = kind::TIMEOUT,
         /// No attempt ran yet (no pause).
         pub first: bool = kind::FALSE,
+    }
+
+    /// A reading of a machine's guest clock (seconds of guest-available time since the
+    /// driver started), or of the run's (no machine: the most-starved machine's time).
+    pub struct GuestClock {
+        pub machine: Option<String> = kind::OPT_STR,
     }
 
     /// Serial lines printed since the last call, once there are some (or the machine
@@ -401,13 +430,14 @@ const fn spec<T>(name: &'static str, k: Arg<T>) -> ArgSpec {
     }
 }
 
-/// How long a wait may take, as the shim asks: its timeout (`None`: no limit), how long it
-/// has run already (earlier slices) and the slice this call may take at most while polling
-/// conditions are active.
+/// How long a wait may take, as the shim asks: its timeout (`None`: no limit), how much
+/// guest-available time it has used already (earlier slices) and how much the host withheld
+/// meanwhile, and the slice this call may take at most while polling conditions are active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitLimits {
     pub timeout: Option<Duration>,
     pub age: Duration,
+    pub withheld: Duration,
     pub slice: Option<Duration>,
 }
 
@@ -420,8 +450,8 @@ macro_rules! wait_requests {
     ($( $req:ident { $($field:ident),* } => $cond:expr; )*) => {$(
         impl WaitRequest for $req {
             fn into_wait(self) -> (String, WaitCondition, WaitLimits) {
-                let $req { machine, timeout, age, slice, $($field),* } = self;
-                let limits = WaitLimits { timeout, age, slice };
+                let $req { machine, timeout, age, withheld, slice, $($field),* } = self;
+                let limits = WaitLimits { timeout, age, withheld, slice };
                 (machine, $cond, limits)
             }
         }

@@ -10,7 +10,7 @@
 //! calls against this module (`ci/typecheck --shim`). Pure text.
 
 use crate::rpc::ops::{OpSpec, OPS};
-use crate::rpc::replies::{self, STATUS_NOT_WAITED, TIMED_OUT};
+use crate::rpc::replies::{self, STATUS_NOT_WAITED, STRETCHED, TIMED_OUT};
 use crate::rpc::wire::Record;
 use crate::rpc::ErrorType;
 use std::fmt::Write as _;
@@ -31,8 +31,24 @@ _TIMED_OUT = ({:?}, {:?}, {:?})
 def timed_out_message(elapsed: float, timeout: float) -> str:
     """The message of a call whose time ran out (the driver words its own the same way)."""
     return f"{{_TIMED_OUT[0]}}{{elapsed:.2f}}{{_TIMED_OUT[1]}}{{timeout!r}}{{_TIMED_OUT[2]}}"
+
+_STRETCHED = ({:?}, {:?}, {:?}, {:?})
+
+
+def stretch_note(timeout: float, wall: float, withheld: float) -> str:
+    """How far the host stretched a timeout that counts guest time (the driver's words)."""
+    return (
+        f"{{_STRETCHED[0]}}{{float(timeout)!r}}{{_STRETCHED[1]}}{{wall:.1f}}"
+        f"{{_STRETCHED[2]}}{{withheld:.1f}}{{_STRETCHED[3]}}"
+    )
 "#,
-        TIMED_OUT[0], TIMED_OUT[1], TIMED_OUT[2]
+        TIMED_OUT[0],
+        TIMED_OUT[1],
+        TIMED_OUT[2],
+        STRETCHED[0],
+        STRETCHED[1],
+        STRETCHED[2],
+        STRETCHED[3]
     );
     for record in replies::records() {
         typed_dict(&mut py, &record);

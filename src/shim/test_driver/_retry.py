@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from test_driver import _protocol
 from test_driver._constants import DEFAULT_TIMEOUT
-from test_driver._protocol import NextAttempt, timed_out_message
+from test_driver._protocol import NextAttempt, stretch_note, timed_out_message
 from test_driver.duration import Duration, to_limit, warn_deprecated_argument, warn_if_numeric
 from test_driver.errors import RequestedAssertionFailed
 
@@ -62,33 +62,43 @@ class RemainingTime(float):
         return f"RemainingTime({float(self)!r}, last={self._last})"
 
 
-def timed_out(elapsed: float, total: float) -> RequestedAssertionFailed:
-    """The error of a wait whose time is up (upstream's words)."""
-    return RequestedAssertionFailed(timed_out_message(elapsed, total))
+def timed_out(guest: float, total: float, wall: float | None = None) -> RequestedAssertionFailed:
+    """The error of a wait whose guest-available time is up after ``guest`` seconds
+    (upstream's words), and how far the host stretched it when ``wall`` (the wall-clock time
+    it took) is longer."""
+    msg = timed_out_message(guest, total)
+    if wall is not None and wall - guest >= 0.1:
+        msg += "; " + stretch_note(total, wall, wall - guest)
+    return RequestedAssertionFailed(msg)
 
 
 def run_retry(fn: Callable[[RemainingTime | None], object], total: float) -> None:
     """The loop behind `retry`, for callers inside the shim (no argument checks, no
-    warnings): ``total`` seconds (``math.inf``: no limit)."""
+    warnings): ``total`` seconds (``math.inf``: no limit) of the run's guest-available time
+    (the time the most starved machine could run, as every timeout of ntd counts)."""
     start = time.monotonic()
+    since = _protocol.guest_clock()
     limit = None if math.isinf(total) else total
     step: NextAttempt | None = None
+    age = 0.0
     while True:
-        now = time.monotonic()
         remaining: RemainingTime | None = None
         if limit is not None:
-            left = start + limit - now
-            if left <= 0:
-                raise timed_out(now - start, total)
             if step is None:
-                step = _protocol.retry_step(timeout=limit, first=True)
+                step = _protocol.retry_step(since=since, timeout=limit, first=True)
+                age = step["age"]
+            left = limit - age
+            if left <= 0:
+                raise timed_out(age, total, time.monotonic() - start)
             remaining = RemainingTime(left, step["last"])
+        t0 = time.monotonic()
         if fn(remaining):
             return
-        end = time.monotonic()
-        if step is not None and (step["last"] or end >= start + total):
-            raise timed_out(end - start, total)
-        step = _protocol.retry_step(age=end - start, cost=end - now, timeout=limit)
+        was_last = step is not None and step["last"]
+        step = _protocol.retry_step(since=since, cost=time.monotonic() - t0, timeout=limit)
+        age = step["age"]
+        if was_last or age >= total:
+            raise timed_out(age, total, time.monotonic() - start)
         time.sleep(step["pause"])
 
 

@@ -31,7 +31,6 @@ from test_driver._protocol import (
     MachineState,
     RunReply,
     WaitReply,
-    timed_out_message,
 )
 from test_driver._retry import RemainingTime, run_retry
 from test_driver.duration import (
@@ -61,8 +60,9 @@ def _ocr_texts(variants: list[str | None]) -> str:
     return "[" + ", ".join("<timed out>" if v is None else repr(v) for v in variants) + "]"
 
 
-#: One slice of a wait: ``(timeout, age, slice)`` in seconds to the driver's reply.
-_WaitSlice = Callable[[float | None, float, float | None], WaitReply]
+#: One slice of a wait: ``(timeout, age, withheld, slice)`` in seconds to the driver's reply
+#: (``age``: guest-available time used so far, ``withheld``: time the host withheld meanwhile).
+_WaitSlice = Callable[[float | None, float, float, float | None], WaitReply]
 
 
 class BaseMachine:
@@ -270,21 +270,26 @@ class BaseMachine:
         into slices so that they are checked as often as upstream checks them."""
         total = finite_or_none(to_limit(timeout, DEFAULT_TIMEOUT))
         start = time.monotonic()
+        age = withheld = 0.0
         while True:
             self.run_callbacks()
-            reply = send(total, time.monotonic() - start, _polling_slice())
+            reply = send(total, age, withheld, _polling_slice())
             if reply["met"]:
                 return reply
+            # Another slice: its age is the machine's guest time since the wait began.
+            age = _protocol.guest_clock(machine=self.name) - reply["started"]
+            withheld = max(0.0, time.monotonic() - start - age)
 
     def _wait_command(self, command: str, until_success: bool, timeout: Duration) -> WaitReply:
         return self._wait(
             timeout,
-            lambda t, age, s: _protocol.wait_command(
+            lambda t, age, w, s: _protocol.wait_command(
                 machine=self.name,
                 command=command,
                 until_success=until_success,
                 timeout=t,
                 age=age,
+                withheld=w,
                 slice=s,
             ),
         )
@@ -292,8 +297,8 @@ class BaseMachine:
     def _wait_port(self, addr: str, port: int | str, open: bool, timeout: Duration) -> WaitReply:
         return self._wait(
             timeout,
-            lambda t, age, s: _protocol.wait_port(
-                machine=self.name, addr=addr, port=port, open=open, timeout=t, age=age, slice=s
+            lambda t, age, w, s: _protocol.wait_port(
+                machine=self.name, addr=addr, port=port, open=open, timeout=t, age=age, withheld=w, slice=s
             ),
         )
 
@@ -354,8 +359,8 @@ class BaseMachine:
         with self.nested(f"waiting for file '{filename}'"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_file(
-                    machine=self.name, path=filename, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_file(
+                    machine=self.name, path=filename, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -381,8 +386,8 @@ class BaseMachine:
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unix_socket(
-                    machine=self.name, path=addr, datagram=is_datagram, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_unix_socket(
+                    machine=self.name, path=addr, datagram=is_datagram, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -468,8 +473,8 @@ class BaseMachine:
         with self.nested(f"waiting for unit {unit}{with_user}"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unit(
-                    machine=self.name, unit=unit, user=user, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_unit(
+                    machine=self.name, unit=unit, user=user, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
@@ -491,13 +496,14 @@ class BaseMachine:
         with self.nested(f"waiting for unit {unit} to reach state {state}{with_user}"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_unit_state(
+                lambda t, age, w, s: _protocol.wait_unit_state(
                     machine=self.name,
                     unit=unit,
                     state=state,
                     user=user,
                     timeout=t,
                     age=age,
+                    withheld=w,
                     slice=s,
                 ),
             )

@@ -18,8 +18,7 @@ from typing import Any
 
 from test_driver import _protocol
 from test_driver._constants import DEFAULT_QMP_EVENT_TIMEOUT, DEFAULT_TIMEOUT
-from test_driver._protocol import timed_out_message
-from test_driver._retry import RemainingTime, run_retry
+from test_driver._retry import RemainingTime, run_retry, timed_out
 from test_driver.duration import Duration, to_limit, to_seconds, warn_if_numeric
 from test_driver.efi import EfiVariable, EfiVars
 from test_driver.errors import MachineError, RequestedAssertionFailed
@@ -197,12 +196,15 @@ class QemuMachine(BaseMachine):
         warn_if_numeric(timeout, "wait_for_console_text")
         total = to_seconds(timeout)
         start = time.monotonic()
+        since = _protocol.guest_clock(machine=self.name)
+        used = 0.0
         seen = ""
         pattern = re.compile(regex)
         with self.nested(f"waiting for {regex} to appear on console"):
             while True:
-                left = None if total is None else max(0.0, total - (time.monotonic() - start))
+                left = None if total is None else max(0.0, total - used)
                 reply = _protocol.console_wait(machine=self.name, timeout=left)
+                used = reply["clock"] - since
                 for line in reply["lines"]:
                     seen += line
                     if pattern.search(seen):
@@ -212,8 +214,7 @@ class QemuMachine(BaseMachine):
                         f"{self.name} stopped before {regex!r} appeared on its console"
                     )
                 if reply["timed_out"] and total is not None:
-                    elapsed = time.monotonic() - start
-                    raise RequestedAssertionFailed(timed_out_message(elapsed, total))
+                    raise timed_out(used, total, time.monotonic() - start)
 
     def get_console_log(self) -> str:
         """Everything the serial console printed since the last start, one line per line."""
@@ -251,13 +252,15 @@ class QemuMachine(BaseMachine):
     ) -> dict[str, Any]:
         warn_if_numeric(timeout, "wait_for_qmp_event")
         total = to_seconds(timeout)
-        start = time.monotonic()
+        since = _protocol.guest_clock(machine=self.name)
+        used = 0.0
         while True:
-            left = None if total is None else max(0.0, total - (time.monotonic() - start))
+            left = None if total is None else max(0.0, total - used)
             event = _protocol.qmp_event(machine=self.name, timeout=left)
             if isinstance(event, dict) and event_filter(event):
                 return event
-            if total is not None and time.monotonic() - start >= total:
+            used = _protocol.guest_clock(machine=self.name) - since
+            if total is not None and used >= total:
                 raise TimeoutError(f"no matching QMP event within {_fmt_seconds(total)} s")
 
     def send_key(
@@ -316,8 +319,8 @@ class QemuMachine(BaseMachine):
         with self.nested("waiting for the X11 server"):
             self._wait(
                 timeout,
-                lambda t, age, s: _protocol.wait_x11(
-                    machine=self.name, timeout=t, age=age, slice=s
+                lambda t, age, w, s: _protocol.wait_x11(
+                    machine=self.name, timeout=t, age=age, withheld=w, slice=s
                 ),
             )
 
