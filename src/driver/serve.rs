@@ -454,7 +454,12 @@ impl Serve for Driver {
 
     fn retry_step(&mut self, req: RetryStep, out: Responder<NextAttempt>) -> Served {
         let now = self.run_stamp();
-        let age = now.guest_since(self.started).saturating_sub(req.since);
+        let age = match req.first {
+            true => Duration::ZERO,
+            false => req
+                .age
+                .saturating_sub(now.withheld.saturating_sub(req.since)),
+        };
         // The run is as contended as its most contended running machine (the host alone
         // decides while none runs).
         let psi = self.host_psi();
@@ -485,7 +490,7 @@ impl Serve for Driver {
         Served::Now(out.ok(NextAttempt {
             pause: Seconds(step.pause),
             last: step.last,
-            age: Seconds(age),
+            withheld: Seconds(now.withheld),
         }))
     }
 

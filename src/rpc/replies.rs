@@ -157,9 +157,10 @@ reply_records! {
         pub pause: Seconds,
         /// The attempt is the last that fits before the deadline.
         pub last: bool,
-        /// The run's guest-available time since the retry began (its age, which the
-        /// deadline is counted in).
-        pub age: Seconds,
+        /// The run's withheld-time counter now: the host withheld this much CPU from the
+        /// run's machines since the driver started (the shim subtracts the reading at the
+        /// retry's start from its wall age).
+        pub withheld: Seconds,
     }
 
     /// Serial lines since the last call.

@@ -255,10 +255,13 @@ requests! {
 
     /// `retry()` before its next attempt: how long to pause, and whether that attempt is
     /// the last that fits before the deadline (the wait schedule's rule, paced by the host's
-    /// CPU; one home for it). The retry's age is the run's guest-available time since
-    /// `since`.
+    /// CPU; one home for it). The retry's age counts the run's guest-available time: its wall
+    /// age minus what the host withheld since it began.
     pub struct RetryStep {
-        /// The run's guest clock when the retry began (a `guest_clock()` reading).
+        /// How long the retry has run by the shim's clock (wall time).
+        pub age: Duration = kind::SECONDS,
+        /// The run's withheld-time counter when the retry began (the `withheld` of the
+        /// reply to its first step).
         pub since: Duration = kind::SECONDS,
         /// How long the previous attempt took.
         pub cost: Duration = kind::SECONDS,

@@ -77,16 +77,15 @@ def run_retry(fn: Callable[[RemainingTime | None], object], total: float) -> Non
     warnings): ``total`` seconds (``math.inf``: no limit) of the run's guest-available time
     (the time the most starved machine could run, as every timeout of ntd counts)."""
     start = time.monotonic()
-    since = _protocol.guest_clock()
     limit = None if math.isinf(total) else total
-    step: NextAttempt | None = None
-    age = 0.0
+    step: NextAttempt = _protocol.retry_step(timeout=limit, first=True)
+    since = step["withheld"]
     while True:
+        # Guest-available time: the wall age less what the host withheld meanwhile (as of
+        # the driver's last answer).
+        age = max(0.0, (time.monotonic() - start) - (step["withheld"] - since))
         remaining: RemainingTime | None = None
         if limit is not None:
-            if step is None:
-                step = _protocol.retry_step(since=since, timeout=limit, first=True)
-                age = step["age"]
             left = limit - age
             if left <= 0:
                 raise timed_out(age, total, time.monotonic() - start)
@@ -94,11 +93,12 @@ def run_retry(fn: Callable[[RemainingTime | None], object], total: float) -> Non
         t0 = time.monotonic()
         if fn(remaining):
             return
-        was_last = step is not None and step["last"]
-        step = _protocol.retry_step(since=since, cost=time.monotonic() - t0, timeout=limit)
-        age = step["age"]
+        end = time.monotonic()
+        was_last = limit is not None and step["last"]
+        step = _protocol.retry_step(age=end - start, since=since, cost=end - t0, timeout=limit)
+        age = max(0.0, (end - start) - (step["withheld"] - since))
         if was_last or age >= total:
-            raise timed_out(age, total, time.monotonic() - start)
+            raise timed_out(age, total, end - start)
         time.sleep(step["pause"])
 
 
