@@ -17,6 +17,7 @@ mod dirs;
 mod gate;
 mod limit;
 mod node;
+mod pacing;
 mod pending;
 mod report;
 mod save_group;
@@ -575,16 +576,6 @@ impl Driver {
                 },
             }
         }
-    }
-
-    /// The host's CPU pressure now (PSI `some`, per mille), read at most every 100 ms; the
-    /// first time it cannot be read is said once at debug level.
-    fn host_psi(&mut self) -> Option<u32> {
-        self.host.sample(Instant::now());
-        if let Some(note) = self.host.take_note() {
-            self.log.debug(None, &note);
-        }
-        self.host.permille()
     }
 
     /// Send what answering a request gave (a notification's error goes to the log).

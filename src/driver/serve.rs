@@ -9,8 +9,6 @@ use super::node::{Kind, Node};
 use super::pending::Pending;
 use super::shell_op::{ShellOp, WaitOp};
 use super::Driver;
-use crate::hostcpu::parse::Verdict;
-use crate::hostcpu::Stamp;
 use crate::json::Value;
 use crate::machine::guest::{format_seconds, WaitSpec};
 use crate::machine::session::ShellRequest;
@@ -219,18 +217,6 @@ impl Driver {
             .add_machine(&name, &req.start_command, req.keep_machine_state)
             .map_err(|e| OpError::new(ErrorType::Machine, e.to_string()))?;
         Ok(machine_info(&self.machines[i]))
-    }
-
-    /// The run's clock now: every machine read, the most-starved one's withheld time of
-    /// this interval added (see [`crate::hostcpu::RunClock`]).
-    fn run_stamp(&mut self) -> Stamp {
-        let now = Instant::now();
-        let withheld: Vec<_> = self
-            .machines
-            .iter_mut()
-            .map(|m| m.clock(now, &mut self.log).withheld)
-            .collect();
-        self.run_clock.stamp(now, withheld.into_iter())
     }
 
     fn hello_reply(&self) -> HelloReply {
@@ -460,25 +446,7 @@ impl Serve for Driver {
                 .age
                 .saturating_sub(now.withheld.saturating_sub(req.since)),
         };
-        // The run is as contended as its most contended running machine (the host alone
-        // decides while none runs).
-        let psi = self.host_psi();
-        let verdicts: Vec<Verdict> = self
-            .machines
-            .iter_mut()
-            .filter(|m| m.booted())
-            .map(|m| m.pace_verdict(psi))
-            .collect();
-        let verdict = match verdicts.is_empty() {
-            true => crate::hostcpu::parse::verdict(psi, None, Verdict::Contended),
-            false if verdicts.contains(&Verdict::Contended) => Verdict::Contended,
-            false => Verdict::Idle,
-        };
-        let mode = PaceMode::of(verdict);
-        // Upstream's cheaper KVM attempts (longer fast pauses) only when some machine runs and
-        // every running one has KVM; otherwise TCG's, the shorter pauses.
-        let mut running = self.machines.iter().filter(|m| m.booted()).peekable();
-        let kvm = running.peek().is_some() && running.all(|m| m.accelerator() == Some("kvm"));
+        let (mode, kvm) = self.run_pacing();
         let step = retry_step(
             Schedule::from_env(),
             req.first,
