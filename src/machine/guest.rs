@@ -131,7 +131,9 @@ __ntd_held() {
     [[ $__ntd_d ]] && (( __ntd_z > __ntd_d - __ntd_u )) && (( __ntd_z = __ntd_d - __ntd_u ))
     printf -v __ntd_x '%d.%06d' $(( __ntd_z / 1000000 )) $(( __ntd_z % 1000000 ))
     if [[ ${__ntd_wd_PID:-} ]] && kill -0 "$__ntd_wd_PID" 2>/dev/null; then
-      if read -t "$__ntd_x" -r -u 7 __ntd_x && [[ $__ntd_x == k ]]; then
+      __ntd_g=
+      read -t "$__ntd_x" -r -u 7 __ntd_g
+      if [[ $__ntd_g == k ]]; then
         kill -TERM "${__ntd_h[@]}" 2>/dev/null
         return 124
       fi
@@ -188,7 +190,11 @@ pub const SETUP_NO_SPOOL: i32 = 3;
 ///   reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the watchdog's:
 ///   the host's pacing verdicts `f`/`b` recompute the pause, `s` ends the wait as "not yet",
 ///   `k` means killed) or on fd 4, a unit watcher (then fd 7 is looked at after each
-///   wakeup), so pausing costs no fork.
+///   wakeup), so pausing costs no fork. A message counts even when the pause's timer ran out
+///   between its letter and its newline (bash's `read -t` then keeps the partial input and
+///   reports a timeout; under TCG a starved vCPU makes that window wide): a lost `k` would
+///   leave the host waiting for an answer that never comes. The holder wait of a command
+///   (`__ntd_held`) reads fd 7 the same way.
 /// - Under the watchdog the loop has no deadline of its own: the host stops it when the
 ///   wait's guest-available time is spent. Without the watchdog (it died) the loop stops
 ///   itself after its budget on the guest's clock, under `timeout`.
@@ -242,7 +248,7 @@ __ntd_pace() {
      __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
 }
 __ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_x=0 __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp= __ntd_a=0 __ntd_md __ntd_end
+  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_x=0 __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp= __ntd_a=0 __ntd_md __ntd_end __ntd_rs
   local -a __ntd_q=($8)
   __ntd_md=${__ntd_q[10]:-0}
   __ntd_t1=${EPOCHREALTIME/./}
@@ -279,8 +285,11 @@ __ntd_loop() {
     (( __ntd_d && __ntd_t1 + __ntd_p > __ntd_d && (__ntd_p = __ntd_d - __ntd_t1), __ntd_end = __ntd_t1 + __ntd_p ))
     while (( __ntd_p > 0 )); do
       printf -v __ntd_f '%d.%06d' $(( __ntd_p / 1000000 )) $(( __ntd_p % 1000000 ))
+      __ntd_v=
       read -t "$__ntd_f" -u $__ntd_e __ntd_v 2>/dev/null
-      case $?,$__ntd_e in
+      __ntd_rs=$?
+      (( __ntd_rs > 128 && __ntd_e == 7 )) && [[ $__ntd_v ]] && __ntd_rs=0
+      case $__ntd_rs,$__ntd_e in
         0,7)
           case $__ntd_v in s) break 2 ;; k) exit 124 ;; f) __ntd_md=1 ;; b) __ntd_md=0 ;; esac
           __ntd_pace
