@@ -186,6 +186,19 @@ impl Child {
         };
     }
 
+    /// Begin ending the child: SIGTERM to its group now, and the instant of the SIGKILL that
+    /// follows `grace` later stored in `kill_at` (the caller's timer sends it). A second call
+    /// (cleanup after the global timeout) never postpones an earlier SIGKILL.
+    pub fn term_then_kill(
+        &self,
+        kill_at: &mut Option<std::time::Instant>,
+        grace: std::time::Duration,
+    ) {
+        self.signal(Signal::TERM);
+        let at = std::time::Instant::now() + grace;
+        *kill_at = Some(kill_at.map_or(at, |t| t.min(at)));
+    }
+
     /// SIGKILL the child (its group) and wait for it: for error paths that cannot hand the
     /// child to the poll loop. SIGKILL cannot be caught, so the wait is short.
     pub fn kill_and_reap(&self) {

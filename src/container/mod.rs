@@ -436,10 +436,7 @@ impl Container {
             log.log(&format!("kill NspawnMachine (pid {})", p.child.raw_pid()));
         }
         self.killed = true;
-        p.child.signal(Signal::TERM);
-        // A second call (cleanup after the global timeout) never postpones the SIGKILL.
-        let at = Instant::now() + grace;
-        self.kill_deadline = Some(self.kill_deadline.map_or(at, |t| t.min(at)));
+        p.child.term_then_kill(&mut self.kill_deadline, grace);
     }
 
     /// SIGKILL every group now (global timeout, second signal).

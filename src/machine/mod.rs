@@ -489,8 +489,7 @@ impl Machine {
             log.log(&format!("kill QemuMachine (pid {})", p.child.raw_pid()));
         }
         self.killed = true;
-        p.child.signal(Signal::TERM);
-        self.kill_deadline = Some(Instant::now() + grace);
+        p.child.term_then_kill(&mut self.kill_deadline, grace);
     }
 
     /// SIGKILL the process group now (global timeout, second signal).
