@@ -448,6 +448,7 @@ impl Machine {
             Err(_) => self.qmp_retry_at = Some(now + QMP_CONNECT_RETRY),
         }
     }
+
     fn check_exit(&mut self, cx: &mut Ctx<'_>) {
         let Some(p) = self.process.as_ref() else {
             return;
