@@ -366,8 +366,12 @@ class Driver:
 
     def snapshot_all(self, name: str) -> None:
         """Save every running machine at one instant, and the vlans' network faults, under
-        ``name`` (ntd; for ``restore_all(name)`` later in this run)."""
+        ``name`` (ntd; for ``restore_all(name)`` later in this run). A machine still booting
+        is waited for first, as a command on it would be."""
         with self.logger.nested(f"taking snapshot '{name}' of all machines"):
+            for machine in self.machines_qemu:
+                if machine.booted:
+                    machine.connect()
             _protocol.snapshot_all(name=name)
 
     def restore_all(self, name: str) -> None:

@@ -177,9 +177,12 @@ class QemuMachine(BaseMachine):
 
     def snapshot(self, name: str) -> None:
         """Save this running machine (memory, devices, disk) under ``name``, for
-        ``restore(name)`` later in this run. Its shell must be connected and idle; a 9p
-        share other than ntd's own (``xchg``, ``shared``) makes it impossible."""
+        ``restore(name)`` later in this run. A machine still booting is waited for first, as
+        a command would be; a 9p share other than ntd's own (``xchg``, ``shared``) makes it
+        impossible."""
         with self.nested(f"taking snapshot '{name}'"):
+            if self.booted:
+                self.connect()
             _protocol.snapshot(machine=self.name, name=name)
 
     def restore(self, name: str) -> None:
