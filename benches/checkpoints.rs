@@ -30,7 +30,6 @@ mod common;
 use common::{TestDir, TimedRun, NTD};
 use ntd::json::Value;
 use std::fmt::Write as _;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -231,19 +230,6 @@ fn measure(r: &TimedRun) -> Sample {
     }
 }
 
-/// Allocated bytes below `path`.
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.blocks() * 512;
-    }
-    std::fs::read_dir(path)
-        .map(|d| d.flatten().map(|e| disk_usage(&e.path())).sum())
-        .unwrap_or(0)
-}
-
 /// Each entry's machine name and size on disk.
 fn entry_sizes(ck: &Path) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = std::fs::read_dir(ck)
@@ -252,7 +238,10 @@ fn entry_sizes(ck: &Path) -> Vec<(String, u64)> {
         .filter_map(|e| {
             let manifest = std::fs::read_to_string(e.path().join("manifest")).ok()?;
             let name = manifest.lines().find_map(|l| l.strip_prefix("name "))?;
-            Some((name.to_owned(), disk_usage(&e.path())))
+            Some((
+                name.to_owned(),
+                ntd::checkpoint::store::disk_usage(&e.path()),
+            ))
         })
         .collect();
     v.sort();

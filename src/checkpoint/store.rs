@@ -82,8 +82,9 @@ pub fn parse_entry_name(name: &str) -> Option<(&str, &str)> {
     (key.len() == 32 && hex(key) && hex(cut) && cut.len() <= 32).then_some((key, cut))
 }
 
-/// Allocated bytes below `path` (files and directories, symlinks not followed).
-fn disk_usage(path: &Path) -> u64 {
+/// Allocated bytes below `path` (files and directories, symlinks not followed): what a
+/// checkpoint directory, an entry or a failure capsule occupies on disk.
+pub fn disk_usage(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };

@@ -371,7 +371,7 @@ impl Driver {
             "ntd: failure capsule written to {} ({:.1} MB on disk, {saved} of {} machines \
              saved); resume it with: ntd resume {}",
             cap.dir.display(),
-            disk_usage(&cap.dir) as f64 / 1e6,
+            store::disk_usage(&cap.dir) as f64 / 1e6,
             desc.machines.len(),
             cap.dir.display()
         );
@@ -483,18 +483,4 @@ fn place_entry(tmp: &Path, manifest: &Manifest, target: &Path) -> std::io::Resul
         std::fs::create_dir_all(parent)?;
     }
     std::fs::rename(tmp, target)
-}
-
-/// Bytes allocated under `path` (sparse files count what they use).
-fn disk_usage(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.blocks() * 512;
-    }
-    std::fs::read_dir(path)
-        .map(|d| d.flatten().map(|e| disk_usage(&e.path())).sum())
-        .unwrap_or(0)
 }
