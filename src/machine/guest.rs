@@ -182,10 +182,12 @@ pub const SETUP_NO_SPOOL: i32 = 3;
 ///   its status, its cost and the pause chosen after it: its output is not the wait's) and
 ///   has a CPU cost (see [`super::waits::Pacing`]), read from `/proc` in 10 ms ticks as the
 ///   difference to the previous reading, so that nothing is lost to rounding; wall time
-///   where `/proc` is missing.
+///   where `/proc` is missing. A builtin attempt whose guard passed without ending the
+///   wait (a closed-port wait's connect that a listener accepted) costs the pacing
+///   argument's `probe` (the listener's work, which the loop does not read).
 /// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule (`__ntd_pace`),
 ///   from the pacing argument (`age min max_age divisor young_us k_young k_old k_watched own%
-///   overhead fast?`, microseconds; `overhead` is upstream's per-attempt overhead of the fast
+///   overhead fast? probe`, microseconds; `overhead` is upstream's per-attempt overhead of the fast
 ///   rule's `1 s × cost / (cost + overhead)`; `k = 0` and `overhead = 0`: no cost term, the
 ///   reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the watchdog's:
 ///   the host's pacing verdicts `f`/`b` recompute the pause, `s` ends the wait as "not yet",
@@ -255,10 +257,9 @@ __ntd_loop() {
   (( __ntd_d = ${__ntd_h:-0} ? 0 : __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
   __ntd_cpu
   while :; do
-    __ntd_r=0 __ntd_s=0
+    __ntd_r=0 __ntd_s=0 __ntd_ts=${EPOCHREALTIME/./}
     if [[ $__ntd_g ]]; then { eval "$__ntd_g"; } 2>/dev/null; __ntd_s=$?; fi
     if [[ $__ntd_c ]] && (( !__ntd_s )); then
-      __ntd_ts=${EPOCHREALTIME/./}
       ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4<&- 5<&- 7<&-
       __ntd_s=$? __ntd_r=1
     fi
@@ -274,6 +275,8 @@ __ntd_loop() {
       else
         (( __ntd_x = __ntd_t1 - __ntd_ts ))
       fi
+    elif (( !__ntd_s )) && [[ $__ntd_g ]]; then
+      __ntd_x=${__ntd_q[11]:-0}
     fi
     (( __ntd_a = __ntd_t1 - __ntd_t0 ))
     __ntd_pace
@@ -518,7 +521,7 @@ pub fn encode_wait(
     shell_quote(&check.command, &mut line);
     let _ = write!(
         line,
-        " {} '{} {} {} {} {} {} {} {} {} {} {}' ",
+        " {} '{} {} {} {} {} {} {} {} {} {} {} {}' ",
         check.fatal_status,
         p.age_us,
         p.min_us.max(1000),
@@ -530,7 +533,8 @@ pub fn encode_wait(
         p.watched_factor,
         p.own_cost_percent,
         p.overhead_us,
-        u8::from(p.mode == PaceMode::Fast)
+        u8::from(p.mode == PaceMode::Fast),
+        p.probe_us
     );
     shell_quote(unit, &mut line);
     line.push(' ');
@@ -641,7 +645,7 @@ mod tests {
         assert_eq!(
             line,
             "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
-             '250000 50000 1000000 20 1000000 3 24 99 250 30000 1' '' 'u'\n"
+             '250000 50000 1000000 20 1000000 3 24 99 250 5000 1 5000' '' 'u'\n"
         );
         let unit = GuestCheck {
             guard: String::new(),
@@ -660,7 +664,7 @@ mod tests {
         let line = encode_wait(N, &unit, spec).unwrap();
         assert!(
             line.ends_with(
-                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250 0 0' 'a.service' 'sfailed'\n"
+                " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250 0 0 0' 'a.service' 'sfailed'\n"
             ),
             "{line}"
         );

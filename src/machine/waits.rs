@@ -118,19 +118,35 @@ pub const AGE_DIVISOR: u32 = 20;
 /// The age-driven pause grows to this and no further: upstream's interval. While the host
 /// is idle no pause is longer.
 pub const MAX_AGE_PAUSE: Duration = Duration::from_secs(1);
-/// What upstream's once-a-second schedule spends on every attempt beyond the command itself
-/// (its pipeline: `timeout`, `bash -c`, a subshell with `base64`, and a second round trip for
-/// the status: three fork+execs and two forks), in a TCG guest: 30 ms (measured with
-/// `benches/waits.rs`: 40 ms per reference attempt of a `grep` that costs ntd's loop 10 ms).
+/// How much more guest CPU one attempt of upstream's once-a-second schedule costs than one
+/// attempt of ntd's loop running the same command, as ntd's loop measures its attempts: the
+/// guest's busy time since its previous reading, so the cost `c` an attempt reports already
+/// holds the loop's own work (the subshell's fork, the cost reading, the wakeup from idle).
+/// Upstream's attempt adds its pipeline (`timeout`, `bash -c`, a subshell with `base64`:
+/// 22 ms per attempt of a `grep` in a TCG guest, measured in a loop) and the console round
+/// trips of the command and its status (its whole attempt: 31 ms, 3.1 % of a vCPU over a
+/// 10 s wait measured with `benches/waits.rs --peer`), where ntd's attempt of that `grep`
+/// reports 20–25 ms. So upstream's attempt costs `c` + 5–10 ms; this constant takes the low
+/// end, which errs towards longer pauses, the cheap side.
 /// While the host has idle CPU, an attempt that cost `c` is followed by a pause of at least
-/// `1 s × c / (c + overhead)`: then ntd's attempts cost the guest no larger share of a vCPU
-/// than upstream's (`(c + overhead) / (c + overhead + 1 s)`) — a 10 ms `grep` attempts every
-/// 0.25 s, a 0.2 s `curl` every 0.87 s (upstream: every 1.2 s), never slower than once a
-/// second — and the age-driven pause makes a whole wait cheaper still.
-pub const UPSTREAM_ATTEMPT_OVERHEAD_TCG: Duration = Duration::from_millis(30);
+/// `1 s × c / (c + extra)`: then ntd's attempts cost the guest no larger share of a vCPU than
+/// upstream's (`(c + extra) / (c + extra + 1 s)`) — a 20 ms `grep` attempts every 0.8 s, a
+/// 0.2 s `curl` every 0.98 s (upstream: every 1.23 s, attempt included), never slower than
+/// once a second — and the age-driven pause makes a whole wait cheaper still.
+pub const UPSTREAM_ATTEMPT_OVERHEAD_TCG: Duration = Duration::from_millis(5);
 /// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`] under KVM, where a fork+exec costs a tenth as much (an
 /// estimate: no KVM on this project's machines).
-pub const UPSTREAM_ATTEMPT_OVERHEAD_KVM: Duration = Duration::from_millis(3);
+pub const UPSTREAM_ATTEMPT_OVERHEAD_KVM: Duration = Duration::from_micros(500);
+/// What one builtin connect that a listener accepts costs the guest, in a TCG guest: the
+/// attempts of a `wait_for_closed_port` while the port is still open (the loop does not read
+/// `/proc` for builtin attempts: the reading would cost as much as the probe). Measured with
+/// `benches/waits.rs`: such a wait used 3.3 ms more per attempt than a `wait_for_file`,
+/// whose `[ -e ]` costs next to nothing; rounded up. It enters the fast rule as the
+/// attempt's cost (a pause of at least 0.5 s), so a closed-port wait does not make the
+/// listener answer twenty times a second.
+pub const LISTENER_PROBE_COST_TCG: Duration = Duration::from_millis(5);
+/// [`LISTENER_PROBE_COST_TCG`] under KVM (an estimate, a tenth).
+pub const LISTENER_PROBE_COST_KVM: Duration = Duration::from_micros(500);
 /// Under contention, the largest share of one guest vCPU a young wait's attempts may use
 /// (the pause is at least cost × (100/share − 1) = 3 × cost).
 pub const YOUNG_SHARE_PERCENT: u32 = 25;
@@ -223,7 +239,8 @@ impl PaceMode {
 /// `systemctl`, the console copier, the kernel), but at most `own_cost_percent` of what the
 /// attempt's processes and PID 1 used (`/proc/<pid>/stat`), so that a guest busy with other
 /// work (booting) does not make its waits poll less. Only attempts that forked are measured;
-/// builtin-only attempts pause the age-driven minimum. While the host is idle no pause is
+/// a builtin probe that a listener accepted (a closed-port wait's attempt while the port is
+/// open) costs `probe_us`; other builtin-only attempts cost nothing. While the host is idle no pause is
 /// longer than `max_age_us`; under contention the budget may stretch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
@@ -240,6 +257,9 @@ pub struct Pacing {
     /// Upstream's per-attempt overhead on this machine (see
     /// [`UPSTREAM_ATTEMPT_OVERHEAD_TCG`]); 0: no cost term in the fast rule.
     pub overhead_us: u64,
+    /// The cost of a builtin attempt whose probe a listener accepted (see
+    /// [`LISTENER_PROBE_COST_TCG`]); 0: such attempts count as free.
+    pub probe_us: u64,
     /// The host's verdict when the wait was sent.
     pub mode: PaceMode,
 }
@@ -266,6 +286,11 @@ impl Pacing {
                 } else {
                     UPSTREAM_ATTEMPT_OVERHEAD_TCG
                 }),
+                probe_us: us(if kvm {
+                    LISTENER_PROBE_COST_KVM
+                } else {
+                    LISTENER_PROBE_COST_TCG
+                }),
                 mode,
             },
             Schedule::Reference => Pacing {
@@ -279,6 +304,7 @@ impl Pacing {
                 watched_factor: 0,
                 own_cost_percent: OWN_COST_PERCENT,
                 overhead_us: 0,
+                probe_us: 0,
                 mode,
             },
         }

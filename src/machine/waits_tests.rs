@@ -156,21 +156,23 @@ fn fast_pacing_follows_the_age_within_50_ms_and_1_s_and_costs_no_more_than_upstr
     assert_eq!(fast(0, 0), 50_000);
     assert_eq!(fast(3_000_000, 0), 150_000);
     assert_eq!(fast(600_000_000, 0), 1_000_000);
-    // A 10 ms grep: 1 s × 10 / (10 + 30), then the age once it is longer.
-    assert_eq!(fast(500_000, 10_000), 250_000);
-    assert_eq!(fast(8_000_000, 10_000), 400_000);
-    // A 0.2 s curl: 1 s × 200 / 230; never slower than once a second while the host is idle.
-    assert_eq!(fast(0, 200_000), 869_565);
+    // A 10 ms grep: 1 s × 10 / (10 + 5), then the age once it is longer.
+    assert_eq!(fast(500_000, 10_000), 666_666);
+    assert_eq!(fast(14_000_000, 10_000), 700_000);
+    // A 0.2 s curl: 1 s × 200 / 205; never slower than once a second while the host is idle.
+    assert_eq!(fast(0, 200_000), 975_609);
     assert_eq!(fast(30_000_000, 200_000), 1_000_000);
-    assert_eq!(fast(0, 5_000_000), 994_035);
+    assert_eq!(fast(0, 5_000_000), 999_000);
+    // A closed-port wait's probe that a listener accepted: 1 s × 5 / (5 + 5).
+    assert_eq!(fast(0, p.probe_us), 500_000);
     // Under KVM upstream's pipeline is cheaper, and so are ntd's pauses longer.
     let kvm = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, true);
-    assert_eq!(kvm.pause_us(0, 1_000, PaceMode::Fast, false), 250_000);
+    assert_eq!(kvm.pause_us(0, 1_000, PaceMode::Fast, false), 666_666);
     // Per attempt (and so over a whole wait, at any age), the share of a vCPU is never above
     // what upstream's once-a-second schedule spends on the same command: its attempt costs
     // the command plus its pipeline's overhead, then it sleeps 1 s (to the microsecond the
     // integer division rounds off).
-    for (p, overhead) in [(p, 30_000u64), (kvm, 3_000)] {
+    for (p, overhead) in [(p, 5_000u64), (kvm, 500)] {
         for cost in [
             1u64, 1_000, 7_000, 10_000, 60_000, 200_000, 1_000_000, 30_000_000,
         ] {
@@ -195,14 +197,14 @@ fn budget_pacing_stretches_pauses_by_cost_under_contention() {
     let budget = |age, cost| p.pause_us(age, cost, PaceMode::Budget, false);
     // Never faster than the fast rule.
     assert_eq!(budget(0, 0), 50_000);
-    assert_eq!(budget(500_000, 10_000), 250_000);
-    // Young: 3 × cost (25 % of a vCPU), which the fast rule covers up to a 0.3 s attempt.
-    assert_eq!(budget(500_000, 300_000), 909_090);
+    assert_eq!(budget(500_000, 10_000), 666_666);
+    // Young: 3 × cost (25 % of a vCPU), which the fast rule covers up to a 0.33 s attempt.
+    assert_eq!(budget(500_000, 300_000), 983_606);
     assert_eq!(budget(500_000, 400_000), 1_200_000);
     // Old: 24 × cost (4 % of a vCPU), beyond 1 s if need be.
     assert_eq!(budget(1_000_000, 0), 50_000);
     assert_eq!(budget(10_000_000, 0), 500_000);
-    assert_eq!(budget(5_000_000, 10_000), 250_000);
+    assert_eq!(budget(5_000_000, 10_000), 666_666);
     assert_eq!(budget(5_000_000, 100_000), 2_400_000);
     assert_eq!(budget(5_000_000, 200_000), 4_800_000);
     // A unit watcher's safety net: 3 × cost in the first second, 99 × after, either way.
@@ -231,21 +233,21 @@ fn retry_pauses_like_a_wait_and_caps_the_cost_term_under_contention() {
     let s = |x: f64| Duration::from_secs_f64(x);
     assert_eq!(
         retry_pause(Schedule::Budget, s(0.0), s(0.01), PaceMode::Fast, false),
-        s(0.25)
+        Duration::from_micros(666_666)
     );
-    // A slow callable: 1 s × 2 / 2.03 while the host is idle, at most 1 s (the age's).
+    // A slow callable: 1 s × 2 / 2.005 while the host is idle, at most 1 s (the age's).
     assert_eq!(
         retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Fast, false),
-        Duration::from_micros(985_221)
+        Duration::from_micros(997_506)
     );
     assert_eq!(
         retry_pause(Schedule::Budget, s(30.0), s(2.0), PaceMode::Fast, false),
         s(1.0)
     );
-    // Under KVM: 1 s × 10 / 13.
+    // Under KVM: 1 s × 10 / 10.5.
     assert_eq!(
         retry_pause(Schedule::Budget, s(0.0), s(0.01), PaceMode::Fast, true),
-        Duration::from_micros(769_230)
+        Duration::from_micros(952_380)
     );
     assert_eq!(
         retry_pause(Schedule::Budget, s(10.0), s(2.0), PaceMode::Budget, false),
@@ -291,6 +293,16 @@ fn bash_pause_rule_is_the_rust_one() {
             p.own_cost_percent,
             p.overhead_us
         ));
+        assert_eq!(
+            p.overhead_us,
+            if kvm {
+                500
+            } else if schedule == Schedule::Budget {
+                5_000
+            } else {
+                0
+            }
+        );
         for age in [0, 300_000, 999_999, 1_000_000, 4_000_000, 30_000_000] {
             for cost in [0, 1_000, 7_000, 10_000, 60_000, 200_000, 400_000, 2_000_000] {
                 for (mode, md) in [(PaceMode::Fast, 1), (PaceMode::Budget, 0)] {
@@ -402,10 +414,10 @@ fn retry_steps_pause_by_the_schedule_and_flag_the_last_attempt_that_fits() {
     let s = step(false, ms(9_800), ms(10), Some(ms(10_000)));
     assert_eq!(s.pause, ms(150));
     assert!(s.last);
-    // Far from the deadline: the schedule's own pause (the fast rule's 1 s × 10 / (10 + 30)
+    // Far from the deadline: the schedule's own pause (the fast rule's 1 s × 10 / (10 + 5)
     // beats the budget's 24 × 10 ms), not the last.
     let s = step(false, ms(2_000), ms(10), Some(ms(10_000)));
-    assert_eq!(s.pause, ms(250));
+    assert_eq!(s.pause, Duration::from_micros(666_666));
     assert!(!s.last);
     // An attempt slower than the margin widens it: it must start a cost before the end.
     let s = step(false, ms(9_000), ms(500), Some(ms(10_000)));
@@ -416,4 +428,53 @@ fn retry_steps_pause_by_the_schedule_and_flag_the_last_attempt_that_fits() {
         step(false, ms(11_000), ms(10), Some(ms(10_000))).pause,
         ms(0)
     );
+}
+
+/// The guest loop itself (run by the host's bash, on its fallback path without a watchdog)
+/// paces a closed-port wait whose connects a listener keeps accepting by the listener's
+/// cost: over 1.2 s a handful of connects, not one every 50 ms.
+#[test]
+fn a_closed_port_wait_does_not_make_the_listener_answer_twenty_times_a_second() {
+    use super::super::guest::{encode_wait, setup_text, SetupPart, WaitSpec};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let condition = WaitCondition::Port {
+        addr: "127.0.0.1".into(),
+        port: port.to_string(),
+        open: false,
+    };
+    let spec = WaitSpec {
+        budget: Duration::from_millis(1200),
+        pacing: Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, false),
+    };
+    let line = encode_wait(b"0123456789abcdef", &budget(&condition), spec).unwrap();
+    let script = format!(
+        "exec 3>&1 5</dev/null\n{}{}{line}",
+        setup_text(SetupPart::Waits),
+        "_Nkill() { :; }\n"
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Ended by its deadline, the port still open ("not yet": status 0 of a closed-port wait).
+    assert!(
+        stdout.contains("\u{1}D0123456789abcdef 0\u{1}"),
+        "{stdout:?}"
+    );
+    let n = accepted.load(Ordering::SeqCst);
+    // 1 s × 5 ms / (5 ms + 5 ms) between connects: at 0, 0.5 and 1 s (before: every 50 ms).
+    assert!((1..=4).contains(&n), "{n} connects in 1.2 s");
 }
