@@ -102,16 +102,19 @@ pub struct Sample {
     /// todo-api only: detection on the server's clock, and on the host's clock.
     pub detect_guest_s: Option<f64>,
     pub detect_host_s: Option<f64>,
+    /// todo-api only: where the wall time went, on the host's clock from the driver's spawn:
+    /// the server's "listening" line (boot), and the wait's finished line.
+    pub listen_at_s: Option<f64>,
+    pub done_at_s: Option<f64>,
     pub load: f64,
 }
 
 pub fn measure(run: &TimedRun) -> Sample {
     let listening = probe_time(run, "todo-api: listening at ");
     let answered = probe_time(run, "todo-api: GET /todos 200 at ");
-    let detect_host = match (
-        run.first("todo-api: listening at "),
-        run.first(WAIT_FINISHED),
-    ) {
+    let open_line = run.first("todo-api: listening at ");
+    let done_line = run.first(WAIT_FINISHED);
+    let detect_host = match (open_line, done_line) {
         (Some(open), Some(done)) => Some((done.at.as_secs_f64() - open.at.as_secs_f64()).max(0.0)),
         _ => None,
     };
@@ -119,6 +122,8 @@ pub fn measure(run: &TimedRun) -> Sample {
         wall_s: run.elapsed.as_secs_f64(),
         detect_guest_s: listening.zip(answered).map(|(l, a)| a - l),
         detect_host_s: detect_host,
+        listen_at_s: open_line.map(|l| l.at.as_secs_f64()),
+        done_at_s: done_line.map(|l| l.at.as_secs_f64()),
         load: load_average(),
     }
 }
@@ -237,6 +242,22 @@ pub fn report_scenario(
                 median(host.clone()).unwrap(),
                 list(&host)
             );
+            let listen: Vec<f64> = runs.iter().filter_map(|s| s.listen_at_s).collect();
+            let after: Vec<f64> = runs
+                .iter()
+                .filter_map(|s| Some(s.wall_s - s.done_at_s?))
+                .collect();
+            let _ = writeln!(
+                table,
+                "{:13} {label:4} spawn to the server listening: median {:.2} s (runs {}); wait's end to the driver's exit: median {:.2} s (runs {})",
+                "",
+                median(listen.clone()).unwrap_or(f64::NAN),
+                list(&listen),
+                median(after.clone()).unwrap_or(f64::NAN),
+                list(&after)
+            );
+            fields.push((format!("{label}_listen_at_s"), floats_json(&listen)));
+            fields.push((format!("{label}_exit_after_wait_s"), floats_json(&after)));
             fields.push((format!("{label}_detect_guest_s"), floats_json(&guest)));
             fields.push((format!("{label}_detect_host_s"), floats_json(&host)));
         }

@@ -211,6 +211,10 @@ pub const SETUP_NO_SPOOL: i32 = 3;
 ///   signals (logind does on every ordinary system). A watcher that cannot start (no
 ///   busctl, no bus) ends its output: the loop polls at the full share.
 /// - bash without `/dev/tcp` (probed once, `__ntd_tcp`): `__ntd_port` runs `nc -z` instead.
+/// - `__ntd_url HOST PORT`, the guard of a `curl` command wait ([`super::curl`]): fails
+///   only when a connect to HOST:PORT fails (`localhost`: 127.0.0.1, then ::1) and `curl`
+///   would connect there directly — no proxy variable, no `.curlrc`, bash has `/dev/tcp`;
+///   otherwise it passes and `curl` decides.
 pub const SETUP_WAITS: &str = r#"__ntd_tcp=0
 [[ $( { : </dev/tcp/127.0.0.1/0; } 2>&1 ) == *connect:* ]] && __ntd_tcp=1
 __ntd_port() {
@@ -219,6 +223,16 @@ __ntd_port() {
   else
     __ntd_r=1
     nc -z "$1" "$2" <&5 >/dev/null
+  fi
+}
+__ntd_url() {
+  (( __ntd_tcp )) || return 0
+  [[ ${http_proxy-}${HTTP_PROXY-}${https_proxy-}${HTTPS_PROXY-}${all_proxy-}${ALL_PROXY-} ]] && return 0
+  [[ -e ${CURL_HOME:-${HOME:-/}}/.curlrc || -e ${XDG_CONFIG_HOME:-${HOME:-/}/.config}/.curlrc || -e ${HOME:-/}/.curlrc ]] && return 0
+  if [[ $1 == localhost ]]; then
+    { : </dev/tcp/127.0.0.1/"$2"; } 2>/dev/null || : </dev/tcp/::1/"$2"
+  else
+    : </dev/tcp/"$1"/"$2"
   fi
 }
 __ntd_cpu() {
@@ -330,7 +344,7 @@ __ntd_wait() {
     printf '\001E%s %d\001' "$1" "$__ntd_s" >&3
     __ntd_rel
   else
-    timeout "$2" bash -c "$(declare -f __ntd_loop __ntd_pace __ntd_port __ntd_cpu __ntd_unitsrc __ntd_kill)
+    timeout "$2" bash -c "$(declare -f __ntd_loop __ntd_pace __ntd_port __ntd_url __ntd_cpu __ntd_unitsrc __ntd_kill)
 __ntd_tcp=$__ntd_tcp"'
 __ntd_loop "$@"' __ntd "$@" <&5 >&3 6>&- 7<&-
     __ntd_s=$?

@@ -15,6 +15,7 @@ pub mod boot;
 mod channels;
 mod checkpoint;
 pub mod console;
+mod curl;
 mod error;
 pub mod guest;
 mod link;

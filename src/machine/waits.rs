@@ -572,6 +572,16 @@ impl WaitCondition {
                 check.guard = format!("_Nport {addr} {port}");
                 check.command.clear();
             }
+            WaitCondition::Command {
+                command,
+                until_success: true,
+            } => {
+                // A `curl` that would find nothing listening: a builtin connect says so
+                // without the fork and exec (see `super::curl`).
+                if let Some(t) = super::curl::target(command) {
+                    check.guard = format!("_Nurl {} {}", t.host, t.port);
+                }
+            }
             WaitCondition::UnixSocket { path, .. } => {
                 // bash cannot connect a unix socket; it can see that there is none yet.
                 check.guard = format!("[ -S {} ]", quoted(path));

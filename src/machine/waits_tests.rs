@@ -478,3 +478,79 @@ fn a_closed_port_wait_does_not_make_the_listener_answer_twenty_times_a_second() 
     // 1 s × 5 ms / (5 ms + 5 ms) between connects: at 0, 0.5 and 1 s (before: every 50 ms).
     assert!((1..=4).contains(&n), "{n} connects in 1.2 s");
 }
+
+#[test]
+fn curl_command_waits_get_a_connect_guard_that_fails_only_when_curl_would() {
+    let c = WaitCondition::Command {
+        command: "curl --fail --silent http://server:3000/todos".into(),
+        until_success: true,
+    };
+    let check = budget(&c);
+    assert_eq!(check.guard, "_Nurl server 3000");
+    assert_eq!(
+        check.command,
+        "curl --fail --silent http://server:3000/todos"
+    );
+    for c in [
+        WaitCondition::Command {
+            command: "curl -x http://p:1 http://server:3000/".into(),
+            until_success: true,
+        },
+        WaitCondition::Command {
+            command: "curl http://server:3000/".into(),
+            until_success: false,
+        },
+    ] {
+        assert_eq!(budget(&c).guard, "", "{c:?}");
+    }
+    assert_eq!(c.guest_check(Schedule::Reference).guard, "");
+
+    // The guard itself, in the host's bash.
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let home = std::env::temp_dir().join(format!("ntd-curlrc-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |env: &[(&str, &str)], host: &str, port: u16| -> i32 {
+        let script = format!(
+            "{}_Nurl {host} {port}",
+            super::super::guest::setup_text(super::super::guest::SetupPart::Waits)
+        );
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c").arg(&script).env("HOME", &home);
+        for v in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "CURL_HOME",
+            "XDG_CONFIG_HOME",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied());
+        cmd.output().unwrap().status.code().unwrap_or(-1)
+    };
+    assert_eq!(run(&[], "127.0.0.1", open_port), 0);
+    assert_eq!(run(&[], "localhost", open_port), 0);
+    assert_ne!(run(&[], "127.0.0.1", closed_port), 0);
+    assert_ne!(run(&[], "localhost", closed_port), 0);
+    // Where curl would not connect there directly, curl decides.
+    assert_eq!(
+        run(&[("http_proxy", "http://p:1")], "127.0.0.1", closed_port),
+        0
+    );
+    assert_eq!(
+        run(&[("ALL_PROXY", "socks5://p:1")], "127.0.0.1", closed_port),
+        0
+    );
+    std::fs::write(home.join(".curlrc"), "proxy = http://p:1\n").unwrap();
+    assert_eq!(run(&[], "127.0.0.1", closed_port), 0);
+    std::fs::remove_dir_all(&home).unwrap();
+    drop(open);
+}
