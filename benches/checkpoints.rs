@@ -26,9 +26,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "scenario/mod.rs"]
+mod scenario;
 
 use common::{TestDir, TimedRun, NTD};
 use ntd::json::Value;
+use scenario::Prepared;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,78 +76,15 @@ fn parse_args() -> Args {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => a.reps = 1,
-            "--reps" => a.reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
-            "--rows" => {
-                a.rows = it
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--reps" => a.reps = scenario::reps_arg(it.next()),
+            "--rows" => a.rows = scenario::list_arg(it.next()),
             _ => {} // cargo passes --bench
         }
     }
     a
 }
 
-/// A driver configuration and what the driver's environment needs.
-struct Setup {
-    config: PathBuf,
-    pythonpath: Option<String>,
-}
-
-/// `ci/run-test DIR --prepare OUT`: the scenario's start scripts, node tars and driver.json.
-fn prepare(scenario: &str, out: &Path) -> Setup {
-    let res = Command::new(common::repo().join("ci/run-test"))
-        .arg(common::repo().join("tests/scenarios").join(scenario))
-        .arg("--prepare")
-        .arg(out)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run ci/run-test --prepare");
-    assert!(
-        res.status.success(),
-        "ci/run-test {scenario} --prepare failed"
-    );
-    let text = String::from_utf8_lossy(&res.stdout);
-    let v = Value::parse(text.lines().last().unwrap_or_default().as_bytes())
-        .unwrap_or_else(|e| panic!("ci/run-test --prepare printed no JSON ({e}): {text}"));
-    Setup {
-        config: PathBuf::from(v.get("config").and_then(Value::as_str).unwrap()),
-        pythonpath: v
-            .get("pythonpath")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    }
-}
-
-/// The same configuration with another test script.
-fn with_script(setup: &Setup, script: &Path, out: &Path) -> Setup {
-    let text = std::fs::read(&setup.config).unwrap();
-    let Value::Object(fields) = Value::parse(&text).unwrap() else {
-        panic!("{} is not a JSON object", setup.config.display());
-    };
-    let fields = fields
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if k == "test_script" {
-                Value::from(script.to_str().unwrap())
-            } else {
-                v
-            };
-            (k, v)
-        })
-        .collect();
-    std::fs::write(out, Value::Object(fields).to_json()).unwrap();
-    Setup {
-        config: out.to_owned(),
-        pythonpath: setup.pythonpath.clone(),
-    }
-}
-
-fn setup_row(kind: Kind, dir: &TestDir) -> Setup {
+fn setup_row(kind: Kind, dir: &TestDir) -> Prepared {
     let boot = dir.write("boot.py", BOOT_SCRIPT);
     match kind {
         Kind::Tiny(n) => {
@@ -158,20 +98,20 @@ fn setup_row(kind: Kind, dir: &TestDir) -> Setup {
                 .collect();
             let refs: Vec<(&str, &Path)> =
                 vms.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
-            Setup {
+            Prepared {
                 config: dir.config(&refs, &[1], 600, BOOT_SCRIPT),
                 pythonpath: None,
             }
         }
         Kind::DebianBoot(s) => {
-            let prepared = prepare(s, &dir.path.join("s"));
-            with_script(&prepared, &boot, &dir.path.join("boot.json"))
+            let prepared = scenario::prepare(s, &dir.path.join("s"));
+            scenario::with_script(&prepared, &boot, &dir.path.join("boot.json"))
         }
-        Kind::Whole(s) => prepare(s, &dir.path.join("s")),
+        Kind::Whole(s) => scenario::prepare(s, &dir.path.join("s")),
     }
 }
 
-fn run(dir: &TestDir, setup: &Setup, ck: Option<&Path>, k: usize) -> TimedRun {
+fn run(dir: &TestDir, setup: &Prepared, ck: Option<&Path>, k: usize) -> TimedRun {
     let runtime = dir.path.join(format!("r{k}"));
     std::fs::create_dir_all(&runtime).unwrap();
     let mut cmd = Command::new(NTD);
@@ -248,29 +188,9 @@ fn entry_sizes(ck: &Path) -> Vec<(String, u64)> {
     v
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn list(v: &[f64]) -> String {
-    let items: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
-    items.join(", ")
-}
-
-fn floats(v: &[f64]) -> Value {
-    Value::Array(
-        v.iter()
-            .map(|x| Value::Float((x * 1000.0).round() / 1000.0))
-            .collect(),
-    )
+/// The median, NaN for none.
+fn median(v: Vec<f64>) -> f64 {
+    scenario::median(v).unwrap_or(f64::NAN)
 }
 
 fn load_average() -> f64 {
@@ -346,14 +266,14 @@ fn bench_row(name: &str, kind: Kind, reps: usize, table: &mut String) -> Value {
         table,
         "{name:13} {what}: cold {mc:6.1} s  restored {mw:6.2} s  ratio {:5.1}  (cold runs {}; restored runs {})",
         mc / mw,
-        list(&c),
-        list(&w)
+        scenario::list(&c),
+        scenario::list(&w)
     );
     let mut fields = vec![
         ("metric".to_owned(), Value::from(what)),
-        ("cold_s".to_owned(), floats(&c)),
-        ("restored_s".to_owned(), floats(&w)),
-        ("ratio".to_owned(), floats(&[mc / mw])),
+        ("cold_s".to_owned(), scenario::floats_json(&c)),
+        ("restored_s".to_owned(), scenario::floats_json(&w)),
+        ("ratio".to_owned(), scenario::floats_json(&[mc / mw])),
     ];
     let mut machines = Vec::new();
     for (machine, size) in &sizes {
@@ -368,13 +288,13 @@ fn bench_row(name: &str, kind: Kind, reps: usize, table: &mut String) -> Value {
             "{:13}   {machine}: restore median {:.0} ms (runs {}), checkpoint {:.1} MB on disk",
             "",
             median(ms.clone()),
-            list(&ms),
+            scenario::list(&ms),
             *size as f64 / 1e6
         );
         machines.push((
             machine.clone(),
             Value::Object(vec![
-                ("restore_ms".to_owned(), floats(&ms)),
+                ("restore_ms".to_owned(), scenario::floats_json(&ms)),
                 ("bytes".to_owned(), Value::from(*size as i64)),
             ]),
         ));

@@ -95,18 +95,11 @@ fn parse_args() -> Args {
                 a.trials = 1;
                 a.parallel = vec![1, 4];
             }
-            "--reps" => a.reps = num(3),
+            "--reps" => a.reps = scenario::reps_arg(it.next()),
             "--secs" => a.secs = num(10) as u32,
             "--no-debian" => a.debian = false,
             "--peer" => a.peer = it.next(),
-            "--only" => {
-                a.only = it
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--only" => a.only = scenario::list_arg(it.next()),
             _ => {} // cargo passes --bench
         }
     }

@@ -46,16 +46,8 @@ fn parse_args() -> Args {
                 a.reps = 1;
                 a.scenarios = vec!["hello-world".into(), "todo-api".into()];
             }
-            "--reps" => a.reps = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
-            "--scenarios" => {
-                a.scenarios = it
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--reps" => a.reps = scenario::reps_arg(it.next()),
+            "--scenarios" => a.scenarios = scenario::list_arg(it.next()),
             "--peer" => a.peer = it.next(),
             _ => {} // cargo passes --bench
         }

@@ -17,6 +17,10 @@
 //!   minus the arrival of the server's "listening" console line, both time-stamped by the
 //!   bench as they come out of the driver (the console line's trip through QEMU and the driver
 //!   is the same for both drivers, a few ms). This one includes the whole return path.
+//!
+//! `benches/checkpoints.rs` uses the preparation and the argument helpers too; not every
+//! bench uses every item.
+#![allow(dead_code)]
 
 use super::common::{self, TestDir, TimedRun, NTD};
 use ntd::json::Value;
@@ -31,10 +35,50 @@ pub const LIMIT: Duration = Duration::from_secs(900);
 pub const WAIT_FINISHED: &str =
     "(finished: waiting for success: curl --fail --silent http://server:3000/todos";
 
-/// Start scripts, node tars and driver.json of a scenario, written by `ci/run-test --prepare`.
+/// A driver configuration and what the driver's environment needs: a scenario's start
+/// scripts, node tars and driver.json written by `ci/run-test --prepare`, or a bench's own.
 pub struct Prepared {
-    config: PathBuf,
-    pythonpath: Option<String>,
+    pub config: PathBuf,
+    pub pythonpath: Option<String>,
+}
+
+/// `--reps N`'s value: at least 1; 3 when it is missing or not a number.
+pub fn reps_arg(value: Option<String>) -> usize {
+    value.and_then(|v| v.parse().ok()).unwrap_or(3).max(1)
+}
+
+/// A comma-separated list argument (`--rows a,b`, `--scenarios a,b`, `--only a,b`).
+pub fn list_arg(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The same configuration with another test script, written to `out`.
+pub fn with_script(prep: &Prepared, script: &Path, out: &Path) -> Prepared {
+    let text = std::fs::read(&prep.config).unwrap();
+    let Value::Object(fields) = Value::parse(&text).unwrap() else {
+        panic!("{} is not a JSON object", prep.config.display());
+    };
+    let fields = fields
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == "test_script" {
+                Value::from(script.to_str().unwrap())
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    std::fs::write(out, Value::Object(fields).to_json()).unwrap();
+    Prepared {
+        config: out.to_owned(),
+        pythonpath: prep.pythonpath.clone(),
+    }
 }
 
 pub fn prepare(scenario: &str, out: &Path) -> Prepared {
