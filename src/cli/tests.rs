@@ -19,16 +19,33 @@ fn no_env() -> MapEnv {
     MapEnv(HashMap::new())
 }
 
-fn write_config(body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "ntd-cli-test-{}-{}",
-        std::process::id(),
-        body.len()
-    ));
+/// A configuration file in a directory of its own, removed with it when the test ends.
+struct TempConfig(PathBuf);
+
+impl std::ops::Deref for TempConfig {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn write_config(body: &str) -> TempConfig {
+    // One directory per call: tests run in parallel, and two bodies may have one length.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ntd-cli-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("c.json");
     std::fs::write(&p, body).unwrap();
-    p
+    TempConfig(p)
 }
 
 #[test]
