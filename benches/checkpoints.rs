@@ -29,12 +29,11 @@ mod common;
 #[path = "scenario/mod.rs"]
 mod scenario;
 
-use common::{TestDir, TimedRun, NTD};
+use common::{TestDir, TimedRun};
 use ntd::json::Value;
 use scenario::Prepared;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(900);
@@ -114,19 +113,9 @@ fn setup_row(kind: Kind, dir: &TestDir) -> Prepared {
 fn run(dir: &TestDir, setup: &Prepared, ck: Option<&Path>, k: usize) -> TimedRun {
     let runtime = dir.path.join(format!("r{k}"));
     std::fs::create_dir_all(&runtime).unwrap();
-    let mut cmd = Command::new(NTD);
-    cmd.arg("-c")
-        .arg(&setup.config)
-        .current_dir(&dir.path)
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .env("NTD_COLOR", "never")
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY");
+    let mut cmd = scenario::driver_command(None, setup, &dir.path, &runtime);
     if let Some(ck) = ck {
         cmd.arg("--checkpoints").arg(ck);
-    }
-    if let Some(pp) = &setup.pythonpath {
-        cmd.env("PYTHONPATH", pp);
     }
     let r = common::run_timed(cmd, LIMIT);
     assert_eq!(r.code, Some(0), "the run failed\n{}", r.log());
