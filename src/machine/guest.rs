@@ -187,8 +187,8 @@ pub const SETUP_NO_SPOOL: i32 = 3;
 ///   argument's `probe` (the listener's work, which the loop does not read).
 /// - The pause after a failed attempt is [`super::waits::Pacing`]'s rule (`__ntd_pace`),
 ///   from the pacing argument (`age min max_age divisor young_us k_young k_old k_watched own%
-///   overhead fast? probe`, microseconds; `overhead` is upstream's per-attempt overhead of the fast
-///   rule's `1 s × cost / (cost + overhead)`; `k = 0` and `overhead = 0`: no cost term, the
+///   overhead fast? probe`, microseconds; `overhead` is how much more upstream's attempt
+///   costs than ntd's measured one, the fast rule's `1 s × cost / (cost + overhead)`; `k = 0` and `overhead = 0`: no cost term, the
 ///   reference schedule's fixed second). It sleeps with `read -t` on fd 7 (the watchdog's:
 ///   the host's pacing verdicts `f`/`b` recompute the pause, `s` ends the wait as "not yet",
 ///   `k` means killed) or on fd 4, a unit watcher (then fd 7 is looked at after each
