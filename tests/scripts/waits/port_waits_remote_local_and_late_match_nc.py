@@ -55,10 +55,18 @@ for port in [8084, 8086]:
     assert open_ == nc_says_open, (port, open_, nc_says_open)
 
 # A listener whose accept queue is full drops SYNs: a connect hangs (nc -z's too), and the
-# wait still ends when its time is up.
+# wait still ends when its time is up. The queue is filled deterministically: wait until nc
+# listens, then hold connections open until one no longer completes within a second (a fixed
+# sleep raced a slow CI host: connects refused before nc listened left the queue open).
+server.succeed("(sleep 1000 | nc -l -p 9999 >/dev/null 2>&1 &)")
+server.wait_until_succeeds(
+    "cat /proc/net/tcp /proc/net/tcp6 | grep -qiE ':270F 0+:0000 0A'", timeout=30
+)
 server.succeed(
-    "(sleep 1000 | nc -l -p 9999 >/dev/null 2>&1 &); sleep 0.5; "
-    "for i in 1 2 3 4; do (exec 3<>/dev/tcp/127.0.0.1/9999; sleep 1000) >/dev/null 2>&1 & done; sleep 0.5"
+    "for i in $(seq 1 16); do "
+    "(exec 3<>/dev/tcp/127.0.0.1/9999; sleep 1000) >/dev/null 2>&1 & "
+    "timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9999' 2>/dev/null || exit 0; "
+    "done; exit 1"
 )
 times_out(lambda: server.wait_for_open_port(9999, "127.0.0.1", timeout=2))
 server.succeed("true")
