@@ -655,6 +655,7 @@ fn machine_state(node: &Node) -> MachineState {
     };
     let spawned = m.boot.at(Milestone::Spawned);
     let sentinel = m.boot.at(Milestone::Sentinel);
+    let setup_sent = m.boot.at(Milestone::SetupSent);
     let ready = m.boot.at(Milestone::ShellReady);
     MachineState {
         booted: m.booted(),
@@ -662,7 +663,7 @@ fn machine_state(node: &Node) -> MachineState {
         pid: m.pid(),
         accelerator: m.accelerator().map(str::to_owned),
         boot_secs: between(spawned, sentinel),
-        setup_secs: between(sentinel, ready),
+        setup_secs: between(setup_sent, ready),
         monitor_path: m.paths.monitor.display().to_string(),
         shell_path: m.paths.shell.display().to_string(),
         qmp_path: m.paths.qmp.display().to_string(),

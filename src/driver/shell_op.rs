@@ -293,6 +293,12 @@ fn poll_answer<M: Controlled>(env: &mut Env<'_, M>, op: &mut ShellOp) -> ShellSt
     }
     let command = op.req.command().to_owned();
     match machine.shell_down(env.now) {
+        // ntd's setup, sent with this (the shell's first) request, failed.
+        ShellDown::No if !machine.connected() => {
+            if let Some(msg) = machine.shell_error() {
+                return ShellStep::Failed(OpError::new(ErrorType::Machine, msg));
+            }
+        }
         ShellDown::No => {}
         ShellDown::Settling(_) => return ShellStep::Waiting,
         ShellDown::Yes(why) => {

@@ -1,5 +1,6 @@
 //! Boot milestones of one machine: when QEMU was spawned, QMP became ready, the first serial
-//! line, the backdoor sentinel and the ready shell arrived, and when QEMU exited. They feed the
+//! line, the backdoor sentinel arrived, ntd's setup went out (with the first command) and was
+//! answered, and when QEMU exited. They feed the
 //! `--trace` timeline, the boot-phase report and the `state` reply. Pure bookkeeping.
 
 use std::time::Instant;
@@ -13,9 +14,11 @@ pub enum Milestone {
     QmpReady,
     /// The guest printed its first line on the serial console.
     FirstSerialLine,
-    /// The backdoor shell printed its sentinel.
+    /// The backdoor shell printed its sentinel: commands may be sent.
     Sentinel,
-    /// The shell answered ntd's setup: commands may be sent.
+    /// ntd's setup went to the shell, with the first command.
+    SetupSent,
+    /// The shell answered ntd's setup (or a restored shell answers again).
     ShellReady,
     /// A restore's state is loaded (the guest runs again from the checkpoint).
     Restored,
@@ -31,6 +34,7 @@ impl Milestone {
             Milestone::QmpReady => "QMP ready",
             Milestone::FirstSerialLine => "first serial line",
             Milestone::Sentinel => "backdoor sentinel",
+            Milestone::SetupSent => "setup sent",
             Milestone::ShellReady => "shell ready",
             Milestone::Restored => "restored from checkpoint",
             Milestone::Exited => "QEMU exited",

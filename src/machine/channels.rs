@@ -87,10 +87,7 @@ impl Machine {
             SessionNote::Greeting(bytes) => {
                 log.machine(name, &format!("Guest shell says: {}", py_bytes_repr(&bytes)))
             }
-            SessionNote::Sentinel => {
-                self.boot.mark(Milestone::Sentinel);
-                self.setup_deadline = Some(Instant::now() + SETUP_PATIENCE);
-            }
+            SessionNote::Sentinel => self.boot.mark(Milestone::Sentinel),
             SessionNote::Ready => {
                 self.boot.mark(Milestone::ShellReady);
                 self.setup_deadline = None;
@@ -165,6 +162,11 @@ impl Machine {
         req: &ShellRequest,
     ) -> Result<(), MachineError> {
         self.session.submit(req).map_err(MachineError::Session)?;
+        if self.session.in_setup() && self.setup_deadline.is_none() {
+            // The first request of this shell went behind ntd's setup.
+            self.setup_deadline = Some(Instant::now() + SETUP_PATIENCE);
+            self.boot.mark(Milestone::SetupSent);
+        }
         self.flush_session(registry);
         Ok(())
     }

@@ -613,8 +613,8 @@ impl LoopMember for Machine {
         if self.setup_deadline.is_some_and(|t| now >= t) {
             self.setup_deadline = None;
             let reason = format!(
-                "the guest's root shell did not answer ntd's setup within {} s of the backdoor \
-                 sentinel (the shell needs bash with /dev/fd, or at least bash; see the guest's \
+                "the guest's root shell did not answer ntd's setup within {} s (sent with the first \
+                 command; the shell needs bash with /dev/fd, or at least bash; see the guest's \
                  own error lines on its console)",
                 SETUP_PATIENCE.as_secs()
             );

@@ -1,5 +1,6 @@
-//! The conversation with one guest shell, without I/O: after the sentinel, the setup block and
-//! its check; then one request at a time; after a large frame, the check that the virtio
+//! The conversation with one guest shell, without I/O: after the sentinel, nothing until the
+//! first request (as upstream, which sends nothing before it: a booting guest's CPU goes to its
+//! boot), which goes behind the setup block and its check; then one request at a time; after a large frame, the check that the virtio
 //! console dropped nothing, and the repair from the guest's spool when it did.
 //!
 //! Bytes from the shell socket go into [`ShellSession::feed`]; bytes for the guest come out of
@@ -87,9 +88,9 @@ pub struct ShellResult {
 pub enum SessionNote {
     /// Bytes the guest printed before the sentinel (upstream logs them as "Guest shell says").
     Greeting(Vec<u8>),
-    /// The sentinel arrived; the setup block has been queued.
+    /// The sentinel arrived: requests may be sent (the first one takes ntd's setup along).
     Sentinel,
-    /// The setup check answered: commands may be sent.
+    /// The setup check answered (the first request follows it).
     Ready,
     /// The setup check ended with a status that means failure (or never came: see
     /// [`ShellSession::fail_setup`]).
@@ -164,7 +165,9 @@ pub struct SavedSession {
 enum Stage {
     /// No connection, or no sentinel yet.
     Booting,
-    /// Setup sent; waiting for its check frame.
+    /// The sentinel arrived; nothing sent yet (ntd's setup goes with the first request).
+    Connected,
+    /// Setup sent with a request waiting behind it; waiting for the setup's check frame.
     Setup,
     /// Ready for requests.
     Ready,
@@ -208,6 +211,8 @@ pub struct ShellSession {
     /// The request in flight runs under the guest's watchdog (a timed command, a wait): the
     /// host may tell it things ([`Self::tell`]) and releases the watchdog after its end.
     request_watched: bool,
+    /// The first request of a new shell, sent once the setup it waits behind answered.
+    pending: Option<ShellRequest>,
     /// `framing.consumed()` when the spool was last emptied.
     spool_base: u64,
     /// Bytes consumed by fetch frames since `spool_base` (they bypass the spool).
@@ -240,6 +245,7 @@ impl ShellSession {
             request_command: String::new(),
             request_is_wait: false,
             request_watched: false,
+            pending: None,
             spool_base: 0,
             spool_fetched: 0,
             request_spool_offset: 0,
@@ -256,6 +262,7 @@ impl ShellSession {
         self.framing.await_sentinel();
         self.stage = Stage::Booting;
         self.request_watched = false;
+        self.pending = None;
         self.outbox.clear();
         self.result = None;
         self.unverified = None;
@@ -269,11 +276,11 @@ impl ShellSession {
         self.framing.await_sentinel();
         self.stage = Stage::Booting;
         self.request_watched = false;
+        self.pending = None;
         self.unusable = None;
     }
 
-    /// True while the setup block has been sent but not answered.
-    #[cfg(test)]
+    /// True while the setup block has been sent but not answered (the machine times it).
     pub fn in_setup(&self) -> bool {
         self.stage == Stage::Setup
     }
@@ -310,6 +317,7 @@ impl ShellSession {
     pub fn fail_setup(&mut self, reason: String, notes: &mut Vec<SessionNote>) {
         if self.stage == Stage::Setup {
             self.stage = Stage::Booting;
+            self.pending = None;
             self.unusable = Some(reason.clone());
             notes.push(SessionNote::SetupFailed { reason });
         }
@@ -319,6 +327,11 @@ impl ShellSession {
     /// `reason` until the shell answers again (the abandoned frame ends late) or a new
     /// sentinel comes.
     pub fn abandon(&mut self, reason: String) {
+        if self.stage == Stage::Setup {
+            // The request never left: the setup may still answer, and then nothing follows.
+            self.pending = None;
+            return;
+        }
         if matches!(self.stage, Stage::Busy | Stage::Verifying) {
             self.stage = Stage::Stuck;
             self.unverified = None;
@@ -335,18 +348,23 @@ impl ShellSession {
     pub fn connection_lost(&mut self) {
         self.stage = Stage::Booting;
         self.request_watched = false;
+        self.pending = None;
         self.outbox.clear();
         self.lost = true;
     }
 
-    /// Upstream's `connected`: the backdoor shell answered its setup.
+    /// Upstream's `connected`: the backdoor shell printed its sentinel (and, when ntd's
+    /// setup was sent, answered it).
     pub fn connected(&self) -> bool {
-        matches!(self.stage, Stage::Ready | Stage::Busy | Stage::Verifying)
+        matches!(
+            self.stage,
+            Stage::Connected | Stage::Setup | Stage::Ready | Stage::Busy | Stage::Verifying
+        )
     }
 
     /// Ready for a request now.
     pub fn ready(&self) -> bool {
-        self.stage == Stage::Ready
+        matches!(self.stage, Stage::Connected | Stage::Ready)
     }
 
     /// True while the connection is gone.
@@ -373,19 +391,28 @@ impl ShellSession {
         }
     }
 
-    /// Send a request; its result comes from [`Self::take_result`].
+    /// Send a request; its result comes from [`Self::take_result`]. The first request of a
+    /// new shell goes behind ntd's setup (sent now, the request once it answered).
     pub fn submit(&mut self, req: &ShellRequest) -> Result<(), SessionError> {
         match self.stage {
             Stage::Ready => {}
-            Stage::Busy | Stage::Verifying => return Err(SessionError::Busy),
-            Stage::Booting | Stage::Setup | Stage::Stuck => return Err(SessionError::NotConnected),
+            Stage::Connected => {
+                // Refuse what cannot be encoded now, not after the setup.
+                encode(&[b'0'; NONCE_LEN], req).map_err(SessionError::Encode)?;
+                self.pending = Some(req.clone());
+                self.send_setup();
+                return Ok(());
+            }
+            Stage::Setup | Stage::Busy | Stage::Verifying => return Err(SessionError::Busy),
+            Stage::Booting | Stage::Stuck => return Err(SessionError::NotConnected),
         }
+        self.send(req)
+    }
+
+    /// Write `req` to the guest (the shell is set up and idle).
+    fn send(&mut self, req: &ShellRequest) -> Result<(), SessionError> {
         let nonce = self.nonces.next_nonce();
-        let mut line = match req {
-            ShellRequest::Run { command, timeout } => guest::encode_run(&nonce, command, *timeout),
-            ShellRequest::Wait { check, spec } => guest::encode_wait(&nonce, check, **spec),
-        }
-        .map_err(SessionError::Encode)?;
+        let mut line = encode(&nonce, req).map_err(SessionError::Encode)?;
         if req.is_wait() && !self.sent_waits {
             line.insert_str(0, guest::setup_text(SetupPart::Waits));
             self.sent_waits = true;
@@ -418,7 +445,7 @@ impl ShellSession {
             ShellEvent::Greeting(bytes) => notes.push(SessionNote::Greeting(bytes)),
             ShellEvent::Connected => {
                 notes.push(SessionNote::Sentinel);
-                self.send_setup();
+                self.new_shell();
             }
             ShellEvent::Stray(bytes) => notes.push(SessionNote::Stray(bytes)),
             ShellEvent::Held { report } => notes.push(SessionNote::StdoutHeld {
@@ -461,6 +488,13 @@ impl ShellSession {
                     }
                     self.stage = Stage::Ready;
                     notes.push(SessionNote::Ready);
+                    if let Some(req) = self.pending.take() {
+                        if let Err(e) = self.send(&req) {
+                            // Checked when submitted: encoding does not depend on the nonce.
+                            self.unusable =
+                                Some(format!("ntd could not encode `{}`: {e}", req.command()));
+                        }
+                    }
                 }
                 Stage::Setup => {
                     let reason = format!(
@@ -468,6 +502,7 @@ impl ShellSession {
                         crate::log::py_bytes_repr(&output)
                     );
                     self.stage = Stage::Booting;
+                    self.pending = None;
                     self.unusable = Some(reason.clone());
                     notes.push(SessionNote::SetupFailed { reason });
                 }
@@ -515,15 +550,22 @@ impl ShellSession {
         }
     }
 
-    /// A new shell: a new, empty spool; the framing counts from the sentinel on. An internal
-    /// check frame proves the setup works before any user command.
-    fn send_setup(&mut self) {
+    /// A new shell: a new, empty spool; the framing counts from the sentinel on. Nothing is
+    /// sent until the first request.
+    fn new_shell(&mut self) {
         self.spool_base = 0;
         self.spool_fetched = 0;
         self.sent_timeouts = false;
         self.sent_waits = false;
         self.lost = false;
         self.unusable = None;
+        self.pending = None;
+        self.stage = Stage::Connected;
+    }
+
+    /// The setup block, and an internal check frame that proves it works before the first
+    /// request is sent.
+    fn send_setup(&mut self) {
         let nonce = self.nonces.next_nonce();
         let mut setup = guest::setup_text(SetupPart::Base).to_owned();
         setup.push_str(&guest::encode_run(&nonce, guest::SETUP_CHECK, None).unwrap_or_default());
@@ -626,6 +668,14 @@ impl ShellSession {
             None => u.result.lost = u.spooled - u.frame_bytes,
         }
         self.deliver(u.result);
+    }
+}
+
+/// The one line that runs `req` in the guest, framed with `nonce`.
+fn encode(nonce: &[u8; NONCE_LEN], req: &ShellRequest) -> Result<String, guest::EncodeError> {
+    match req {
+        ShellRequest::Run { command, timeout } => guest::encode_run(nonce, command, *timeout),
+        ShellRequest::Wait { check, spec } => guest::encode_wait(nonce, check, **spec),
     }
 }
 

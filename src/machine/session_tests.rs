@@ -22,15 +22,33 @@ fn frame(body: &[u8], nonce: &[u8; NONCE_LEN], status: i32) -> Vec<u8> {
     v
 }
 
-/// Boot to Ready: sentinel, setup, check frame.
+/// Boot to Ready: sentinel (nothing sent), then a first request, which goes behind the setup
+/// and its check frame and is answered.
 fn ready() -> (ShellSession, NonceSource) {
     let (mut s, mut twin) = session();
     let mut notes = Vec::new();
     s.feed(b"booting...\nSpawning backdoor root shell...\n", &mut notes);
+    assert!(
+        s.take_outbox().is_empty(),
+        "nothing is sent before the first request"
+    );
+    assert!(s.ready() && s.connected() && !s.in_setup());
+    s.submit(&run("first")).unwrap();
     let setup = String::from_utf8(s.take_outbox()).unwrap();
     assert!(setup.starts_with(guest::setup_text(SetupPart::Base)));
+    assert!(
+        !setup.contains("first"),
+        "the request waits for the setup's answer"
+    );
+    assert!(s.in_setup() && s.connected() && !s.ready());
+    assert_eq!(s.submit(&run("second")), Err(SessionError::Busy));
     let check = twin.next_nonce();
     s.feed(&frame(b"", &check, 0), &mut notes);
+    let line = String::from_utf8(s.take_outbox()).unwrap();
+    let first = twin.next_nonce();
+    assert!(line.contains("first") && line.contains(std::str::from_utf8(&first).unwrap()));
+    s.feed(&frame(b"1\n", &first, 0), &mut notes);
+    assert_eq!(s.take_result().map(|r| r.output), Some(b"1\n".to_vec()));
     assert_eq!(
         notes,
         vec![
@@ -41,6 +59,11 @@ fn ready() -> (ShellSession, NonceSource) {
     );
     assert!(s.ready() && s.connected());
     (s, twin)
+}
+
+/// What the guest spooled during [`ready`]: the setup's check frame and the first request's.
+fn spooled_by_ready() -> usize {
+    frame(b"", &[b'0'; NONCE_LEN], 0).len() + frame(b"1\n", &[b'0'; NONCE_LEN], 0).len()
 }
 
 fn run(cmd: &str) -> ShellRequest {
@@ -84,10 +107,16 @@ fn setup_check_failure_is_reported_and_not_ready() {
     let (mut s, mut twin) = session();
     let mut notes = Vec::new();
     s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    s.submit(&run("true")).unwrap();
+    s.take_outbox();
     s.feed(&frame(b"oops", &twin.next_nonce(), 1), &mut notes);
     assert!(
         matches!(notes.last(), Some(SessionNote::SetupFailed { reason }) if reason.contains("status 1") && reason.contains("oops")),
         "{notes:?}"
+    );
+    assert!(
+        s.take_outbox().is_empty(),
+        "the request behind a failed setup is never sent"
     );
     assert!(!s.connected());
     assert!(s.unusable().is_some());
@@ -99,12 +128,39 @@ fn setup_that_never_answers_fails_when_the_machine_gives_up() {
     let (mut s, _) = session();
     let mut notes = Vec::new();
     s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    assert!(!s.in_setup(), "nothing is sent before the first request");
+    s.submit(&run("true")).unwrap();
     assert!(s.in_setup());
     s.fail_setup("no answer".into(), &mut notes);
     assert_eq!(s.unusable(), Some("no answer"));
     assert!(!s.in_setup() && !s.connected());
     s.restart();
     assert_eq!(s.unusable(), None);
+}
+
+#[test]
+fn request_abandoned_behind_the_setup_is_never_sent() {
+    let (mut s, mut twin) = session();
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    s.submit(&run("late")).unwrap();
+    s.take_outbox();
+    s.abandon("no answer".into());
+    s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
+    assert!(s.take_outbox().is_empty() && s.ready() && s.unusable().is_none());
+    s.submit(&run("next")).unwrap();
+    let line = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(line.contains("next") && !line.contains("late"));
+}
+
+#[test]
+fn unencodable_first_request_is_refused_before_the_setup() {
+    let (mut s, _) = session();
+    let mut notes = Vec::new();
+    s.feed(b"Spawning backdoor root shell...\n", &mut notes);
+    let err = s.submit(&run("echo a\0b"));
+    assert!(matches!(err, Err(SessionError::Encode(_))));
+    assert!(s.take_outbox().is_empty() && s.ready());
 }
 
 #[test]
@@ -130,10 +186,11 @@ fn guest_without_spool_skips_the_output_check() {
     let (mut s, mut twin) = session();
     let mut notes = Vec::new();
     s.feed(b"Spawning backdoor root shell...\n", &mut notes);
-    s.feed(&frame(b"", &twin.next_nonce(), 3), &mut notes);
-    assert!(notes.contains(&SessionNote::NoSpool) && s.ready());
     s.submit(&run("big")).unwrap();
     s.take_outbox();
+    s.feed(&frame(b"", &twin.next_nonce(), 3), &mut notes);
+    assert!(notes.contains(&SessionNote::NoSpool) && !s.ready());
+    assert!(String::from_utf8(s.take_outbox()).unwrap().contains("big"));
     let body = vec![b'q'; 2 * VERIFY_MIN_BYTES as usize];
     s.feed(&frame(&body, &twin.next_nonce(), 0), &mut notes);
     assert!(
@@ -273,7 +330,7 @@ fn dropped_output_is_fetched_again_in_pieces_and_recovered_byte_exact() {
     s.feed(&arrived, &mut notes);
     let c = twin.next_nonce();
     assert_eq!(s.take_outbox(), guest::encode_count(&c).into_bytes());
-    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    let check_len = spooled_by_ready();
     s.feed(
         &marker('C', &c, (check_len + full.len()) as i64),
         &mut notes,
@@ -323,7 +380,7 @@ fn dropped_output_of_a_wait_is_reported_as_lost() {
     s.feed(&data, &mut notes);
     let c = twin.next_nonce();
     s.take_outbox();
-    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    let check_len = spooled_by_ready();
     s.feed(
         &marker('C', &c, (check_len + data.len() + 500) as i64),
         &mut notes,
@@ -375,9 +432,12 @@ fn await_sentinel_needs_a_new_setup_before_requests() {
     assert_eq!(s.submit(&run("true")), Err(SessionError::NotConnected));
     let mut notes = Vec::new();
     s.feed(b"Spawning backdoor root shell...\n", &mut notes);
-    assert!(!s.take_outbox().is_empty());
+    assert!(s.take_outbox().is_empty() && s.ready());
+    s.submit(&run("true")).unwrap();
+    let setup = String::from_utf8(s.take_outbox()).unwrap();
+    assert!(setup.starts_with(guest::setup_text(SetupPart::Base)));
     s.feed(&frame(b"", &twin.next_nonce(), 0), &mut notes);
-    assert!(s.ready());
+    assert!(String::from_utf8(s.take_outbox()).unwrap().contains("true") && !s.ready());
 }
 
 #[test]
@@ -416,7 +476,7 @@ fn saved_session_resumes_with_the_same_spool_offsets() {
     s.feed(&first, &mut notes);
     assert!(s.take_result().is_some());
     let saved = s.saved().expect("an idle ready shell can be saved");
-    let check_len = frame(b"", &[b'0'; NONCE_LEN], 0).len();
+    let check_len = spooled_by_ready();
     assert_eq!(saved.spool_used, (check_len + first.len()) as u64);
     // Busy shells cannot be saved.
     s.submit(&run("sleep 1")).unwrap();

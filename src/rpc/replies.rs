@@ -121,7 +121,7 @@ reply_records! {
         pub accelerator: Option<String>,
         /// From spawning QEMU to the backdoor's sentinel.
         pub boot_secs: Option<Seconds>,
-        /// From the sentinel to the shell answering ntd's setup.
+        /// From sending ntd's setup (with the first command) to the shell's answer.
         pub setup_secs: Option<Seconds>,
         pub monitor_path: String,
         pub shell_path: String,

@@ -14,6 +14,7 @@ const SPAWNED: &str = Milestone::Spawned.name();
 const QMP_READY: &str = Milestone::QmpReady.name();
 const FIRST_SERIAL_LINE: &str = Milestone::FirstSerialLine.name();
 const SENTINEL: &str = Milestone::Sentinel.name();
+const SETUP_SENT: &str = Milestone::SetupSent.name();
 const SHELL_READY: &str = Milestone::ShellReady.name();
 const RESTORED: &str = Milestone::Restored.name();
 const EXITED: &str = Milestone::Exited.name();
@@ -96,7 +97,8 @@ fn boot_items(milestones: &[(u64, &str)], end_us: u64) -> Vec<Item> {
             &[
                 (SPAWNED, "QEMU start", "qemu"),
                 (FIRST_SERIAL_LINE, "kernel and init", "kernel"),
-                (SENTINEL, "shell setup", "shell"),
+                (SENTINEL, "", ""),
+                (SETUP_SENT, "shell setup", "shell"),
                 (SHELL_READY, "", ""),
             ]
         };
@@ -167,6 +169,7 @@ const MILESTONES: &[&str] = &[
     QMP_READY,
     FIRST_SERIAL_LINE,
     SENTINEL,
+    SETUP_SENT,
     SHELL_READY,
     RESTORED,
     EXITED,
@@ -269,7 +272,13 @@ pub(super) fn layout(d: &Data) -> Layout {
 fn summarize(name: &str, milestones: &[(u64, &str)], commands: &[Item], end_us: u64) -> Summary {
     let first = |m: &str| milestones.iter().find(|(_, n)| *n == m).map(|(t, _)| *t);
     let spawned = first(SPAWNED);
-    let ready = first(SHELL_READY);
+    // A fresh boot is up at the sentinel (ntd's setup goes with the first command); a
+    // restored one when its shell answers again.
+    let ready = if first(RESTORED).is_some() {
+        first(SHELL_READY)
+    } else {
+        first(SENTINEL)
+    };
     let exited = milestones
         .iter()
         .rev()

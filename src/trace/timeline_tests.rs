@@ -36,7 +36,8 @@ fn a_cold_boot_is_three_labelled_segments_then_commands_and_log_blocks() {
         (100, QMP_READY),
         (300, FIRST_SERIAL_LINE),
         (2000, SENTINEL),
-        (2100, SHELL_READY),
+        (2150, SETUP_SENT),
+        (2200, SHELL_READY),
     ] {
         t.instant("server", m, ms(o, at));
     }
@@ -63,6 +64,8 @@ fn a_cold_boot_is_three_labelled_segments_then_commands_and_log_blocks() {
     );
     let boot = &server.rows[0].items;
     assert_eq!((boot[1].start_us, boot[1].end_us), (300_000, 2_000_000));
+    // The shell idles from the sentinel until the first command takes ntd's setup along.
+    assert_eq!((boot[2].start_us, boot[2].end_us), (2_150_000, 2_200_000));
     assert_eq!(server.rows[1].kind, "commands");
     assert_eq!(
         labels(&server.rows[1]),
@@ -71,13 +74,13 @@ fn a_cold_boot_is_three_labelled_segments_then_commands_and_log_blocks() {
     assert_eq!(server.rows[2].kind, "log");
     let s = &l.summary[0];
     assert_eq!(s.machine, "server");
-    assert_eq!(s.boot_us, Some(2_100_000));
+    assert_eq!(s.boot_us, Some(2_000_000), "up at the sentinel");
     assert!(!s.restored);
     assert_eq!(s.first_command_us, Some(2_200_000));
     assert_eq!((s.commands, s.command_us), (2, 200_000));
     assert_eq!((s.waits, s.wait_us), (1, 500_000));
-    // Alive from shell ready (2.1 s) to the trace's end (3.0 s), minus 0.7 s of work.
-    assert_eq!(s.idle_us, 200_000);
+    // Alive from the sentinel (2.0 s) to the trace's end (3.0 s), minus 0.7 s of work.
+    assert_eq!(s.idle_us, 300_000);
 }
 
 #[test]
@@ -124,6 +127,7 @@ fn a_reboot_draws_two_boots_and_an_unfinished_one_runs_to_the_end() {
         (0, SPAWNED),
         (10, FIRST_SERIAL_LINE),
         (20, SENTINEL),
+        (25, SETUP_SENT),
         (30, SHELL_READY),
         (40, EXITED),
         (50, SPAWNED),
