@@ -261,17 +261,19 @@ __ntd_pace() {
        __ntd_k = __ntd_md ? 0 : __ntd_a < __ntd_q[4] ? __ntd_q[5] : __ntd_q[6] ))
   fi
   (( __ntd_p = __ntd_p < __ntd_q[1] ? __ntd_q[1] : __ntd_p > __ntd_q[2] ? __ntd_q[2] : __ntd_p,
-     __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k) ))
+     __ntd_x * __ntd_k > __ntd_p && (__ntd_p = __ntd_x * __ntd_k),
+     __ntd_gc && __ntd_md && __ntd_q[12] && __ntd_p > __ntd_q[12] &&
+       (__ntd_p = __ntd_q[12] < __ntd_q[1] ? __ntd_q[1] : __ntd_q[12]) ))
 }
 __ntd_loop() {
-  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_x=0 __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_e=7 __ntd_wp= __ntd_a=0 __ntd_md __ntd_end __ntd_rs
+  local __ntd_n=$1 __ntd_w=$3 __ntd_g=$5 __ntd_c=$6 __ntd_m=${10} __ntd_s __ntd_r __ntd_ts __ntd_t0 __ntd_t1 __ntd_d __ntd_p __ntd_x=0 __ntd_f __ntd_v __ntd_u=0 __ntd_o __ntd_y=0 __ntd_z __ntd_gc=0 __ntd_e=7 __ntd_wp= __ntd_a=0 __ntd_md __ntd_end __ntd_rs
   local -a __ntd_q=($8)
   __ntd_md=${__ntd_q[10]:-0}
   __ntd_t1=${EPOCHREALTIME/./}
   (( __ntd_d = ${__ntd_h:-0} ? 0 : __ntd_t1 + $4, __ntd_t0 = __ntd_t1 - __ntd_q[0] ))
   __ntd_cpu
   while :; do
-    __ntd_r=0 __ntd_s=0 __ntd_ts=${EPOCHREALTIME/./}
+    __ntd_r=0 __ntd_s=0 __ntd_gc=0 __ntd_ts=${EPOCHREALTIME/./}
     if [[ $__ntd_g ]]; then { eval "$__ntd_g"; } 2>/dev/null; __ntd_s=$?; fi
     if [[ $__ntd_c ]] && (( !__ntd_s )); then
       ( set --; eval "set -euo pipefail; $__ntd_c" ) <&5 >&3 3>&- 4<&- 5<&- 7<&-
@@ -291,6 +293,8 @@ __ntd_loop() {
       fi
     elif (( !__ntd_s )) && [[ $__ntd_g ]]; then
       __ntd_x=${__ntd_q[11]:-0}
+    elif [[ $__ntd_c ]]; then
+      __ntd_gc=1
     fi
     (( __ntd_a = __ntd_t1 - __ntd_t0 ))
     __ntd_pace
@@ -535,7 +539,7 @@ pub fn encode_wait(
     shell_quote(&check.command, &mut line);
     let _ = write!(
         line,
-        " {} '{} {} {} {} {} {} {} {} {} {} {} {}' ",
+        " {} '{} {} {} {} {} {} {} {} {} {} {} {} {}' ",
         check.fatal_status,
         p.age_us,
         p.min_us.max(1000),
@@ -548,7 +552,8 @@ pub fn encode_wait(
         p.own_cost_percent,
         p.overhead_us,
         u8::from(p.mode == PaceMode::Fast),
-        p.probe_us
+        p.probe_us,
+        p.guard_max_us
     );
     shell_quote(unit, &mut line);
     line.push(' ');

@@ -94,7 +94,7 @@ fn encode_wait_carries_the_check_the_budget_and_the_pacing() {
     assert_eq!(
         line,
         "_Nwait 0123456789abcdef 2.0 1 1500000 '[ -e '\\''/x'\\'' ]' '' 0 \
-         '250000 50000 1000000 20 1000000 3 24 99 250 5000 1 5000' '' 'u'\n"
+         '250000 50000 1000000 20 1000000 3 24 99 250 5000 1 5000 100000' '' 'u'\n"
     );
     let unit = GuestCheck {
         guard: String::new(),
@@ -113,7 +113,7 @@ fn encode_wait_carries_the_check_the_budget_and_the_pacing() {
     let line = encode_wait(N, &unit, spec).unwrap();
     assert!(
         line.ends_with(
-            " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250 0 0 0' 'a.service' 'sfailed'\n"
+            " 0 900000000 '' 'c' 201 '0 1000000 1000000 1 0 0 0 0 250 0 0 0 0' 'a.service' 'sfailed'\n"
         ),
         "{line}"
     );

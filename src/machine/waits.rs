@@ -147,6 +147,14 @@ pub const UPSTREAM_ATTEMPT_OVERHEAD_KVM: Duration = Duration::from_micros(500);
 pub const LISTENER_PROBE_COST_TCG: Duration = Duration::from_millis(5);
 /// [`LISTENER_PROBE_COST_TCG`] under KVM (an estimate, a tenth).
 pub const LISTENER_PROBE_COST_KVM: Duration = Duration::from_micros(500);
+/// While the host is idle, the longest pause after an attempt whose builtin guard refused
+/// before a command (`_Nurl` in front of a `curl`, `[ -S ]` in front of upstream's `nc -U`):
+/// once the guard passes, the command itself still has to start (a TCG `curl`: ~0.3 s), so
+/// an age-driven pause of up to a second would add to that. Such an attempt costs a wakeup
+/// and a refused connect (~2–4 ms of a TCG guest's CPU), so ten a second stay below 4 % of a
+/// vCPU, where upstream runs the command itself once a second (a TCG `curl`: ~20 %).
+/// Under contention the age rule applies as to any attempt.
+pub const GUARD_MAX_PAUSE: Duration = Duration::from_millis(100);
 /// Under contention, the largest share of one guest vCPU a young wait's attempts may use
 /// (the pause is at least cost × (100/share − 1) = 3 × cost).
 pub const YOUNG_SHARE_PERCENT: u32 = 25;
@@ -230,6 +238,7 @@ impl PaceMode {
 ///         = max(fast, factor(age) × cost)                 contended (PaceMode::Budget)
 ///         = max(clamp(age / age_divisor, min_us, max_age_us), watched(age) × cost)
 ///                                                         while a unit watcher runs
+/// after a guard refused in front of a command, host idle: min(fast(cost 0), guard_max_us)
 /// factor(age)  = young_factor while age < young_us, else old_factor
 /// watched(age) = young_factor while age < young_us, else watched_factor
 /// ```
@@ -260,6 +269,9 @@ pub struct Pacing {
     /// The cost of a builtin attempt whose probe a listener accepted (see
     /// [`LISTENER_PROBE_COST_TCG`]); 0: such attempts count as free.
     pub probe_us: u64,
+    /// While the host is idle, the longest pause after a guard refused in front of a
+    /// command ([`GUARD_MAX_PAUSE`]); 0: no such bound.
+    pub guard_max_us: u64,
     /// The host's verdict when the wait was sent.
     pub mode: PaceMode,
 }
@@ -291,6 +303,7 @@ impl Pacing {
                 } else {
                     LISTENER_PROBE_COST_TCG
                 }),
+                guard_max_us: us(GUARD_MAX_PAUSE),
                 mode,
             },
             Schedule::Reference => Pacing {
@@ -305,6 +318,7 @@ impl Pacing {
                 own_cost_percent: OWN_COST_PERCENT,
                 overhead_us: 0,
                 probe_us: 0,
+                guard_max_us: 0,
                 mode,
             },
         }
@@ -343,6 +357,19 @@ impl Pacing {
                 };
                 fast.max(cost(k))
             }
+        }
+    }
+}
+
+impl Pacing {
+    /// The pause after an attempt whose guard refused in front of a command (the command
+    /// did not run: the attempt cost nothing measurable), `age_us` into the wait, in `mode`:
+    /// [`Self::pause_us`] of a free attempt, at most `guard_max_us` while the host is idle.
+    pub fn guard_pause_us(&self, age_us: u64, mode: PaceMode) -> u64 {
+        let p = self.pause_us(age_us, 0, mode, false);
+        match (mode, self.guard_max_us) {
+            (PaceMode::Fast, cap) if cap > 0 => p.min(cap.max(self.min_us)),
+            _ => p,
         }
     }
 }

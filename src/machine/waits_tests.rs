@@ -192,6 +192,19 @@ fn fast_pacing_follows_the_age_within_50_ms_and_1_s_and_costs_no_more_than_upstr
 }
 
 #[test]
+fn a_refused_guard_before_a_command_is_tried_again_within_100_ms_while_the_host_is_idle() {
+    let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Fast, false);
+    assert_eq!(p.guard_pause_us(0, PaceMode::Fast), 50_000);
+    assert_eq!(p.guard_pause_us(1_000_000, PaceMode::Fast), 50_000);
+    assert_eq!(p.guard_pause_us(16_000_000, PaceMode::Fast), 100_000);
+    // Under contention the age rule, as for any free attempt.
+    assert_eq!(p.guard_pause_us(16_000_000, PaceMode::Budget), 800_000);
+    // Upstream's schedule has no guards.
+    let r = Pacing::new(Schedule::Reference, Duration::ZERO, PaceMode::Fast, false);
+    assert_eq!(r.guard_pause_us(16_000_000, PaceMode::Fast), 1_000_000);
+}
+
+#[test]
 fn budget_pacing_stretches_pauses_by_cost_under_contention() {
     let p = Pacing::new(Schedule::Budget, Duration::ZERO, PaceMode::Budget, false);
     let budget = |age, cost| p.pause_us(age, cost, PaceMode::Budget, false);
@@ -281,7 +294,7 @@ fn bash_pause_rule_is_the_rust_one() {
     ] {
         let p = Pacing::new(schedule, Duration::ZERO, PaceMode::Fast, kvm);
         script.push_str(&format!(
-            "__ntd_q=({} {} {} {} {} {} {} {} {} {})\n",
+            "__ntd_q=({} {} {} {} {} {} {} {} {} {} 0 {} {})\n",
             p.age_us,
             p.min_us,
             p.max_age_us,
@@ -291,7 +304,9 @@ fn bash_pause_rule_is_the_rust_one() {
             p.old_factor,
             p.watched_factor,
             p.own_cost_percent,
-            p.overhead_us
+            p.overhead_us,
+            p.probe_us,
+            p.guard_max_us
         ));
         assert_eq!(
             p.overhead_us,
@@ -308,11 +323,18 @@ fn bash_pause_rule_is_the_rust_one() {
                 for (mode, md) in [(PaceMode::Fast, 1), (PaceMode::Budget, 0)] {
                     for (watched, e) in [(false, 7), (true, 4)] {
                         script.push_str(&format!(
-                            "__ntd_a={age} __ntd_x={cost} __ntd_md={md} __ntd_e={e}; __ntd_pace; echo $__ntd_p\n"
+                            "__ntd_gc=0 __ntd_a={age} __ntd_x={cost} __ntd_md={md} __ntd_e={e}; __ntd_pace; echo $__ntd_p\n"
                         ));
                         want.push(p.pause_us(age, cost, mode, watched).to_string());
                     }
                 }
+            }
+            // A guard that refused in front of a command: the attempt is free.
+            for (mode, md) in [(PaceMode::Fast, 1), (PaceMode::Budget, 0)] {
+                script.push_str(&format!(
+                    "__ntd_gc=1 __ntd_a={age} __ntd_x=0 __ntd_md={md} __ntd_e=7; __ntd_pace; echo $__ntd_p\n"
+                ));
+                want.push(p.guard_pause_us(age, mode).to_string());
             }
         }
     }
