@@ -1,7 +1,8 @@
 //! The conversation with one guest shell, without I/O: after the sentinel, nothing until the
 //! first request (as upstream, which sends nothing before it: a booting guest's CPU goes to its
-//! boot), which goes behind the setup block and its check; then one request at a time; after a large frame, the check that the virtio
-//! console dropped nothing, and the repair from the guest's spool when it did.
+//! boot), which goes behind the setup block and its check; then one request at a time; after a
+//! large frame, the check that the virtio console dropped nothing, and the repair from the
+//! guest's spool when it did.
 //!
 //! Bytes from the shell socket go into [`ShellSession::feed`]; bytes for the guest come out of
 //! [`ShellSession::take_outbox`]; what the machine should log or time comes out as
